@@ -1,0 +1,89 @@
+//! Bearer API keys with scopes. `admin` implies every other scope.
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use courier_shared::db::api_keys;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub const ORDERS_WRITE: &str = "orders:write";
+pub const ORDERS_READ: &str = "orders:read";
+pub const ADMIN: &str = "admin";
+pub const ALL_SCOPES: &[&str] = &[ORDERS_WRITE, ORDERS_READ, ADMIN];
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+impl Caller {
+    pub fn require(&self, scope: &str) -> Result<(), ApiError> {
+        if self.scopes.iter().any(|s| s == scope || s == ADMIN) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this API key lacks the `{scope}` scope"),
+            ))
+        }
+    }
+
+    /// How the caller appears in the timeline.
+    pub fn actor(&self) -> String {
+        format!("api:{}", self.name)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg);
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing `Authorization: Bearer <api key>` header"))?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+        let found = api_keys::find(&state.pool, key).await?;
+        let key = found.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+        Ok(Caller {
+            name: key.name,
+            scopes: key.scopes,
+        })
+    }
+}
+
+/// Checks scope names given to `create-key`.
+pub fn parse_scopes(list: &str) -> Result<Vec<String>, String> {
+    let scopes: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if scopes.is_empty() {
+        return Err("give at least one scope".into());
+    }
+    for s in &scopes {
+        if !ALL_SCOPES.contains(&s.as_str()) {
+            return Err(format!(
+                "unknown scope `{s}`; known: {}",
+                ALL_SCOPES.join(", ")
+            ));
+        }
+    }
+    Ok(scopes)
+}

@@ -1,0 +1,18 @@
+//! `courier-api`: the HTTP API and the outbox relay.
+//!
+//! # Layout
+//! - `startup`: builds the router and starts the server and the relay; returns
+//!   the bound address so tests can use port 0.
+//! - `auth`: API keys (bearer tokens) and scopes.
+//! - `error`: the one JSON error shape, with stable codes.
+//! - `json`: the body extractor that names the field at fault.
+//! - `routes/`: thin handlers that call `courier_shared::service`.
+//! - `relay`: publishes outbox rows to RabbitMQ with publisher confirms.
+
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod relay;
+pub mod routes;
+pub mod seed;
+pub mod startup;

@@ -1,0 +1,97 @@
+//! `courier-api`: serve the HTTP API (and the outbox relay), run migrations,
+//! create API keys, seed the catalog.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use courier_api::auth::parse_scopes;
+use courier_shared::config::Settings;
+use courier_shared::{db, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "courier-api",
+    version,
+    about = "Courier's HTTP API and outbox relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and run the outbox relay (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create an API key and print it once (only its hash is stored).
+    CreateKey {
+        /// A name that says who uses the key, e.g. `store-backend`.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: orders:write, orders:read, admin.
+        #[arg(long, default_value = "orders:write,orders:read")]
+        scopes: String,
+    },
+    /// Create or replace game servers and products from a JSON file
+    /// (`{"game_servers": {name: {...}}, "products": {sku: {...}}}`).
+    Seed {
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load()?;
+    telemetry::init(&settings.log);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let api = courier_api::startup::start(&settings).await?;
+            let stop = api.shutdown_handle();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                let _ = stop.send(true);
+            });
+            api.wait().await
+        }
+        Command::Migrate => {
+            let pool = db::connect_lazy(&settings.database)?;
+            db::migrate(&pool).await.context("running migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::CreateKey { name, scopes } => {
+            let scopes = parse_scopes(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            let pool = db::connect_lazy(&settings.database)?;
+            let key = db::api_keys::generate();
+            db::api_keys::insert(&pool, &name, &key, &scopes).await?;
+            println!("{key}");
+            Ok(())
+        }
+        Command::Seed { file } => courier_api::seed::run(&settings, &file).await,
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,131 @@
+//! The outbox relay: publishes outbox rows with publisher confirms, then marks
+//! them sent in the same transaction that locked them. Woken right after an
+//! order commits, and sweeping every `relay.sweep_interval_ms` anyway, so rows
+//! written while RabbitMQ was unreachable go out once it is back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use courier_shared::config::{RelaySettings, Secret};
+use courier_shared::db::outbox;
+use courier_shared::queue::publisher::{PublishError, Publisher};
+use courier_shared::queue::{self, topology::Topology};
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub amqp_url: Secret,
+    pub topology: Topology,
+    pub settings: RelaySettings,
+    pub wake: Arc<Notify>,
+    /// True while the relay holds a working broker connection (for `/readyz`).
+    pub connected: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl Relay {
+    async fn open(&self) -> Result<Publisher, lapin::Error> {
+        let conn = queue::connect(self.amqp_url.expose()).await?;
+        let publisher = Publisher::open(conn).await?;
+        self.topology.declare(publisher.channel()).await?;
+        Ok(publisher)
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let sweep = Duration::from_millis(self.settings.sweep_interval_ms);
+        let mut publisher: Option<Publisher> = None;
+        let mut last_prune = Instant::now();
+        loop {
+            if publisher.as_ref().is_none_or(|p| !p.is_connected()) {
+                self.connected.store(false, Ordering::Relaxed);
+                let connect = (|| self.open())
+                    .retry(
+                        ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(200))
+                            .with_max_delay(Duration::from_secs(5))
+                            .with_jitter()
+                            .without_max_times(),
+                    )
+                    .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "relay cannot reach RabbitMQ"));
+                tokio::select! {
+                    p = connect => {
+                        tracing::info!("relay connected to RabbitMQ");
+                        publisher = p.ok();
+                        self.connected.store(publisher.is_some(), Ordering::Relaxed);
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
+            if let Some(p) = &publisher {
+                loop {
+                    match self.publish_batch(p).await {
+                        Ok(n) if n as i64 >= self.settings.batch_size => continue,
+                        Ok(_) => break,
+                        Err(BatchError::Publish(e)) => {
+                            tracing::warn!(error = %e, "publishing failed; will reconnect and retry");
+                            publisher = None;
+                            break;
+                        }
+                        Err(BatchError::Db(e)) => {
+                            tracing::warn!(error = %e, "relay cannot read the outbox; will retry");
+                            break;
+                        }
+                    }
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(600) {
+                last_prune = Instant::now();
+                if let Err(e) = outbox::prune(&self.pool, self.settings.retention_hours).await {
+                    tracing::warn!(error = %e, "could not prune the outbox");
+                }
+            }
+            if publisher.is_none() {
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sweep) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Publishes one batch; returns how many rows it sent.
+    async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, BatchError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = outbox::lock_batch(&mut tx, self.settings.batch_size).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let messages: Vec<(String, Vec<u8>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    self.topology.name(&r.queue),
+                    r.payload.to_string().into_bytes(),
+                )
+            })
+            .collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        if let Err(e) = publisher.publish_all(&messages).await {
+            drop(tx);
+            let _ = outbox::mark_failed(&self.pool, &ids, &e.to_string()).await;
+            return Err(e.into());
+        }
+        outbox::mark_published(&mut tx, &ids).await?;
+        tx.commit().await?;
+        tracing::debug!(count = ids.len(), "published outbox rows");
+        Ok(ids.len())
+    }
+}

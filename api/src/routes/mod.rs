@@ -1,0 +1,25 @@
+//! HTTP routes. Handlers extract, call one `service::` function, and map the result.
+
+pub mod catalog;
+pub mod health;
+pub mod orders;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/orders", post(orders::create))
+        .route("/v1/orders/{reference}", get(orders::get))
+        .route("/v1/game-servers", get(catalog::list_game_servers))
+        .route("/v1/game-servers/{name}", put(catalog::put_game_server))
+        .route("/v1/products", get(catalog::list_products))
+        .route("/v1/products/{sku}", put(catalog::put_product))
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}

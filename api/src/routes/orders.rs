@@ -1,0 +1,76 @@
+//! `POST /v1/orders` and `GET /v1/orders/{id or order number}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use courier_shared::db::orders::{self, OrderView};
+use courier_shared::domain::ids;
+use courier_shared::service::orders::{NewOrder, create_order};
+use uuid::Uuid;
+
+use crate::auth::{Caller, ORDERS_READ, ORDERS_WRITE};
+use crate::error::ApiError;
+use crate::json::ValidJson;
+use crate::startup::AppState;
+
+/// Accepts an order. `201` when created; `200` with the same order when the
+/// `Idempotency-Key` was seen before with the same body; `409` with another body.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ValidJson(order): ValidJson<NewOrder>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    caller.require(ORDERS_WRITE)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| ApiError {
+                    field: Some("Idempotency-Key".into()),
+                    ..ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_header",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?,
+        ),
+    };
+    let accepted = create_order(&state.pool, order, key, &caller.actor()).await?;
+    if accepted.created {
+        state.relay_wake.notify_one();
+    }
+    let status = if accepted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(accepted.order)))
+}
+
+/// The order with its items, deliveries (with every attempt) and timeline.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    caller.require(ORDERS_READ)?;
+    let mut conn = state.pool.acquire().await?;
+    let view = if let Ok(id) = Uuid::parse_str(&reference) {
+        orders::load_view(&mut conn, Some(id), None).await?
+    } else if ids::looks_like_order_number(&reference) {
+        orders::load_view(&mut conn, None, Some(&reference)).await?
+    } else {
+        return Err(ApiError {
+            field: Some("reference".into()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_reference",
+                "expected an order id (UUID) or an order number (ORD-XXXXXXXXXX)",
+            )
+        });
+    };
+    view.map(Json).ok_or_else(|| ApiError::not_found("order"))
+}

@@ -1,0 +1,116 @@
+//! Builds the API: database pool, migrations, bootstrap key, router, relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use courier_shared::config::Settings;
+use courier_shared::db;
+use courier_shared::queue::topology::Topology;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::relay::Relay;
+use crate::routes;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub relay_wake: Arc<Notify>,
+    pub relay_connected: Arc<AtomicBool>,
+    pub redis: redis::Client,
+}
+
+/// A running API: its address, and a way to stop it.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    relay: JoinHandle<()>,
+}
+
+impl RunningApi {
+    /// Stops taking requests, lets in-flight ones finish, stops the relay.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let _ = self.relay.await;
+    }
+
+    /// Resolves when a shutdown was requested and everything stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let result = self.server.await;
+        let _ = self.shutdown.send(true);
+        let _ = self.relay.await;
+        result.context("server task")?.context("server")
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds `api.bind` (port 0 picks a free one) and starts the server and the relay.
+pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
+    let pool = db::connect_lazy(&settings.database).context("database.url")?;
+    if settings.database.migrate_on_start {
+        db::migrate(&pool).await.context("running migrations")?;
+    }
+    if let Some(key) = &settings.api.bootstrap_admin_key {
+        db::api_keys::insert(
+            &pool,
+            "bootstrap-admin",
+            key.expose(),
+            &["admin".to_owned()],
+        )
+        .await
+        .context("registering api.bootstrap_admin_key")?;
+    }
+    let redis = redis::Client::open(settings.redis.url.expose()).context("redis.url")?;
+    let relay_wake = Arc::new(Notify::new());
+    let relay_connected = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        pool: pool.clone(),
+        relay_wake: relay_wake.clone(),
+        relay_connected: relay_connected.clone(),
+        redis,
+    };
+    let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
+    let listener = TcpListener::bind(&settings.api.bind)
+        .await
+        .with_context(|| format!("binding api.bind = {}", settings.api.bind))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, rx) = watch::channel(false);
+
+    let relay = Relay {
+        pool: pool.clone(),
+        amqp_url: settings.amqp.url.clone(),
+        topology: Topology::new(&settings.amqp.prefix),
+        settings: settings.relay.clone(),
+        wake: relay_wake,
+        connected: relay_connected,
+    };
+    let relay = tokio::spawn(relay.run(rx.clone()));
+    let mut server_rx = rx;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "courier-api listening");
+    Ok(RunningApi {
+        addr,
+        pool,
+        shutdown,
+        server,
+        relay,
+    })
+}

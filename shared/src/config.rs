@@ -1,0 +1,213 @@
+//! Configuration: built-in defaults, then an optional TOML file (`COURIER_CONFIG`),
+//! then environment variables `COURIER__SECTION__KEY`. Defaults point at the
+//! local Postgres, RabbitMQ and Redis so a development machine needs nothing set.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A value that must never appear in logs or `Debug` output (passwords, keys, URLs with credentials).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is handed to the system that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub api: ApiSettings,
+    pub relay: RelaySettings,
+    pub worker: WorkerSettings,
+    pub rcon: RconSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+    /// Run pending migrations when `courier-api serve` starts.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AmqpSettings {
+    pub url: Secret,
+    /// Prepended to every queue name, so several Courier installations (or tests) share a broker.
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RedisSettings {
+    pub url: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ApiSettings {
+    pub bind: String,
+    /// An admin API key registered at start-up (stored hashed), for a first login.
+    pub bootstrap_admin_key: Option<Secret>,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RelaySettings {
+    /// How often the relay looks for unpublished rows even when nothing woke it.
+    pub sweep_interval_ms: u64,
+    pub batch_size: i64,
+    /// Published outbox rows are kept this long for inspection, then deleted.
+    pub retention_hours: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WorkerSettings {
+    /// Jobs run at once per kind by one worker process; also the consumer prefetch.
+    pub concurrency: u16,
+    /// How long a claimed delivery stays leased to its worker.
+    pub lease_seconds: u32,
+    /// Name recorded on attempts; defaults to hostname-pid.
+    pub id: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RconSettings {
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    /// Cap on one response (all its packets together).
+    pub max_response_bytes: usize,
+    /// Pooled connections unused for longer than this are closed.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct LogSettings {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A `tracing` filter such as `info,courier_worker=debug`.
+    pub filter: String,
+}
+
+/// Every key with its default; README's configuration table is this list.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    (
+        "database.url",
+        "postgres://courier:courier@127.0.0.1:5432/courier",
+    ),
+    ("database.max_connections", "16"),
+    ("database.migrate_on_start", "true"),
+    ("amqp.url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    ("amqp.prefix", ""),
+    ("redis.url", "redis://127.0.0.1:6379/"),
+    ("api.bind", "127.0.0.1:8080"),
+    ("api.body_limit_bytes", "262144"),
+    ("relay.sweep_interval_ms", "1000"),
+    ("relay.batch_size", "200"),
+    ("relay.retention_hours", "24"),
+    ("worker.concurrency", "16"),
+    ("worker.lease_seconds", "60"),
+    ("rcon.connect_timeout_ms", "3000"),
+    ("rcon.command_timeout_ms", "10000"),
+    ("rcon.max_response_bytes", "1048576"),
+    ("rcon.idle_timeout_ms", "60000"),
+    ("log.format", "pretty"),
+    ("log.filter", "info,sqlx=warn"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}` is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Defaults, then the file named by `COURIER_CONFIG` (if set), then `COURIER__*` variables.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder.set_default(*key, *value)?;
+        }
+        if let Ok(path) = std::env::var("COURIER_CONFIG") {
+            builder = builder.add_source(config::File::with_name(&path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("COURIER")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(false),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what deserialisation cannot, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        if !self
+            .amqp
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err(invalid(
+                "amqp.prefix",
+                "use letters, digits, '.', '-' or '_'",
+            ));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.lease_seconds < 5 {
+            return Err(invalid("worker.lease_seconds", "must be at least 5"));
+        }
+        if u64::from(self.worker.lease_seconds) * 1000 <= self.rcon.command_timeout_ms {
+            return Err(invalid(
+                "worker.lease_seconds",
+                "must be longer than rcon.command_timeout_ms, or a slow command would lose its lease",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return Err(invalid("log.format", "must be `pretty` or `json`"));
+        }
+        if self.relay.batch_size < 1 {
+            return Err(invalid("relay.batch_size", "must be at least 1"));
+        }
+        if let Some(key) = &self.api.bootstrap_admin_key
+            && key.expose().len() < 24
+        {
+            return Err(invalid(
+                "api.bootstrap_admin_key",
+                "must be at least 24 characters",
+            ));
+        }
+        Ok(())
+    }
+}

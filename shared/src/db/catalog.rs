@@ -1,0 +1,217 @@
+//! Game servers and products with their fulfilment actions.
+
+use serde::Serialize;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::action::ActionConfig;
+use crate::error::DbError;
+use crate::rcon::Dialect;
+
+/// A game server as stored. The password is never serialised.
+#[derive(Debug, Clone, Serialize)]
+pub struct GameServer {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(skip)]
+    pub password: String,
+    pub dialect: Dialect,
+    pub max_connections: u16,
+}
+
+fn game_server_from_row(row: &sqlx::postgres::PgRow) -> Result<GameServer, DbError> {
+    let port: i32 = row.try_get("port")?;
+    let max: i32 = row.try_get("max_connections")?;
+    let dialect: String = row.try_get("dialect")?;
+    Ok(GameServer {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        host: row.try_get("host")?,
+        port: u16::try_from(port).map_err(|_| DbError::Corrupt(format!("port {port}")))?,
+        password: row.try_get("password")?,
+        dialect: dialect.parse()?,
+        max_connections: u16::try_from(max)
+            .map_err(|_| DbError::Corrupt(format!("max_connections {max}")))?,
+    })
+}
+
+macro_rules! game_server_columns {
+    () => {
+        "id, name, host, port, password, dialect, max_connections"
+    };
+}
+
+/// Creates or replaces the server called `server.name` (its id is kept).
+pub async fn upsert_game_server(
+    conn: &mut PgConnection,
+    server: &GameServer,
+) -> Result<GameServer, DbError> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO game_servers (id, name, host, port, password, dialect, max_connections) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, \
+           password = EXCLUDED.password, dialect = EXCLUDED.dialect, \
+           max_connections = EXCLUDED.max_connections, updated_at = now() \
+         RETURNING ",
+        game_server_columns!()
+    ))
+    .bind(server.id)
+    .bind(&server.name)
+    .bind(&server.host)
+    .bind(i32::from(server.port))
+    .bind(&server.password)
+    .bind(server.dialect.as_str())
+    .bind(i32::from(server.max_connections))
+    .fetch_one(conn)
+    .await?;
+    game_server_from_row(&row)
+}
+
+pub async fn list_game_servers(conn: &mut PgConnection) -> Result<Vec<GameServer>, DbError> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        game_server_columns!(),
+        " FROM game_servers ORDER BY name"
+    ))
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(game_server_from_row).collect()
+}
+
+pub async fn get_game_server(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<GameServer>, DbError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        game_server_columns!(),
+        " FROM game_servers WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(game_server_from_row).transpose()
+}
+
+pub async fn find_game_server_by_name(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<GameServer>, DbError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        game_server_columns!(),
+        " FROM game_servers WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(game_server_from_row).transpose()
+}
+
+/// A product with its actions in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Product {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub actions: Vec<StoredAction>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredAction {
+    pub id: Uuid,
+    #[serde(flatten)]
+    pub config: ActionConfig,
+}
+
+/// Creates or replaces the product `sku` and all its actions.
+pub async fn upsert_product(
+    conn: &mut PgConnection,
+    sku: &str,
+    name: &str,
+    actions: &[ActionConfig],
+) -> Result<Product, DbError> {
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO products (id, sku, name) VALUES ($1, $2, $3) \
+         ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, updated_at = now() RETURNING id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(sku)
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM product_actions WHERE product_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let mut stored = Vec::with_capacity(actions.len());
+    for (position, config) in actions.iter().enumerate() {
+        let action_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO product_actions (id, product_id, position, kind, config) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(action_id)
+        .bind(id)
+        .bind(i32::try_from(position).unwrap_or(i32::MAX))
+        .bind(config.kind().as_str())
+        .bind(serde_json::to_value(config)?)
+        .execute(&mut *conn)
+        .await?;
+        stored.push(StoredAction {
+            id: action_id,
+            config: config.clone(),
+        });
+    }
+    Ok(Product {
+        id,
+        sku: sku.to_owned(),
+        name: name.to_owned(),
+        actions: stored,
+    })
+}
+
+/// Products by SKU, with their actions; SKUs not found are simply absent.
+pub async fn products_by_sku(
+    conn: &mut PgConnection,
+    skus: &[String],
+) -> Result<Vec<Product>, DbError> {
+    let rows = sqlx::query(
+        "SELECT p.id, p.sku, p.name, a.id AS action_id, a.config \
+         FROM products p LEFT JOIN product_actions a ON a.product_id = p.id \
+         WHERE p.sku = ANY($1) ORDER BY p.sku, a.position",
+    )
+    .bind(skus)
+    .fetch_all(conn)
+    .await?;
+    let mut products: Vec<Product> = Vec::new();
+    for row in rows {
+        let id: Uuid = row.try_get("id")?;
+        if products.last().is_none_or(|p| p.id != id) {
+            products.push(Product {
+                id,
+                sku: row.try_get("sku")?,
+                name: row.try_get("name")?,
+                actions: Vec::new(),
+            });
+        }
+        let action_id: Option<Uuid> = row.try_get("action_id")?;
+        if let (Some(action_id), Some(product)) = (action_id, products.last_mut()) {
+            let config: serde_json::Value = row.try_get("config")?;
+            product.actions.push(StoredAction {
+                id: action_id,
+                config: serde_json::from_value(config)?,
+            });
+        }
+    }
+    Ok(products)
+}
+
+/// Every product (for `GET /v1/products`).
+pub async fn list_products(conn: &mut PgConnection) -> Result<Vec<Product>, DbError> {
+    let rows: Vec<String> = sqlx::query_scalar("SELECT sku FROM products ORDER BY sku")
+        .fetch_all(&mut *conn)
+        .await?;
+    products_by_sku(conn, &rows).await
+}

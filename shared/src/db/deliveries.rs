@@ -1,0 +1,362 @@
+//! Delivery rows: insert at accept time, claim by a worker, record an attempt.
+//! Item and order statuses are rolled up here, under the order's row lock, so
+//! two workers finishing the last two deliveries of an order cannot both miss
+//! the completion.
+
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::events::{self, NewEvent};
+use crate::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
+use crate::domain::order::{ItemStatus, OrderStatus};
+use crate::domain::rollup;
+use crate::error::DbError;
+
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub item_id: Uuid,
+    pub action_id: Uuid,
+    pub kind: DeliveryKind,
+    pub target: String,
+    pub payload: Value,
+}
+
+pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')",
+    )
+    .bind(d.id)
+    .bind(d.order_id)
+    .bind(d.item_id)
+    .bind(d.action_id)
+    .bind(d.kind.as_str())
+    .bind(&d.target)
+    .bind(&d.payload)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A delivery a worker now holds the lease on.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub item_id: Uuid,
+    pub kind: DeliveryKind,
+    pub payload: Value,
+    /// This attempt's number (1 for the first).
+    pub attempt: i32,
+}
+
+/// Why a claim did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotClaimed {
+    /// No such delivery (e.g. its order was deleted).
+    Missing,
+    /// Done, dead, held, cancelled, or leased by a worker right now.
+    NotClaimable(DeliveryStatus),
+}
+
+/// Claims `id` for `worker`: queued/retrying/waiting → running, attempt + 1,
+/// lease set, in one conditional UPDATE; then opens the attempt row and moves
+/// the item and order to processing. Anything else is `NotClaimed`, and the
+/// caller acks the message: a redelivered message can never run a job twice.
+pub async fn claim(
+    conn: &mut PgConnection,
+    id: Uuid,
+    worker: &str,
+    lease_seconds: u32,
+) -> Result<Result<Claimed, NotClaimed>, DbError> {
+    for from in DeliveryStatus::CLAIMABLE {
+        from.transition(DeliveryStatus::Running)?;
+    }
+    let claimable: Vec<&str> = DeliveryStatus::CLAIMABLE
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let row = sqlx::query(
+        "WITH prev AS (SELECT id, status FROM deliveries WHERE id = $1 FOR UPDATE) \
+         UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
+           lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
+         FROM prev WHERE d.id = prev.id AND prev.status = ANY($4) \
+         RETURNING d.order_id, d.item_id, d.kind, d.payload, d.attempts, prev.status AS prev_status",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(f64::from(lease_seconds))
+    .bind(&claimable)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        return Ok(Err(match status {
+            None => NotClaimed::Missing,
+            Some(s) => NotClaimed::NotClaimable(s.parse()?),
+        }));
+    };
+    let kind: String = row.try_get("kind")?;
+    let claimed = Claimed {
+        id,
+        order_id: row.try_get("order_id")?,
+        item_id: row.try_get("item_id")?,
+        kind: kind.parse()?,
+        payload: row.try_get("payload")?,
+        attempt: row.try_get("attempts")?,
+    };
+    sqlx::query("INSERT INTO delivery_attempts (delivery_id, attempt, worker) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(claimed.attempt)
+        .bind(worker)
+        .execute(&mut *conn)
+        .await?;
+    let actor = format!("worker:{worker}");
+    set_item_status(
+        conn,
+        claimed.order_id,
+        claimed.item_id,
+        ItemStatus::Processing,
+        &actor,
+    )
+    .await?;
+    set_order_status(conn, claimed.order_id, OrderStatus::Processing, &actor).await?;
+    events::record(
+        conn,
+        NewEvent {
+            order_id: claimed.order_id,
+            delivery_id: Some(id),
+            kind: "delivery.started",
+            message: format!("attempt {} started", claimed.attempt),
+            actor: &actor,
+            data: json!({ "attempt": claimed.attempt }),
+        },
+    )
+    .await?;
+    Ok(Ok(claimed))
+}
+
+/// The end of one attempt, as the worker reports it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub outcome: AttemptOutcome,
+    /// The delivery's next status: succeeded, retrying, waiting or dead.
+    pub next: DeliveryStatus,
+    pub error: Option<String>,
+    pub response: Option<String>,
+}
+
+/// Whether the worker still held the lease when it recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Applied,
+    /// The lease had been taken away (the rescuer re-queued or held it): the
+    /// attempt is written, the statuses are left to whoever holds it now.
+    LeaseLost,
+}
+
+/// Writes the attempt and the statuses it implies, in the caller's transaction.
+pub async fn record(
+    conn: &mut PgConnection,
+    claimed: &Claimed,
+    worker: &str,
+    rec: &AttemptRecord,
+) -> Result<Recorded, DbError> {
+    DeliveryStatus::Running.transition(rec.next)?;
+    // Serialise roll-ups per order (see the module comment).
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(claimed.order_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE delivery_attempts SET finished_at = now(), outcome = $3, error = $4, response = $5 \
+         WHERE delivery_id = $1 AND attempt = $2",
+    )
+    .bind(claimed.id)
+    .bind(claimed.attempt)
+    .bind(rec.outcome.as_str())
+    .bind(&rec.error)
+    .bind(&rec.response)
+    .execute(&mut *conn)
+    .await?;
+    let updated = sqlx::query(
+        "UPDATE deliveries SET status = $4, lease_until = NULL, leased_by = NULL, last_error = $5, \
+           updated_at = now(), completed_at = CASE WHEN $4 = 'succeeded' THEN now() END \
+         WHERE id = $1 AND status = 'running' AND leased_by = $2 AND attempts = $3",
+    )
+    .bind(claimed.id)
+    .bind(worker)
+    .bind(claimed.attempt)
+    .bind(rec.next.as_str())
+    .bind(&rec.error)
+    .execute(&mut *conn)
+    .await?;
+    let actor = format!("worker:{worker}");
+    if updated.rows_affected() == 0 {
+        events::record(
+            conn,
+            NewEvent {
+                order_id: claimed.order_id,
+                delivery_id: Some(claimed.id),
+                kind: "delivery.lease_lost",
+                message: format!(
+                    "attempt {} finished ({}) after its lease had been taken over",
+                    claimed.attempt, rec.outcome
+                ),
+                actor: &actor,
+                data: json!({ "attempt": claimed.attempt, "outcome": rec.outcome }),
+            },
+        )
+        .await?;
+        return Ok(Recorded::LeaseLost);
+    }
+    let message = match (&rec.error, rec.next) {
+        (_, DeliveryStatus::Succeeded) => format!("attempt {} succeeded", claimed.attempt),
+        (Some(e), next) => format!("attempt {} failed: {e} (now {next})", claimed.attempt),
+        (None, next) => format!("attempt {} ended ({next})", claimed.attempt),
+    };
+    events::record(
+        conn,
+        NewEvent {
+            order_id: claimed.order_id,
+            delivery_id: Some(claimed.id),
+            kind: &format!("delivery.{}", rec.next),
+            message,
+            actor: &actor,
+            data: json!({ "attempt": claimed.attempt, "outcome": rec.outcome, "response": rec.response }),
+        },
+    )
+    .await?;
+    roll_up(conn, claimed.order_id, claimed.item_id, &actor).await?;
+    Ok(Recorded::Applied)
+}
+
+/// Recomputes the item's status from its deliveries, then the order's from its
+/// items, writing each change through the guarded setters. The caller holds the
+/// order's row lock.
+pub async fn roll_up(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    item_id: Uuid,
+    actor: &str,
+) -> Result<(), DbError> {
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM deliveries WHERE item_id = $1")
+            .bind(item_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let statuses = statuses
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<Vec<DeliveryStatus>, _>>()?;
+    set_item_status(
+        conn,
+        order_id,
+        item_id,
+        rollup::item_status(&statuses),
+        actor,
+    )
+    .await?;
+    let items: Vec<String> =
+        sqlx::query_scalar("SELECT delivery_status FROM order_items WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let items = items
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<Vec<ItemStatus>, _>>()?;
+    if let Some(status) = rollup::order_status(&items) {
+        set_order_status(conn, order_id, status, actor).await?;
+    }
+    Ok(())
+}
+
+/// Moves an item to `to` if its state machine allows it from the current
+/// status; no-op when already there. Writes the timeline event.
+pub async fn set_item_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    item_id: Uuid,
+    to: ItemStatus,
+    actor: &str,
+) -> Result<bool, DbError> {
+    let current: String =
+        sqlx::query_scalar("SELECT delivery_status FROM order_items WHERE id = $1 FOR UPDATE")
+            .bind(item_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let from: ItemStatus = current.parse()?;
+    if from == to {
+        return Ok(false);
+    }
+    from.transition(to)?;
+    sqlx::query("UPDATE order_items SET delivery_status = $3, updated_at = now() WHERE id = $1 AND delivery_status = $2")
+        .bind(item_id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .execute(&mut *conn)
+        .await?;
+    events::record(
+        conn,
+        NewEvent {
+            order_id,
+            delivery_id: None,
+            kind: "item.status",
+            message: format!("item {from} → {to}"),
+            actor,
+            data: json!({ "item_id": item_id, "from": from, "to": to }),
+        },
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Moves an order to `to` when allowed; a final order (refunded, cancelled)
+/// keeps its status. Writes the timeline event.
+pub async fn set_order_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    to: OrderStatus,
+    actor: &str,
+) -> Result<bool, DbError> {
+    let current: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let from: OrderStatus = current.parse()?;
+    if from == to || from.is_final() {
+        return Ok(false);
+    }
+    from.transition(to)?;
+    sqlx::query(
+        "UPDATE orders SET status = $3, updated_at = now(), \
+           completed_at = CASE WHEN $3 = 'completed' THEN now() ELSE completed_at END \
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(order_id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .execute(&mut *conn)
+    .await?;
+    events::record(
+        conn,
+        NewEvent {
+            order_id,
+            delivery_id: None,
+            kind: &format!("order.{to}"),
+            message: format!("order {from} → {to}"),
+            actor,
+            data: json!({ "from": from, "to": to }),
+        },
+    )
+    .await?;
+    Ok(true)
+}

@@ -1,0 +1,34 @@
+//! Database access. Functions take `&mut PgConnection` so callers compose them
+//! inside one transaction; status changes are guarded by the expected status.
+
+pub mod api_keys;
+pub mod catalog;
+pub mod deliveries;
+pub mod events;
+pub mod orders;
+pub mod outbox;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::DatabaseSettings;
+
+/// The embedded migrations (`migrations/` at the repository root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A pool that is created even when Postgres is down (connections are opened on
+/// use), so a process can start, report not-ready, and recover by itself.
+pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(settings.url.expose())
+}
+
+/// Applies pending migrations; safe to run from several processes at once
+/// (sqlx takes an advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

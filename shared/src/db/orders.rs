@@ -1,0 +1,358 @@
+//! Orders and their items: inserts at accept time and the read model of
+//! `GET /v1/orders/{id}`.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
+use crate::domain::order::{ItemStatus, OrderStatus, PaymentStatus};
+use crate::error::DbError;
+
+/// The columns of a new order.
+#[derive(Debug, Clone)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub order_number: String,
+    pub status: OrderStatus,
+    pub payment_status: PaymentStatus,
+    pub gateway: Option<String>,
+    pub transaction_id: Option<String>,
+    pub customer_name: Option<String>,
+    pub customer_email: Option<String>,
+    pub customer_phone: Option<String>,
+    pub game_username: Option<String>,
+    pub game_uuid: Option<String>,
+    pub discord_user_id: Option<String>,
+    pub currency: String,
+    pub subtotal: Decimal,
+    pub tax: Decimal,
+    pub total: Decimal,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Vec<u8>,
+}
+
+/// Inserts the order; a unique violation (order number, idempotency key) is
+/// returned as is for the caller to interpret.
+pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
+           customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
+           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+           CASE WHEN $4 = 'paid' THEN now() END)",
+    )
+    .bind(o.id)
+    .bind(&o.order_number)
+    .bind(o.status.as_str())
+    .bind(o.payment_status.as_str())
+    .bind(&o.gateway)
+    .bind(&o.transaction_id)
+    .bind(&o.customer_name)
+    .bind(&o.customer_email)
+    .bind(&o.customer_phone)
+    .bind(&o.game_username)
+    .bind(&o.game_uuid)
+    .bind(&o.discord_user_id)
+    .bind(&o.currency)
+    .bind(o.subtotal)
+    .bind(o.tax)
+    .bind(o.total)
+    .bind(&o.idempotency_key)
+    .bind(&o.request_hash)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct ItemRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub position: i32,
+    pub product_id: Uuid,
+    pub sku: String,
+    pub product_name: String,
+    pub quantity: i32,
+    pub unit_price: Decimal,
+    pub total: Decimal,
+    pub custom_fields: Value,
+}
+
+pub async fn insert_item(conn: &mut PgConnection, i: &ItemRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_items (id, order_id, position, product_id, sku, product_name, quantity, \
+           unit_price, total, delivery_status, custom_fields) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
+    )
+    .bind(i.id)
+    .bind(i.order_id)
+    .bind(i.position)
+    .bind(i.product_id)
+    .bind(&i.sku)
+    .bind(&i.product_name)
+    .bind(i.quantity)
+    .bind(i.unit_price)
+    .bind(i.total)
+    .bind(&i.custom_fields)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The id and request hash stored under an idempotency key.
+pub async fn find_by_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+) -> Result<Option<(Uuid, Vec<u8>)>, sqlx::Error> {
+    let row = sqlx::query("SELECT id, request_hash FROM orders WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("id")?,
+            r.try_get::<Option<Vec<u8>>, _>("request_hash")?
+                .unwrap_or_default(),
+        ))
+    })
+    .transpose()
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub order_number: String,
+    pub status: OrderStatus,
+    pub payment_status: PaymentStatus,
+    pub gateway: Option<String>,
+    pub transaction_id: Option<String>,
+    pub customer: CustomerView,
+    pub game: GameView,
+    pub discord_user_id: Option<String>,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub items: Vec<ItemView>,
+    pub deliveries: Vec<DeliveryView>,
+    pub timeline: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerView {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GameView {
+    pub username: Option<String>,
+    pub uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemView {
+    pub id: Uuid,
+    pub position: i32,
+    pub product: String,
+    pub product_name: String,
+    pub quantity: i32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub delivery_status: ItemStatus,
+    pub custom_fields: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub item_id: Uuid,
+    pub kind: DeliveryKind,
+    pub target: String,
+    pub payload: Value,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub attempt_history: Vec<AttemptView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub worker: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `null` while the attempt is running.
+    pub outcome: Option<AttemptOutcome>,
+    pub error: Option<String>,
+    pub response: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub message: String,
+    pub actor: String,
+    pub delivery_id: Option<Uuid>,
+    pub data: Value,
+}
+
+fn parse<T: std::str::FromStr<Err = crate::domain::UnknownValue>>(
+    row: &sqlx::postgres::PgRow,
+    col: &str,
+) -> Result<T, DbError> {
+    let s: String = row.try_get(col)?;
+    Ok(s.parse()?)
+}
+
+/// The whole read model of one order, by id or by order number.
+pub async fn load_view(
+    conn: &mut PgConnection,
+    id: Option<Uuid>,
+    number: Option<&str>,
+) -> Result<Option<OrderView>, DbError> {
+    let Some(o) = sqlx::query(
+        "SELECT * FROM orders WHERE ($1::uuid IS NOT NULL AND id = $1) OR ($2::text IS NOT NULL AND order_number = $2)",
+    )
+    .bind(id)
+    .bind(number)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let order_id: Uuid = o.try_get("id")?;
+
+    let items = sqlx::query("SELECT * FROM order_items WHERE order_id = $1 ORDER BY position")
+        .bind(order_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ItemView {
+                id: r.try_get("id")?,
+                position: r.try_get("position")?,
+                product: r.try_get("sku")?,
+                product_name: r.try_get("product_name")?,
+                quantity: r.try_get("quantity")?,
+                unit_price: r.try_get("unit_price")?,
+                total: r.try_get("total")?,
+                delivery_status: parse(r, "delivery_status")?,
+                custom_fields: r.try_get("custom_fields")?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+
+    let attempts = sqlx::query(
+        "SELECT a.* FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+         WHERE d.order_id = $1 ORDER BY a.delivery_id, a.attempt",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut deliveries =
+        sqlx::query("SELECT * FROM deliveries WHERE order_id = $1 ORDER BY created_at, id")
+            .bind(order_id)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(DeliveryView {
+                    id: r.try_get("id")?,
+                    item_id: r.try_get("item_id")?,
+                    kind: parse(r, "kind")?,
+                    target: r.try_get("target")?,
+                    payload: r.try_get("payload")?,
+                    status: parse(r, "status")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                    completed_at: r.try_get("completed_at")?,
+                    attempt_history: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+    for a in &attempts {
+        let delivery_id: Uuid = a.try_get("delivery_id")?;
+        let outcome: Option<String> = a.try_get("outcome")?;
+        let view = AttemptView {
+            attempt: a.try_get("attempt")?,
+            worker: a.try_get("worker")?,
+            started_at: a.try_get("started_at")?,
+            finished_at: a.try_get("finished_at")?,
+            outcome: outcome.map(|s| s.parse()).transpose()?,
+            error: a.try_get("error")?,
+            response: a.try_get("response")?,
+        };
+        if let Some(d) = deliveries.iter_mut().find(|d| d.id == delivery_id) {
+            d.attempt_history.push(view);
+        }
+    }
+
+    let timeline = sqlx::query("SELECT * FROM order_events WHERE order_id = $1 ORDER BY id")
+        .bind(order_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(EventView {
+                at: r.try_get("created_at")?,
+                kind: r.try_get("kind")?,
+                message: r.try_get("message")?,
+                actor: r.try_get("actor")?,
+                delivery_id: r.try_get("delivery_id")?,
+                data: r.try_get("data")?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+
+    Ok(Some(OrderView {
+        id: order_id,
+        order_number: o.try_get("order_number")?,
+        status: parse(&o, "status")?,
+        payment_status: parse(&o, "payment_status")?,
+        gateway: o.try_get("gateway")?,
+        transaction_id: o.try_get("transaction_id")?,
+        customer: CustomerView {
+            name: o.try_get("customer_name")?,
+            email: o.try_get("customer_email")?,
+            phone: o.try_get("customer_phone")?,
+        },
+        game: GameView {
+            username: o.try_get("game_username")?,
+            uuid: o.try_get("game_uuid")?,
+        },
+        discord_user_id: o.try_get("discord_user_id")?,
+        currency: o.try_get("currency")?,
+        subtotal: o.try_get("subtotal")?,
+        tax: o.try_get("tax")?,
+        total: o.try_get("total")?,
+        created_at: o.try_get("created_at")?,
+        updated_at: o.try_get("updated_at")?,
+        paid_at: o.try_get("paid_at")?,
+        completed_at: o.try_get("completed_at")?,
+        items,
+        deliveries,
+        timeline,
+    }))
+}

@@ -1,0 +1,77 @@
+//! The transactional outbox: rows written with the change that causes them,
+//! published by the relay with publisher confirms.
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+/// Queues a message for `queue` (logical name, without the installation prefix).
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    queue: &str,
+    payload: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (queue, payload) VALUES ($1, $2)")
+        .bind(queue)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A row waiting to be published.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Pending {
+    pub id: i64,
+    pub queue: String,
+    pub payload: Value,
+}
+
+/// Locks up to `limit` unpublished rows; other relays skip them (SKIP LOCKED),
+/// so several API replicas can run relays without publishing a row twice
+/// (except after a crash between publish and commit: consumers are idempotent).
+pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, queue, payload FROM outbox WHERE published_at IS NULL \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Notes a failed publish on rows that stay pending (outside the batch's transaction).
+pub async fn mark_failed(pool: &PgPool, ids: &[i64], error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)")
+        .bind(ids)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Deletes published rows older than `hours`.
+pub async fn prune(pool: &PgPool, hours: u32) -> Result<u64, sqlx::Error> {
+    let done =
+        sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1)")
+            .bind(i32::try_from(hours).unwrap_or(i32::MAX))
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
+}
+
+/// Rows not yet published (for readiness and tests).
+pub async fn pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+}

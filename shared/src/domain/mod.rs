@@ -1,0 +1,61 @@
+//! Pure domain types: statuses and their state machines, ids, templates and
+//! fulfilment actions. Nothing here touches the database or the network.
+
+pub mod action;
+pub mod delivery;
+pub mod ids;
+pub mod order;
+pub mod rollup;
+pub mod template;
+
+/// A status change the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal {machine} transition from `{from}` to `{to}`")]
+pub struct IllegalTransition {
+    pub machine: &'static str,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+/// A stored status string that is not one of the enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{value}`")]
+pub struct UnknownValue {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// Declares a status enum stored as snake_case text, with `as_str` and `FromStr`.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident, $label:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::domain::UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err($crate::domain::UnknownValue { kind: $label, value: s.to_owned() }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use text_enum;

@@ -1,0 +1,154 @@
+//! Order, payment and item statuses and which component moves each one.
+//!
+//! Order: `pending` (accepted, nothing running yet) → `processing` (the first
+//! delivery was claimed by a worker) → `completed` (every item delivered), or
+//! `failed` once no item can still complete. `refunded`, `partially_refunded`
+//! and `cancelled` are set by admin and payment actions.
+
+use super::{IllegalTransition, text_enum};
+
+text_enum!(
+    /// Where an order is in its life.
+    OrderStatus, "order status" {
+        Pending => "pending",
+        Processing => "processing",
+        Completed => "completed",
+        Failed => "failed",
+        Refunded => "refunded",
+        PartiallyRefunded => "partially_refunded",
+        Cancelled => "cancelled",
+    }
+);
+
+text_enum!(
+    /// Whether the customer has paid; kept apart from fulfilment.
+    PaymentStatus, "payment status" {
+        Pending => "pending",
+        Paid => "paid",
+        Failed => "failed",
+        Refunded => "refunded",
+        PartiallyRefunded => "partially_refunded",
+    }
+);
+
+text_enum!(
+    /// Fulfilment of one order item (all of its deliveries together).
+    ItemStatus, "item status" {
+        Pending => "pending",
+        Processing => "processing",
+        Waiting => "waiting",
+        Fulfilled => "fulfilled",
+        Delivered => "delivered",
+        Failed => "failed",
+        Revoked => "revoked",
+    }
+);
+
+impl OrderStatus {
+    /// The order state machine.
+    pub fn transition(self, to: OrderStatus) -> Result<OrderStatus, IllegalTransition> {
+        use OrderStatus::*;
+        let allowed = match self {
+            Pending => matches!(to, Processing | Completed | Failed | Cancelled),
+            Processing => matches!(
+                to,
+                Completed | Failed | Cancelled | Refunded | PartiallyRefunded
+            ),
+            // An admin retry of a dead delivery brings a failed order back.
+            Failed => matches!(to, Processing | Refunded | PartiallyRefunded | Cancelled),
+            Completed => matches!(to, Refunded | PartiallyRefunded | Processing),
+            PartiallyRefunded => matches!(to, Refunded | PartiallyRefunded),
+            Refunded | Cancelled => false,
+        };
+        check("order", self.as_str(), to.as_str(), allowed).map(|()| to)
+    }
+
+    /// No delivery can change this status any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Refunded | OrderStatus::Cancelled)
+    }
+}
+
+impl ItemStatus {
+    /// The item state machine.
+    pub fn transition(self, to: ItemStatus) -> Result<ItemStatus, IllegalTransition> {
+        use ItemStatus::*;
+        let allowed = match self {
+            Pending => matches!(to, Processing | Waiting | Delivered | Failed | Fulfilled),
+            Processing => matches!(to, Waiting | Fulfilled | Delivered | Failed | Pending),
+            Waiting => matches!(to, Processing | Fulfilled | Delivered | Failed),
+            Fulfilled => matches!(to, Delivered | Failed | Revoked),
+            Failed => matches!(to, Processing | Pending | Fulfilled | Delivered),
+            Delivered => matches!(to, Revoked),
+            Revoked => false,
+        };
+        check("item", self.as_str(), to.as_str(), allowed).map(|()| to)
+    }
+}
+
+pub(crate) fn check(
+    machine: &'static str,
+    from: &'static str,
+    to: &'static str,
+    allowed: bool,
+) -> Result<(), IllegalTransition> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(IllegalTransition { machine, from, to })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_happy_path_is_allowed() {
+        let s = OrderStatus::Pending;
+        let s = s
+            .transition(OrderStatus::Processing)
+            .expect("pending → processing");
+        assert_eq!(
+            s.transition(OrderStatus::Completed),
+            Ok(OrderStatus::Completed)
+        );
+    }
+
+    #[test]
+    fn terminal_orders_do_not_move() {
+        for to in OrderStatus::ALL {
+            assert!(OrderStatus::Cancelled.transition(*to).is_err());
+            assert!(OrderStatus::Refunded.transition(*to).is_err());
+        }
+        let err = OrderStatus::Completed
+            .transition(OrderStatus::Pending)
+            .expect_err("completed → pending");
+        assert_eq!(
+            err.to_string(),
+            "illegal order transition from `completed` to `pending`"
+        );
+    }
+
+    #[test]
+    fn items_never_leave_revoked_and_delivered_only_revokes() {
+        for to in ItemStatus::ALL {
+            assert!(ItemStatus::Revoked.transition(*to).is_err());
+            assert_eq!(
+                ItemStatus::Delivered.transition(*to).is_ok(),
+                *to == ItemStatus::Revoked
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for s in OrderStatus::ALL {
+            assert_eq!(s.as_str().parse::<OrderStatus>(), Ok(*s));
+        }
+        for s in ItemStatus::ALL {
+            assert_eq!(s.as_str().parse::<ItemStatus>(), Ok(*s));
+        }
+        assert!("shipped".parse::<OrderStatus>().is_err());
+    }
+}

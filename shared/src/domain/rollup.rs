@@ -1,0 +1,81 @@
+//! How an item's status follows from its deliveries, and an order's from its items.
+
+use super::delivery::DeliveryStatus;
+use super::order::{ItemStatus, OrderStatus};
+
+/// The item status implied by the statuses of all its deliveries.
+pub fn item_status(deliveries: &[DeliveryStatus]) -> ItemStatus {
+    use DeliveryStatus::*;
+    if deliveries.iter().all(|d| *d == Succeeded) {
+        ItemStatus::Delivered
+    } else if deliveries
+        .iter()
+        .any(|d| matches!(d, Queued | Running | Retrying | Held))
+    {
+        ItemStatus::Processing
+    } else if deliveries.contains(&Waiting) {
+        ItemStatus::Waiting
+    } else {
+        // Only succeeded, dead and cancelled remain: nothing will run by itself.
+        ItemStatus::Failed
+    }
+}
+
+/// The order status implied by its items, or `None` when the items say nothing
+/// new (an untouched pending order stays pending until a worker claims work).
+pub fn order_status(items: &[ItemStatus]) -> Option<OrderStatus> {
+    use ItemStatus::*;
+    if items.is_empty() {
+        return None;
+    }
+    if items.iter().all(|i| matches!(i, Delivered)) {
+        Some(OrderStatus::Completed)
+    } else if items
+        .iter()
+        .any(|i| matches!(i, Processing | Waiting | Fulfilled))
+    {
+        Some(OrderStatus::Processing)
+    } else if items.iter().any(|i| matches!(i, Pending)) {
+        None
+    } else {
+        Some(OrderStatus::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeliveryStatus as D;
+    use ItemStatus as I;
+
+    #[test]
+    fn item_is_delivered_only_when_every_delivery_succeeded() {
+        assert_eq!(item_status(&[D::Succeeded, D::Succeeded]), I::Delivered);
+        assert_eq!(item_status(&[D::Succeeded, D::Running]), I::Processing);
+        assert_eq!(item_status(&[D::Succeeded, D::Waiting]), I::Waiting);
+        assert_eq!(item_status(&[D::Succeeded, D::Dead]), I::Failed);
+        assert_eq!(item_status(&[D::Dead, D::Retrying]), I::Processing);
+        assert_eq!(item_status(&[D::Held]), I::Processing);
+    }
+
+    #[test]
+    fn order_completes_when_all_items_delivered_and_fails_when_none_can_complete() {
+        assert_eq!(
+            order_status(&[I::Delivered, I::Delivered]),
+            Some(OrderStatus::Completed)
+        );
+        assert_eq!(
+            order_status(&[I::Delivered, I::Processing]),
+            Some(OrderStatus::Processing)
+        );
+        assert_eq!(
+            order_status(&[I::Failed, I::Waiting]),
+            Some(OrderStatus::Processing)
+        );
+        assert_eq!(
+            order_status(&[I::Failed, I::Delivered]),
+            Some(OrderStatus::Failed)
+        );
+        assert_eq!(order_status(&[I::Pending, I::Pending]), None);
+    }
+}

@@ -1,0 +1,43 @@
+//! Error kinds shared across the crate.
+
+/// How a driver failure should be handled: the retry decision comes from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Timeouts, refused or reset connections, 5xx, 429: try again later.
+    Transient,
+    /// Wrong password, invalid configuration, a command the server rejects: no retry helps.
+    Permanent,
+    /// Not a failure: the target is not ready (player offline, out of stock).
+    Waiting,
+}
+
+/// A database error, or a stored value the domain does not know.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Transition(#[from] crate::domain::IllegalTransition),
+}
+
+impl From<crate::domain::UnknownValue> for DbError {
+    fn from(e: crate::domain::UnknownValue) -> Self {
+        DbError::Corrupt(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for DbError {
+    fn from(e: serde_json::Error) -> Self {
+        DbError::Corrupt(e.to_string())
+    }
+}
+
+/// The Postgres constraint a query violated, if that is why it failed.
+pub fn violated_constraint(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}

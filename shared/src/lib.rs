@@ -1,0 +1,24 @@
+//! Courier's shared library: everything both binaries need.
+//!
+//! # Layout
+//! - `config`, `telemetry`, `error`: start-up and cross-cutting types.
+//! - `domain/`: pure types and state machines (orders, items, deliveries),
+//!   order numbers, command templates and fulfilment actions.
+//! - `db/`: sqlx access; every status change is a guarded UPDATE that names the
+//!   status it expects, and writes its timeline event in the same transaction.
+//! - `queue/`: RabbitMQ topology (one definition, declared by both binaries),
+//!   message types, connections and the publisher.
+//! - `service/`: the use cases (accept an order, claim and record a delivery)
+//!   that the API handlers and the worker consumers call.
+//! - `rcon/`: the RCON client and connection pools.
+//! - `redis`: the Redis connection used for coordination across replicas.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod queue;
+pub mod rcon;
+pub mod redis;
+pub mod service;
+pub mod telemetry;

@@ -1,0 +1,81 @@
+//! Publishing with publisher confirms: a message counts as sent only once the
+//! broker has confirmed it (written to the quorum queue's majority).
+
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not accept the message for `{0}` (nack)")]
+    Nacked(String),
+    #[error("no queue `{0}` to route to (message returned)")]
+    Unroutable(String),
+}
+
+/// A channel in confirm mode.
+#[derive(Debug)]
+pub struct Publisher {
+    // Kept so the channel's connection lives as long as the publisher.
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn open(connection: Connection) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes each `(queue, body)` persistently, then waits for every confirm.
+    /// All-or-error: on error the caller treats the whole batch as unsent (a
+    /// message that did go out is then sent again, which consumers tolerate).
+    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) -> Result<(), PublishError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (queue, body) in messages {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    props,
+                )
+                .await?;
+            pending.push((queue, confirm));
+        }
+        for (queue, confirm) in pending {
+            match confirm.await? {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable(queue.clone())),
+                Confirmation::Nack(_) | Confirmation::NotRequested => {
+                    return Err(PublishError::Nacked(queue.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}

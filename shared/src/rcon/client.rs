@@ -1,0 +1,253 @@
+//! One RCON connection: connect, log in, run commands.
+//!
+//! Multi-packet responses are collected by sending, right after the command, an
+//! empty `RESPONSE` packet with a second id: Source mirrors it back after the
+//! whole answer and Minecraft answers it with "Unknown request 0", in both cases
+//! after every packet of the command's output. Packets with other ids (a Source
+//! server's extra packet after the mirror, answers to a timed-out earlier call)
+//! are stale and skipped, since ids only grow on a connection.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::codec::{self, DecodeError, Packet, TYPE_AUTH, TYPE_EXEC, TYPE_RESPONSE};
+use crate::domain::text_enum;
+use crate::error::ErrorClass;
+
+text_enum!(
+    /// Which server family's RCON quirks to expect.
+    Dialect, "RCON dialect" {
+        Minecraft => "minecraft",
+        Source => "source",
+    }
+);
+
+impl Dialect {
+    /// Longest command body the server accepts. Minecraft reads requests into a
+    /// 1460-byte buffer (1446 bytes of body); Source allows 4096-byte packets.
+    pub fn max_command_len(self) -> usize {
+        match self {
+            Dialect::Minecraft => 1446,
+            Dialect::Source => 4086,
+        }
+    }
+}
+
+/// Where and how to log in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RconTarget {
+    pub host: String,
+    pub port: u16,
+    pub password: String,
+    pub dialect: Dialect,
+}
+
+impl fmt::Debug for RconTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RconTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RconError {
+    #[error("could not connect: {0}")]
+    Connect(std::io::Error),
+    #[error("timed out after {0:?} while {1}")]
+    Timeout(Duration, &'static str),
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("the server rejected the RCON password")]
+    AuthFailed,
+    #[error("the command is {len} bytes; this server accepts at most {max}")]
+    CommandTooLong { len: usize, max: usize },
+    #[error("the server sent a malformed packet: {0}")]
+    Malformed(#[from] DecodeError),
+    #[error("the response exceeded {0} bytes")]
+    ResponseTooLarge(usize),
+}
+
+impl RconError {
+    /// Whether trying again later can help.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RconError::AuthFailed | RconError::CommandTooLong { .. } => ErrorClass::Permanent,
+            _ => ErrorClass::Transient,
+        }
+    }
+}
+
+/// A failed `exec`, saying whether the command may have reached the server
+/// (it was written before the failure), which makes a retry a possible repeat.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ExecError {
+    #[source]
+    pub error: RconError,
+    pub maybe_sent: bool,
+}
+
+/// An authenticated connection. Not `Clone`: one command at a time.
+#[derive(Debug)]
+pub struct RconConnection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    next_id: i32,
+    dialect: Dialect,
+    timeouts: Timeouts,
+}
+
+impl RconConnection {
+    /// Connects and logs in, each step within the connect timeout.
+    pub async fn connect(target: &RconTarget, timeouts: Timeouts) -> Result<Self, RconError> {
+        let addr = (target.host.as_str(), target.port);
+        let stream = timeout(timeouts.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| RconError::Timeout(timeouts.connect, "connecting"))?
+            .map_err(RconError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = RconConnection {
+            stream,
+            buf: Vec::with_capacity(4096),
+            next_id: 1,
+            dialect: target.dialect,
+            timeouts,
+        };
+        timeout(timeouts.connect, conn.login(&target.password))
+            .await
+            .map_err(|_| RconError::Timeout(timeouts.connect, "logging in"))??;
+        Ok(conn)
+    }
+
+    fn take_id(&mut self) -> i32 {
+        let id = self.next_id;
+        // Wrap before i32::MAX and never use -1 (the failed-login id) or 0.
+        self.next_id = if id >= i32::MAX - 1 { 1 } else { id + 1 };
+        id
+    }
+
+    async fn login(&mut self, password: &str) -> Result<(), RconError> {
+        if password.len() > self.dialect.max_command_len() {
+            return Err(RconError::AuthFailed);
+        }
+        let id = self.take_id();
+        self.stream
+            .write_all(&codec::encode(id, TYPE_AUTH, password.as_bytes()))
+            .await?;
+        loop {
+            let packet = self.read_packet().await?;
+            // Source sends an empty RESPONSE before the login answer; Minecraft does not.
+            if packet.id == -1 {
+                return Err(RconError::AuthFailed);
+            }
+            if packet.id == id && packet.kind == TYPE_EXEC {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs one command and returns its whole output, within the command timeout.
+    pub async fn exec(&mut self, command: &str) -> Result<String, ExecError> {
+        let max = self.dialect.max_command_len();
+        if command.len() > max {
+            return Err(ExecError {
+                error: RconError::CommandTooLong {
+                    len: command.len(),
+                    max,
+                },
+                maybe_sent: false,
+            });
+        }
+        let limit = self.timeouts.command;
+        let mut written = false;
+        let result = timeout(limit, self.exec_inner(command, &mut written)).await;
+        match result {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(error)) => Err(ExecError {
+                error,
+                maybe_sent: written,
+            }),
+            Err(_) => Err(ExecError {
+                error: RconError::Timeout(limit, "waiting for the command's response"),
+                maybe_sent: written,
+            }),
+        }
+    }
+
+    async fn exec_inner(&mut self, command: &str, written: &mut bool) -> Result<String, RconError> {
+        let id = self.take_id();
+        let sentinel = self.take_id();
+        let mut request = codec::encode(id, TYPE_EXEC, command.as_bytes());
+        request.extend_from_slice(&codec::encode(sentinel, TYPE_RESPONSE, b""));
+        // From the first byte on, the server may have the command.
+        *written = true;
+        self.stream.write_all(&request).await?;
+        let mut output = Vec::new();
+        loop {
+            let packet = self.read_packet().await?;
+            if packet.id == -1 {
+                return Err(RconError::AuthFailed);
+            }
+            if packet.id == sentinel {
+                return Ok(String::from_utf8_lossy(&output).into_owned());
+            }
+            if packet.id == id {
+                if output.len() + packet.body.len() > self.timeouts.max_response_bytes {
+                    return Err(RconError::ResponseTooLarge(
+                        self.timeouts.max_response_bytes,
+                    ));
+                }
+                output.extend_from_slice(&packet.body);
+            }
+        }
+    }
+
+    async fn read_packet(&mut self) -> Result<Packet, RconError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((packet, used)) = codec::decode(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(packet);
+            }
+            // `decode` rejects sizes over MAX_SIZE, so the buffer stays below MAX_SIZE + 4 + 4096.
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(RconError::Closed);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the server has closed (or broken) an idle connection. A pooled
+    /// connection is checked before each use, so a command is never sent on a
+    /// socket already known to be dead (where its fate would be ambiguous).
+    pub fn is_closed(&mut self) -> bool {
+        let mut probe = [0u8; 64];
+        match self.stream.try_read(&mut probe) {
+            Ok(0) => true,
+            // Unsolicited bytes on an idle connection: keep them for the id filter.
+            Ok(n) => {
+                self.buf.extend_from_slice(&probe[..n]);
+                self.buf.len() > codec::MAX_SIZE as usize
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        }
+    }
+}

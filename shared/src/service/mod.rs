@@ -1,0 +1,21 @@
+//! Use cases called by the API handlers and the worker consumers.
+
+pub mod catalog;
+pub mod orders;
+
+/// Input that breaks a rule, with the JSON path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Accepting an order: validate, render every fulfilment action, and write the
+//! order, items, deliveries, timeline and outbox rows in one transaction.
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::Invalid;
+use crate::db::catalog::{self, Product};
+use crate::db::deliveries::{self, DeliveryRow};
+use crate::db::events::{self, NewEvent};
+use crate::db::orders::{self, ItemRow, OrderRow, OrderView};
+use crate::db::outbox;
+use crate::domain::action::{ActionConfig, RconPayload};
+use crate::domain::ids;
+use crate::domain::order::{OrderStatus, PaymentStatus};
+use crate::domain::template::Template;
+use crate::error::{DbError, violated_constraint};
+use crate::queue::messages::JobMessage;
+
+/// Body of `POST /v1/orders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    /// `paid` (fulfilment starts now) or `pending` (awaiting payment).
+    #[serde(default = "paid")]
+    pub payment_status: NewPaymentStatus,
+    /// ISO 4217, e.g. `USD`.
+    pub currency: String,
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    pub gateway: Option<String>,
+    pub transaction_id: Option<String>,
+    #[serde(default)]
+    pub customer: Customer,
+    #[serde(default)]
+    pub game: Game,
+    pub discord_user_id: Option<String>,
+    pub items: Vec<NewItem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NewPaymentStatus {
+    Paid,
+    Pending,
+}
+
+fn paid() -> NewPaymentStatus {
+    NewPaymentStatus::Paid
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Game {
+    pub username: Option<String>,
+    pub uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    /// The product's SKU.
+    pub product: String,
+    pub quantity: i32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+    #[serde(default)]
+    pub custom_fields: Map<String, Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateOrderError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("the Idempotency-Key was already used with a different request body")]
+    IdempotencyConflict,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for CreateOrderError {
+    fn from(e: sqlx::Error) -> Self {
+        CreateOrderError::Db(e.into())
+    }
+}
+
+/// What `create_order` did.
+#[derive(Debug)]
+pub struct Accepted {
+    pub order: OrderView,
+    /// False when an earlier request with the same idempotency key created it.
+    pub created: bool,
+}
+
+const MAX_ITEMS: usize = 100;
+const MAX_QUANTITY: i32 = 10_000;
+const MAX_TEXT: usize = 255;
+
+fn text(field: &str, value: &Option<String>) -> Result<(), Invalid> {
+    if let Some(v) = value
+        && (v.len() > MAX_TEXT || v.chars().any(char::is_control))
+    {
+        return Err(Invalid::new(
+            field,
+            format!("must be at most {MAX_TEXT} characters, without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn money(field: &str, value: Decimal) -> Result<(), Invalid> {
+    if value.is_sign_negative() {
+        return Err(Invalid::new(field, "must not be negative"));
+    }
+    if value.scale() > 4 {
+        return Err(Invalid::new(field, "must have at most 4 decimal places"));
+    }
+    if value > Decimal::from(1_000_000_000) {
+        return Err(Invalid::new(field, "is unreasonably large"));
+    }
+    Ok(())
+}
+
+/// Checks everything that does not need the database.
+pub fn validate(order: &NewOrder) -> Result<(), Invalid> {
+    if order.currency.len() != 3 || !order.currency.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(Invalid::new(
+            "currency",
+            "must be a three-letter ISO 4217 code in capitals, e.g. USD",
+        ));
+    }
+    money("tax", order.tax)?;
+    text("gateway", &order.gateway)?;
+    text("transaction_id", &order.transaction_id)?;
+    text("customer.name", &order.customer.name)?;
+    text("customer.phone", &order.customer.phone)?;
+    text("customer.email", &order.customer.email)?;
+    if let Some(email) = &order.customer.email {
+        let parts: Vec<&str> = email.split('@').collect();
+        if parts.len() != 2 || parts[0].is_empty() || !parts[1].contains('.') {
+            return Err(Invalid::new("customer.email", "is not an email address"));
+        }
+    }
+    if let Some(name) = &order.game.username
+        && (name.is_empty()
+            || name.len() > 32
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(Invalid::new(
+            "game.username",
+            "must be 1 to 32 letters, digits, '_', '.' or '-'",
+        ));
+    }
+    if let Some(uuid) = &order.game.uuid
+        && Uuid::parse_str(uuid).is_err()
+    {
+        return Err(Invalid::new("game.uuid", "is not a UUID"));
+    }
+    if let Some(id) = &order.discord_user_id
+        && (id.is_empty() || id.len() > 20 || !id.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(Invalid::new(
+            "discord_user_id",
+            "must be a Discord snowflake (digits)",
+        ));
+    }
+    if order.items.is_empty() {
+        return Err(Invalid::new("items", "an order needs at least one item"));
+    }
+    if order.items.len() > MAX_ITEMS {
+        return Err(Invalid::new(
+            "items",
+            format!("at most {MAX_ITEMS} items per order"),
+        ));
+    }
+    for (i, item) in order.items.iter().enumerate() {
+        if item.product.is_empty() {
+            return Err(Invalid::new(
+                format!("items[{i}].product"),
+                "must name a product SKU",
+            ));
+        }
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            return Err(Invalid::new(
+                format!("items[{i}].quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}"),
+            ));
+        }
+        money(&format!("items[{i}].unit_price"), item.unit_price)?;
+    }
+    Ok(())
+}
+
+/// SHA-256 of the request as parsed, so formatting differences do not count as
+/// a different body but any change of content does.
+pub fn request_hash(order: &NewOrder) -> Vec<u8> {
+    let canonical = serde_json::to_vec(order).unwrap_or_default();
+    Sha256::digest(&canonical).to_vec()
+}
+
+/// Accepts an order. With an idempotency key, a repeat of the same request
+/// returns the order it created (`created = false`); another body under the
+/// same key is `IdempotencyConflict`. `actor` names the caller for the timeline.
+pub async fn create_order(
+    pool: &PgPool,
+    order: NewOrder,
+    idempotency_key: Option<&str>,
+    actor: &str,
+) -> Result<Accepted, CreateOrderError> {
+    validate(&order)?;
+    let hash = request_hash(&order);
+    if let Some(key) = idempotency_key
+        && let Some(existing) = replay(pool, key, &hash).await?
+    {
+        return Ok(existing);
+    }
+
+    let mut conn = pool.acquire().await?;
+    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
+    let products: HashMap<String, Product> = catalog::products_by_sku(&mut conn, &skus)
+        .await?
+        .into_iter()
+        .map(|p| (p.sku.clone(), p))
+        .collect();
+    drop(conn);
+
+    for _ in 0..3 {
+        let plan = plan(&order, &products, idempotency_key, &hash)?;
+        let mut tx = pool.begin().await?;
+        match orders::insert_order(&mut tx, &plan.order).await {
+            Ok(()) => {}
+            Err(e) if violated_constraint(&e) == Some("orders_order_number_key") => continue,
+            Err(e) if violated_constraint(&e) == Some("orders_idempotency_key_key") => {
+                drop(tx);
+                // A concurrent request with the same key won the race.
+                let key = idempotency_key.unwrap_or_default();
+                return replay(pool, key, &hash)
+                    .await?
+                    .ok_or_else(|| DbError::Corrupt("idempotent order vanished".into()).into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for item in &plan.items {
+            orders::insert_item(&mut tx, item).await?;
+        }
+        for d in &plan.deliveries {
+            deliveries::insert(&mut tx, d).await?;
+            let message = JobMessage {
+                delivery_id: d.id,
+                kind: d.kind,
+            };
+            outbox::enqueue(&mut tx, d.kind.queue(), &message.to_json()).await?;
+        }
+        let o = &plan.order;
+        events::record(
+            &mut tx,
+            NewEvent {
+                order_id: o.id,
+                delivery_id: None,
+                kind: "order.created",
+                message: format!(
+                    "order accepted ({} {}, payment {}), {} deliveries queued",
+                    o.total,
+                    o.currency,
+                    o.payment_status,
+                    plan.deliveries.len()
+                ),
+                actor,
+                data: json!({ "idempotency_key": idempotency_key }),
+            },
+        )
+        .await?;
+        let view = orders::load_view(&mut tx, Some(o.id), None)
+            .await?
+            .ok_or_else(|| DbError::Corrupt("order not readable after insert".into()))?;
+        tx.commit().await?;
+        return Ok(Accepted {
+            order: view,
+            created: true,
+        });
+    }
+    Err(DbError::Corrupt("could not allocate a unique order number".into()).into())
+}
+
+async fn replay(
+    pool: &PgPool,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<Accepted>, CreateOrderError> {
+    let mut conn = pool.acquire().await?;
+    let Some((id, stored)) = orders::find_by_idempotency_key(&mut conn, key).await? else {
+        return Ok(None);
+    };
+    if stored != hash {
+        return Err(CreateOrderError::IdempotencyConflict);
+    }
+    let order = orders::load_view(&mut conn, Some(id), None)
+        .await?
+        .ok_or_else(|| DbError::Corrupt("idempotent order vanished".into()))?;
+    Ok(Some(Accepted {
+        order,
+        created: false,
+    }))
+}
+
+struct Plan {
+    order: OrderRow,
+    items: Vec<ItemRow>,
+    deliveries: Vec<DeliveryRow>,
+}
+
+/// Builds every row in memory, rendering each action; fails with the field at
+/// fault before anything is written.
+fn plan(
+    order: &NewOrder,
+    products: &HashMap<String, Product>,
+    idempotency_key: Option<&str>,
+    hash: &[u8],
+) -> Result<Plan, Invalid> {
+    let order_id = Uuid::new_v4();
+    let order_number = ids::new_order_number();
+    let paid = order.payment_status == NewPaymentStatus::Paid;
+    let mut items = Vec::with_capacity(order.items.len());
+    let mut rows = Vec::new();
+    let mut subtotal = Decimal::ZERO;
+    for (i, item) in order.items.iter().enumerate() {
+        let product = products.get(&item.product).ok_or_else(|| {
+            Invalid::new(
+                format!("items[{i}].product"),
+                format!("no product with SKU `{}`", item.product),
+            )
+        })?;
+        let total = item.unit_price * Decimal::from(item.quantity);
+        subtotal += total;
+        let item_id = Uuid::new_v4();
+        items.push(ItemRow {
+            id: item_id,
+            order_id,
+            position: i32::try_from(i).unwrap_or(i32::MAX),
+            product_id: product.id,
+            sku: product.sku.clone(),
+            product_name: product.name.clone(),
+            quantity: item.quantity,
+            unit_price: item.unit_price,
+            total,
+            custom_fields: Value::Object(item.custom_fields.clone()),
+        });
+        for action in &product.actions {
+            let delivery_id = Uuid::new_v4();
+            let values = HashMap::from([
+                ("username", order.game.username.clone().unwrap_or_default()),
+                ("uuid", order.game.uuid.clone().unwrap_or_default()),
+                ("quantity", item.quantity.to_string()),
+                ("order_number", order_number.clone()),
+                ("order_id", order_id.to_string()),
+                ("email", order.customer.email.clone().unwrap_or_default()),
+                (
+                    "discord_user_id",
+                    order.discord_user_id.clone().unwrap_or_default(),
+                ),
+                ("sku", product.sku.clone()),
+                ("delivery_id", delivery_id.to_string()),
+            ]);
+            let (target, payload) = match &action.config {
+                ActionConfig::Rcon {
+                    game_server_id,
+                    command,
+                    on_ambiguous,
+                } => {
+                    let rendered = Template::parse(command)
+                        .map_err(|e| {
+                            Invalid::new(
+                                format!("items[{i}].product"),
+                                format!("product `{}` has an invalid command: {e}", product.sku),
+                            )
+                        })?
+                        .render(&values)
+                        .map_err(|e| {
+                            let field = match &e {
+                                crate::domain::template::RenderError::Missing { field, .. }
+                                | crate::domain::template::RenderError::Unsafe { field, .. } => {
+                                    *field
+                                }
+                            };
+                            let field = if field.starts_with("items[]") {
+                                format!("items[{i}]")
+                            } else {
+                                field.to_owned()
+                            };
+                            Invalid::new(field, e.to_string())
+                        })?;
+                    let payload = RconPayload {
+                        game_server_id: *game_server_id,
+                        command: rendered,
+                        on_ambiguous: *on_ambiguous,
+                    };
+                    (
+                        game_server_id.to_string(),
+                        serde_json::to_value(payload).unwrap_or_default(),
+                    )
+                }
+            };
+            if paid {
+                rows.push(DeliveryRow {
+                    id: delivery_id,
+                    order_id,
+                    item_id,
+                    action_id: action.id,
+                    kind: action.config.kind(),
+                    target,
+                    payload,
+                });
+            }
+        }
+    }
+    money("subtotal", subtotal)?;
+    let total = subtotal + order.tax;
+    Ok(Plan {
+        order: OrderRow {
+            id: order_id,
+            order_number,
+            status: OrderStatus::Pending,
+            payment_status: if paid {
+                PaymentStatus::Paid
+            } else {
+                PaymentStatus::Pending
+            },
+            gateway: order.gateway.clone(),
+            transaction_id: order.transaction_id.clone(),
+            customer_name: order.customer.name.clone(),
+            customer_email: order.customer.email.clone(),
+            customer_phone: order.customer.phone.clone(),
+            game_username: order.game.username.clone(),
+            game_uuid: order.game.uuid.clone(),
+            discord_user_id: order.discord_user_id.clone(),
+            currency: order.currency.clone(),
+            subtotal,
+            tax: order.tax,
+            total,
+            idempotency_key: idempotency_key.map(str::to_owned),
+            request_hash: hash.to_vec(),
+        },
+        items,
+        deliveries: rows,
+    })
+}

@@ -1,0 +1,173 @@
+//! A paid order flows API → outbox → RabbitMQ → worker → RCON → Postgres.
+
+use std::time::Duration;
+
+use courier_shared::rcon::Dialect;
+use courier_tests::fakes::rcon::FakeGameServer;
+use courier_tests::stack::TestStack;
+use reqwest::{Method, StatusCode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_order_runs_the_command_and_completes() {
+    let game = FakeGameServer::start("hunter2", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start().await;
+    stack.add_game_server("survival", &game).await;
+    stack
+        .add_rcon_product(
+            "vip",
+            "survival",
+            "lp user {username} parent add vip {quantity} {order_number}",
+        )
+        .await;
+
+    let (status, order) = stack.post_order("vip", "Notch", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["payment_status"], "paid");
+    assert_eq!(order["total"], "10.48", "2 × 4.99 + 0.50 tax");
+    let number = order["order_number"]
+        .as_str()
+        .expect("order number")
+        .to_owned();
+    assert!(number.starts_with("ORD-") && number.len() == 14, "{number}");
+
+    let done = stack
+        .wait_for_order(
+            order["id"].as_str().expect("id"),
+            "completed",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(
+        game.commands(),
+        vec![format!("lp user Notch parent add vip 2 {number}")]
+    );
+    assert_eq!(done["items"][0]["delivery_status"], "delivered");
+    let delivery = &done["deliveries"][0];
+    assert_eq!(delivery["status"], "succeeded");
+    assert_eq!(delivery["attempts"], 1);
+    let attempt = &delivery["attempt_history"][0];
+    assert_eq!(attempt["outcome"], "succeeded");
+    assert_eq!(
+        attempt["response"],
+        format!("ok: lp user Notch parent add vip 2 {number}")
+    );
+    assert!(attempt["finished_at"].is_string());
+    let kinds: Vec<&str> = done["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for expected in [
+        "order.created",
+        "order.processing",
+        "delivery.started",
+        "delivery.succeeded",
+        "order.completed",
+    ] {
+        assert!(
+            kinds.contains(&expected),
+            "timeline lacks {expected}: {kinds:?}"
+        );
+    }
+    assert!(!done["completed_at"].is_null());
+
+    // Readable by order number too.
+    let (status, by_number) = stack
+        .call(Method::GET, &format!("/v1/orders/{number}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_number["id"], done["id"]);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_idempotency_key_returns_the_same_order_and_another_body_conflicts() {
+    let game = FakeGameServer::start("pw", Dialect::Source)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start().await;
+    stack.add_game_server("arena", &game).await;
+    stack
+        .add_rcon_product("coins", "arena", "sm_givecoins {username} {quantity}")
+        .await;
+
+    let (first, a) = stack.post_order("coins", "gabe", Some("key-1")).await;
+    let (second, b) = stack.post_order("coins", "gabe", Some("key-1")).await;
+    assert_eq!(first, StatusCode::CREATED, "{a}");
+    assert_eq!(second, StatusCode::OK, "{b}");
+    assert_eq!(a["id"], b["id"]);
+    let (conflict, err) = stack.post_order("coins", "other", Some("key-1")).await;
+    assert_eq!(conflict, StatusCode::CONFLICT);
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&stack.pool)
+        .await
+        .expect("count");
+    assert_eq!(orders, 1);
+    stack
+        .wait_for_order(
+            a["id"].as_str().expect("id"),
+            "completed",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(game.commands(), vec!["sm_givecoins gabe 2".to_owned()]);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_create_one_order() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("s", &game).await;
+    stack.add_rcon_product("p", "s", "say {username}").await;
+    let results = futures_util::future::join_all(
+        (0..8).map(|_| stack.post_order("p", "steve", Some("race"))),
+    )
+    .await;
+    let ids: std::collections::HashSet<String> =
+        results.iter().map(|(_, o)| o["id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "{results:?}");
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::CREATED)
+            .count(),
+        1
+    );
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&stack.pool)
+        .await
+        .expect("count");
+    assert_eq!(deliveries, 1);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_payment_order_queues_nothing() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start().await;
+    stack.add_game_server("s", &game).await;
+    stack.add_rcon_product("p", "s", "say {username}").await;
+    let mut body = courier_tests::stack::sample_order("p", "steve");
+    body["payment_status"] = "pending".into();
+    let (status, order) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["payment_status"], "pending");
+    assert_eq!(order["deliveries"].as_array().map(Vec::len), Some(0));
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&stack.pool)
+        .await
+        .expect("count");
+    assert_eq!(outbox, 0);
+    stack.teardown().await;
+}

@@ -1,0 +1,254 @@
+//! Bad input gets a 4xx naming what is wrong, and never reaches the queue.
+
+use courier_shared::rcon::Dialect;
+use courier_tests::fakes::rcon::FakeGameServer;
+use courier_tests::stack::{TestStack, sample_order};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn with(mut body: Value, path: &[&str], value: Value) -> Value {
+    let mut at = &mut body;
+    for (i, key) in path.iter().enumerate() {
+        if i + 1 == path.len() {
+            at[*key] = value;
+            break;
+        }
+        at = if let Ok(idx) = key.parse::<usize>() {
+            &mut at[idx]
+        } else {
+            &mut at[*key]
+        };
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_orders_are_rejected_with_the_field_and_queue_nothing() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("vip", "s", "lp user {username} parent add vip")
+        .await;
+    let good = sample_order("vip", "Notch");
+
+    let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
+        (
+            with(good.clone(), &["items"], json!([])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "items",
+        ),
+        (
+            with(good.clone(), &["items", "0", "quantity"], json!(0)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "items[0].quantity",
+        ),
+        (
+            with(good.clone(), &["items", "0", "quantity"], json!("two")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "items[0].quantity",
+        ),
+        (
+            with(good.clone(), &["items", "0", "unit_price"], json!("-1.00")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "items[0].unit_price",
+        ),
+        (
+            with(good.clone(), &["items", "0", "product"], json!("nope")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "items[0].product",
+        ),
+        (
+            with(good.clone(), &["currency"], json!("usd")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "currency",
+        ),
+        (
+            with(good.clone(), &["customer", "email"], json!("not-an-email")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "customer.email",
+        ),
+        (
+            with(good.clone(), &["game", "username"], json!("bob; op bob")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "game.username",
+        ),
+        (
+            with(good.clone(), &["game"], json!({})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "game.username",
+        ),
+        (
+            with(good.clone(), &["colour"], json!("red")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            ".",
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let (got, err) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+        assert_eq!(got, status, "{body} → {err}");
+        assert_eq!(err["error"]["code"], code, "{err}");
+        if field != "." {
+            assert_eq!(err["error"]["field"], field, "{err}");
+        }
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+
+    // Malformed JSON.
+    let resp = stack
+        .http
+        .post(stack.url("/v1/orders"))
+        .bearer_auth(&stack.admin_key)
+        .body("{\"currency\": ")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "malformed_json");
+
+    let counts: (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox)")
+            .fetch_one(&stack.pool)
+            .await
+            .expect("counts");
+    assert_eq!(
+        counts,
+        (0, 0),
+        "rejected requests must leave nothing behind"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_scopes_are_enforced() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let (status, err) = stack
+        .call_as("", Method::GET, "/v1/products", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
+    let (status, _) = stack
+        .call_as("ck_wrong", Method::GET, "/v1/products", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let reader = "ck_reader_key_for_tests_0123456789";
+    courier_shared::db::api_keys::insert(
+        &stack.pool,
+        "reader",
+        reader,
+        &["orders:read".to_owned()],
+    )
+    .await
+    .expect("key");
+    let (status, err) = stack
+        .call_as(
+            reader,
+            Method::POST,
+            "/v1/orders",
+            Some(&sample_order("x", "y")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(err["error"]["code"], "forbidden");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("orders:write")
+    );
+    let (status, _) = stack
+        .call_as(reader, Method::GET, "/v1/game-servers", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, err) = stack
+        .call_as(reader, Method::GET, "/v1/orders/ORD-0000000000", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
+
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE name = 'reader'")
+        .fetch_one(&stack.pool)
+        .await
+        .expect("row");
+    assert_ne!(stored, reader.as_bytes(), "keys are stored hashed");
+    assert_eq!(stored.len(), 32);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_with_unknown_placeholders_or_servers_are_rejected_when_saved() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("s", &game).await;
+    let product = |server: &str, command: &str| json!({ "name": "VIP", "actions": [{ "kind": "rcon", "game_server": server, "command": command }] });
+    let (status, err) = stack
+        .call(
+            Method::PUT,
+            "/v1/products/vip",
+            Some(&product("s", "lp user {usrname} parent add vip")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(err["error"]["field"], "actions[0].command");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("{usrname}"),
+        "{err}"
+    );
+
+    let (status, err) = stack
+        .call(
+            Method::PUT,
+            "/v1/products/vip",
+            Some(&product("nowhere", "say hi")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(err["error"]["field"], "actions[0].game_server");
+
+    let (status, err) = stack
+        .call(
+            Method::PUT,
+            "/v1/products/vip",
+            Some(&json!({ "name": "VIP", "actions": [{ "kind": "teleport" }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_body");
+
+    let (status, err) = stack
+        .call(
+            Method::PUT,
+            "/v1/game-servers/bad",
+            Some(&json!({ "host": "h", "port": 25575, "password": "x", "dialect": "quake" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "dialect");
+
+    let (status, products) = stack.call(Method::GET, "/v1/products", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(products, json!([]), "nothing was saved");
+    stack.teardown().await;
+}

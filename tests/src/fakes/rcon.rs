@@ -1,0 +1,258 @@
+//! A fake game server speaking RCON over TCP. It records every command it
+//! runs, counts concurrent sessions, and can misbehave on demand: answer
+//! slowly, refuse the password, drop the connection after reading a command,
+//! send its answers one byte at a time, or send a malformed packet.
+//!
+//! Commands it understands: `big <n>` answers with `n` bytes (split into
+//! 4096-byte packets, as real servers do); anything else answers
+//! `ok: <command>`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use courier_shared::rcon::Dialect;
+use courier_shared::rcon::codec::{self, TYPE_AUTH, TYPE_EXEC, TYPE_RESPONSE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Switches; change them at any time with `FakeGameServer::set`.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Wait this long before answering each command.
+    pub delay: Duration,
+    /// Answer every login with "wrong password".
+    pub refuse_auth: bool,
+    /// Close the connection after reading a command, without answering
+    /// (the command counts as run, like a server that crashed right after).
+    pub drop_after_command: bool,
+    /// Write answers one byte at a time.
+    pub fragment: bool,
+    /// Answer commands with a packet declaring size 3.
+    pub malformed: bool,
+}
+
+#[derive(Default)]
+struct State {
+    behaviour: Mutex<Behaviour>,
+    commands: Mutex<Vec<String>>,
+    changed: Notify,
+    sessions: AtomicUsize,
+    max_sessions: AtomicUsize,
+    logins: AtomicUsize,
+}
+
+pub struct FakeGameServer {
+    pub addr: std::net::SocketAddr,
+    pub password: String,
+    pub dialect: Dialect,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl FakeGameServer {
+    pub async fn start(password: &str, dialect: Dialect) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0", password, dialect, false).await
+    }
+
+    /// `echo`: print each command to stdout (the demo's server does).
+    pub async fn start_on(
+        bind: &str,
+        password: &str,
+        dialect: Dialect,
+        echo: bool,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let (pw, st) = (password.to_owned(), state.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (pw, st) = (pw.clone(), st.clone());
+                tokio::spawn(async move {
+                    let now = st.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                    st.max_sessions.fetch_max(now, Ordering::SeqCst);
+                    let _ = session(stream, &pw, dialect, &st, echo).await;
+                    st.sessions.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(FakeGameServer {
+            addr,
+            password: password.to_owned(),
+            dialect,
+            state,
+            task,
+        })
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self
+            .state
+            .behaviour
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = behaviour;
+    }
+
+    /// Every command run so far, in order.
+    pub fn commands(&self) -> Vec<String> {
+        self.state
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until at least `n` commands were run, or panics after `limit`.
+    pub async fn wait_for_commands(&self, n: usize, limit: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.state.changed.notified();
+            let cmds = self.commands();
+            if cmds.len() >= n {
+                return cmds;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "expected {n} commands within {limit:?}, got {:?}",
+                    self.commands()
+                );
+            }
+        }
+    }
+
+    /// The most sessions that were open at once.
+    pub fn max_concurrent_sessions(&self) -> usize {
+        self.state.max_sessions.load(Ordering::SeqCst)
+    }
+
+    pub fn logins(&self) -> usize {
+        self.state.logins.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeGameServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn send(stream: &mut TcpStream, bytes: &[u8], fragment: bool) -> std::io::Result<()> {
+    if fragment {
+        for b in bytes {
+            stream.write_all(std::slice::from_ref(b)).await?;
+            stream.flush().await?;
+        }
+        Ok(())
+    } else {
+        stream.write_all(bytes).await
+    }
+}
+
+async fn session(
+    mut stream: TcpStream,
+    password: &str,
+    dialect: Dialect,
+    st: &State,
+    echo: bool,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut authed = false;
+    loop {
+        let packet = loop {
+            match codec::decode(&buf) {
+                Ok(Some((p, used))) => {
+                    buf.drain(..used);
+                    break p;
+                }
+                Ok(None) => {}
+                Err(_) => return Ok(()),
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let b = st
+            .behaviour
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match packet.kind {
+            TYPE_AUTH => {
+                st.logins.fetch_add(1, Ordering::SeqCst);
+                let ok = !b.refuse_auth && packet.body == password.as_bytes();
+                let mut out = Vec::new();
+                if dialect == Dialect::Source {
+                    out.extend(codec::encode(packet.id, TYPE_RESPONSE, b""));
+                }
+                out.extend(codec::encode(
+                    if ok { packet.id } else { -1 },
+                    TYPE_EXEC,
+                    b"",
+                ));
+                send(&mut stream, &out, b.fragment).await?;
+                authed = ok;
+            }
+            TYPE_EXEC if authed => {
+                let command = String::from_utf8_lossy(&packet.body).into_owned();
+                if echo {
+                    println!("game server received: {command}");
+                }
+                st.commands
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(command.clone());
+                st.changed.notify_waiters();
+                if b.drop_after_command {
+                    return Ok(());
+                }
+                if !b.delay.is_zero() {
+                    tokio::time::sleep(b.delay).await;
+                }
+                if b.malformed {
+                    send(&mut stream, &[3, 0, 0, 0, 1, 2, 3], b.fragment).await?;
+                    continue;
+                }
+                let body = match command
+                    .strip_prefix("big ")
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
+                    Some(n) => vec![b'x'; n],
+                    None => format!("ok: {command}").into_bytes(),
+                };
+                let mut out = Vec::new();
+                for part in body.chunks(4096) {
+                    out.extend(codec::encode(packet.id, TYPE_RESPONSE, part));
+                }
+                if body.is_empty() {
+                    out.extend(codec::encode(packet.id, TYPE_RESPONSE, b""));
+                }
+                send(&mut stream, &out, b.fragment).await?;
+            }
+            TYPE_RESPONSE if authed => {
+                // The client's end-of-response marker.
+                let out = match dialect {
+                    Dialect::Minecraft => {
+                        codec::encode(packet.id, TYPE_RESPONSE, b"Unknown request 0")
+                    }
+                    Dialect::Source => {
+                        let mut out = codec::encode(packet.id, TYPE_RESPONSE, b"");
+                        out.extend(codec::encode(packet.id, TYPE_RESPONSE, &[0, 1, 0, 0]));
+                        out
+                    }
+                };
+                send(&mut stream, &out, b.fragment).await?;
+            }
+            _ => {
+                // Not logged in: real servers answer -1 or hang up.
+                send(&mut stream, &codec::encode(-1, TYPE_EXEC, b""), false).await?;
+            }
+        }
+    }
+}

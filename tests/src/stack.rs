@@ -1,0 +1,355 @@
+//! `TestStack::start` brings up one isolated Courier for a test: a fresh
+//! database (migrated by the API at start-up), its own queue prefix, the API on
+//! a free port with a bootstrap admin key, and a worker, all in-process against
+//! the real Postgres, RabbitMQ and Redis. `teardown` (or, after a panic, `Drop`)
+//! removes the database and the queues.
+
+use std::time::Duration;
+
+use courier_api::startup::RunningApi;
+use courier_shared::config::{Secret, Settings};
+use courier_shared::queue::topology::Topology;
+use courier_worker::startup::RunningWorker;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::fakes::rcon::FakeGameServer;
+
+pub struct TestStack {
+    pub settings: Settings,
+    pub api: Option<RunningApi>,
+    pub worker: Option<RunningWorker>,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub admin_key: String,
+    pub pool: PgPool,
+    cleanup: Cleanup,
+}
+
+/// Settings for an isolated stack: fresh database name, queue prefix, free port.
+pub fn test_settings() -> (Settings, String) {
+    let mut settings = Settings::load().expect("default configuration loads");
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let db_name = format!("courier_t_{tag}");
+    let url = settings.database.url.expose().to_owned();
+    settings.database.url = Secret::new(replace_db(&url, &db_name));
+    settings.database.max_connections = 8;
+    settings.amqp.prefix = format!("t{tag}.");
+    settings.api.bind = "127.0.0.1:0".into();
+    settings.api.bootstrap_admin_key = Some(Secret::new(format!(
+        "ck_test_admin_{}",
+        uuid::Uuid::new_v4().simple()
+    )));
+    settings.relay.sweep_interval_ms = 200;
+    settings.worker.concurrency = 4;
+    settings.worker.lease_seconds = 15;
+    settings.rcon.command_timeout_ms = 3000;
+    settings.rcon.connect_timeout_ms = 2000;
+    (settings, db_name)
+}
+
+/// `url` with its database name replaced.
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let head = base.rsplit_once('/').map_or(base, |(h, _)| h);
+    format!("{head}/{db}{query}")
+}
+
+impl TestStack {
+    /// A stack with the default test settings and a running worker.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}, true).await
+    }
+
+    /// `tweak` adjusts settings before anything starts; `worker` starts one in-process.
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings), worker: bool) -> Self {
+        courier_shared::telemetry::init_for_tests();
+        let (mut settings, db_name) = test_settings();
+        tweak(&mut settings);
+        let admin_url = replace_db(settings.database.url.expose(), "postgres");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to Postgres as the courier role (run ./dev setup)");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{db_name}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+        let cleanup = Cleanup {
+            done: false,
+            admin_url,
+            db_name,
+            amqp_url: settings.amqp.url.expose().to_owned(),
+            queues: Topology::new(&settings.amqp.prefix).all_queues(),
+        };
+        let api = courier_api::startup::start(&settings)
+            .await
+            .expect("api starts");
+        let base = format!("http://{}", api.addr);
+        let pool = api.pool.clone();
+        let admin_key = settings
+            .api
+            .bootstrap_admin_key
+            .as_ref()
+            .map(|k| k.expose().to_owned())
+            .unwrap_or_default();
+        let mut stack = TestStack {
+            settings,
+            api: Some(api),
+            worker: None,
+            http: reqwest::Client::new(),
+            base,
+            admin_key,
+            pool,
+            cleanup,
+        };
+        if worker {
+            stack.start_worker().await;
+        }
+        stack
+    }
+
+    pub async fn start_worker(&mut self) {
+        let worker = courier_worker::startup::start(&self.settings)
+            .await
+            .expect("worker starts");
+        self.worker = Some(worker);
+    }
+
+    pub fn worker(&self) -> &RunningWorker {
+        self.worker.as_ref().expect("stack has a worker")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends `method path` with the admin key and a JSON body; returns status and JSON.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        self.call_as(&self.admin_key, method, path, body, &[]).await
+    }
+
+    pub async fn call_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(key);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    /// Registers `server` as game server `name`.
+    pub async fn add_game_server(&self, name: &str, server: &FakeGameServer) {
+        let body = json!({
+            "host": server.addr.ip().to_string(),
+            "port": server.addr.port(),
+            "password": server.password,
+            "dialect": server.dialect.as_str(),
+            "max_connections": 2,
+        });
+        let (status, resp) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/game-servers/{name}"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+    }
+
+    /// A product `sku` with one RCON action on game server `server`.
+    pub async fn add_rcon_product(&self, sku: &str, server: &str, command: &str) {
+        let body = json!({
+            "name": format!("Product {sku}"),
+            "actions": [{ "kind": "rcon", "game_server": server, "command": command }],
+        });
+        let (status, resp) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/products/{sku}"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+    }
+
+    /// Posts a paid order of one `sku` for `username`; returns the response.
+    pub async fn post_order(
+        &self,
+        sku: &str,
+        username: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let body = sample_order(sku, username);
+        let headers: Vec<(&str, &str)> = key
+            .map(|k| vec![("Idempotency-Key", k)])
+            .unwrap_or_default();
+        self.call_as(
+            &self.admin_key,
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(&body),
+            &headers,
+        )
+        .await
+    }
+
+    /// Polls `GET /v1/orders/{id}` until its status is `status`; panics after `limit`.
+    pub async fn wait_for_order(&self, id: &str, status: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (code, order) = self
+                .call(reqwest::Method::GET, &format!("/v1/orders/{id}"), None)
+                .await;
+            assert_eq!(code, StatusCode::OK, "{order}");
+            if order["status"] == status {
+                return order;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("order {id} did not reach `{status}` within {limit:?}: {order:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes `body` straight to a work queue (bypassing the outbox), as a
+    /// duplicate or a corrupt message would arrive.
+    pub async fn publish_raw(&self, logical_queue: &str, body: &[u8]) {
+        let conn = courier_shared::queue::connect(self.settings.amqp.url.expose())
+            .await
+            .expect("amqp");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let queue = Topology::new(&self.settings.amqp.prefix).name(logical_queue);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Stops everything and removes the database and queues.
+    pub async fn teardown(mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop().await;
+        }
+        if let Some(api) = self.api.take() {
+            api.stop().await;
+        }
+        self.pool.close().await;
+        self.cleanup.run().await;
+    }
+}
+
+/// A paid order of one item, as a store back-end would send it.
+pub fn sample_order(sku: &str, username: &str) -> Value {
+    json!({
+        "currency": "USD",
+        "tax": "0.50",
+        "gateway": "store",
+        "transaction_id": "tx_123",
+        "customer": { "name": "Alex", "email": "alex@example.com" },
+        "game": { "username": username },
+        "items": [{ "product": sku, "quantity": 2, "unit_price": "4.99" }],
+    })
+}
+
+struct Cleanup {
+    done: bool,
+    admin_url: String,
+    db_name: String,
+    amqp_url: String,
+    queues: Vec<String>,
+}
+
+impl Cleanup {
+    async fn run(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Ok(conn) = courier_shared::queue::connect(&self.amqp_url).await {
+            if let Ok(channel) = conn.create_channel().await {
+                for q in &self.queues {
+                    let _ = channel
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+            let _ = conn.close(200, "cleanup".into()).await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    /// After a panic the test's runtime is going away: clean up on a thread of our own.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut this = Cleanup {
+            done: false,
+            admin_url: self.admin_url.clone(),
+            db_name: self.db_name.clone(),
+            amqp_url: self.amqp_url.clone(),
+            queues: self.queues.clone(),
+        };
+        self.done = true;
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(this.run());
+            }
+        })
+        .join();
+    }
+}

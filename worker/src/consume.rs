@@ -1,0 +1,294 @@
+//! The consumer of one delivery kind: decode → claim → run the driver →
+//! record (one transaction) → ack. A message is acked only after its outcome is
+//! committed, so a crash at any point leaves either a redelivered message (the
+//! claim makes it harmless) or a lease for the rescuer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed};
+use courier_shared::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
+use courier_shared::error::{DbError, ErrorClass};
+use courier_shared::queue::messages::JobMessage;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::drivers::DriverOutcome;
+use crate::drivers::rcon::RconDriver;
+
+/// Counters a test or `/metrics` can read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Attempts recorded (any outcome).
+    pub attempts: AtomicU64,
+    /// Messages acked without running anything (already done, or leased elsewhere).
+    pub skipped: AtomicU64,
+    /// Messages that could not be decoded and were dead-lettered.
+    pub poison: AtomicU64,
+    /// Drivers that panicked (recorded as failed attempts).
+    pub panics: AtomicU64,
+}
+
+/// Everything a job needs; shared by all consumers of the process.
+pub struct Context {
+    pub pool: PgPool,
+    pub worker_id: String,
+    pub lease_seconds: u32,
+    pub rcon: RconDriver,
+    pub stats: Stats,
+}
+
+/// Consumes `queue` until `shutdown`, reconnecting with backoff when the broker
+/// goes away. In-flight jobs finish before this returns.
+pub async fn run(
+    ctx: Arc<Context>,
+    amqp_url: String,
+    topology: courier_shared::queue::topology::Topology,
+    kind: DeliveryKind,
+    concurrency: u16,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let queue = topology.work_queue(kind);
+    let mut jobs = JoinSet::new();
+    loop {
+        let open = || async {
+            let conn = courier_shared::queue::connect(&amqp_url).await?;
+            let channel = conn.create_channel().await?;
+            topology.declare(&channel).await?;
+            channel
+                .basic_qos(concurrency, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("{}-{}", ctx.worker_id, kind).as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((conn, channel, consumer))
+        };
+        let opened = open
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times(),
+            )
+            .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, %queue, "worker cannot reach RabbitMQ"));
+        let (_conn, channel, mut consumer) = tokio::select! {
+            r = opened => match r {
+                Ok(parts) => parts,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => break,
+        };
+        tracing::info!(%queue, "consuming");
+        loop {
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let ctx = ctx.clone();
+                        jobs.spawn(async move { handle(ctx, kind, delivery).await });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(%queue, "consumer closed; reconnecting");
+                        break;
+                    }
+                },
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+                _ = shutdown.changed() => {
+                    // Stop receiving; unacked prefetched messages return to the queue
+                    // when the channel closes after the in-flight jobs are done.
+                    while jobs.join_next().await.is_some() {}
+                    let _ = channel.close(200, "worker shutting down".into()).await;
+                    return;
+                }
+            }
+        }
+    }
+    while jobs.join_next().await.is_some() {}
+}
+
+async fn handle(ctx: Arc<Context>, kind: DeliveryKind, delivery: Delivery) {
+    let message: JobMessage = match serde_json::from_slice(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            // Poison: never requeue; the queue dead-letters it to `courier.dead`.
+            tracing::error!(error = %e, "undecodable job message; dead-lettering it");
+            ctx.stats.poison.fetch_add(1, Ordering::Relaxed);
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+            return;
+        }
+    };
+    match process(&ctx, kind, &message).await {
+        Ok(()) => {
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The outcome is committed; a redelivery will be skipped by the claim.
+                tracing::warn!(error = %e, delivery_id = %message.delivery_id, "ack failed");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, delivery_id = %message.delivery_id, "job failed before its outcome was recorded; requeueing");
+            // Back off a little so a database outage does not spin the queue;
+            // `x-delivery-limit` bounds how often this can happen to one message.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+    }
+}
+
+async fn process(
+    ctx: &Arc<Context>,
+    kind: DeliveryKind,
+    message: &JobMessage,
+) -> Result<(), DbError> {
+    if message.kind != kind {
+        tracing::warn!(delivery_id = %message.delivery_id, expected = %kind, got = %message.kind, "message on the wrong queue");
+    }
+    let claimed = {
+        let mut tx = ctx.pool.begin().await?;
+        let claimed = deliveries::claim(
+            &mut tx,
+            message.delivery_id,
+            &ctx.worker_id,
+            ctx.lease_seconds,
+        )
+        .await?;
+        tx.commit().await?;
+        claimed
+    };
+    let claimed = match claimed {
+        Ok(c) => c,
+        Err(reason) => {
+            ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            match reason {
+                NotClaimed::Missing => {
+                    tracing::warn!(delivery_id = %message.delivery_id, "no such delivery; dropping message")
+                }
+                NotClaimed::NotClaimable(status) => {
+                    tracing::debug!(delivery_id = %message.delivery_id, %status, "delivery not claimable; skipping duplicate")
+                }
+            }
+            return Ok(());
+        }
+    };
+
+    let outcome = run_driver(ctx, &claimed).await;
+    let record = decide(&outcome);
+    tracing::info!(delivery_id = %claimed.id, attempt = claimed.attempt, outcome = %record.outcome, next = %record.next, "attempt finished");
+
+    // The action has happened (or not); the record must reach the database.
+    // Retry it through short outages, within the lease.
+    let write = || async {
+        let mut tx = ctx.pool.begin().await?;
+        deliveries::record(&mut tx, &claimed, &ctx.worker_id, &record).await?;
+        tx.commit().await?;
+        Ok::<_, DbError>(())
+    };
+    write
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_total_delay(Some(Duration::from_secs(u64::from(ctx.lease_seconds) / 2))),
+        )
+        .when(|e| matches!(e, DbError::Sqlx(_)))
+        .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "could not record the attempt"))
+        .await?;
+    ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Runs the driver in its own task so a panic becomes a failed attempt.
+async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
+    let task_ctx = ctx.clone();
+    let kind = claimed.kind;
+    let payload = claimed.payload.clone();
+    let task = tokio::spawn(async move {
+        match kind {
+            DeliveryKind::Rcon => task_ctx.rcon.run(&task_ctx.pool, &payload).await,
+            other => DriverOutcome::permanent(format!(
+                "no driver for `{other}` deliveries in this worker"
+            )),
+        }
+    });
+    match task.await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(delivery_id = %claimed.id, error = %e, "driver panicked");
+            DriverOutcome::Failed {
+                class: ErrorClass::Transient,
+                error: format!("the driver crashed: {e}"),
+                response: None,
+                maybe_sent: true,
+            }
+        }
+    }
+}
+
+/// Turns a driver outcome into the delivery's next status.
+pub fn decide(outcome: &DriverOutcome) -> AttemptRecord {
+    match outcome {
+        DriverOutcome::Succeeded { response } => AttemptRecord {
+            outcome: AttemptOutcome::Succeeded,
+            next: DeliveryStatus::Succeeded,
+            error: None,
+            response: Some(response.clone()),
+        },
+        DriverOutcome::Failed {
+            class,
+            error,
+            response,
+            maybe_sent,
+        } => {
+            let error = if *maybe_sent {
+                format!("{error} (the command may have reached the server)")
+            } else {
+                error.clone()
+            };
+            let (outcome, next) = match class {
+                ErrorClass::Permanent | ErrorClass::Transient => {
+                    let outcome = if *class == ErrorClass::Permanent {
+                        AttemptOutcome::Permanent
+                    } else {
+                        AttemptOutcome::Transient
+                    };
+                    (outcome, DeliveryStatus::Dead)
+                }
+                ErrorClass::Waiting => (AttemptOutcome::Waiting, DeliveryStatus::Waiting),
+            };
+            AttemptRecord {
+                outcome,
+                next,
+                error: Some(error),
+                response: response.clone(),
+            }
+        }
+    }
+}
