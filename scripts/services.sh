@@ -12,10 +12,17 @@ log() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
 
+pg_up() { pg_isready -q -h 127.0.0.1 2>/dev/null; }
+rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; }
+
+# Install only what is neither installed nor already answering (e.g. from docker compose).
 missing=()
-command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
-command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+pg_up || command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+rabbit_up || command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+redis_up || command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || { echo "install ${missing[*]} (or use docker-compose.yml) and run again" >&2; exit 1; }
   log "installing ${missing[*]}"
@@ -23,14 +30,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! pg_isready -q -h 127.0.0.1; then
+if ! pg_up; then
   log "starting PostgreSQL"
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
   pg_isready -q -h 127.0.0.1 || { echo "PostgreSQL did not start" >&2; exit 1; }
 fi
 
-if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+if ! rabbit_up; then
   log "starting RabbitMQ"
   as_root rabbitmq-server -detached || true
   for _ in $(seq 1 60); do as_root rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
@@ -38,7 +45,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { echo "RabbitMQ did not start" >&2; exit 1; }
 fi
 
-if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+if ! redis_up; then
   log "starting Redis"
   as_root mkdir -p /var/lib/redis /var/log/redis
   as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
@@ -47,8 +54,11 @@ if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 ping >/dev/null || { echo "Redis did not start" >&2; exit 1; }
 fi
 
-as_postgres psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname = 'courier'" | grep -q 1 \
-  || as_postgres psql -qc "CREATE ROLE courier LOGIN PASSWORD 'courier' CREATEDB"
-as_postgres psql -qtAc "SELECT 1 FROM pg_database WHERE datname = 'courier'" | grep -q 1 \
-  || as_postgres psql -qc "CREATE DATABASE courier OWNER courier"
+if ! PGPASSWORD=courier psql -qtA -h 127.0.0.1 -U courier -d courier -c 'SELECT 1' >/dev/null 2>&1; then
+  log "creating the Postgres role and database 'courier'"
+  as_postgres psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname = 'courier'" | grep -q 1 \
+    || as_postgres psql -qc "CREATE ROLE courier LOGIN PASSWORD 'courier' CREATEDB"
+  as_postgres psql -qtAc "SELECT 1 FROM pg_database WHERE datname = 'courier'" | grep -q 1 \
+    || as_postgres psql -qc "CREATE DATABASE courier OWNER courier"
+fi
 log "Postgres, RabbitMQ and Redis are up"

@@ -1,0 +1,102 @@
+//! `courier-bench latency`: time from `POST /v1/orders` to `completed` for
+//! orders posted one after another, on an isolated in-process stack (api +
+//! relay + worker) against the real Postgres, RabbitMQ and Redis, with the fake
+//! game server answering at once.
+//!
+//! Reports two figures per order: the client's (POST sent → first GET that
+//! shows `completed`, polling every millisecond) and the server's
+//! (`orders.completed_at - orders.created_at`).
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use courier_shared::rcon::Dialect;
+use courier_tests::fakes::rcon::FakeGameServer;
+use courier_tests::stack::TestStack;
+use reqwest::Method;
+
+#[derive(Parser)]
+#[command(name = "courier-bench", about = "Courier's benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sequential orders, POST → completed.
+    Latency {
+        #[arg(long, default_value_t = 100)]
+        orders: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let Command::Latency { orders, json } = Cli::parse().command;
+    let game = FakeGameServer::start("bench", Dialect::Minecraft).await?;
+    let stack = TestStack::start().await;
+    stack.add_game_server("bench", &game).await;
+    stack.add_rcon_product("bench", "bench", "give {username} diamond {quantity}").await;
+    // One warm-up order: connections, pools and prepared statements.
+    let (_, o) = stack.post_order("bench", "warmup", None).await;
+    stack.wait_for_order(o["id"].as_str().unwrap_or_default(), "completed", Duration::from_secs(30)).await;
+
+    let mut client_ms = Vec::with_capacity(orders);
+    for i in 0..orders {
+        let started = Instant::now();
+        let (status, order) = stack.post_order("bench", &format!("p{i}"), None).await;
+        anyhow::ensure!(status.is_success(), "order rejected: {order}");
+        let id = order["id"].as_str().unwrap_or_default().to_owned();
+        loop {
+            let (_, o) = stack.call(Method::GET, &format!("/v1/orders/{id}"), None).await;
+            if o["status"] == "completed" {
+                break;
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "order {id} did not complete: {o}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        client_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut server_ms: Vec<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (completed_at - created_at))::float8 * 1000 FROM orders \
+         WHERE game_username <> 'warmup' ORDER BY created_at",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
+    client_ms.sort_by(f64::total_cmp);
+    server_ms.sort_by(f64::total_cmp);
+    let row = |v: &[f64]| {
+        (percentile(v, 0.0), percentile(v, 0.5), percentile(v, 0.95), percentile(v, 1.0))
+    };
+    let (c0, c50, c95, c100) = row(&client_ms);
+    let (s0, s50, s95, s100) = row(&server_ms);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "orders": orders,
+                "client_ms": { "min": c0, "p50": c50, "p95": c95, "max": c100 },
+                "server_ms": { "min": s0, "p50": s50, "p95": s95, "max": s100 },
+            })
+        );
+    } else {
+        println!("POST /v1/orders → completed, {orders} sequential orders (ms)");
+        println!("{:<34} {:>8} {:>8} {:>8} {:>8}", "", "min", "median", "p95", "max");
+        println!("{:<34} {c0:>8.1} {c50:>8.1} {c95:>8.1} {c100:>8.1}", "client (POST → GET shows completed)");
+        println!("{:<34} {s0:>8.1} {s50:>8.1} {s95:>8.1} {s100:>8.1}", "server (created_at → completed_at)");
+    }
+    stack.teardown().await;
+    Ok(())
+}
