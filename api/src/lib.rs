@@ -9,6 +9,7 @@
 //! - `routes/`: thin handlers that call `courier_shared::service`.
 //! - `relay`: publishes outbox rows to RabbitMQ with publisher confirms.
 
+pub mod admin_cli;
 pub mod auth;
 pub mod error;
 pub mod json;

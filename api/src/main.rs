@@ -39,6 +39,9 @@ enum Command {
         #[arg(long)]
         file: std::path::PathBuf,
     },
+    /// Look at and act on failed work (dead letters, held deliveries).
+    #[command(subcommand)]
+    Admin(courier_api::admin_cli::AdminCommand),
 }
 
 #[tokio::main]
@@ -72,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Seed { file } => courier_api::seed::run(&settings, &file).await,
+        Command::Admin(cmd) => courier_api::admin_cli::run(&settings, cmd).await,
     }
 }
 

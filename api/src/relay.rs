@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use courier_shared::config::{RelaySettings, Secret};
 use courier_shared::db::outbox;
-use courier_shared::queue::publisher::{PublishError, Publisher};
+use courier_shared::queue::publisher::{OutgoingMessage, PublishError, Publisher};
 use courier_shared::queue::{self, topology::Topology};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
@@ -23,6 +23,24 @@ pub struct Relay {
     pub wake: Arc<Notify>,
     /// True while the relay holds a working broker connection (for `/readyz`).
     pub connected: Arc<AtomicBool>,
+}
+
+/// Wakes the relay on `NOTIFY courier_outbox` (sent by workers and the CLI at
+/// commit), reconnecting after errors; the periodic sweep covers any gap.
+async fn listen_for_notifications(pool: PgPool, wake: Arc<Notify>) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if listener.listen(outbox::NOTIFY_CHANNEL).await.is_ok() {
+                    while listener.recv().await.is_ok() {
+                        wake.notify_one();
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "relay cannot LISTEN; relying on the sweep"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +62,15 @@ impl Relay {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let sweep = Duration::from_millis(self.settings.sweep_interval_ms);
+        let listener = tokio::spawn(listen_for_notifications(
+            self.pool.clone(),
+            self.wake.clone(),
+        ));
+        self.run_loop(sweep, &mut shutdown).await;
+        listener.abort();
+    }
+
+    async fn run_loop(&self, sweep: Duration, shutdown: &mut watch::Receiver<bool>) {
         let mut publisher: Option<Publisher> = None;
         let mut last_prune = Instant::now();
         loop {
@@ -108,13 +135,12 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let messages: Vec<(String, Vec<u8>)> = rows
+        let messages: Vec<OutgoingMessage> = rows
             .iter()
-            .map(|r| {
-                (
-                    self.topology.name(&r.queue),
-                    r.payload.to_string().into_bytes(),
-                )
+            .map(|r| OutgoingMessage {
+                queue: self.topology.name(&r.queue),
+                body: r.payload.to_string().into_bytes(),
+                expiration_ms: r.expiration_ms,
             })
             .collect();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();

@@ -91,7 +91,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
     let relay = Relay {
         pool: pool.clone(),
         amqp_url: settings.amqp.url.clone(),
-        topology: Topology::new(&settings.amqp.prefix),
+        topology: Topology::new(&settings.amqp.prefix, &settings.retry),
         settings: settings.relay.clone(),
         wake: relay_wake,
         connected: relay_connected,

@@ -37,6 +37,8 @@ pub struct Settings {
     pub relay: RelaySettings,
     pub worker: WorkerSettings,
     pub rcon: RconSettings,
+    pub retry: RetrySettings,
+    pub rescuer: RescuerSettings,
     pub log: LogSettings,
 }
 
@@ -85,6 +87,9 @@ pub struct WorkerSettings {
     pub lease_seconds: u32,
     /// Name recorded on attempts; defaults to hostname-pid.
     pub id: Option<String>,
+    /// On SIGTERM, how long in-flight jobs may take before the worker exits
+    /// anyway (their messages return to the queue; their leases to the rescuer).
+    pub shutdown_grace_seconds: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -95,6 +100,42 @@ pub struct RconSettings {
     pub max_response_bytes: usize,
     /// Pooled connections unused for longer than this are closed.
     pub idle_timeout_ms: u64,
+}
+
+/// Retry schedules per delivery kind, and the re-check schedule of waiting deliveries.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RetrySettings {
+    pub rcon: Schedule,
+    pub discord: Schedule,
+    pub supplier: Schedule,
+    pub waiting: WaitingSchedule,
+}
+
+/// Exponential backoff: attempt n (after n failures) waits
+/// `min(base × 2^(n-1), max)`, scaled by a random factor in [0.8, 1.0].
+#[derive(Clone, Debug, Deserialize)]
+pub struct Schedule {
+    /// Failed attempts before the delivery is dead.
+    pub max_attempts: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WaitingSchedule {
+    /// How often a waiting delivery (player offline, out of stock) is re-checked.
+    pub interval_ms: u64,
+    /// After waiting this long the delivery is dead.
+    pub max_wait_hours: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RescuerSettings {
+    /// How often each worker looks for expired leases and overdue deliveries.
+    pub interval_ms: u64,
+    /// A queued/retrying/waiting delivery this far past its due time is re-published
+    /// (its message was lost); duplicates are harmless.
+    pub overdue_after_secs: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -123,6 +164,20 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("relay.retention_hours", "24"),
     ("worker.concurrency", "16"),
     ("worker.lease_seconds", "60"),
+    ("worker.shutdown_grace_seconds", "30"),
+    ("retry.rcon.max_attempts", "10"),
+    ("retry.rcon.base_delay_ms", "5000"),
+    ("retry.rcon.max_delay_ms", "3600000"),
+    ("retry.discord.max_attempts", "10"),
+    ("retry.discord.base_delay_ms", "5000"),
+    ("retry.discord.max_delay_ms", "3600000"),
+    ("retry.supplier.max_attempts", "10"),
+    ("retry.supplier.base_delay_ms", "5000"),
+    ("retry.supplier.max_delay_ms", "3600000"),
+    ("retry.waiting.interval_ms", "300000"),
+    ("retry.waiting.max_wait_hours", "168"),
+    ("rescuer.interval_ms", "10000"),
+    ("rescuer.overdue_after_secs", "600"),
     ("rcon.connect_timeout_ms", "3000"),
     ("rcon.command_timeout_ms", "10000"),
     ("rcon.max_response_bytes", "1048576"),
@@ -190,6 +245,29 @@ impl Settings {
                 "worker.lease_seconds",
                 "must be longer than rcon.command_timeout_ms, or a slow command would lose its lease",
             ));
+        }
+        for (key, schedule) in [
+            ("retry.rcon", &self.retry.rcon),
+            ("retry.discord", &self.retry.discord),
+            ("retry.supplier", &self.retry.supplier),
+        ] {
+            if schedule.max_attempts == 0
+                || schedule.base_delay_ms < 10
+                || schedule.max_delay_ms < schedule.base_delay_ms
+            {
+                return Err(ConfigError::Invalid {
+                    key: "retry",
+                    reason: format!(
+                        "{key}: need max_attempts ≥ 1, base_delay_ms ≥ 10 and max_delay_ms ≥ base_delay_ms"
+                    ),
+                });
+            }
+        }
+        if self.retry.waiting.interval_ms < 10 {
+            return Err(invalid("retry.waiting.interval_ms", "must be at least 10"));
+        }
+        if self.rescuer.interval_ms < 10 {
+            return Err(invalid("rescuer.interval_ms", "must be at least 10"));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));

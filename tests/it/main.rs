@@ -2,8 +2,11 @@
 //! test starts its own isolated stack (database, queue prefix) against the real
 //! Postgres, RabbitMQ and Redis; only the outside world is faked.
 
+mod dead_letters;
 mod orders;
 mod outbox;
 mod rcon_client;
 mod redelivery;
+mod rescuer;
+mod retries;
 mod validation;

@@ -48,6 +48,19 @@ pub fn test_settings() -> (Settings, String) {
     settings.worker.lease_seconds = 15;
     settings.rcon.command_timeout_ms = 3000;
     settings.rcon.connect_timeout_ms = 2000;
+    // A short schedule, so retries are seen within a test: 200, 400, 800 ms.
+    for schedule in [
+        &mut settings.retry.rcon,
+        &mut settings.retry.discord,
+        &mut settings.retry.supplier,
+    ] {
+        schedule.max_attempts = 4;
+        schedule.base_delay_ms = 200;
+        schedule.max_delay_ms = 1600;
+    }
+    settings.retry.waiting.interval_ms = 300;
+    settings.rescuer.interval_ms = 200;
+    settings.worker.shutdown_grace_seconds = 10;
     (settings, db_name)
 }
 
@@ -87,7 +100,7 @@ impl TestStack {
             admin_url,
             db_name,
             amqp_url: settings.amqp.url.expose().to_owned(),
-            queues: Topology::new(&settings.amqp.prefix).all_queues(),
+            queues: Topology::new(&settings.amqp.prefix, &settings.retry).all_queues(),
         };
         let api = courier_api::startup::start(&settings)
             .await
@@ -121,6 +134,68 @@ impl TestStack {
             .await
             .expect("worker starts");
         self.worker = Some(worker);
+    }
+
+    /// The environment that makes a `courier-worker` process join this stack.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        let r = &s.retry.rcon;
+        [
+            ("DATABASE__URL", s.database.url.expose().to_owned()),
+            ("DATABASE__MAX_CONNECTIONS", "4".to_owned()),
+            ("AMQP__URL", s.amqp.url.expose().to_owned()),
+            ("AMQP__PREFIX", s.amqp.prefix.clone()),
+            ("WORKER__LEASE_SECONDS", s.worker.lease_seconds.to_string()),
+            ("WORKER__CONCURRENCY", s.worker.concurrency.to_string()),
+            (
+                "WORKER__SHUTDOWN_GRACE_SECONDS",
+                s.worker.shutdown_grace_seconds.to_string(),
+            ),
+            (
+                "RCON__COMMAND_TIMEOUT_MS",
+                s.rcon.command_timeout_ms.to_string(),
+            ),
+            ("RETRY__RCON__MAX_ATTEMPTS", r.max_attempts.to_string()),
+            ("RETRY__RCON__BASE_DELAY_MS", r.base_delay_ms.to_string()),
+            ("RETRY__RCON__MAX_DELAY_MS", r.max_delay_ms.to_string()),
+            ("RETRY__DISCORD__MAX_ATTEMPTS", r.max_attempts.to_string()),
+            ("RETRY__DISCORD__BASE_DELAY_MS", r.base_delay_ms.to_string()),
+            ("RETRY__DISCORD__MAX_DELAY_MS", r.max_delay_ms.to_string()),
+            ("RETRY__SUPPLIER__MAX_ATTEMPTS", r.max_attempts.to_string()),
+            (
+                "RETRY__SUPPLIER__BASE_DELAY_MS",
+                r.base_delay_ms.to_string(),
+            ),
+            ("RETRY__SUPPLIER__MAX_DELAY_MS", r.max_delay_ms.to_string()),
+            (
+                "RETRY__WAITING__INTERVAL_MS",
+                s.retry.waiting.interval_ms.to_string(),
+            ),
+            ("RESCUER__INTERVAL_MS", s.rescuer.interval_ms.to_string()),
+            ("LOG__FILTER", "warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("COURIER__{k}"), v))
+        .collect()
+    }
+
+    /// Waits until `sql` (a scalar query) returns true; panics after `limit`.
+    pub async fn wait_until(&self, what: &str, sql: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(false);
+            if done {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn worker(&self) -> &RunningWorker {
@@ -186,10 +261,16 @@ impl TestStack {
 
     /// A product `sku` with one RCON action on game server `server`.
     pub async fn add_rcon_product(&self, sku: &str, server: &str, command: &str) {
-        let body = json!({
-            "name": format!("Product {sku}"),
-            "actions": [{ "kind": "rcon", "game_server": server, "command": command }],
-        });
+        self.add_product(
+            sku,
+            json!([{ "kind": "rcon", "game_server": server, "command": command }]),
+        )
+        .await;
+    }
+
+    /// A product `sku` with the given actions.
+    pub async fn add_product(&self, sku: &str, actions: Value) {
+        let body = json!({ "name": format!("Product {sku}"), "actions": actions });
         let (status, resp) = self
             .call(
                 reqwest::Method::PUT,
@@ -250,7 +331,8 @@ impl TestStack {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm mode");
-        let queue = Topology::new(&self.settings.amqp.prefix).name(logical_queue);
+        let queue =
+            Topology::new(&self.settings.amqp.prefix, &self.settings.retry).name(logical_queue);
         let confirm = channel
             .basic_publish(
                 "".into(),

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use courier_shared::config::RetrySettings;
 use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed};
 use courier_shared::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
+use courier_shared::domain::retry::{NextStep, delay_queue, next_step};
 use courier_shared::error::{DbError, ErrorClass};
 use courier_shared::queue::messages::JobMessage;
+use courier_shared::queue::topology::Topology;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -41,8 +44,20 @@ pub struct Context {
     pub pool: PgPool,
     pub worker_id: String,
     pub lease_seconds: u32,
+    pub shutdown_grace: Duration,
+    pub retry: RetrySettings,
+    pub topology: Topology,
     pub rcon: RconDriver,
     pub stats: Stats,
+}
+
+/// What to do with the message once the outcome is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    Ack,
+    /// The delivery is dead: reject without requeue, so the message reaches
+    /// `courier.dead` (at-least-once) and the recorder attaches it.
+    DeadLetter,
 }
 
 /// Consumes `queue` until `shutdown`, reconnecting with backoff when the broker
@@ -50,12 +65,13 @@ pub struct Context {
 pub async fn run(
     ctx: Arc<Context>,
     amqp_url: String,
-    topology: courier_shared::queue::topology::Topology,
     kind: DeliveryKind,
     concurrency: u16,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let topology = ctx.topology.clone();
     let queue = topology.work_queue(kind);
+    let consumer_tag = format!("{}-{}", ctx.worker_id, kind);
     let mut jobs = JoinSet::new();
     loop {
         let open = || async {
@@ -68,7 +84,7 @@ pub async fn run(
             let consumer = channel
                 .basic_consume(
                     queue.as_str().into(),
-                    format!("{}-{}", ctx.worker_id, kind).as_str().into(),
+                    consumer_tag.as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
@@ -110,9 +126,20 @@ pub async fn run(
                 },
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
                 _ = shutdown.changed() => {
-                    // Stop receiving; unacked prefetched messages return to the queue
-                    // when the channel closes after the in-flight jobs are done.
-                    while jobs.join_next().await.is_some() {}
+                    // Stop receiving, give in-flight jobs the grace period, then
+                    // close: RabbitMQ requeues every unacked message, and the
+                    // lease of a job cut short goes to the rescuer.
+                    let _ = channel
+                        .basic_cancel(consumer_tag.as_str().into(), lapin::options::BasicCancelOptions::default())
+                        .await;
+                    let drained = tokio::time::timeout(ctx.shutdown_grace, async {
+                        while jobs.join_next().await.is_some() {}
+                    })
+                    .await;
+                    if drained.is_err() {
+                        tracing::warn!(remaining = jobs.len(), "grace period over; abandoning in-flight jobs to redelivery");
+                        jobs.abort_all();
+                    }
                     let _ = channel.close(200, "worker shutting down".into()).await;
                     return;
                 }
@@ -140,7 +167,16 @@ async fn handle(ctx: Arc<Context>, kind: DeliveryKind, delivery: Delivery) {
         }
     };
     match process(&ctx, kind, &message).await {
-        Ok(()) => {
+        Ok(Disposition::DeadLetter) => {
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+        Ok(Disposition::Ack) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The outcome is committed; a redelivery will be skipped by the claim.
                 tracing::warn!(error = %e, delivery_id = %message.delivery_id, "ack failed");
@@ -166,7 +202,7 @@ async fn process(
     ctx: &Arc<Context>,
     kind: DeliveryKind,
     message: &JobMessage,
-) -> Result<(), DbError> {
+) -> Result<Disposition, DbError> {
     if message.kind != kind {
         tracing::warn!(delivery_id = %message.delivery_id, expected = %kind, got = %message.kind, "message on the wrong queue");
     }
@@ -194,12 +230,22 @@ async fn process(
                     tracing::debug!(delivery_id = %message.delivery_id, %status, "delivery not claimable; skipping duplicate")
                 }
             }
-            return Ok(());
+            return Ok(Disposition::Ack);
         }
     };
 
     let outcome = run_driver(ctx, &claimed).await;
-    let record = decide(&outcome);
+    let schedule = match claimed.kind {
+        DeliveryKind::Rcon => &ctx.retry.rcon,
+        DeliveryKind::DiscordRole => &ctx.retry.discord,
+        DeliveryKind::SupplierKey => &ctx.retry.supplier,
+    };
+    let record = decide(
+        &outcome,
+        &claimed,
+        (schedule, &ctx.retry.waiting),
+        rand::random(),
+    );
     tracing::info!(delivery_id = %claimed.id, attempt = claimed.attempt, outcome = %record.outcome, next = %record.next, "attempt finished");
 
     // The action has happened (or not); the record must reach the database.
@@ -221,7 +267,11 @@ async fn process(
         .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "could not record the attempt"))
         .await?;
     ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    Ok(if record.next == DeliveryStatus::Dead {
+        Disposition::DeadLetter
+    } else {
+        Disposition::Ack
+    })
 }
 
 /// Runs the driver in its own task so a panic becomes a failed attempt.
@@ -252,43 +302,71 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
     }
 }
 
-/// Turns a driver outcome into the delivery's next status.
-pub fn decide(outcome: &DriverOutcome) -> AttemptRecord {
-    match outcome {
-        DriverOutcome::Succeeded { response } => AttemptRecord {
-            outcome: AttemptOutcome::Succeeded,
-            next: DeliveryStatus::Succeeded,
-            error: None,
-            response: Some(response.clone()),
-        },
+/// Turns a driver outcome into the delivery's next status (see `domain::retry`).
+pub fn decide(
+    outcome: &DriverOutcome,
+    claimed: &Claimed,
+    policy: (
+        &courier_shared::config::Schedule,
+        &courier_shared::config::WaitingSchedule,
+    ),
+    jitter: f64,
+) -> AttemptRecord {
+    let (class, error, response, maybe_sent) = match outcome {
+        DriverOutcome::Succeeded { response } => {
+            (None, String::new(), Some(response.clone()), false)
+        }
         DriverOutcome::Failed {
             class,
             error,
             response,
             maybe_sent,
-        } => {
-            let error = if *maybe_sent {
-                format!("{error} (the command may have reached the server)")
-            } else {
-                error.clone()
-            };
-            let (outcome, next) = match class {
-                ErrorClass::Permanent | ErrorClass::Transient => {
-                    let outcome = if *class == ErrorClass::Permanent {
-                        AttemptOutcome::Permanent
-                    } else {
-                        AttemptOutcome::Transient
-                    };
-                    (outcome, DeliveryStatus::Dead)
-                }
-                ErrorClass::Waiting => (AttemptOutcome::Waiting, DeliveryStatus::Waiting),
-            };
-            AttemptRecord {
-                outcome,
-                next,
-                error: Some(error),
-                response: response.clone(),
-            }
-        }
+        } => (Some(*class), error.clone(), response.clone(), *maybe_sent),
+    };
+    let failed = class == Some(ErrorClass::Transient);
+    let failures = u32::try_from(claimed.failures).unwrap_or(0) + u32::from(failed);
+    let error = if maybe_sent {
+        format!("{error} (the command may have reached the server)")
+    } else {
+        error
+    };
+    let step = next_step(
+        class,
+        &error,
+        failures,
+        policy,
+        claimed.waiting_since,
+        chrono::Utc::now(),
+        jitter,
+    );
+    let outcome = match class {
+        None => AttemptOutcome::Succeeded,
+        Some(ErrorClass::Transient) => AttemptOutcome::Transient,
+        Some(ErrorClass::Permanent) => AttemptOutcome::Permanent,
+        Some(ErrorClass::Waiting) => AttemptOutcome::Waiting,
+    };
+    let error = class.map(|_| error);
+    let (next, requeue, dead_reason) = match step {
+        NextStep::Succeeded => (DeliveryStatus::Succeeded, None, None),
+        NextStep::Retry { tier_ms, delay_ms } => (
+            DeliveryStatus::Retrying,
+            Some((delay_queue(claimed.kind, tier_ms), delay_ms)),
+            None,
+        ),
+        NextStep::Wait { tier_ms, delay_ms } => (
+            DeliveryStatus::Waiting,
+            Some((delay_queue(claimed.kind, tier_ms), delay_ms)),
+            None,
+        ),
+        NextStep::Dead { reason } => (DeliveryStatus::Dead, None, Some(reason)),
+    };
+    AttemptRecord {
+        outcome,
+        next,
+        error,
+        response,
+        failed,
+        requeue,
+        dead_reason,
     }
 }

@@ -27,6 +27,11 @@ impl RunningWorker {
         &self.ctx.stats
     }
 
+    /// The shared job context (tests drive the rescuer with it).
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
     pub fn id(&self) -> &str {
         &self.ctx.worker_id
     }
@@ -63,26 +68,78 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         pool,
         worker_id,
         lease_seconds: settings.worker.lease_seconds,
+        shutdown_grace: std::time::Duration::from_secs(u64::from(
+            settings.worker.shutdown_grace_seconds,
+        )),
+        retry: settings.retry.clone(),
+        topology: Topology::new(&settings.amqp.prefix, &settings.retry),
         rcon: RconDriver::new(settings.rcon.clone()),
         stats: Stats::default(),
     });
     let (shutdown, rx) = watch::channel(false);
     let mut consumers = JoinSet::new();
-    let topology = Topology::new(&settings.amqp.prefix);
     for kind in SUPPORTED {
         consumers.spawn(consume::run(
             ctx.clone(),
             settings.amqp.url.expose().to_owned(),
-            topology.clone(),
             *kind,
             settings.worker.concurrency,
             rx.clone(),
         ));
     }
+    consumers.spawn(crate::recorder::run(
+        ctx.clone(),
+        settings.amqp.url.expose().to_owned(),
+        rx.clone(),
+    ));
+    consumers.spawn(crate::rescuer::run(
+        ctx.clone(),
+        std::time::Duration::from_millis(settings.rescuer.interval_ms),
+        settings.rescuer.overdue_after_secs,
+        rx.clone(),
+    ));
     tracing::info!(worker = %ctx.worker_id, "courier-worker started");
     Ok(RunningWorker {
         ctx,
         shutdown,
         consumers,
     })
+}
+
+/// The whole `courier-worker` process: configuration, logs, consumers, and a
+/// graceful stop on SIGTERM/SIGINT (in-flight jobs get
+/// `worker.shutdown_grace_seconds`; exit status 0).
+pub async fn run_process() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "courier-worker: consumes Courier's job queues. Configured by COURIER__* variables (see README)."
+        );
+        return Ok(());
+    }
+    let settings = Settings::load()?;
+    courier_shared::telemetry::init(&settings.log);
+    let worker = start(&settings).await?;
+    let stop = worker.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight jobs");
+        let _ = stop.send(true);
+    });
+    worker.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

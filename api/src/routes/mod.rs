@@ -1,5 +1,6 @@
 //! HTTP routes. Handlers extract, call one `service::` function, and map the result.
 
+pub mod admin;
 pub mod catalog;
 pub mod health;
 pub mod orders;
@@ -18,6 +19,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/game-servers/{name}", put(catalog::put_game_server))
         .route("/v1/products", get(catalog::list_products))
         .route("/v1/products/{sku}", put(catalog::put_product))
+        .route(
+            "/v1/orders/{order_id}/items/{item_id}/retry",
+            post(admin::retry_item),
+        )
+        .route("/v1/admin/dead-letters", get(admin::list))
+        .route("/v1/admin/dead-letters/retry", post(admin::retry_bulk))
+        .route("/v1/admin/dead-letters/{id}", get(admin::show))
+        .route("/v1/admin/dead-letters/{id}/retry", post(admin::retry))
+        .route("/v1/admin/dead-letters/{id}/discard", post(admin::discard))
+        .route("/v1/admin/held", get(admin::held))
+        .route(
+            "/v1/admin/deliveries/{id}/retry",
+            post(admin::retry_delivery),
+        )
+        .route(
+            "/v1/admin/deliveries/{id}/discard",
+            post(admin::discard_delivery),
+        )
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::not_found("route") })

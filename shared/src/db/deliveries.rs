@@ -26,8 +26,8 @@ pub struct DeliveryRow {
 
 pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')",
+        "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', now())",
     )
     .bind(d.id)
     .bind(d.order_id)
@@ -51,6 +51,10 @@ pub struct Claimed {
     pub payload: Value,
     /// This attempt's number (1 for the first).
     pub attempt: i32,
+    /// Transient failures before this attempt.
+    pub failures: i32,
+    pub waiting_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub target: String,
 }
 
 /// Why a claim did not happen.
@@ -84,7 +88,7 @@ pub async fn claim(
          UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
            lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
          FROM prev WHERE d.id = prev.id AND prev.status = ANY($4) \
-         RETURNING d.order_id, d.item_id, d.kind, d.payload, d.attempts, prev.status AS prev_status",
+         RETURNING d.order_id, d.item_id, d.kind, d.payload, d.attempts, d.failures, d.waiting_since, d.target, prev.status AS prev_status",
     )
     .bind(id)
     .bind(worker)
@@ -111,6 +115,9 @@ pub async fn claim(
         kind: kind.parse()?,
         payload: row.try_get("payload")?,
         attempt: row.try_get("attempts")?,
+        failures: row.try_get("failures")?,
+        waiting_since: row.try_get("waiting_since")?,
+        target: row.try_get("target")?,
     };
     sqlx::query("INSERT INTO delivery_attempts (delivery_id, attempt, worker) VALUES ($1, $2, $3)")
         .bind(id)
@@ -151,6 +158,12 @@ pub struct AttemptRecord {
     pub next: DeliveryStatus,
     pub error: Option<String>,
     pub response: Option<String>,
+    /// A transient failure, counted against the attempt limit.
+    pub failed: bool,
+    /// For `retrying` and `waiting`: the delay-tier queue (logical name) and this message's delay.
+    pub requeue: Option<(String, u64)>,
+    /// For `dead`: what the admin reads.
+    pub dead_reason: Option<String>,
 }
 
 /// Whether the worker still held the lease when it recorded.
@@ -186,16 +199,26 @@ pub async fn record(
     .bind(&rec.response)
     .execute(&mut *conn)
     .await?;
+    let delay_ms = rec
+        .requeue
+        .as_ref()
+        .map(|(_, ms)| i64::try_from(*ms).unwrap_or(i64::MAX));
+    let last_error = rec.dead_reason.as_ref().or(rec.error.as_ref());
     let updated = sqlx::query(
         "UPDATE deliveries SET status = $4, lease_until = NULL, leased_by = NULL, last_error = $5, \
-           updated_at = now(), completed_at = CASE WHEN $4 = 'succeeded' THEN now() END \
+           updated_at = now(), completed_at = CASE WHEN $4 = 'succeeded' THEN now() END, \
+           failures = failures + $6, \
+           next_attempt_at = CASE WHEN $7::bigint IS NULL THEN NULL ELSE now() + make_interval(secs => $7::bigint / 1000.0) END, \
+           waiting_since = CASE WHEN $4 = 'waiting' THEN coalesce(waiting_since, now()) END \
          WHERE id = $1 AND status = 'running' AND leased_by = $2 AND attempts = $3",
     )
     .bind(claimed.id)
     .bind(worker)
     .bind(claimed.attempt)
     .bind(rec.next.as_str())
-    .bind(&rec.error)
+    .bind(last_error)
+    .bind(i32::from(rec.failed))
+    .bind(delay_ms)
     .execute(&mut *conn)
     .await?;
     let actor = format!("worker:{worker}");
@@ -217,8 +240,52 @@ pub async fn record(
         .await?;
         return Ok(Recorded::LeaseLost);
     }
+    if let Some((queue, delay)) = &rec.requeue {
+        let message = crate::queue::messages::JobMessage {
+            delivery_id: claimed.id,
+            kind: claimed.kind,
+        };
+        super::outbox::enqueue_delayed(
+            conn,
+            queue,
+            &message.to_json(),
+            Some(i64::try_from(*delay).unwrap_or(i64::MAX)),
+        )
+        .await?;
+        super::outbox::notify_relays(conn).await?;
+    }
+    if rec.next == DeliveryStatus::Dead {
+        let reason = rec
+            .dead_reason
+            .clone()
+            .or_else(|| rec.error.clone())
+            .unwrap_or_default();
+        super::dead_letters::open_for_delivery(
+            conn,
+            claimed.id,
+            claimed.kind,
+            &claimed.target,
+            &reason,
+        )
+        .await?;
+    }
     let message = match (&rec.error, rec.next) {
         (_, DeliveryStatus::Succeeded) => format!("attempt {} succeeded", claimed.attempt),
+        (Some(e), DeliveryStatus::Retrying) => format!(
+            "attempt {} failed: {e}; retrying in {:.1} s",
+            claimed.attempt,
+            delay_ms.unwrap_or_default() as f64 / 1000.0
+        ),
+        (Some(e), DeliveryStatus::Waiting) => format!(
+            "attempt {}: {e}; checking again in {:.0} s",
+            claimed.attempt,
+            delay_ms.unwrap_or_default() as f64 / 1000.0
+        ),
+        (_, DeliveryStatus::Dead) => format!(
+            "attempt {}: {}; delivery is dead",
+            claimed.attempt,
+            rec.dead_reason.as_deref().unwrap_or("failed")
+        ),
         (Some(e), next) => format!("attempt {} failed: {e} (now {next})", claimed.attempt),
         (None, next) => format!("attempt {} ended ({next})", claimed.attempt),
     };

@@ -3,10 +3,12 @@
 
 pub mod api_keys;
 pub mod catalog;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod events;
 pub mod orders;
 pub mod outbox;
+pub mod rescue;
 
 use std::time::Duration;
 

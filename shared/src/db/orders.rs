@@ -356,3 +356,29 @@ pub async fn load_view(
         timeline,
     }))
 }
+
+/// Every attempt of one delivery, oldest first.
+pub async fn load_attempts(
+    conn: &mut PgConnection,
+    delivery_id: Uuid,
+) -> Result<Vec<AttemptView>, DbError> {
+    let rows =
+        sqlx::query("SELECT * FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt")
+            .bind(delivery_id)
+            .fetch_all(conn)
+            .await?;
+    rows.iter()
+        .map(|a| {
+            let outcome: Option<String> = a.try_get("outcome")?;
+            Ok(AttemptView {
+                attempt: a.try_get("attempt")?,
+                worker: a.try_get("worker")?,
+                started_at: a.try_get("started_at")?,
+                finished_at: a.try_get("finished_at")?,
+                outcome: outcome.map(|s| s.parse()).transpose()?,
+                error: a.try_get("error")?,
+                response: a.try_get("response")?,
+            })
+        })
+        .collect()
+}

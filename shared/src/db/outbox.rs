@@ -10,9 +10,33 @@ pub async fn enqueue(
     queue: &str,
     payload: &Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO outbox (queue, payload) VALUES ($1, $2)")
+    enqueue_delayed(conn, queue, payload, None).await
+}
+
+/// Queues a message with a per-message TTL (for a delay tier).
+pub async fn enqueue_delayed(
+    conn: &mut PgConnection,
+    queue: &str,
+    payload: &Value,
+    expiration_ms: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (queue, payload, expiration_ms) VALUES ($1, $2, $3)")
         .bind(queue)
         .bind(payload)
+        .bind(expiration_ms)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The channel relays LISTEN on; processes other than the API (the worker's
+/// retries, the CLI's admin retries) wake the relay through it at commit.
+pub const NOTIFY_CHANNEL: &str = "courier_outbox";
+
+/// Wakes every relay when the caller's transaction commits.
+pub async fn notify_relays(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
         .execute(conn)
         .await?;
     Ok(())
@@ -24,6 +48,7 @@ pub struct Pending {
     pub id: i64,
     pub queue: String,
     pub payload: Value,
+    pub expiration_ms: Option<i64>,
 }
 
 /// Locks up to `limit` unpublished rows; other relays skip them (SKIP LOCKED),
@@ -31,7 +56,7 @@ pub struct Pending {
 /// (except after a crash between publish and commit: consumers are idempotent).
 pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, queue, payload FROM outbox WHERE published_at IS NULL \
+        "SELECT id, queue, payload, expiration_ms FROM outbox WHERE published_at IS NULL \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)

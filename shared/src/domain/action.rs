@@ -35,6 +35,10 @@ pub enum ActionConfig {
         command: String,
         #[serde(default)]
         on_ambiguous: OnAmbiguous,
+        /// Check the player is online (over RCON) before running the command;
+        /// if not, the delivery waits and is re-checked on the waiting schedule.
+        #[serde(default)]
+        require_online: bool,
     },
 }
 
@@ -53,4 +57,7 @@ pub struct RconPayload {
     pub game_server_id: Uuid,
     pub command: String,
     pub on_ambiguous: OnAmbiguous,
+    /// The player to find online first, when the action requires it.
+    #[serde(default)]
+    pub require_online: Option<String>,
 }

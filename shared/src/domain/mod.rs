@@ -5,6 +5,7 @@ pub mod action;
 pub mod delivery;
 pub mod ids;
 pub mod order;
+pub mod retry;
 pub mod rollup;
 pub mod template;
 

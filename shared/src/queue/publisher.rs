@@ -15,6 +15,15 @@ pub enum PublishError {
     Unroutable(String),
 }
 
+/// One message to publish to `queue` (the broker's name, prefix included).
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub queue: String,
+    pub body: Vec<u8>,
+    /// Per-message TTL, for messages bound for a delay tier.
+    pub expiration_ms: Option<i64>,
+}
+
 /// A channel in confirm mode.
 #[derive(Debug)]
 pub struct Publisher {
@@ -43,15 +52,23 @@ impl Publisher {
         self.channel.status().connected()
     }
 
-    /// Publishes each `(queue, body)` persistently, then waits for every confirm.
+    /// Publishes each message persistently, then waits for every confirm.
     /// All-or-error: on error the caller treats the whole batch as unsent (a
     /// message that did go out is then sent again, which consumers tolerate).
-    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) -> Result<(), PublishError> {
+    pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
         let mut pending = Vec::with_capacity(messages.len());
-        for (queue, body) in messages {
-            let props = BasicProperties::default()
+        for OutgoingMessage {
+            queue,
+            body,
+            expiration_ms,
+        } in messages
+        {
+            let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into());
+            if let Some(ms) = expiration_ms {
+                props = props.with_expiration(ms.to_string().as_str().into());
+            }
             let confirm = self
                 .channel
                 .basic_publish(

@@ -4,13 +4,19 @@
 //! - a durable quorum work queue per delivery kind, whose dead letters go
 //!   (at-least-once) to the dead-letter queue; `x-delivery-limit` stops a
 //!   message that crashes every consumer from being redelivered forever;
+//! - delay tiers per kind (`courier.rcon.delay.5000ms`): durable classic
+//!   queues with `x-message-ttl` whose dead-letter target is the work queue
+//!   (classic, because a tier only holds messages for a while: a message lost
+//!   there is re-published by the rescuer, which finds its delivery overdue);
 //! - `courier.dead`, the dead-letter queue drained into Postgres.
 
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::config::RetrySettings;
 use crate::domain::delivery::DeliveryKind;
+use crate::domain::retry::delay_queue;
 
 /// Deliveries of one message (to crashing consumers) before RabbitMQ dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 10;
@@ -21,13 +27,29 @@ pub const DEAD_QUEUE: &str = "courier.dead";
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    retry: RetrySettings,
 }
 
 impl Topology {
-    pub fn new(prefix: &str) -> Self {
+    pub fn new(prefix: &str, retry: &RetrySettings) -> Self {
         Topology {
             prefix: prefix.to_owned(),
+            retry: retry.clone(),
         }
+    }
+
+    /// The delay tiers (ms) of `kind`: its retry schedule's and the waiting interval.
+    pub fn tiers(&self, kind: DeliveryKind) -> Vec<u64> {
+        let schedule = match kind {
+            DeliveryKind::Rcon => &self.retry.rcon,
+            DeliveryKind::DiscordRole => &self.retry.discord,
+            DeliveryKind::SupplierKey => &self.retry.supplier,
+        };
+        let mut tiers = schedule.tiers();
+        tiers.push(self.retry.waiting.interval_ms);
+        tiers.sort_unstable();
+        tiers.dedup();
+        tiers
     }
 
     /// The broker's name for a logical queue (`courier.rcon` → `<prefix>courier.rcon`).
@@ -49,6 +71,11 @@ impl Topology {
             .iter()
             .map(|k| self.work_queue(*k))
             .collect();
+        for kind in DeliveryKind::ALL {
+            for tier in self.tiers(*kind) {
+                names.push(self.name(&delay_queue(*kind, tier)));
+            }
+        }
         names.push(self.dead_queue());
         names
     }
@@ -82,6 +109,21 @@ impl Topology {
             channel
                 .queue_declare(self.work_queue(*kind).into(), durable, args)
                 .await?;
+            for tier in self.tiers(*kind) {
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-message-ttl".into(),
+                    AMQPValue::LongLongInt(i64::try_from(tier).unwrap_or(i64::MAX)),
+                );
+                args.insert("x-dead-letter-exchange".into(), string(""));
+                args.insert(
+                    "x-dead-letter-routing-key".into(),
+                    string(&self.work_queue(*kind)),
+                );
+                channel
+                    .queue_declare(self.name(&delay_queue(*kind, tier)).into(), durable, args)
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -105,6 +105,8 @@ pub enum ActionInput {
         command: String,
         #[serde(default)]
         on_ambiguous: OnAmbiguous,
+        #[serde(default)]
+        require_online: bool,
     },
 }
 
@@ -130,6 +132,7 @@ pub async fn save_product(
                 game_server,
                 command,
                 on_ambiguous,
+                require_online,
             } => {
                 Template::parse(&command)
                     .map_err(|e| Invalid::new(format!("actions[{i}].command"), e.to_string()))?;
@@ -145,6 +148,7 @@ pub async fn save_product(
                     game_server_id: server.id,
                     command,
                     on_ambiguous,
+                    require_online,
                 });
             }
         }

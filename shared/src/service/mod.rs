@@ -1,5 +1,6 @@
 //! Use cases called by the API handlers and the worker consumers.
 
+pub mod admin;
 pub mod catalog;
 pub mod orders;
 

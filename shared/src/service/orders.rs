@@ -382,6 +382,7 @@ fn plan(
                     game_server_id,
                     command,
                     on_ambiguous,
+                    require_online,
                 } => {
                     let rendered = Template::parse(command)
                         .map_err(|e| {
@@ -409,6 +410,17 @@ fn plan(
                         game_server_id: *game_server_id,
                         command: rendered,
                         on_ambiguous: *on_ambiguous,
+                        require_online: if *require_online {
+                            let name = order.game.username.clone().ok_or_else(|| {
+                                Invalid::new(
+                                    "game.username",
+                                    "is required: the product checks the player is online",
+                                )
+                            })?;
+                            Some(name)
+                        } else {
+                            None
+                        },
                     };
                     (
                         game_server_id.to_string(),

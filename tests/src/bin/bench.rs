@@ -48,10 +48,18 @@ async fn main() -> anyhow::Result<()> {
     let game = FakeGameServer::start("bench", Dialect::Minecraft).await?;
     let stack = TestStack::start().await;
     stack.add_game_server("bench", &game).await;
-    stack.add_rcon_product("bench", "bench", "give {username} diamond {quantity}").await;
+    stack
+        .add_rcon_product("bench", "bench", "give {username} diamond {quantity}")
+        .await;
     // One warm-up order: connections, pools and prepared statements.
     let (_, o) = stack.post_order("bench", "warmup", None).await;
-    stack.wait_for_order(o["id"].as_str().unwrap_or_default(), "completed", Duration::from_secs(30)).await;
+    stack
+        .wait_for_order(
+            o["id"].as_str().unwrap_or_default(),
+            "completed",
+            Duration::from_secs(30),
+        )
+        .await;
 
     let mut client_ms = Vec::with_capacity(orders);
     for i in 0..orders {
@@ -60,11 +68,16 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.is_success(), "order rejected: {order}");
         let id = order["id"].as_str().unwrap_or_default().to_owned();
         loop {
-            let (_, o) = stack.call(Method::GET, &format!("/v1/orders/{id}"), None).await;
+            let (_, o) = stack
+                .call(Method::GET, &format!("/v1/orders/{id}"), None)
+                .await;
             if o["status"] == "completed" {
                 break;
             }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "order {id} did not complete: {o}");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "order {id} did not complete: {o}"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         client_ms.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -78,7 +91,12 @@ async fn main() -> anyhow::Result<()> {
     client_ms.sort_by(f64::total_cmp);
     server_ms.sort_by(f64::total_cmp);
     let row = |v: &[f64]| {
-        (percentile(v, 0.0), percentile(v, 0.5), percentile(v, 0.95), percentile(v, 1.0))
+        (
+            percentile(v, 0.0),
+            percentile(v, 0.5),
+            percentile(v, 0.95),
+            percentile(v, 1.0),
+        )
     };
     let (c0, c50, c95, c100) = row(&client_ms);
     let (s0, s50, s95, s100) = row(&server_ms);
@@ -93,9 +111,18 @@ async fn main() -> anyhow::Result<()> {
         );
     } else {
         println!("POST /v1/orders → completed, {orders} sequential orders (ms)");
-        println!("{:<34} {:>8} {:>8} {:>8} {:>8}", "", "min", "median", "p95", "max");
-        println!("{:<34} {c0:>8.1} {c50:>8.1} {c95:>8.1} {c100:>8.1}", "client (POST → GET shows completed)");
-        println!("{:<34} {s0:>8.1} {s50:>8.1} {s95:>8.1} {s100:>8.1}", "server (created_at → completed_at)");
+        println!(
+            "{:<34} {:>8} {:>8} {:>8} {:>8}",
+            "", "min", "median", "p95", "max"
+        );
+        println!(
+            "{:<34} {c0:>8.1} {c50:>8.1} {c95:>8.1} {c100:>8.1}",
+            "client (POST → GET shows completed)"
+        );
+        println!(
+            "{:<34} {s0:>8.1} {s50:>8.1} {s95:>8.1} {s100:>8.1}",
+            "server (created_at → completed_at)"
+        );
     }
     stack.teardown().await;
     Ok(())

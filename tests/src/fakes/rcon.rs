@@ -32,6 +32,13 @@ pub struct Behaviour {
     pub fragment: bool,
     /// Answer commands with a packet declaring size 3.
     pub malformed: bool,
+    /// Close this many new connections at once, before login (a server restarting).
+    pub reject_connections: usize,
+    /// When set, `list` (Minecraft) and `status` (Source) answer with these
+    /// players online, and are not recorded as commands.
+    pub players: Option<Vec<String>>,
+    /// Answer every command "Unknown or incomplete command".
+    pub unknown_command: bool,
 }
 
 #[derive(Default)]
@@ -71,6 +78,14 @@ impl FakeGameServer {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (pw, st) = (pw.clone(), st.clone());
+                {
+                    let mut b = st.behaviour.lock().unwrap_or_else(|e| e.into_inner());
+                    if b.reject_connections > 0 {
+                        b.reject_connections -= 1;
+                        drop(stream);
+                        continue;
+                    }
+                }
                 tokio::spawn(async move {
                     let now = st.sessions.fetch_add(1, Ordering::SeqCst) + 1;
                     st.max_sessions.fetch_max(now, Ordering::SeqCst);
@@ -201,6 +216,31 @@ async fn session(
             }
             TYPE_EXEC if authed => {
                 let command = String::from_utf8_lossy(&packet.body).into_owned();
+                if let Some(players) = &b.players
+                    && (command == "list" || command == "status")
+                {
+                    let listing = match dialect {
+                        Dialect::Minecraft => format!(
+                            "There are {} of a max of 20 players online: {}",
+                            players.len(),
+                            players.join(", ")
+                        ),
+                        Dialect::Source => players
+                            .iter()
+                            .enumerate()
+                            .map(|(i, p)| {
+                                format!("# {} \"{p}\" STEAM_1:0:{i} 00:10 50 0 active\n", i + 2)
+                            })
+                            .collect(),
+                    };
+                    send(
+                        &mut stream,
+                        &codec::encode(packet.id, TYPE_RESPONSE, listing.as_bytes()),
+                        b.fragment,
+                    )
+                    .await?;
+                    continue;
+                }
                 if echo {
                     println!("game server received: {command}");
                 }
@@ -223,6 +263,9 @@ async fn session(
                     .strip_prefix("big ")
                     .and_then(|n| n.parse::<usize>().ok())
                 {
+                    _ if b.unknown_command => {
+                        b"Unknown or incomplete command, see below for error".to_vec()
+                    }
                     Some(n) => vec![b'x'; n],
                     None => format!("ok: {command}").into_bytes(),
                 };

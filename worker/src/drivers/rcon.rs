@@ -6,7 +6,8 @@ use std::time::Duration;
 use courier_shared::config::RconSettings;
 use courier_shared::db::catalog;
 use courier_shared::domain::action::RconPayload;
-use courier_shared::rcon::{RconPools, RconTarget, Timeouts};
+use courier_shared::error::ErrorClass;
+use courier_shared::rcon::{Dialect, RconPools, RconTarget, Timeouts};
 use sqlx::PgPool;
 
 use super::DriverOutcome;
@@ -51,7 +52,7 @@ impl RconDriver {
             }
             Err(e) => {
                 return DriverOutcome::Failed {
-                    class: courier_shared::error::ErrorClass::Transient,
+                    class: ErrorClass::Transient,
                     error: format!("could not load the game server: {e}"),
                     response: None,
                     maybe_sent: false,
@@ -71,17 +72,109 @@ impl RconDriver {
             self.timeouts(),
             Duration::from_millis(self.settings.idle_timeout_ms),
         );
+        let describe = |e: &dyn std::fmt::Display| {
+            format!("{} ({}:{}): {e}", server.name, server.host, server.port)
+        };
+        if let Some(player) = &payload.require_online {
+            let probe = match server.dialect {
+                Dialect::Minecraft => "list",
+                Dialect::Source => "status",
+            };
+            match pool.exec(probe).await {
+                Ok(listing) if is_online(server.dialect, &listing, player) => {}
+                Ok(_) => {
+                    return DriverOutcome::Failed {
+                        class: ErrorClass::Waiting,
+                        error: format!("player {player} is not online on {}", server.name),
+                        response: None,
+                        maybe_sent: false,
+                    };
+                }
+                Err(e) => {
+                    return DriverOutcome::Failed {
+                        class: e.error.class(),
+                        error: describe(&format!(
+                            "checking whether {player} is online: {}",
+                            e.error
+                        )),
+                        response: None,
+                        // Only the harmless probe may have been sent.
+                        maybe_sent: false,
+                    };
+                }
+            }
+        }
         match pool.exec(&payload.command).await {
+            Ok(response) if is_unknown_command(&response) => DriverOutcome::Failed {
+                class: ErrorClass::Permanent,
+                error: describe(&"the server does not know this command"),
+                response: Some(response),
+                maybe_sent: false,
+            },
             Ok(response) => DriverOutcome::Succeeded { response },
             Err(e) => DriverOutcome::Failed {
                 class: e.error.class(),
-                error: format!(
-                    "{} ({}:{}): {}",
-                    server.name, server.host, server.port, e.error
-                ),
+                error: describe(&e.error),
                 response: None,
                 maybe_sent: e.maybe_sent,
             },
         }
+    }
+}
+
+/// Minecraft answers `Unknown or incomplete command…` (older: `Unknown command`),
+/// Source `Unknown command "…"`: running it again will not help.
+pub fn is_unknown_command(response: &str) -> bool {
+    let r = response.trim_start();
+    r.starts_with("Unknown or incomplete command") || r.starts_with("Unknown command")
+}
+
+/// Whether `player` appears in the answer to `list` (Minecraft:
+/// `There are 1 of a max of 20 players online: Alex, Sam`) or `status`
+/// (Source: one line per player with the name in double quotes).
+pub fn is_online(dialect: Dialect, listing: &str, player: &str) -> bool {
+    match dialect {
+        Dialect::Minecraft => listing
+            .rsplit_once(':')
+            .map(|(_, names)| {
+                names
+                    .split(',')
+                    .any(|n| n.trim().eq_ignore_ascii_case(player))
+            })
+            .unwrap_or(false),
+        Dialect::Source => {
+            let quoted = format!("\"{}\"", player.to_ascii_lowercase());
+            listing.to_ascii_lowercase().contains(&quoted)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_players_in_both_listings() {
+        let mc = "There are 2 of a max of 20 players online: Alex, Sam";
+        assert!(is_online(Dialect::Minecraft, mc, "alex"));
+        assert!(!is_online(Dialect::Minecraft, mc, "Ale"));
+        assert!(!is_online(
+            Dialect::Minecraft,
+            "There are 0 of a max of 20 players online:",
+            "Alex"
+        ));
+        let src =
+            "hostname: x\n# userid name uniqueid\n#  2 \"Alex\" STEAM_1:0:1 00:10 50 0 active";
+        assert!(is_online(Dialect::Source, src, "Alex"));
+        assert!(!is_online(Dialect::Source, src, "Sam"));
+    }
+
+    #[test]
+    fn recognises_unknown_commands() {
+        assert!(is_unknown_command(
+            "Unknown or incomplete command, see below for error"
+        ));
+        assert!(is_unknown_command("Unknown command \"sm_foo\""));
+        assert!(!is_unknown_command("Gave 3 diamond to Alex"));
     }
 }

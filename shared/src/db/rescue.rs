@@ -1,0 +1,231 @@
+//! The rescuer's queries: deliveries whose worker died mid-job (expired lease)
+//! and deliveries whose message was lost (long overdue). Safe to run from every
+//! worker replica at once: each change is a guarded UPDATE, taken under the
+//! order's row lock in the same order as `deliveries::record`.
+
+use serde_json::json;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::events::{self, NewEvent};
+use super::{deliveries, outbox};
+use crate::domain::action::{OnAmbiguous, RconPayload};
+use crate::domain::delivery::{DeliveryKind, DeliveryStatus};
+use crate::error::DbError;
+use crate::queue::messages::JobMessage;
+
+/// What the rescuer did with one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rescued {
+    Requeued(Uuid),
+    Held(Uuid),
+}
+
+pub async fn expired_leases(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE status = 'running' AND lease_until < now() ORDER BY lease_until LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Takes one expired lease back. RCON commands are not idempotent and the
+/// worker may have sent the command before it died, so an RCON delivery
+/// follows its action's `on_ambiguous` (`hold` by default); other kinds are
+/// idempotent at the target and are simply re-queued.
+pub async fn rescue_one(
+    conn: &mut PgConnection,
+    id: Uuid,
+    actor: &str,
+) -> Result<Option<Rescued>, DbError> {
+    let Some(order_id) =
+        sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+    else {
+        return Ok(None);
+    };
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
+    let Some(row) = sqlx::query(
+        "SELECT item_id, kind, payload, attempts, leased_by FROM deliveries \
+         WHERE id = $1 AND status = 'running' AND lease_until < now() FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let item_id: Uuid = row.try_get("item_id")?;
+    let kind: DeliveryKind = row.try_get::<String, _>("kind")?.parse()?;
+    let attempt: i32 = row.try_get("attempts")?;
+    let leased_by: Option<String> = row.try_get("leased_by")?;
+    let worker = leased_by.unwrap_or_else(|| "unknown".into());
+    sqlx::query(
+        "UPDATE delivery_attempts SET finished_at = now(), outcome = 'abandoned', \
+           error = $3 WHERE delivery_id = $1 AND attempt = $2 AND outcome IS NULL",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(format!(
+        "worker {worker} stopped before recording the attempt (lease expired)"
+    ))
+    .execute(&mut *conn)
+    .await?;
+
+    let ambiguous = kind == DeliveryKind::Rcon;
+    let policy = if ambiguous {
+        let payload: RconPayload = serde_json::from_value(row.try_get("payload")?)?;
+        payload.on_ambiguous
+    } else {
+        OnAmbiguous::Retry
+    };
+    if ambiguous {
+        events::record(
+            conn,
+            NewEvent {
+                order_id,
+                delivery_id: Some(id),
+                kind: "delivery.ambiguous",
+                message: format!(
+                    "worker {worker} died during attempt {attempt}; the command may already have run (on_ambiguous = {policy})"
+                ),
+                actor,
+                data: json!({ "attempt": attempt, "worker": worker, "on_ambiguous": policy }),
+            },
+        )
+        .await?;
+    }
+    let to = match policy {
+        OnAmbiguous::Hold => DeliveryStatus::Held,
+        OnAmbiguous::Retry => DeliveryStatus::Queued,
+    };
+    DeliveryStatus::Running.transition(to)?;
+    let reason =
+        format!("worker {worker} died during attempt {attempt}; the command may already have run");
+    sqlx::query(
+        "UPDATE deliveries SET status = $2, lease_until = NULL, leased_by = NULL, updated_at = now(), \
+           last_error = $3, next_attempt_at = CASE WHEN $2 = 'queued' THEN now() END \
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(to.as_str())
+    .bind(&reason)
+    .execute(&mut *conn)
+    .await?;
+    let rescued = if to == DeliveryStatus::Queued {
+        outbox::enqueue(
+            conn,
+            kind.queue(),
+            &JobMessage {
+                delivery_id: id,
+                kind,
+            }
+            .to_json(),
+        )
+        .await?;
+        outbox::notify_relays(conn).await?;
+        Rescued::Requeued(id)
+    } else {
+        Rescued::Held(id)
+    };
+    events::record(
+        conn,
+        NewEvent {
+            order_id,
+            delivery_id: Some(id),
+            kind: &format!("delivery.{to}"),
+            message: match to {
+                DeliveryStatus::Held => format!("{reason}: held for an admin to retry or discard"),
+                _ => format!("{reason}: re-queued"),
+            },
+            actor,
+            data: json!({ "attempt": attempt }),
+        },
+    )
+    .await?;
+    deliveries::roll_up(conn, order_id, item_id, actor).await?;
+    Ok(Some(rescued))
+}
+
+/// Re-publishes deliveries waiting for a message that is long overdue (lost in
+/// a delay tier or a broker crash). Returns how many.
+pub async fn republish_overdue(
+    pool: &PgPool,
+    overdue_secs: u32,
+    actor: &str,
+) -> Result<u64, DbError> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = now() \
+         WHERE id IN (SELECT id FROM deliveries WHERE status IN ('queued', 'retrying', 'waiting') \
+                      AND next_attempt_at < now() - make_interval(secs => $1) \
+                      ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, order_id, kind",
+    )
+    .bind(f64::from(overdue_secs))
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in &rows {
+        let id: Uuid = row.try_get("id")?;
+        let kind: DeliveryKind = row.try_get::<String, _>("kind")?.parse()?;
+        outbox::enqueue(
+            &mut tx,
+            kind.queue(),
+            &JobMessage {
+                delivery_id: id,
+                kind,
+            }
+            .to_json(),
+        )
+        .await?;
+        events::record(
+            &mut tx,
+            NewEvent {
+                order_id: row.try_get("order_id")?,
+                delivery_id: Some(id),
+                kind: "delivery.republished",
+                message: format!("no message arrived {overdue_secs} s after the delivery was due; published again"),
+                actor,
+                data: json!({}),
+            },
+        )
+        .await?;
+    }
+    if !rows.is_empty() {
+        outbox::notify_relays(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+/// Held deliveries (ambiguous after a worker died), for the admin list.
+pub async fn held(pool: &PgPool, limit: i64) -> Result<Vec<serde_json::Value>, DbError> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.order_id, o.order_number, d.kind, d.target, d.payload, d.attempts, d.last_error, d.updated_at \
+         FROM deliveries d JOIN orders o ON o.id = d.order_id WHERE d.status = 'held' ORDER BY d.updated_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(json!({
+                "delivery_id": r.try_get::<Uuid, _>("id")?,
+                "order_id": r.try_get::<Uuid, _>("order_id")?,
+                "order_number": r.try_get::<String, _>("order_number")?,
+                "kind": r.try_get::<String, _>("kind")?,
+                "target": r.try_get::<String, _>("target")?,
+                "payload": r.try_get::<serde_json::Value, _>("payload")?,
+                "attempts": r.try_get::<i32, _>("attempts")?,
+                "reason": r.try_get::<Option<String>, _>("last_error")?,
+                "held_since": r.try_get::<chrono::DateTime<chrono::Utc>, _>("updated_at")?,
+            }))
+        })
+        .collect()
+}

@@ -1,0 +1,51 @@
+//! The rescuer: a periodic task, safe in every replica at once, that takes back
+//! deliveries whose worker died mid-job (expired lease) and re-publishes
+//! deliveries whose message was lost (long overdue).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_shared::db::rescue::{self, Rescued};
+use tokio::sync::watch;
+
+use crate::consume::Context;
+
+pub async fn run(
+    ctx: Arc<Context>,
+    interval: Duration,
+    overdue_secs: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let actor = format!("rescuer:{}", ctx.worker_id);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = sweep(&ctx, &actor, overdue_secs).await {
+            tracing::warn!(error = %e, "rescuer sweep failed; will try again");
+        }
+    }
+}
+
+/// One pass; public so tests can drive it step by step.
+pub async fn sweep(
+    ctx: &Context,
+    actor: &str,
+    overdue_secs: u32,
+) -> Result<Vec<Rescued>, courier_shared::error::DbError> {
+    let mut rescued = Vec::new();
+    for id in rescue::expired_leases(&ctx.pool, 50).await? {
+        let mut tx = ctx.pool.begin().await?;
+        if let Some(r) = rescue::rescue_one(&mut tx, id, actor).await? {
+            tx.commit().await?;
+            tracing::warn!(delivery_id = %id, outcome = ?r, "rescued a delivery whose lease expired");
+            rescued.push(r);
+        }
+    }
+    let republished = rescue::republish_overdue(&ctx.pool, overdue_secs, actor).await?;
+    if republished > 0 {
+        tracing::warn!(count = republished, "re-published overdue deliveries");
+    }
+    Ok(rescued)
+}
