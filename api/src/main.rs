@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
             let api = courier_api::startup::start(&settings).await?;
             let stop = api.shutdown_handle();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                courier_shared::shutdown::signal().await;
                 tracing::info!("shutting down");
                 let _ = stop.send(true);
             });
@@ -77,25 +77,4 @@ async fn main() -> anyhow::Result<()> {
         Command::Seed { file } => courier_api::seed::run(&settings, &file).await,
         Command::Admin(cmd) => courier_api::admin_cli::run(&settings, cmd).await,
     }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

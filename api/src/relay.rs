@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use courier_shared::config::{RelaySettings, Secret};
 use courier_shared::db::outbox;
 use courier_shared::queue::publisher::{OutgoingMessage, PublishError, Publisher};
@@ -78,11 +78,7 @@ impl Relay {
                 self.connected.store(false, Ordering::Relaxed);
                 let connect = (|| self.open())
                     .retry(
-                        ExponentialBuilder::default()
-                            .with_min_delay(Duration::from_millis(200))
-                            .with_max_delay(Duration::from_secs(5))
-                            .with_jitter()
-                            .without_max_times(),
+                        courier_shared::queue::reconnect_backoff()
                     )
                     .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "relay cannot reach RabbitMQ"));
                 tokio::select! {

@@ -12,6 +12,7 @@
 //!   that the API handlers and the worker consumers call.
 //! - `rcon/`: the RCON client and connection pools.
 //! - `redis`: the Redis connection used for coordination across replicas.
+//! - `shutdown`: SIGTERM/SIGINT.
 
 pub mod config;
 pub mod db;
@@ -21,4 +22,5 @@ pub mod queue;
 pub mod rcon;
 pub mod redis;
 pub mod service;
+pub mod shutdown;
 pub mod telemetry;

@@ -17,7 +17,7 @@ use courier_shared::queue::messages::JobMessage;
 use courier_shared::queue::topology::Topology;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -93,11 +93,7 @@ pub async fn run(
         };
         let opened = open
             .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times(),
+                courier_shared::queue::reconnect_backoff()
             )
             .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, %queue, "worker cannot reach RabbitMQ"));
         let (_conn, channel, mut consumer) = tokio::select! {
@@ -156,25 +152,13 @@ async fn handle(ctx: Arc<Context>, kind: DeliveryKind, delivery: Delivery) {
             // Poison: never requeue; the queue dead-letters it to `courier.dead`.
             tracing::error!(error = %e, "undecodable job message; dead-lettering it");
             ctx.stats.poison.fetch_add(1, Ordering::Relaxed);
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            courier_shared::queue::nack(&delivery.acker, false).await;
             return;
         }
     };
     match process(&ctx, kind, &message).await {
         Ok(Disposition::DeadLetter) => {
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            courier_shared::queue::nack(&delivery.acker, false).await;
         }
         Ok(Disposition::Ack) => {
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
@@ -187,13 +171,7 @@ async fn handle(ctx: Arc<Context>, kind: DeliveryKind, delivery: Delivery) {
             // Back off a little so a database outage does not spin the queue;
             // `x-delivery-limit` bounds how often this can happen to one message.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            courier_shared::queue::nack(&delivery.acker, true).await;
         }
     }
 }

@@ -11,7 +11,7 @@ use courier_shared::db::dead_letters::{self, QueuedDeadLetter};
 use courier_shared::queue::messages::JobMessage;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
@@ -38,11 +38,7 @@ pub async fn run(ctx: Arc<Context>, amqp_url: String, mut shutdown: watch::Recei
         };
         let opened = open
             .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times(),
+                courier_shared::queue::reconnect_backoff()
             )
             .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "recorder cannot reach RabbitMQ"));
         let (_conn, channel, mut consumer) = tokio::select! {
@@ -110,13 +106,7 @@ async fn record(ctx: &Context, delivery: Delivery) {
         Err(e) => {
             tracing::error!(error = %e, "could not record a dead letter; leaving it on the queue");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            courier_shared::queue::nack(&delivery.acker, true).await;
         }
     }
 }

@@ -121,25 +121,11 @@ pub async fn run_process() -> anyhow::Result<()> {
     let worker = start(&settings).await?;
     let stop = worker.shutdown_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        courier_shared::shutdown::signal().await;
         tracing::info!("shutting down: finishing in-flight jobs");
         let _ = stop.send(true);
     });
     worker.wait().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -294,16 +294,7 @@ pub async fn load_view(
             .collect::<Result<Vec<_>, DbError>>()?;
     for a in &attempts {
         let delivery_id: Uuid = a.try_get("delivery_id")?;
-        let outcome: Option<String> = a.try_get("outcome")?;
-        let view = AttemptView {
-            attempt: a.try_get("attempt")?,
-            worker: a.try_get("worker")?,
-            started_at: a.try_get("started_at")?,
-            finished_at: a.try_get("finished_at")?,
-            outcome: outcome.map(|s| s.parse()).transpose()?,
-            error: a.try_get("error")?,
-            response: a.try_get("response")?,
-        };
+        let view = attempt_from_row(a)?;
         if let Some(d) = deliveries.iter_mut().find(|d| d.id == delivery_id) {
             d.attempt_history.push(view);
         }
@@ -357,6 +348,19 @@ pub async fn load_view(
     }))
 }
 
+fn attempt_from_row(a: &sqlx::postgres::PgRow) -> Result<AttemptView, DbError> {
+    let outcome: Option<String> = a.try_get("outcome")?;
+    Ok(AttemptView {
+        attempt: a.try_get("attempt")?,
+        worker: a.try_get("worker")?,
+        started_at: a.try_get("started_at")?,
+        finished_at: a.try_get("finished_at")?,
+        outcome: outcome.map(|s| s.parse()).transpose()?,
+        error: a.try_get("error")?,
+        response: a.try_get("response")?,
+    })
+}
+
 /// Every attempt of one delivery, oldest first.
 pub async fn load_attempts(
     conn: &mut PgConnection,
@@ -367,18 +371,5 @@ pub async fn load_attempts(
             .bind(delivery_id)
             .fetch_all(conn)
             .await?;
-    rows.iter()
-        .map(|a| {
-            let outcome: Option<String> = a.try_get("outcome")?;
-            Ok(AttemptView {
-                attempt: a.try_get("attempt")?,
-                worker: a.try_get("worker")?,
-                started_at: a.try_get("started_at")?,
-                finished_at: a.try_get("finished_at")?,
-                outcome: outcome.map(|s| s.parse()).transpose()?,
-                error: a.try_get("error")?,
-                response: a.try_get("response")?,
-            })
-        })
-        .collect()
+    rows.iter().map(attempt_from_row).collect()
 }

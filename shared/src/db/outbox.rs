@@ -42,6 +42,16 @@ pub async fn notify_relays(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Queues the job message of a delivery for its work queue.
+pub async fn enqueue_job(
+    conn: &mut PgConnection,
+    delivery_id: uuid::Uuid,
+    kind: crate::domain::delivery::DeliveryKind,
+) -> Result<(), sqlx::Error> {
+    let message = crate::queue::messages::JobMessage { delivery_id, kind };
+    enqueue(conn, kind.queue(), &message.to_json()).await
+}
+
 /// A row waiting to be published.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Pending {

@@ -12,7 +12,6 @@ use super::{deliveries, outbox};
 use crate::domain::action::{OnAmbiguous, RconPayload};
 use crate::domain::delivery::{DeliveryKind, DeliveryStatus};
 use crate::error::DbError;
-use crate::queue::messages::JobMessage;
 
 /// What the rescuer did with one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,16 +118,7 @@ pub async fn rescue_one(
     .execute(&mut *conn)
     .await?;
     let rescued = if to == DeliveryStatus::Queued {
-        outbox::enqueue(
-            conn,
-            kind.queue(),
-            &JobMessage {
-                delivery_id: id,
-                kind,
-            }
-            .to_json(),
-        )
-        .await?;
+        outbox::enqueue_job(conn, id, kind).await?;
         outbox::notify_relays(conn).await?;
         Rescued::Requeued(id)
     } else {
@@ -174,16 +164,7 @@ pub async fn republish_overdue(
     for row in &rows {
         let id: Uuid = row.try_get("id")?;
         let kind: DeliveryKind = row.try_get::<String, _>("kind")?.parse()?;
-        outbox::enqueue(
-            &mut tx,
-            kind.queue(),
-            &JobMessage {
-                delivery_id: id,
-                kind,
-            }
-            .to_json(),
-        )
-        .await?;
+        outbox::enqueue_job(&mut tx, id, kind).await?;
         events::record(
             &mut tx,
             NewEvent {

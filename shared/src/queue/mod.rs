@@ -12,3 +12,23 @@ use lapin::{Connection, ConnectionProperties};
 pub async fn connect(url: &str) -> Result<Connection, lapin::Error> {
     Connection::connect(url, ConnectionProperties::default()).await
 }
+
+/// The backoff every reconnect loop uses: 200 ms doubling to 5 s, jittered, forever.
+pub fn reconnect_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Rejects a message without requeue (it goes to the queue's dead-letter target)
+/// or with requeue; errors are ignored, since a lost channel requeues it anyway.
+pub async fn nack(acker: &lapin::Acker, requeue: bool) {
+    let _ = acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue,
+            ..lapin::options::BasicNackOptions::default()
+        })
+        .await;
+}

@@ -12,7 +12,6 @@ use crate::db::events::{self, NewEvent};
 use crate::db::outbox;
 use crate::domain::delivery::{DeliveryKind, DeliveryStatus};
 use crate::error::DbError;
-use crate::queue::messages::JobMessage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -77,16 +76,7 @@ pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), 
     .bind(status.as_str())
     .execute(&mut *tx)
     .await?;
-    outbox::enqueue(
-        &mut tx,
-        kind.queue(),
-        &JobMessage {
-            delivery_id: id,
-            kind,
-        }
-        .to_json(),
-    )
-    .await?;
+    outbox::enqueue_job(&mut tx, id, kind).await?;
     outbox::notify_relays(&mut tx).await?;
     dead_letters::resolve_for_delivery(&mut tx, id, actor, "retried").await?;
     events::record(
