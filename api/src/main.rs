@@ -50,16 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let api = courier_api::startup::start(&settings).await?;
-            let stop = api.shutdown_handle();
-            tokio::spawn(async move {
-                courier_shared::shutdown::signal().await;
-                tracing::info!("shutting down");
-                let _ = stop.send(true);
-            });
-            api.wait().await
-        }
+        Command::Serve => courier_api::startup::serve(&settings).await,
         Command::Migrate => {
             let pool = db::connect_lazy(&settings.database)?;
             db::migrate(&pool).await.context("running migrations")?;

@@ -114,3 +114,16 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         relay,
     })
 }
+
+/// `courier-api serve`: runs until SIGTERM/SIGINT, then stops taking requests,
+/// lets in-flight ones finish and stops the relay.
+pub async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let api = start(settings).await?;
+    let stop = api.shutdown_handle();
+    tokio::spawn(async move {
+        courier_shared::shutdown::signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    api.wait().await
+}

@@ -3,5 +3,6 @@
 //! `stack`, which starts an isolated Courier (own database, own queue prefix)
 //! against the real Postgres, RabbitMQ and Redis.
 
+pub mod bench;
 pub mod fakes;
 pub mod stack;

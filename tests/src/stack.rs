@@ -138,45 +138,7 @@ impl TestStack {
 
     /// The environment that makes a `courier-worker` process join this stack.
     pub fn worker_env(&self) -> Vec<(String, String)> {
-        let s = &self.settings;
-        let r = &s.retry.rcon;
-        [
-            ("DATABASE__URL", s.database.url.expose().to_owned()),
-            ("DATABASE__MAX_CONNECTIONS", "4".to_owned()),
-            ("AMQP__URL", s.amqp.url.expose().to_owned()),
-            ("AMQP__PREFIX", s.amqp.prefix.clone()),
-            ("WORKER__LEASE_SECONDS", s.worker.lease_seconds.to_string()),
-            ("WORKER__CONCURRENCY", s.worker.concurrency.to_string()),
-            (
-                "WORKER__SHUTDOWN_GRACE_SECONDS",
-                s.worker.shutdown_grace_seconds.to_string(),
-            ),
-            (
-                "RCON__COMMAND_TIMEOUT_MS",
-                s.rcon.command_timeout_ms.to_string(),
-            ),
-            ("RETRY__RCON__MAX_ATTEMPTS", r.max_attempts.to_string()),
-            ("RETRY__RCON__BASE_DELAY_MS", r.base_delay_ms.to_string()),
-            ("RETRY__RCON__MAX_DELAY_MS", r.max_delay_ms.to_string()),
-            ("RETRY__DISCORD__MAX_ATTEMPTS", r.max_attempts.to_string()),
-            ("RETRY__DISCORD__BASE_DELAY_MS", r.base_delay_ms.to_string()),
-            ("RETRY__DISCORD__MAX_DELAY_MS", r.max_delay_ms.to_string()),
-            ("RETRY__SUPPLIER__MAX_ATTEMPTS", r.max_attempts.to_string()),
-            (
-                "RETRY__SUPPLIER__BASE_DELAY_MS",
-                r.base_delay_ms.to_string(),
-            ),
-            ("RETRY__SUPPLIER__MAX_DELAY_MS", r.max_delay_ms.to_string()),
-            (
-                "RETRY__WAITING__INTERVAL_MS",
-                s.retry.waiting.interval_ms.to_string(),
-            ),
-            ("RESCUER__INTERVAL_MS", s.rescuer.interval_ms.to_string()),
-            ("LOG__FILTER", "warn".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("COURIER__{k}"), v))
-        .collect()
+        process_env(&self.settings)
     }
 
     /// Waits until `sql` (a scalar query) returns true; panics after `limit`.
@@ -375,7 +337,27 @@ pub fn sample_order(sku: &str, username: &str) -> Value {
     })
 }
 
-struct Cleanup {
+/// Creates the isolated database; the returned guard removes it and the queues.
+pub async fn create_database(settings: &Settings, db_name: &str) -> Result<Cleanup, sqlx::Error> {
+    let admin_url = replace_db(settings.database.url.expose(), "postgres");
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{db_name}\""
+    )))
+    .execute(&mut admin)
+    .await?;
+    Ok(Cleanup {
+        done: false,
+        admin_url,
+        db_name: db_name.to_owned(),
+        amqp_url: settings.amqp.url.expose().to_owned(),
+        queues: Topology::new(&settings.amqp.prefix, &settings.retry).all_queues(),
+    })
+}
+
+/// Drops an isolated database and deletes its queues: explicitly with `run`,
+/// or on drop (after a panic).
+pub struct Cleanup {
     done: bool,
     admin_url: String,
     db_name: String,
@@ -384,7 +366,7 @@ struct Cleanup {
 }
 
 impl Cleanup {
-    async fn run(&mut self) {
+    pub async fn run(&mut self) {
         if self.done {
             return;
         }
@@ -434,4 +416,72 @@ impl Drop for Cleanup {
         })
         .join();
     }
+}
+
+/// `COURIER__*` variables that reproduce `settings` in a child process (api or worker).
+pub fn process_env(s: &Settings) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("DATABASE__URL", s.database.url.expose().to_owned()),
+        (
+            "DATABASE__MAX_CONNECTIONS",
+            s.database.max_connections.to_string(),
+        ),
+        ("AMQP__URL", s.amqp.url.expose().to_owned()),
+        ("AMQP__PREFIX", s.amqp.prefix.clone()),
+        ("API__BIND", s.api.bind.clone()),
+        (
+            "RELAY__SWEEP_INTERVAL_MS",
+            s.relay.sweep_interval_ms.to_string(),
+        ),
+        ("WORKER__LEASE_SECONDS", s.worker.lease_seconds.to_string()),
+        ("WORKER__CONCURRENCY", s.worker.concurrency.to_string()),
+        (
+            "WORKER__SHUTDOWN_GRACE_SECONDS",
+            s.worker.shutdown_grace_seconds.to_string(),
+        ),
+        (
+            "RCON__COMMAND_TIMEOUT_MS",
+            s.rcon.command_timeout_ms.to_string(),
+        ),
+        (
+            "RCON__CONNECT_TIMEOUT_MS",
+            s.rcon.connect_timeout_ms.to_string(),
+        ),
+        (
+            "RETRY__WAITING__INTERVAL_MS",
+            s.retry.waiting.interval_ms.to_string(),
+        ),
+        ("RESCUER__INTERVAL_MS", s.rescuer.interval_ms.to_string()),
+        (
+            "RESCUER__OVERDUE_AFTER_SECS",
+            s.rescuer.overdue_after_secs.to_string(),
+        ),
+        ("LOG__FILTER", "warn".to_owned()),
+    ];
+    if let Some(key) = &s.api.bootstrap_admin_key {
+        vars.push(("API__BOOTSTRAP_ADMIN_KEY", key.expose().to_owned()));
+    }
+    let mut out: Vec<(String, String)> = vars
+        .into_iter()
+        .map(|(k, v)| (format!("COURIER__{k}"), v))
+        .collect();
+    for (kind, r) in [
+        ("RCON", &s.retry.rcon),
+        ("DISCORD", &s.retry.discord),
+        ("SUPPLIER", &s.retry.supplier),
+    ] {
+        out.push((
+            format!("COURIER__RETRY__{kind}__MAX_ATTEMPTS"),
+            r.max_attempts.to_string(),
+        ));
+        out.push((
+            format!("COURIER__RETRY__{kind}__BASE_DELAY_MS"),
+            r.base_delay_ms.to_string(),
+        ));
+        out.push((
+            format!("COURIER__RETRY__{kind}__MAX_DELAY_MS"),
+            r.max_delay_ms.to_string(),
+        ));
+    }
+    out
 }

@@ -1,4 +1,6 @@
-//! `courier-bench latency`: time from `POST /v1/orders` to `completed` for
+//! `courier-bench throughput | chaos | latency` — see README "Benchmarks".
+//!
+//! `latency`: time from `POST /v1/orders` to `completed` for
 //! orders posted one after another, on an isolated in-process stack (api +
 //! relay + worker) against the real Postgres, RabbitMQ and Redis, with the fake
 //! game server answering at once.
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use courier_shared::rcon::Dialect;
+use courier_tests::bench::chaos::{self, ChaosArgs};
+use courier_tests::bench::throughput::{self, ThroughputArgs};
 use courier_tests::fakes::rcon::FakeGameServer;
 use courier_tests::stack::TestStack;
 use reqwest::Method;
@@ -24,6 +28,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Orders through the real api and worker processes, then this machine's
+    /// ceiling in the same run.
+    Throughput {
+        #[arg(long, default_value_t = 20_000)]
+        orders: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Open loop: offer this many orders per second instead.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The fake game server's delay per command.
+        #[arg(long, default_value_t = 0)]
+        command_delay_ms: u64,
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+        /// About a minute: 300 orders, small probes.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Orders while workers are killed (and, with --restart-services, RabbitMQ
+    /// and Postgres restarted); then an audit. Exits 1 if anything was lost.
+    Chaos {
+        #[arg(long, default_value_t = 10_000)]
+        orders: usize,
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3.0)]
+        kill_every_secs: f64,
+        /// Restart RabbitMQ and Postgres once each mid-run (never in tests:
+        /// other users of the services would notice).
+        #[arg(long)]
+        restart_services: bool,
+        #[arg(long, default_value_t = 600)]
+        quiesce_timeout_secs: u64,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Sequential orders, POST → completed.
     Latency {
         #[arg(long, default_value_t = 100)]
@@ -34,17 +83,73 @@ enum Command {
     },
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
+use courier_tests::bench::percentile;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let Command::Latency { orders, json } = Cli::parse().command;
+    let (orders, json) = match Cli::parse().command {
+        Command::Throughput {
+            orders,
+            concurrency,
+            rate,
+            workers,
+            command_delay_ms,
+            timeout_secs,
+            quick,
+            json,
+        } => {
+            let args = ThroughputArgs {
+                orders: if quick { 300 } else { orders },
+                concurrency,
+                rate,
+                workers,
+                command_delay_ms,
+                timeout_secs,
+                probe_jobs: if quick {
+                    1000
+                } else {
+                    orders.clamp(2000, 20_000)
+                },
+            };
+            let report = throughput::run(args).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print();
+            }
+            return Ok(());
+        }
+        Command::Chaos {
+            orders,
+            workers,
+            concurrency,
+            kill_every_secs,
+            restart_services,
+            quiesce_timeout_secs,
+            quick,
+            json,
+        } => {
+            let args = ChaosArgs {
+                orders: if quick { 400 } else { orders },
+                workers,
+                concurrency,
+                kill_every_secs: if quick { 1.0 } else { kill_every_secs },
+                restart_services: restart_services && !quick,
+                quiesce_timeout_secs,
+            };
+            let report = chaos::run(args).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print();
+            }
+            if !report.ok() {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        Command::Latency { orders, json } => (orders, json),
+    };
     let game = FakeGameServer::start("bench", Dialect::Minecraft).await?;
     let stack = TestStack::start().await;
     stack.add_game_server("bench", &game).await;

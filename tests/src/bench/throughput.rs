@@ -1,0 +1,274 @@
+//! `courier-bench throughput`: N paid orders through the real processes, then
+//! the machine's ceiling in the same run, and Courier's rate as a fraction of it.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::Row;
+
+use super::probes;
+use super::procs::{ApiClient, ProcessStack, peak_rss_kib};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputArgs {
+    pub orders: usize,
+    pub concurrency: usize,
+    /// Open loop: send this many orders per second on schedule.
+    pub rate: Option<f64>,
+    pub workers: usize,
+    pub command_delay_ms: u64,
+    pub timeout_secs: u64,
+    pub probe_jobs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputReport {
+    pub params: ThroughputArgs,
+    pub accepted: usize,
+    pub completed: i64,
+    pub ingest_per_s: f64,
+    pub end_to_end_per_s: f64,
+    pub latency_ms: Latency,
+    pub api_peak_rss_mib: f64,
+    pub worker_peak_rss_mib: f64,
+    pub postgres_ceiling_jobs_per_s: f64,
+    pub rabbitmq_ceiling_msgs_per_s: f64,
+    pub end_to_end_vs_postgres: f64,
+    pub end_to_end_vs_rabbitmq: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Posts one order, retrying the same `Idempotency-Key` through outages (as a
+/// store back-end should) for up to a minute; true when accepted.
+pub async fn post_order(stack: &ApiClient, key: &str, username: &str) -> bool {
+    let body = json!({
+        "currency": "USD",
+        "game": { "username": username },
+        "items": [{ "product": "bench", "quantity": 1, "unit_price": "1.00" }],
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let sent = stack
+            .http
+            .post(format!("{}/v1/orders", stack.base))
+            .bearer_auth(&stack.admin_key)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r)
+                if r.status().is_client_error() && r.status() != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                return false;
+            }
+            _ if Instant::now() > deadline => return false,
+            _ => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Sends `orders` orders: closed loop at `concurrency`, or open loop at `rate`.
+pub async fn send_orders(
+    stack: &ApiClient,
+    orders: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    tag: &str,
+) -> usize {
+    match rate {
+        None => {
+            futures_util::stream::iter(0..orders)
+                .map(|i| {
+                    let stack = stack.clone();
+                    let key = format!("{tag}-{i}");
+                    async move { post_order(&stack, &key, &format!("p{i}")).await }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .filter(|ok| futures_util::future::ready(*ok))
+                .count()
+                .await
+        }
+        Some(rate) => {
+            let start = tokio::time::Instant::now();
+            let mut handles = Vec::with_capacity(orders);
+            for i in 0..orders {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+                let stack = stack.clone();
+                let key = format!("{tag}-{i}");
+                handles.push(tokio::spawn(async move {
+                    post_order(&stack, &key, &format!("p{i}")).await
+                }));
+            }
+            let mut ok = 0;
+            for h in handles {
+                ok += usize::from(h.await.unwrap_or(false));
+            }
+            ok
+        }
+    }
+}
+
+/// Waits until `expected` orders are completed (or `limit` passes); returns the count.
+pub async fn wait_completed(
+    stack: &ProcessStack,
+    expected: usize,
+    limit: Duration,
+) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'completed'")
+                .fetch_one(&stack.pool)
+                .await?;
+        if done as usize >= expected || Instant::now() > deadline {
+            return Ok(done);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
+    let stack = ProcessStack::start(
+        args.workers,
+        Duration::from_millis(args.command_delay_ms),
+        |_| {},
+    )
+    .await?;
+    stack.seed("hold").await?;
+    let accepted = send_orders(
+        &stack.client(),
+        args.orders,
+        args.concurrency,
+        args.rate,
+        "tp",
+    )
+    .await;
+    let completed =
+        wait_completed(&stack, accepted, Duration::from_secs(args.timeout_secs)).await?;
+
+    let row = sqlx::query(
+        "SELECT extract(epoch FROM max(created_at) - min(created_at))::float8 AS ingest_s, \
+                extract(epoch FROM max(completed_at) - min(created_at))::float8 AS e2e_s, \
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))::float8 * 1000 AS p50, \
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))::float8 * 1000 AS p95, \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at))::float8 * 1000 AS p99, \
+                max(extract(epoch FROM completed_at - created_at))::float8 * 1000 AS max \
+         FROM orders",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+    let get = |c: &str| {
+        row.try_get::<Option<f64>, _>(c)
+            .ok()
+            .flatten()
+            .unwrap_or(f64::NAN)
+    };
+    let ingest_per_s = accepted as f64 / get("ingest_s").max(1e-3);
+    let end_to_end_per_s = completed as f64 / get("e2e_s").max(1e-3);
+    let api_peak_rss_mib = stack.api_pid().and_then(peak_rss_kib).unwrap_or(0) as f64 / 1024.0;
+    let worker_peak_rss_mib = stack
+        .worker_pids()
+        .into_iter()
+        .filter_map(peak_rss_kib)
+        .max()
+        .unwrap_or(0) as f64
+        / 1024.0;
+    let latency_ms = Latency {
+        p50: get("p50"),
+        p95: get("p95"),
+        p99: get("p99"),
+        max: get("max"),
+    };
+    let settings = stack.settings.clone();
+    stack.teardown().await;
+
+    // The ceiling, in the same run, once Courier is stopped.
+    let (settings_for_db, db) = crate::stack::test_settings();
+    let cleanup_db = crate::stack::create_database(&settings_for_db, &db).await?;
+    let pg = probes::postgres(settings_for_db.database.url.expose(), args.probe_jobs).await;
+    let mut cleanup_db = cleanup_db;
+    cleanup_db.run().await;
+    let rabbit = probes::rabbitmq(
+        settings.amqp.url.expose(),
+        &format!("{}bench.probe", settings.amqp.prefix),
+        args.probe_jobs,
+    )
+    .await;
+    let (pg, rabbit) = (pg?, rabbit?);
+    Ok(ThroughputReport {
+        params: args,
+        accepted,
+        completed,
+        ingest_per_s,
+        end_to_end_per_s,
+        latency_ms,
+        api_peak_rss_mib,
+        worker_peak_rss_mib,
+        postgres_ceiling_jobs_per_s: pg,
+        rabbitmq_ceiling_msgs_per_s: rabbit,
+        end_to_end_vs_postgres: end_to_end_per_s / pg,
+        end_to_end_vs_rabbitmq: end_to_end_per_s / rabbit,
+    })
+}
+
+impl ThroughputReport {
+    pub fn print(&self) {
+        let p = &self.params;
+        println!(
+            "throughput: {} orders, {} worker(s), {}, command delay {} ms",
+            p.orders,
+            p.workers,
+            p.rate
+                .map_or(format!("concurrency {}", p.concurrency), |r| format!(
+                    "open loop {r}/s"
+                )),
+            p.command_delay_ms
+        );
+        println!(
+            "  accepted / completed        {} / {}",
+            self.accepted, self.completed
+        );
+        println!(
+            "  ingest                      {:.0} orders/s",
+            self.ingest_per_s
+        );
+        println!(
+            "  end to end                  {:.0} orders/s",
+            self.end_to_end_per_s
+        );
+        let l = &self.latency_ms;
+        println!(
+            "  accepted → delivered (ms)   p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}",
+            l.p50, l.p95, l.p99, l.max
+        );
+        println!(
+            "  peak RSS                    api {:.1} MiB, worker {:.1} MiB",
+            self.api_peak_rss_mib, self.worker_peak_rss_mib
+        );
+        println!(
+            "  ceiling (same run)          Postgres {:.0} jobs/s, RabbitMQ {:.0} msgs/s",
+            self.postgres_ceiling_jobs_per_s, self.rabbitmq_ceiling_msgs_per_s
+        );
+        println!(
+            "  end to end as a fraction    {:.3} of Postgres, {:.3} of RabbitMQ",
+            self.end_to_end_vs_postgres, self.end_to_end_vs_rabbitmq
+        );
+    }
+}
