@@ -11,7 +11,9 @@ use crate::startup::AppState;
 pub const ORDERS_WRITE: &str = "orders:write";
 pub const ORDERS_READ: &str = "orders:read";
 pub const ADMIN: &str = "admin";
-pub const ALL_SCOPES: &[&str] = &[ORDERS_WRITE, ORDERS_READ, ADMIN];
+/// Read CD keys (redemption codes) in order responses.
+pub const ORDERS_KEYS: &str = "orders:keys";
+pub const ALL_SCOPES: &[&str] = &[ORDERS_WRITE, ORDERS_READ, ORDERS_KEYS, ADMIN];
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -31,6 +33,10 @@ impl Caller {
                 format!("this API key lacks the `{scope}` scope"),
             ))
         }
+    }
+
+    pub fn has(&self, scope: &str) -> bool {
+        self.require(scope).is_ok()
     }
 
     /// How the caller appears in the timeline.

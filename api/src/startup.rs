@@ -24,6 +24,11 @@ pub struct AppState {
     pub relay_wake: Arc<Notify>,
     pub relay_connected: Arc<AtomicBool>,
     pub redis: redis::Client,
+    /// Decrypts CD keys for callers with `orders:keys`; `None` without `keys.encryption_key`.
+    pub cipher: Option<courier_shared::crypto::KeyCipher>,
+    pub suppliers: std::sync::Arc<
+        std::collections::BTreeMap<String, courier_shared::config::SupplierSettings>,
+    >,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -80,6 +85,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         relay_wake: relay_wake.clone(),
         relay_connected: relay_connected.clone(),
         redis,
+        cipher: settings
+            .keys
+            .encryption_key
+            .as_ref()
+            .map(|k| courier_shared::crypto::KeyCipher::from_base64(k.expose()))
+            .transpose()
+            .context("keys.encryption_key")?,
+        suppliers: Arc::new(settings.suppliers.clone()),
     };
     let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)

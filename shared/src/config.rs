@@ -39,7 +39,50 @@ pub struct Settings {
     pub rcon: RconSettings,
     pub retry: RetrySettings,
     pub rescuer: RescuerSettings,
+    pub discord: DiscordSettings,
+    /// Supplier APIs by name (the name used in `supplier_key` actions).
+    #[serde(default)]
+    pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
+    #[serde(default)]
+    pub keys: KeySettings,
     pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DiscordSettings {
+    /// The bot's token; Discord deliveries fail permanently without it.
+    pub bot_token: Option<Secret>,
+    /// `https://discord.com`; tests point it at a fake.
+    pub api_base: String,
+    /// Requests per second for the bot across all replicas (Discord allows 50).
+    pub global_per_second: u32,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SupplierSettings {
+    pub base_url: String,
+    pub api_key: Secret,
+    /// Across all replicas.
+    #[serde(default = "default_supplier_rate")]
+    pub requests_per_second: u32,
+    #[serde(default = "default_supplier_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_supplier_rate() -> u32 {
+    5
+}
+
+fn default_supplier_timeout() -> u64 {
+    10_000
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct KeySettings {
+    /// Base64 of 32 random bytes: AES-256-GCM key for CD keys at rest. Keys
+    /// cannot be stored (so key deliveries fail) until it is set.
+    pub encryption_key: Option<Secret>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -181,7 +224,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("rcon.connect_timeout_ms", "3000"),
     ("rcon.command_timeout_ms", "10000"),
     ("rcon.max_response_bytes", "1048576"),
-    ("rcon.idle_timeout_ms", "60000"),
+    ("rcon.idle_timeout_ms", "30000"),
+    ("discord.api_base", "https://discord.com"),
+    ("discord.global_per_second", "50"),
+    ("discord.timeout_ms", "10000"),
     ("log.format", "pretty"),
     ("log.filter", "info,sqlx=warn"),
 ];
@@ -240,10 +286,12 @@ impl Settings {
         if self.worker.lease_seconds < 5 {
             return Err(invalid("worker.lease_seconds", "must be at least 5"));
         }
-        if u64::from(self.worker.lease_seconds) * 1000 <= self.rcon.command_timeout_ms {
+        if u64::from(self.worker.lease_seconds) * 1000
+            <= 2 * self.rcon.connect_timeout_ms + self.rcon.command_timeout_ms
+        {
             return Err(invalid(
                 "worker.lease_seconds",
-                "must be longer than rcon.command_timeout_ms, or a slow command would lose its lease",
+                "must be longer than 2 × rcon.connect_timeout_ms + rcon.command_timeout_ms (waiting for a slot, connecting, running), or a slow command would lose its lease",
             ));
         }
         for (key, schedule) in [
@@ -268,6 +316,32 @@ impl Settings {
         }
         if self.rescuer.interval_ms < 10 {
             return Err(invalid("rescuer.interval_ms", "must be at least 10"));
+        }
+        if self.discord.global_per_second == 0 || self.discord.global_per_second > 50 {
+            return Err(invalid(
+                "discord.global_per_second",
+                "must be between 1 and 50 (Discord's global limit)",
+            ));
+        }
+        for (name, s) in &self.suppliers {
+            if s.requests_per_second == 0
+                || !(s.base_url.starts_with("http://") || s.base_url.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "suppliers",
+                    reason: format!(
+                        "suppliers.{name}: need an http(s) base_url and requests_per_second ≥ 1"
+                    ),
+                });
+            }
+        }
+        if let Some(k) = &self.keys.encryption_key
+            && crate::crypto::KeyCipher::from_base64(k.expose()).is_err()
+        {
+            return Err(invalid(
+                "keys.encryption_key",
+                "must be the base64 of exactly 32 bytes (e.g. `openssl rand -base64 32`)",
+            ));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));

@@ -11,13 +11,16 @@
 //! - `service/`: the use cases (accept an order, claim and record a delivery)
 //!   that the API handlers and the worker consumers call.
 //! - `rcon/`: the RCON client and connection pools.
-//! - `redis`: the Redis connection used for coordination across replicas.
+//! - `redis`, `limits`: Redis coordination across replicas (semaphores, rates, pauses).
+//! - `crypto`: CD keys encrypted at rest.
 //! - `shutdown`: SIGTERM/SIGINT.
 
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod queue;
 pub mod rcon;
 pub mod redis;

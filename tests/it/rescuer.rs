@@ -29,7 +29,15 @@ async fn killed_mid_command(on_ambiguous: &str) -> (TestStack, FakeGameServer, S
         delay: Duration::from_secs(30),
         ..Behaviour::default()
     });
-    let stack = TestStack::start_with(|s| s.worker.lease_seconds = 5, false).await;
+    let stack = TestStack::start_with(
+        |s| {
+            s.worker.lease_seconds = 5;
+            s.rcon.connect_timeout_ms = 1000;
+            s.rcon.command_timeout_ms = 2000;
+        },
+        false,
+    )
+    .await;
     stack.add_game_server("s", &game).await;
     stack
         .add_product("p", json!([{ "kind": "rcon", "game_server": "s", "command": "give {username} apple", "on_ambiguous": on_ambiguous }]))

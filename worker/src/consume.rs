@@ -48,6 +48,9 @@ pub struct Context {
     pub retry: RetrySettings,
     pub topology: Topology,
     pub rcon: RconDriver,
+    pub discord: crate::drivers::discord::DiscordDriver,
+    pub supplier: crate::drivers::supplier::SupplierDriver,
+    pub limits: Arc<courier_shared::limits::Limits>,
     pub stats: Stats,
 }
 
@@ -257,12 +260,22 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
     let task_ctx = ctx.clone();
     let kind = claimed.kind;
     let payload = claimed.payload.clone();
+    let delivery_id = claimed.id;
     let task = tokio::spawn(async move {
         match kind {
-            DeliveryKind::Rcon => task_ctx.rcon.run(&task_ctx.pool, &payload).await,
-            other => DriverOutcome::permanent(format!(
-                "no driver for `{other}` deliveries in this worker"
-            )),
+            DeliveryKind::Rcon => {
+                task_ctx
+                    .rcon
+                    .run(&task_ctx.pool, &task_ctx.limits, &payload)
+                    .await
+            }
+            DeliveryKind::DiscordRole => task_ctx.discord.run(&payload).await,
+            DeliveryKind::SupplierKey => {
+                task_ctx
+                    .supplier
+                    .run(&task_ctx.pool, delivery_id, &payload)
+                    .await
+            }
         }
     });
     match task.await {

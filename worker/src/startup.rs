@@ -14,7 +14,11 @@ use crate::consume::{self, Context, Stats};
 use crate::drivers::rcon::RconDriver;
 
 /// Kinds this build has drivers for; the others' queues are left for workers that do.
-pub const SUPPORTED: &[DeliveryKind] = &[DeliveryKind::Rcon];
+pub const SUPPORTED: &[DeliveryKind] = &[
+    DeliveryKind::Rcon,
+    DeliveryKind::DiscordRole,
+    DeliveryKind::SupplierKey,
+];
 
 pub struct RunningWorker {
     ctx: Arc<Context>,
@@ -64,6 +68,17 @@ fn default_worker_id() -> String {
 pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
     let pool = db::connect_lazy(&settings.database).context("database.url")?;
     let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
+    let limits = Arc::new(courier_shared::limits::Limits::new(
+        settings.redis.url.expose(),
+        &settings.amqp.prefix,
+    ));
+    let cipher = settings
+        .keys
+        .encryption_key
+        .as_ref()
+        .map(|k| courier_shared::crypto::KeyCipher::from_base64(k.expose()))
+        .transpose()
+        .context("keys.encryption_key")?;
     let ctx = Arc::new(Context {
         pool,
         worker_id,
@@ -74,6 +89,16 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         retry: settings.retry.clone(),
         topology: Topology::new(&settings.amqp.prefix, &settings.retry),
         rcon: RconDriver::new(settings.rcon.clone()),
+        discord: crate::drivers::discord::DiscordDriver::new(
+            settings.discord.clone(),
+            limits.clone(),
+        ),
+        supplier: crate::drivers::supplier::SupplierDriver::new(
+            settings.suppliers.clone(),
+            cipher,
+            limits.clone(),
+        ),
+        limits,
         stats: Stats::default(),
     });
     let (shutdown, rx) = watch::channel(false);

@@ -25,6 +25,7 @@ impl From<AdminError> for ApiError {
         match e {
             AdminError::NotFound(what) => ApiError::not_found(what),
             AdminError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
+            AdminError::Invalid(i) => i.into(),
             AdminError::Db(e) => e.into(),
         }
     }

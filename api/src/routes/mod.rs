@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod health;
+pub mod keys;
 pub mod orders;
 
 use axum::Router;
@@ -37,6 +38,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/deliveries/{id}/discard",
             post(admin::discard_delivery),
         )
+        .route("/v1/products/{sku}/keys", post(keys::upload))
+        .route("/v1/admin/items/{item_id}/key", post(keys::enter))
+        .route("/v1/admin/alerts", get(keys::alerts))
+        .route("/webhooks/supplier/{name}", post(keys::supplier_webhook))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::not_found("route") })

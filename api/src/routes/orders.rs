@@ -8,7 +8,7 @@ use courier_shared::domain::ids;
 use courier_shared::service::orders::{NewOrder, create_order};
 use uuid::Uuid;
 
-use crate::auth::{Caller, ORDERS_READ, ORDERS_WRITE};
+use crate::auth::{Caller, ORDERS_KEYS, ORDERS_READ, ORDERS_WRITE};
 use crate::error::ApiError;
 use crate::json::ValidJson;
 use crate::startup::AppState;
@@ -72,5 +72,20 @@ pub async fn get(
             )
         });
     };
-    view.map(Json).ok_or_else(|| ApiError::not_found("order"))
+    let mut view = view.ok_or_else(|| ApiError::not_found("order"))?;
+    // Codes are decrypted only for callers allowed to see them.
+    let cipher = if caller.has(ORDERS_KEYS) {
+        state.cipher.as_ref()
+    } else {
+        None
+    };
+    for item in &mut view.items {
+        item.keys = courier_shared::db::keys::item_keys(&mut conn, item.id, cipher).await?;
+        if !caller.has(crate::auth::ADMIN) {
+            for k in &mut item.keys {
+                k.cost = None;
+            }
+        }
+    }
+    Ok(Json(view))
 }

@@ -323,6 +323,21 @@ pub async fn roll_up(
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<DeliveryStatus>, _>>()?;
+    let item_status = rollup::item_status(&statuses);
+    if item_status == ItemStatus::Delivered {
+        // A key item passes through `fulfilled` (key obtained) on its way to
+        // `delivered` (key available to the customer).
+        let has_keys: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM item_keys WHERE item_id = $1) \
+               AND (SELECT delivery_status FROM order_items WHERE id = $1) NOT IN ('delivered', 'fulfilled')",
+        )
+            .bind(item_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if has_keys {
+            set_item_status(conn, order_id, item_id, ItemStatus::Fulfilled, actor).await?;
+        }
+    }
     set_item_status(
         conn,
         order_id,

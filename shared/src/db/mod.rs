@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod events;
+pub mod keys;
 pub mod orders;
 pub mod outbox;
 pub mod rescue;

@@ -176,6 +176,8 @@ pub struct ItemView {
     pub total: Decimal,
     pub delivery_status: ItemStatus,
     pub custom_fields: Value,
+    /// CD keys of the item (filled in by the order API; codes only with `orders:keys`).
+    pub keys: Vec<crate::db::keys::KeyView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -258,6 +260,7 @@ pub async fn load_view(
                 total: r.try_get("total")?,
                 delivery_status: parse(r, "delivery_status")?,
                 custom_fields: r.try_get("custom_fields")?,
+                keys: Vec::new(),
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;

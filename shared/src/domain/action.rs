@@ -40,14 +40,67 @@ pub enum ActionConfig {
         #[serde(default)]
         require_online: bool,
     },
+    /// Give the customer's Discord account a role (removed again on revoke).
+    DiscordRole { guild_id: String, role_id: String },
+    /// A CD key: from the product's own stock first (when it has any), then
+    /// bought from the first supplier candidate in stock within its max price.
+    SupplierKey {
+        #[serde(default)]
+        candidates: Vec<SupplierCandidate>,
+        /// Alert admins when the product's own stock falls below this.
+        #[serde(default)]
+        low_stock_threshold: i64,
+    },
+}
+
+/// One supplier to try, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupplierCandidate {
+    /// A name under `suppliers.*` in the configuration.
+    pub supplier: String,
+    pub supplier_product_id: String,
+    /// Never pay more than this (decimal string, supplier's currency).
+    pub max_price: String,
 }
 
 impl ActionConfig {
     pub fn kind(&self) -> DeliveryKind {
         match self {
             ActionConfig::Rcon { .. } => DeliveryKind::Rcon,
+            ActionConfig::DiscordRole { .. } => DeliveryKind::DiscordRole,
+            ActionConfig::SupplierKey { .. } => DeliveryKind::SupplierKey,
         }
     }
+}
+
+/// A Discord snowflake: digits, not zero, fits in u64.
+pub fn parse_snowflake(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u64>().ok().filter(|n| *n != 0)
+}
+
+/// What a worker needs to run a Discord role delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscordPayload {
+    pub guild_id: String,
+    pub role_id: String,
+    pub user_id: String,
+    /// Remove the role instead of adding it (refunds, expiries).
+    #[serde(default)]
+    pub revoke: bool,
+}
+
+/// What a worker needs to deliver a CD key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupplierKeyPayload {
+    pub product_id: Uuid,
+    pub item_id: Uuid,
+    pub candidates: Vec<SupplierCandidate>,
+    #[serde(default)]
+    pub low_stock_threshold: i64,
 }
 
 /// What a worker needs to run an RCON delivery; fixed when the order is accepted,

@@ -9,6 +9,9 @@
 //! | succeeded | nothing (refunds revoke the item, not the delivery) |
 //! | dead      | an admin retry (→ queued) or discard (→ cancelled) |
 //! | held      | an admin retry (→ queued) or discard (→ cancelled) |
+//!
+//! A key delivery that is not running can also be completed by an admin who
+//! enters the key by hand (→ succeeded).
 //! | cancelled | nothing |
 
 use super::order::check;
@@ -63,9 +66,9 @@ impl DeliveryStatus {
     pub fn transition(self, to: DeliveryStatus) -> Result<DeliveryStatus, IllegalTransition> {
         use DeliveryStatus::*;
         let allowed = match self {
-            Queued | Retrying | Waiting => matches!(to, Running | Cancelled),
+            Queued | Retrying | Waiting => matches!(to, Running | Cancelled | Succeeded),
             Running => matches!(to, Succeeded | Retrying | Waiting | Dead | Queued | Held),
-            Dead | Held => matches!(to, Queued | Cancelled),
+            Dead | Held => matches!(to, Queued | Cancelled | Succeeded),
             Succeeded | Cancelled => false,
         };
         check("delivery", self.as_str(), to.as_str(), allowed).map(|()| to)
@@ -112,10 +115,11 @@ mod tests {
     }
 
     #[test]
-    fn dead_can_be_retried_or_discarded_only() {
+    fn dead_can_be_retried_discarded_or_completed_by_hand_only() {
         assert!(Dead.transition(Queued).is_ok());
         assert!(Dead.transition(Cancelled).is_ok());
+        assert!(Dead.transition(Succeeded).is_ok(), "a key entered by hand");
         assert!(Dead.transition(Running).is_err());
-        assert!(Dead.transition(Succeeded).is_err());
+        assert!(Dead.transition(Retrying).is_err());
     }
 }

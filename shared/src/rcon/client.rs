@@ -81,6 +81,8 @@ pub enum RconError {
     Malformed(#[from] DecodeError),
     #[error("the response exceeded {0} bytes")]
     ResponseTooLarge(usize),
+    #[error("all {0} connections to this server are in use across the workers")]
+    Busy(usize),
 }
 
 impl RconError {

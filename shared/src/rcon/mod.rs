@@ -13,4 +13,4 @@ pub mod codec;
 pub mod pool;
 
 pub use client::{Dialect, ExecError, RconConnection, RconError, RconTarget, Timeouts};
-pub use pool::{RconPool, RconPools};
+pub use pool::{GlobalSlots, RconPool, RconPools};

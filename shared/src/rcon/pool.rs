@@ -1,4 +1,8 @@
-//! Connection pools per game server, bounded by the server's `max_connections`.
+//! Connection pools per game server, bounded by the server's `max_connections`
+//! in this process and, through a Redis semaphore (`Limits`), across every
+//! worker: each open connection holds one slot for its whole life (an idle
+//! pooled connection is a session the game server sees), refreshed on every
+//! use and released when the connection closes; a dead worker's slots expire.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +12,21 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::client::{ExecError, RconConnection, RconTarget, Timeouts};
+use crate::limits::{Limits, Permit};
+
+/// The cross-replica slot settings of a pool.
+#[derive(Clone)]
+pub struct GlobalSlots {
+    pub limits: Arc<Limits>,
+    /// Semaphore name, e.g. `rcon:<server id>`.
+    pub name: String,
+}
+
+impl std::fmt::Debug for GlobalSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GlobalSlots({})", self.name)
+    }
+}
 
 /// Connections to one server. At most `max_connections` exist at once; a
 /// connection that failed in any way is dropped rather than reused.
@@ -17,7 +36,25 @@ pub struct RconPool {
     timeouts: Timeouts,
     idle_timeout: Duration,
     permits: Semaphore,
-    idle: Mutex<Vec<(RconConnection, Instant)>>,
+    max_connections: usize,
+    global: Option<GlobalSlots>,
+    idle: Mutex<Vec<(RconConnection, Instant, Option<Permit>)>>,
+    /// Tokens of the global slots this pool holds, refreshed by a background task.
+    held: Arc<Mutex<Vec<String>>>,
+    refresher: std::sync::Once,
+}
+
+/// A global slot lives this long unless refreshed; the holder refreshes it
+/// every third of that, so a dead worker's slots free up within seconds.
+const SLOT_TTL: Duration = Duration::from_secs(6);
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Permit::Redis { .. } => "Permit::Redis",
+            Permit::Local(_) => "Permit::Local",
+        })
+    }
 }
 
 impl RconPool {
@@ -32,7 +69,79 @@ impl RconPool {
             timeouts,
             idle_timeout,
             permits: Semaphore::new(max_connections.max(1)),
+            max_connections: max_connections.max(1),
+            global: None,
             idle: Mutex::new(Vec::new()),
+            held: Arc::new(Mutex::new(Vec::new())),
+            refresher: std::sync::Once::new(),
+        }
+    }
+
+    /// Also bound connections across replicas with `global`.
+    pub fn with_global_slots(mut self, global: GlobalSlots) -> Self {
+        self.global = Some(global);
+        self
+    }
+
+    fn release_later(&self, permit: Option<Permit>) {
+        if let (Some(permit), Some(global)) = (permit, &self.global) {
+            if let Permit::Redis { token, .. } = &permit {
+                self.held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|t| t != token);
+            }
+            let limits = global.limits.clone();
+            tokio::spawn(async move { limits.release(permit).await });
+        }
+    }
+
+    /// Starts (once) the task that keeps this pool's slots alive; it ends when
+    /// the pool is dropped.
+    fn start_refresher(&self, global: &GlobalSlots) {
+        self.refresher.call_once(|| {
+            let held = Arc::downgrade(&self.held);
+            let (limits, name) = (global.limits.clone(), global.name.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SLOT_TTL / 3).await;
+                    let Some(held) = held.upgrade() else { return };
+                    let tokens = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    limits.refresh(&name, &tokens, SLOT_TTL).await;
+                }
+            });
+        });
+    }
+
+    /// A global slot, waiting at most the connect timeout for one.
+    async fn global_slot(&self) -> Result<Option<Permit>, ExecError> {
+        let Some(g) = &self.global else {
+            return Ok(None);
+        };
+        self.start_refresher(g);
+        match g
+            .limits
+            .acquire_within(
+                &g.name,
+                self.max_connections,
+                SLOT_TTL,
+                self.timeouts.connect,
+            )
+            .await
+        {
+            Some(permit) => {
+                if let Permit::Redis { token, .. } = &permit {
+                    self.held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(token.clone());
+                }
+                Ok(Some(permit))
+            }
+            None => Err(ExecError {
+                error: super::RconError::Busy(self.max_connections),
+                maybe_sent: false,
+            }),
         }
     }
 
@@ -40,38 +149,63 @@ impl RconPool {
         &self.target
     }
 
-    fn take_idle(&self) -> Option<RconConnection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((mut conn, since)) = idle.pop() {
-            if since.elapsed() < self.idle_timeout && !conn.is_closed() {
-                return Some(conn);
+    fn take_idle(&self) -> Option<(RconConnection, Option<Permit>)> {
+        let mut expired = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut found = None;
+            while let Some((mut conn, since, permit)) = idle.pop() {
+                if since.elapsed() < self.idle_timeout && !conn.is_closed() {
+                    found = Some((conn, permit));
+                    break;
+                }
+                expired.push(permit);
             }
+            found
+        };
+        for permit in expired {
+            self.release_later(permit);
         }
-        None
+        found
     }
 
     /// Runs `command` on a pooled (or new) connection.
     pub async fn exec(&self, command: &str) -> Result<String, ExecError> {
         // The semaphore is never closed, so acquire only fails if it were.
-        let _permit = self.permits.acquire().await.map_err(|_| ExecError {
+        let _local = self.permits.acquire().await.map_err(|_| ExecError {
             error: super::RconError::Closed,
             maybe_sent: false,
         })?;
-        let mut conn = match self.take_idle() {
-            Some(conn) => conn,
-            None => RconConnection::connect(&self.target, self.timeouts)
-                .await
-                .map_err(|error| ExecError {
-                    error,
-                    maybe_sent: false,
-                })?,
+        let (mut conn, permit) = match self.take_idle() {
+            Some(pair) => pair,
+            None => {
+                let permit = self.global_slot().await?;
+                match RconConnection::connect(&self.target, self.timeouts).await {
+                    Ok(conn) => (conn, permit),
+                    Err(error) => {
+                        self.release_later(permit);
+                        return Err(ExecError {
+                            error,
+                            maybe_sent: false,
+                        });
+                    }
+                }
+            }
         };
-        let out = conn.exec(command).await?;
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((conn, Instant::now()));
-        Ok(out)
+        match conn.exec(command).await {
+            Ok(out) => {
+                self.idle.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    conn,
+                    Instant::now(),
+                    permit,
+                ));
+                Ok(out)
+            }
+            Err(e) => {
+                self.release_later(permit);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -93,6 +227,7 @@ impl RconPools {
         max_connections: usize,
         timeouts: Timeouts,
         idle_timeout: Duration,
+        global: Option<GlobalSlots>,
     ) -> Arc<RconPool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((t, max, pool)) = pools.get(&server_id)
@@ -101,12 +236,11 @@ impl RconPools {
         {
             return pool.clone();
         }
-        let pool = Arc::new(RconPool::new(
-            target.clone(),
-            max_connections,
-            timeouts,
-            idle_timeout,
-        ));
+        let mut pool = RconPool::new(target.clone(), max_connections, timeouts, idle_timeout);
+        if let Some(g) = global {
+            pool = pool.with_global_slots(g);
+        }
+        let pool = Arc::new(pool);
         pools.insert(server_id, (target, max_connections, pool.clone()));
         pool
     }

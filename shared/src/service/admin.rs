@@ -20,6 +20,8 @@ pub enum AdminError {
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
+    Invalid(#[from] crate::service::Invalid),
+    #[error(transparent)]
     Db(#[from] DbError),
 }
 

@@ -108,6 +108,16 @@ pub enum ActionInput {
         #[serde(default)]
         require_online: bool,
     },
+    DiscordRole {
+        guild_id: String,
+        role_id: String,
+    },
+    SupplierKey {
+        #[serde(default)]
+        candidates: Vec<crate::domain::action::SupplierCandidate>,
+        #[serde(default)]
+        low_stock_threshold: i64,
+    },
 }
 
 pub async fn save_product(
@@ -149,6 +159,53 @@ pub async fn save_product(
                     command,
                     on_ambiguous,
                     require_online,
+                });
+            }
+            ActionInput::DiscordRole { guild_id, role_id } => {
+                for (field, value) in [("guild_id", &guild_id), ("role_id", &role_id)] {
+                    if crate::domain::action::parse_snowflake(value).is_none() {
+                        return Err(Invalid::new(
+                            format!("actions[{i}].{field}"),
+                            "must be a Discord id (digits)",
+                        )
+                        .into());
+                    }
+                }
+                actions.push(ActionConfig::DiscordRole { guild_id, role_id });
+            }
+            ActionInput::SupplierKey {
+                candidates,
+                low_stock_threshold,
+            } => {
+                for (j, c) in candidates.iter().enumerate() {
+                    if c.supplier.is_empty() || c.supplier_product_id.is_empty() {
+                        return Err(Invalid::new(
+                            format!("actions[{i}].candidates[{j}]"),
+                            "needs a supplier and a supplier_product_id",
+                        )
+                        .into());
+                    }
+                    if c.max_price
+                        .parse::<rust_decimal::Decimal>()
+                        .map_or(true, |p| p.is_sign_negative())
+                    {
+                        return Err(Invalid::new(
+                            format!("actions[{i}].candidates[{j}].max_price"),
+                            "must be a non-negative decimal string",
+                        )
+                        .into());
+                    }
+                }
+                if low_stock_threshold < 0 {
+                    return Err(Invalid::new(
+                        format!("actions[{i}].low_stock_threshold"),
+                        "must not be negative",
+                    )
+                    .into());
+                }
+                actions.push(ActionConfig::SupplierKey {
+                    candidates,
+                    low_stock_threshold,
                 });
             }
         }

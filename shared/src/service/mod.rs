@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod keys;
 pub mod orders;
 
 /// Input that breaks a rule, with the JSON path of the field at fault.

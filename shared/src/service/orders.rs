@@ -16,7 +16,7 @@ use crate::db::deliveries::{self, DeliveryRow};
 use crate::db::events::{self, NewEvent};
 use crate::db::orders::{self, ItemRow, OrderRow, OrderView};
 use crate::db::outbox;
-use crate::domain::action::{ActionConfig, RconPayload};
+use crate::domain::action::{ActionConfig, DiscordPayload, RconPayload, SupplierKeyPayload};
 use crate::domain::ids;
 use crate::domain::order::{OrderStatus, PaymentStatus};
 use crate::domain::template::Template;
@@ -362,82 +362,130 @@ fn plan(
             custom_fields: Value::Object(item.custom_fields.clone()),
         });
         for action in &product.actions {
-            let delivery_id = Uuid::new_v4();
-            let values = HashMap::from([
-                ("username", order.game.username.clone().unwrap_or_default()),
-                ("uuid", order.game.uuid.clone().unwrap_or_default()),
-                ("quantity", item.quantity.to_string()),
-                ("order_number", order_number.clone()),
-                ("order_id", order_id.to_string()),
-                ("email", order.customer.email.clone().unwrap_or_default()),
-                (
-                    "discord_user_id",
-                    order.discord_user_id.clone().unwrap_or_default(),
-                ),
-                ("sku", product.sku.clone()),
-                ("delivery_id", delivery_id.to_string()),
-            ]);
-            let (target, payload) = match &action.config {
-                ActionConfig::Rcon {
-                    game_server_id,
-                    command,
-                    on_ambiguous,
-                    require_online,
-                } => {
-                    let rendered = Template::parse(command)
-                        .map_err(|e| {
-                            Invalid::new(
-                                format!("items[{i}].product"),
-                                format!("product `{}` has an invalid command: {e}", product.sku),
-                            )
-                        })?
-                        .render(&values)
-                        .map_err(|e| {
-                            let field = match &e {
-                                crate::domain::template::RenderError::Missing { field, .. }
-                                | crate::domain::template::RenderError::Unsafe { field, .. } => {
-                                    *field
-                                }
-                            };
-                            let field = if field.starts_with("items[]") {
-                                format!("items[{i}]")
-                            } else {
-                                field.to_owned()
-                            };
-                            Invalid::new(field, e.to_string())
-                        })?;
-                    let payload = RconPayload {
-                        game_server_id: *game_server_id,
-                        command: rendered,
-                        on_ambiguous: *on_ambiguous,
-                        require_online: if *require_online {
-                            let name = order.game.username.clone().ok_or_else(|| {
-                                Invalid::new(
-                                    "game.username",
-                                    "is required: the product checks the player is online",
-                                )
-                            })?;
-                            Some(name)
-                        } else {
-                            None
-                        },
-                    };
-                    (
-                        game_server_id.to_string(),
-                        serde_json::to_value(payload).unwrap_or_default(),
-                    )
-                }
+            // A key product delivers one key per unit, each its own delivery.
+            let units = match action.config {
+                ActionConfig::SupplierKey { .. } => item.quantity,
+                _ => 1,
             };
-            if paid {
-                rows.push(DeliveryRow {
-                    id: delivery_id,
-                    order_id,
-                    item_id,
-                    action_id: action.id,
-                    kind: action.config.kind(),
-                    target,
-                    payload,
-                });
+            for _unit in 0..units {
+                let delivery_id = Uuid::new_v4();
+                let values = HashMap::from([
+                    ("username", order.game.username.clone().unwrap_or_default()),
+                    ("uuid", order.game.uuid.clone().unwrap_or_default()),
+                    ("quantity", item.quantity.to_string()),
+                    ("order_number", order_number.clone()),
+                    ("order_id", order_id.to_string()),
+                    ("email", order.customer.email.clone().unwrap_or_default()),
+                    (
+                        "discord_user_id",
+                        order.discord_user_id.clone().unwrap_or_default(),
+                    ),
+                    ("sku", product.sku.clone()),
+                    ("delivery_id", delivery_id.to_string()),
+                ]);
+                let (target, payload) = match &action.config {
+                    ActionConfig::Rcon {
+                        game_server_id,
+                        command,
+                        on_ambiguous,
+                        require_online,
+                    } => {
+                        let rendered = Template::parse(command)
+                            .map_err(|e| {
+                                Invalid::new(
+                                    format!("items[{i}].product"),
+                                    format!(
+                                        "product `{}` has an invalid command: {e}",
+                                        product.sku
+                                    ),
+                                )
+                            })?
+                            .render(&values)
+                            .map_err(|e| {
+                                let field = match &e {
+                                    crate::domain::template::RenderError::Missing {
+                                        field, ..
+                                    }
+                                    | crate::domain::template::RenderError::Unsafe {
+                                        field, ..
+                                    } => *field,
+                                };
+                                let field = if field.starts_with("items[]") {
+                                    format!("items[{i}]")
+                                } else {
+                                    field.to_owned()
+                                };
+                                Invalid::new(field, e.to_string())
+                            })?;
+                        let payload = RconPayload {
+                            game_server_id: *game_server_id,
+                            command: rendered,
+                            on_ambiguous: *on_ambiguous,
+                            require_online: if *require_online {
+                                let name = order.game.username.clone().ok_or_else(|| {
+                                    Invalid::new(
+                                        "game.username",
+                                        "is required: the product checks the player is online",
+                                    )
+                                })?;
+                                Some(name)
+                            } else {
+                                None
+                            },
+                        };
+                        (
+                            game_server_id.to_string(),
+                            serde_json::to_value(payload).unwrap_or_default(),
+                        )
+                    }
+                    ActionConfig::DiscordRole { guild_id, role_id } => {
+                        let user_id = order.discord_user_id.clone().ok_or_else(|| {
+                            Invalid::new(
+                                "discord_user_id",
+                                format!(
+                                    "is required: product `{}` gives a Discord role",
+                                    product.sku
+                                ),
+                            )
+                        })?;
+                        let payload = DiscordPayload {
+                            guild_id: guild_id.clone(),
+                            role_id: role_id.clone(),
+                            user_id,
+                            revoke: false,
+                        };
+                        (
+                            guild_id.clone(),
+                            serde_json::to_value(payload).unwrap_or_default(),
+                        )
+                    }
+                    ActionConfig::SupplierKey {
+                        candidates,
+                        low_stock_threshold,
+                    } => {
+                        let payload = SupplierKeyPayload {
+                            product_id: product.id,
+                            item_id,
+                            candidates: candidates.clone(),
+                            low_stock_threshold: *low_stock_threshold,
+                        };
+                        let target = candidates
+                            .first()
+                            .map_or_else(|| "stock".to_owned(), |c| c.supplier.clone());
+                        (target, serde_json::to_value(payload).unwrap_or_default())
+                    }
+                };
+                if paid {
+                    rows.push(DeliveryRow {
+                        id: delivery_id,
+                        order_id,
+                        item_id,
+                        action_id: action.id,
+                        kind: action.config.kind(),
+                        target,
+                        payload,
+                    });
+                }
             }
         }
     }

@@ -125,7 +125,7 @@ fn restart_postgres() -> anyhow::Result<()> {
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     let mut stack = ProcessStack::start(args.workers, Duration::ZERO, |s| {
-        s.worker.lease_seconds = 5;
+        s.worker.lease_seconds = 10;
         s.rcon.command_timeout_ms = 3000;
         s.rescuer.interval_ms = 1000;
         s.rescuer.overdue_after_secs = 20;
@@ -261,8 +261,9 @@ async fn audit(
             *runs.entry(id).or_default() += 1;
         }
     }
+    // Each ambiguity the rescuer recorded allows one extra execution.
     let abandoned: HashMap<Uuid, i64> = sqlx::query(
-        "SELECT delivery_id, count(*) AS n FROM delivery_attempts WHERE outcome = 'abandoned' GROUP BY 1",
+        "SELECT delivery_id, count(*) AS n FROM order_events WHERE kind = 'delivery.ambiguous' GROUP BY 1",
     )
     .fetch_all(&stack.pool)
     .await?

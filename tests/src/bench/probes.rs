@@ -121,6 +121,9 @@ pub async fn rabbitmq(url: &str, queue: &str, messages: usize) -> anyhow::Result
     }
     reader.await??;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
+    // Close the consuming channel before deleting its queue, so the broker's
+    // cancel does not race the client's.
+    let _ = consume.close(200, "probe done".into()).await;
     publish
         .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await?;

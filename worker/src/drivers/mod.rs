@@ -1,7 +1,9 @@
 //! Delivery drivers. Each runs one delivery and classifies the result
 //! (`ErrorClass`), so the retry decision never depends on parsing messages.
 
+pub mod discord;
 pub mod rcon;
+pub mod supplier;
 
 use courier_shared::error::ErrorClass;
 

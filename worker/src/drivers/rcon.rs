@@ -33,7 +33,12 @@ impl RconDriver {
         }
     }
 
-    pub async fn run(&self, db: &PgPool, payload: &serde_json::Value) -> DriverOutcome {
+    pub async fn run(
+        &self,
+        db: &PgPool,
+        limits: &std::sync::Arc<courier_shared::limits::Limits>,
+        payload: &serde_json::Value,
+    ) -> DriverOutcome {
         let payload: RconPayload = match serde_json::from_value(payload.clone()) {
             Ok(p) => p,
             Err(e) => return DriverOutcome::permanent(format!("invalid RCON payload: {e}")),
@@ -71,6 +76,10 @@ impl RconDriver {
             usize::from(server.max_connections),
             self.timeouts(),
             Duration::from_millis(self.settings.idle_timeout_ms),
+            Some(courier_shared::rcon::GlobalSlots {
+                limits: limits.clone(),
+                name: format!("rcon:{}", server.id),
+            }),
         );
         let describe = |e: &dyn std::fmt::Display| {
             format!("{} ({}:{}): {e}", server.name, server.host, server.port)
