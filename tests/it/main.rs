@@ -4,6 +4,7 @@
 
 mod bench;
 mod dead_letters;
+mod discord;
 mod orders;
 mod outbox;
 mod rcon_client;

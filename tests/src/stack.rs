@@ -22,6 +22,8 @@ pub struct TestStack {
     pub settings: Settings,
     pub api: Option<RunningApi>,
     pub worker: Option<RunningWorker>,
+    /// More worker replicas, for tests of coordination between them.
+    pub extra_workers: Vec<RunningWorker>,
     pub http: reqwest::Client,
     pub base: String,
     pub admin_key: String,
@@ -60,6 +62,9 @@ pub fn test_settings() -> (Settings, String) {
     }
     settings.retry.waiting.interval_ms = 300;
     settings.rescuer.interval_ms = 200;
+    settings.discord.bot_token = Some(Secret::new("test-bot-token"));
+    settings.keys.encryption_key =
+        Some(Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="));
     settings.worker.shutdown_grace_seconds = 10;
     (settings, db_name)
 }
@@ -117,6 +122,7 @@ impl TestStack {
             settings,
             api: Some(api),
             worker: None,
+            extra_workers: Vec::new(),
             http: reqwest::Client::new(),
             base,
             admin_key,
@@ -316,6 +322,9 @@ impl TestStack {
         if let Some(w) = self.worker.take() {
             w.stop().await;
         }
+        for w in self.extra_workers.drain(..) {
+            w.stop().await;
+        }
         if let Some(api) = self.api.take() {
             api.stop().await;
         }
@@ -461,6 +470,14 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
     if let Some(key) = &s.api.bootstrap_admin_key {
         vars.push(("API__BOOTSTRAP_ADMIN_KEY", key.expose().to_owned()));
     }
+    if let Some(token) = &s.discord.bot_token {
+        vars.push(("DISCORD__BOT_TOKEN", token.expose().to_owned()));
+    }
+    vars.push(("DISCORD__API_BASE", s.discord.api_base.clone()));
+    if let Some(key) = &s.keys.encryption_key {
+        vars.push(("KEYS__ENCRYPTION_KEY", key.expose().to_owned()));
+    }
+    vars.push(("REDIS__URL", s.redis.url.expose().to_owned()));
     let mut out: Vec<(String, String)> = vars
         .into_iter()
         .map(|(k, v)| (format!("COURIER__{k}"), v))

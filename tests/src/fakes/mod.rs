@@ -1,4 +1,7 @@
 //! Small real servers standing in for the outside world, with switches to misbehave.
 
+pub mod discord;
+pub mod http;
 pub mod proxy;
 pub mod rcon;
+pub mod supplier;
