@@ -5,6 +5,8 @@
 mod bench;
 mod dead_letters;
 mod discord;
+mod keys;
+mod limits;
 mod orders;
 mod outbox;
 mod rcon_client;

@@ -328,7 +328,8 @@ impl TestStack {
         if let Some(api) = self.api.take() {
             api.stop().await;
         }
-        self.pool.close().await;
+        // Bounded: a connection a test forgot to drop must not hang the suite.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.pool.close()).await;
         self.cleanup.run().await;
     }
 }
