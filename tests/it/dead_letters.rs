@@ -12,14 +12,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_recorded_and_the_worker_keeps_consuming() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start().await;
-    stack.add_game_server("s", &game).await;
-    stack
-        .add_rcon_product("p", "s", "give {username} apple")
-        .await;
+    let (stack, _game) = TestStack::with_rcon_product("give {username} apple").await;
 
     stack
         .publish_raw("courier.rcon", b"{ this is not a job")

@@ -151,12 +151,7 @@ async fn concurrent_requests_with_one_key_create_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_payment_order_queues_nothing() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start().await;
-    stack.add_game_server("s", &game).await;
-    stack.add_rcon_product("p", "s", "say {username}").await;
+    let (stack, _game) = TestStack::with_rcon_product("say {username}").await;
     let mut body = courier_tests::stack::sample_order("p", "steve");
     body["payment_status"] = "pending".into();
     let (status, order) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;

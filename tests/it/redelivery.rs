@@ -3,21 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use courier_shared::rcon::Dialect;
-use courier_tests::fakes::rcon::FakeGameServer;
 use courier_tests::stack::TestStack;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_message_of_a_done_delivery_does_not_run_again() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start().await;
-    stack.add_game_server("s", &game).await;
-    stack
-        .add_rcon_product("p", "s", "give {username} cake")
-        .await;
+    let (stack, game) = TestStack::with_rcon_product("give {username} cake").await;
     let (_, order) = stack.post_order("p", "alex", None).await;
     let done = stack
         .wait_for_order(

@@ -20,14 +20,7 @@ fn started_at(order: &Value, attempt: usize) -> DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_failing_twice_is_delivered_on_the_third_attempt_with_growing_delays() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start().await;
-    stack.add_game_server("s", &game).await;
-    stack
-        .add_rcon_product("p", "s", "give {username} apple")
-        .await;
+    let (stack, game) = TestStack::with_rcon_product("give {username} apple").await;
     game.set(Behaviour {
         reject_connections: 2,
         ..Behaviour::default()
@@ -79,14 +72,7 @@ async fn a_server_failing_twice_is_delivered_on_the_third_attempt_with_growing_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_failing_server_ends_dead_with_the_reason_and_the_order_failed() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start().await;
-    stack.add_game_server("s", &game).await;
-    stack
-        .add_rcon_product("p", "s", "give {username} apple")
-        .await;
+    let (stack, game) = TestStack::with_rcon_product("give {username} apple").await;
     game.set(Behaviour {
         reject_connections: 1000,
         ..Behaviour::default()

@@ -208,6 +208,18 @@ impl TestStack {
         (status, json)
     }
 
+    /// A stack with a worker, a fake Minecraft server (password `pw`) registered
+    /// as game server `s`, and product `p` running `command` on it.
+    pub async fn with_rcon_product(command: &str) -> (Self, FakeGameServer) {
+        let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
+            .await
+            .expect("fake server");
+        let stack = Self::start().await;
+        stack.add_game_server("s", &game).await;
+        stack.add_rcon_product("p", "s", command).await;
+        (stack, game)
+    }
+
     /// Registers `server` as game server `name`.
     pub async fn add_game_server(&self, name: &str, server: &FakeGameServer) {
         let body = json!({
