@@ -15,6 +15,7 @@ async fn quick_throughput_run_completes_every_order_and_reports_ratios() {
         command_delay_ms: 0,
         timeout_secs: 120,
         probe_jobs: 500,
+        db_pool: 4,
     })
     .await
     .expect("throughput run");
@@ -45,6 +46,7 @@ async fn quick_chaos_run_kills_workers_and_loses_nothing() {
         kill_every_secs: 1.0,
         restart_services: false,
         quiesce_timeout_secs: 120,
+        db_pool: 4,
     })
     .await
     .expect("chaos run");

@@ -495,6 +495,25 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
         .into_iter()
         .map(|(k, v)| (format!("COURIER__{k}"), v))
         .collect();
+    for (name, sup) in &s.suppliers {
+        let n = name.to_uppercase();
+        out.push((
+            format!("COURIER__SUPPLIERS__{n}__BASE_URL"),
+            sup.base_url.clone(),
+        ));
+        out.push((
+            format!("COURIER__SUPPLIERS__{n}__API_KEY"),
+            sup.api_key.expose().to_owned(),
+        ));
+        out.push((
+            format!("COURIER__SUPPLIERS__{n}__REQUESTS_PER_SECOND"),
+            sup.requests_per_second.to_string(),
+        ));
+        out.push((
+            format!("COURIER__SUPPLIERS__{n}__TIMEOUT_MS"),
+            sup.timeout_ms.to_string(),
+        ));
+    }
     for (kind, r) in [
         ("RCON", &s.retry.rcon),
         ("DISCORD", &s.retry.discord),

@@ -25,6 +25,8 @@ pub struct ChaosArgs {
     /// Restart RabbitMQ and Postgres once each (never in the test suite).
     pub restart_services: bool,
     pub quiesce_timeout_secs: u64,
+    /// Database connections per process.
+    pub db_pool: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +37,8 @@ pub struct ChaosReport {
     pub completed: i64,
     pub failed: i64,
     pub dead: Vec<(String, i64)>,
+    /// Deliveries not settled after the wait, by kind, status and last error.
+    pub unsettled: Vec<(String, i64)>,
     pub held: Vec<(String, i64)>,
     pub lost: i64,
     pub stuck: i64,
@@ -44,12 +48,19 @@ pub struct ChaosReport {
     pub duplicate_executions: usize,
     pub duplicates_accounted: usize,
     pub duplicates_unaccounted: usize,
-    pub duplicate_supplier_purchases: &'static str,
+    pub discord_calls: usize,
+    pub supplier_orders_placed: usize,
+    pub supplier_keys_stored: i64,
+    /// Supplier orders beyond one per key delivery: must be 0.
+    pub duplicate_supplier_purchases: i64,
 }
 
 impl ChaosReport {
     pub fn ok(&self) -> bool {
-        self.lost == 0 && self.stuck == 0 && self.duplicates_unaccounted == 0
+        self.lost == 0
+            && self.stuck == 0
+            && self.duplicates_unaccounted == 0
+            && self.duplicate_supplier_purchases == 0
     }
 
     pub fn print(&self) {
@@ -75,6 +86,9 @@ impl ChaosReport {
         for (reason, n) in &self.held {
             println!("  held                        {n}: {reason}");
         }
+        for (reason, n) in &self.unsettled {
+            println!("  unsettled                   {n}: {reason}");
+        }
         println!("  lost                        {}", self.lost);
         println!("  stuck                       {}", self.stuck);
         println!("  workers killed              {}", self.workers_killed);
@@ -82,6 +96,11 @@ impl ChaosReport {
         println!(
             "  duplicate executions        {} ({} accounted as ambiguous, {} unaccounted)",
             self.duplicate_executions, self.duplicates_accounted, self.duplicates_unaccounted
+        );
+        println!("  Discord calls               {}", self.discord_calls);
+        println!(
+            "  supplier orders / keys      {} placed, {} keys stored",
+            self.supplier_orders_placed, self.supplier_keys_stored
         );
         println!(
             "  duplicate supplier buys     {}",
@@ -126,6 +145,7 @@ fn restart_postgres() -> anyhow::Result<()> {
 pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
     let mut stack = ProcessStack::start(args.workers, Duration::ZERO, |s| {
         s.worker.lease_seconds = 10;
+        s.database.max_connections = args.db_pool;
         s.rcon.command_timeout_ms = 3000;
         s.rescuer.interval_ms = 1000;
         s.rescuer.overdue_after_secs = 20;
@@ -150,7 +170,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         let client = stack.client();
         let (orders, concurrency) = (args.orders, args.concurrency);
         tokio::spawn(async move {
-            let n = send_orders(&client, orders, concurrency, None, "chaos").await;
+            let n = send_orders(
+                &client,
+                orders,
+                concurrency,
+                None,
+                "chaos",
+                &["bench", "bench-role", "bench-key"],
+            )
+            .await;
             sending.store(false, Ordering::SeqCst);
             n
         })
@@ -235,6 +263,15 @@ async fn audit(
         .map(|rows| rows.iter().map(|r| (r.get::<String, _>("reason"), r.get::<i64, _>("n"))).collect::<Vec<_>>())
     };
     let dead = grouped("dead").await?;
+    let unsettled: Vec<(String, i64)> = sqlx::query(
+        "SELECT kind || ' ' || status || ': ' || coalesce(last_error, '-') AS reason, count(*) AS n FROM deliveries \
+         WHERE status IN ('queued', 'running', 'retrying', 'waiting') GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
+    )
+    .fetch_all(&stack.pool)
+    .await?
+    .iter()
+    .map(|r| (r.get::<String, _>("reason"), r.get::<i64, _>("n")))
+    .collect();
     let held = grouped("held").await?;
     // Stuck: not terminal after the wait and not parked for an admin.
     let stuck: i64 = sqlx::query_scalar(
@@ -278,6 +315,15 @@ async fn audit(
             accounted += extra.min(abandoned.get(id).copied().unwrap_or(0) as usize);
         }
     }
+    let placed = stack.supplier.orders_placed();
+    let unique_placed = placed
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let keys_stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM item_keys WHERE source = 'supplier'")
+            .fetch_one(&stack.pool)
+            .await?;
     Ok(ChaosReport {
         params: args.clone(),
         accepted,
@@ -285,6 +331,7 @@ async fn audit(
         completed: counts.try_get("completed")?,
         failed: counts.try_get("failed")?,
         dead,
+        unsettled,
         held,
         lost,
         stuck,
@@ -294,6 +341,10 @@ async fn audit(
         duplicate_executions,
         duplicates_accounted: accounted,
         duplicates_unaccounted: duplicate_executions - accounted,
-        duplicate_supplier_purchases: "n/a (no supplier driver yet)",
+        discord_calls: stack.discord.calls().len(),
+        supplier_orders_placed: placed.len(),
+        supplier_keys_stored: keys_stored,
+        duplicate_supplier_purchases: placed.len() as i64 - unique_placed as i64
+            + (placed.len() as i64 - keys_stored).max(0),
     })
 }

@@ -16,7 +16,9 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::fakes::discord::FakeDiscord;
 use crate::fakes::rcon::FakeGameServer;
+use crate::fakes::supplier::FakeSupplier;
 use crate::stack::{Cleanup, create_database, process_env, test_settings};
 
 /// What a client of the API needs; cheap to clone into tasks.
@@ -35,6 +37,8 @@ pub struct ProcessStack {
     /// For the audit (not Courier's own pool).
     pub pool: PgPool,
     pub game: FakeGameServer,
+    pub discord: FakeDiscord,
+    pub supplier: FakeSupplier,
     pub api: Child,
     pub workers: Vec<Child>,
     bin_dir: PathBuf,
@@ -73,10 +77,25 @@ impl ProcessStack {
         tweak: impl FnOnce(&mut Settings),
     ) -> anyhow::Result<Self> {
         let (mut settings, db_name) = test_settings();
+        // Full runs keep 16 per process; `tweak` lowers it where many stacks
+        // share one Postgres (the test suite).
         settings.database.max_connections = 16;
         settings.worker.concurrency = 16;
         settings.relay.sweep_interval_ms = 1000;
         settings.api.bind = "127.0.0.1:0".into();
+        let discord = FakeDiscord::start().await?;
+        let supplier = FakeSupplier::start("chaos").await?;
+        supplier.set_product("bench-game", 3.0, i64::MAX / 2);
+        settings.discord.api_base = discord.base.clone();
+        settings.suppliers.insert(
+            "chaos".into(),
+            courier_shared::config::SupplierSettings {
+                base_url: supplier.base.clone(),
+                api_key: Secret::new(supplier.api_key.clone()),
+                requests_per_second: 50,
+                timeout_ms: 5000,
+            },
+        );
         tweak(&mut settings);
         let cleanup = create_database(&settings, &db_name).await?;
         let bin_dir = bin_dir()?;
@@ -140,6 +159,8 @@ impl ProcessStack {
             http,
             pool,
             game,
+            discord,
+            supplier,
             api,
             workers: Vec::new(),
             bin_dir,
@@ -207,6 +228,17 @@ impl ProcessStack {
         }]});
         let (s, b) = self
             .call(Method::PUT, "/v1/products/bench", Some(&product))
+            .await?;
+        anyhow::ensure!(s.is_success(), "product: {b}");
+        let role = json!({ "name": "Bench role", "actions": [{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }] });
+        let (s, b) = self
+            .call(Method::PUT, "/v1/products/bench-role", Some(&role))
+            .await?;
+        anyhow::ensure!(s.is_success(), "product: {b}");
+        let key = json!({ "name": "Bench key", "actions": [{ "kind": "supplier_key", "candidates": [
+            { "supplier": "chaos", "supplier_product_id": "bench-game", "max_price": "5.00" }] }] });
+        let (s, b) = self
+            .call(Method::PUT, "/v1/products/bench-key", Some(&key))
             .await?;
         anyhow::ensure!(s.is_success(), "product: {b}");
         Ok(())

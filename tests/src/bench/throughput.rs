@@ -22,6 +22,8 @@ pub struct ThroughputArgs {
     pub command_delay_ms: u64,
     pub timeout_secs: u64,
     pub probe_jobs: usize,
+    /// Database connections per process.
+    pub db_pool: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,11 +52,12 @@ pub struct Latency {
 
 /// Posts one order, retrying the same `Idempotency-Key` through outages (as a
 /// store back-end should) for up to a minute; true when accepted.
-pub async fn post_order(stack: &ApiClient, key: &str, username: &str) -> bool {
+pub async fn post_order(stack: &ApiClient, key: &str, username: &str, sku: &str) -> bool {
     let body = json!({
         "currency": "USD",
         "game": { "username": username },
-        "items": [{ "product": "bench", "quantity": 1, "unit_price": "1.00" }],
+        "discord_user_id": "4242",
+        "items": [{ "product": sku, "quantity": 1, "unit_price": "1.00" }],
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut pause = Duration::from_millis(50);
@@ -73,6 +76,10 @@ pub async fn post_order(stack: &ApiClient, key: &str, username: &str) -> bool {
             Ok(r)
                 if r.status().is_client_error() && r.status() != StatusCode::TOO_MANY_REQUESTS =>
             {
+                eprintln!(
+                    "order {key} rejected: {}",
+                    r.text().await.unwrap_or_default()
+                );
                 return false;
             }
             _ if Instant::now() > deadline => return false,
@@ -91,14 +98,17 @@ pub async fn send_orders(
     concurrency: usize,
     rate: Option<f64>,
     tag: &str,
+    skus: &[&str],
 ) -> usize {
+    let skus: Vec<String> = skus.iter().map(|s| (*s).to_owned()).collect();
     match rate {
         None => {
             futures_util::stream::iter(0..orders)
                 .map(|i| {
                     let stack = stack.clone();
                     let key = format!("{tag}-{i}");
-                    async move { post_order(&stack, &key, &format!("p{i}")).await }
+                    let sku = skus[i % skus.len()].clone();
+                    async move { post_order(&stack, &key, &format!("p{i}"), &sku).await }
                 })
                 .buffer_unordered(concurrency.max(1))
                 .filter(|ok| futures_util::future::ready(*ok))
@@ -112,8 +122,9 @@ pub async fn send_orders(
                 tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
                 let stack = stack.clone();
                 let key = format!("{tag}-{i}");
+                let sku = skus[i % skus.len()].clone();
                 handles.push(tokio::spawn(async move {
-                    post_order(&stack, &key, &format!("p{i}")).await
+                    post_order(&stack, &key, &format!("p{i}"), &sku).await
                 }));
             }
             let mut ok = 0;
@@ -148,7 +159,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
     let stack = ProcessStack::start(
         args.workers,
         Duration::from_millis(args.command_delay_ms),
-        |_| {},
+        |s| s.database.max_connections = args.db_pool,
     )
     .await?;
     stack.seed("hold").await?;
@@ -158,6 +169,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
         args.concurrency,
         args.rate,
         "tp",
+        &["bench"],
     )
     .await;
     let completed =

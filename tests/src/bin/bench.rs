@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     orders.clamp(2000, 20_000)
                 },
+                db_pool: 16,
             };
             let report = throughput::run(args).await?;
             if json {
@@ -136,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 kill_every_secs: if quick { 1.0 } else { kill_every_secs },
                 restart_services: restart_services && !quick,
                 quiesce_timeout_secs,
+                db_pool: 16,
             };
             let report = chaos::run(args).await?;
             if json {
