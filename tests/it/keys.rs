@@ -319,3 +319,42 @@ async fn uuid_of(stack: &TestStack, sku: &str) -> uuid::Uuid {
         .await
         .expect("product")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_order_answer_never_leads_to_buying_from_a_second_supplier() {
+    let first = FakeSupplier::start("first").await.expect("supplier");
+    let second = FakeSupplier::start("second").await.expect("supplier");
+    first.set_product("g", 5.0, 10);
+    second.set_product("g", 5.0, 10);
+    // The first supplier creates the order but the answer is a 503.
+    first.set(SupplierBehaviour {
+        lose_next_order_answer: true,
+        ..SupplierBehaviour::default()
+    });
+    let map = supplier_settings(&[("first", &first), ("second", &second)]);
+    let stack = TestStack::start_with(|s| s.suppliers = map, true).await;
+    stack
+        .add_product(
+            "game",
+            json!([{ "kind": "supplier_key", "candidates": [
+                { "supplier": "first", "supplier_product_id": "g", "max_price": "9" },
+                { "supplier": "second", "supplier_product_id": "g", "max_price": "9" }
+            ]}]),
+        )
+        .await;
+    let id = key_order(&stack, "game", 1).await;
+    let done = stack
+        .wait_for_order(&id, "completed", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        first.orders_placed().len(),
+        1,
+        "the order created despite the 503 is the one used"
+    );
+    assert!(
+        second.orders_placed().is_empty(),
+        "never bought a second key elsewhere"
+    );
+    assert_eq!(done["items"][0]["keys"][0]["supplier"], "first");
+    stack.teardown().await;
+}

@@ -29,6 +29,8 @@ pub struct SupplierBehaviour {
     pub slow: Duration,
     /// Keys become available this long after the order.
     pub keys_after: Duration,
+    /// Create orders but answer 503, once (a crash after the commit).
+    pub lose_next_order_answer: bool,
 }
 
 #[derive(Default)]

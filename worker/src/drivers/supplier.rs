@@ -45,6 +45,9 @@ enum Skip {
     Unavailable(String),
     /// The supplier failed (5xx, timeout): try the next one, retry later if none works.
     Error(String),
+    /// Placing the order failed in a way that may still have created it: try
+    /// no other supplier now; the retry asks this one first.
+    Ambiguous(String),
 }
 
 impl SupplierDriver {
@@ -104,6 +107,8 @@ impl SupplierDriver {
             Ok(false) => {}
             Err(e) => return failed(ErrorClass::Transient, format!("database: {e}")),
         }
+        // One connection at a time per job: the stock transaction below takes its own.
+        drop(conn);
 
         // 1. Own stock.
         let taken = async {
@@ -152,14 +157,26 @@ impl SupplierDriver {
 
         // 2. A supplier order placed by an earlier attempt: fetch its keys.
         let placed: Option<Value> =
-            sqlx::query_scalar("SELECT supplier_order FROM deliveries WHERE id = $1")
+            match sqlx::query_scalar("SELECT supplier_order FROM deliveries WHERE id = $1")
                 .bind(delivery_id)
-                .fetch_one(&mut *conn)
+                .fetch_one(db)
                 .await
-                .unwrap_or(None);
-        drop(conn);
+            {
+                Ok(placed) => placed,
+                // Not knowing whether an order was placed, do not place another.
+                Err(e) => return failed(ErrorClass::Transient, format!("database: {e}")),
+            };
         if let Some(order) = placed {
-            return self.collect(db, cipher, &p, delivery_id, &order).await;
+            if order["order_id"].is_string() {
+                return self.collect(db, cipher, &p, delivery_id, &order).await;
+            }
+            // An earlier attempt stopped between announcing a purchase and
+            // saving its order id: ask that supplier before trying any other.
+            match self.resolve_placing(db, &order, delivery_id).await {
+                Ok(Some(found)) => return self.collect(db, cipher, &p, delivery_id, &found).await,
+                Ok(None) => {}
+                Err(e) => return failed(ErrorClass::Transient, e),
+            }
         }
 
         // 3. Candidates in order.
@@ -172,6 +189,12 @@ impl SupplierDriver {
                 Err(Skip::Error(why)) => {
                     any_error = true;
                     skipped.push(why);
+                }
+                Err(Skip::Ambiguous(why)) => {
+                    return failed(
+                        ErrorClass::Transient,
+                        format!("{why}; will ask this supplier again before any other"),
+                    );
                 }
             }
         }
@@ -264,6 +287,16 @@ impl SupplierDriver {
                 c.supplier
             )));
         }
+        // Announce the purchase first: should this worker die after the POST,
+        // the next attempt asks this supplier before trying another one.
+        let placing =
+            json!({ "supplier": c.supplier, "order_id": null, "price": price.to_string() });
+        sqlx::query("UPDATE deliveries SET supplier_order = $2 WHERE id = $1")
+            .bind(delivery_id)
+            .bind(&placing)
+            .execute(db)
+            .await
+            .map_err(|e| Skip::Error(format!("saving the purchase intent: {e}")))?;
         let order_body = json!({
             "products": [{ "productId": c.supplier_product_id, "qty": 1, "price": price }],
             "orderExternalId": delivery_id.to_string(),
@@ -277,7 +310,7 @@ impl SupplierDriver {
                     .json(&order_body),
             )
             .await
-            .map_err(Skip::Error)?;
+            .map_err(Skip::Ambiguous)?;
         let order_id = match status {
             200 | 201 => body["orderId"].as_str().map(str::to_owned),
             409 => {
@@ -291,11 +324,11 @@ impl SupplierDriver {
                             .query(&[("orderExternalId", delivery_id.to_string())]),
                     )
                     .await
-                    .map_err(Skip::Error)?;
+                    .map_err(Skip::Ambiguous)?;
                 found["results"][0]["orderId"].as_str().map(str::to_owned)
             }
             s if s >= 500 || s == 429 => {
-                return Err(Skip::Error(format!(
+                return Err(Skip::Ambiguous(format!(
                     "{}: {s} placing the order",
                     c.supplier
                 )));
@@ -308,7 +341,7 @@ impl SupplierDriver {
             }
         };
         let Some(order_id) = order_id else {
-            return Err(Skip::Error(format!(
+            return Err(Skip::Ambiguous(format!(
                 "{}: no orderId in the answer",
                 c.supplier
             )));
@@ -322,6 +355,46 @@ impl SupplierDriver {
             .await
             .map_err(|e| Skip::Error(format!("saving the supplier order: {e}")))?;
         Ok(placed)
+    }
+
+    /// For an announced purchase without an order id: the supplier's order under
+    /// our external id (saved on the delivery), or `None` (intent cleared) when
+    /// the supplier has none.
+    async fn resolve_placing(
+        &self,
+        db: &PgPool,
+        placing: &Value,
+        delivery_id: Uuid,
+    ) -> Result<Option<Value>, String> {
+        let supplier = placing["supplier"].as_str().unwrap_or_default().to_owned();
+        let Some(s) = self.suppliers.get(&supplier) else {
+            return Err(format!(
+                "supplier {supplier} (purchase in progress) is no longer configured"
+            ));
+        };
+        let base = s.base_url.trim_end_matches('/');
+        let (status, found) = self
+            .call(
+                &supplier,
+                s,
+                self.client
+                    .get(format!("{base}/v1/order"))
+                    .query(&[("orderExternalId", delivery_id.to_string())]),
+            )
+            .await?;
+        if status != 200 {
+            return Err(format!("{supplier}: {status} looking up our earlier order"));
+        }
+        let resolved = found["results"][0]["orderId"]
+            .as_str()
+            .map(|order_id| json!({ "supplier": supplier, "order_id": order_id, "price": placing["price"] }));
+        sqlx::query("UPDATE deliveries SET supplier_order = $2 WHERE id = $1")
+            .bind(delivery_id)
+            .bind(&resolved)
+            .execute(db)
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        Ok(resolved)
     }
 
     /// Fetches the keys of a placed order, a few times with backoff; stores the key.
