@@ -299,3 +299,44 @@ async fn an_unknown_command_is_a_permanent_failure() {
     assert_eq!(game.commands().len(), 1);
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_timed_out_after_sending_is_held_not_run_again() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} diamond 64").await;
+    // Longer than the test's 3 s command timeout: the command was sent, no answer came.
+    game.set(Behaviour {
+        delay: Duration::from_secs(5),
+        ..Behaviour::default()
+    });
+    let (_, order) = stack.post_order("p", "alex", None).await;
+    stack
+        .wait_until(
+            "held",
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE status = 'held')",
+            Duration::from_secs(20),
+        )
+        .await;
+    let (_, o) = stack
+        .call(
+            Method::GET,
+            &format!("/v1/orders/{}", order["id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = o["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"delivery.ambiguous"), "{kinds:?}");
+    assert!(
+        o["deliveries"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("on_ambiguous = hold")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(game.commands().len(), 1, "not sent a second time");
+    stack.teardown().await;
+}

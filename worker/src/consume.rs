@@ -351,6 +351,30 @@ pub fn decide(
         ),
         NextStep::Dead { reason } => (DeliveryStatus::Dead, None, Some(reason)),
     };
+    // An RCON command that may have reached the server is ambiguous: retrying
+    // could run it twice, so the action's `on_ambiguous` decides (hold by default),
+    // exactly as for a worker that died mid-command.
+    let hold = next == DeliveryStatus::Retrying
+        && maybe_sent
+        && claimed.kind == DeliveryKind::Rcon
+        && serde_json::from_value::<courier_shared::domain::action::RconPayload>(
+            claimed.payload.clone(),
+        )
+        .map_or(true, |p| {
+            p.on_ambiguous == courier_shared::domain::action::OnAmbiguous::Hold
+        });
+    let (next, requeue, dead_reason) = if hold {
+        (
+            DeliveryStatus::Held,
+            None,
+            Some(format!(
+                "ambiguous: {}; held for an admin (on_ambiguous = hold)",
+                error.clone().unwrap_or_default()
+            )),
+        )
+    } else {
+        (next, requeue, dead_reason)
+    };
     AttemptRecord {
         outcome,
         next,
@@ -359,5 +383,6 @@ pub fn decide(
         failed,
         requeue,
         dead_reason,
+        ambiguous: maybe_sent && claimed.kind == DeliveryKind::Rcon && class.is_some(),
     }
 }

@@ -36,11 +36,22 @@ pub async fn sweep(
 ) -> Result<Vec<Rescued>, courier_shared::error::DbError> {
     let mut rescued = Vec::new();
     for id in rescue::expired_leases(&ctx.pool, 50).await? {
-        let mut tx = ctx.pool.begin().await?;
-        if let Some(r) = rescue::rescue_one(&mut tx, id, actor).await? {
+        // One delivery that cannot be rescued must not block the others.
+        let attempt = async {
+            let mut tx = ctx.pool.begin().await?;
+            let r = rescue::rescue_one(&mut tx, id, actor).await?;
             tx.commit().await?;
-            tracing::warn!(delivery_id = %id, outcome = ?r, "rescued a delivery whose lease expired");
-            rescued.push(r);
+            Ok::<_, courier_shared::error::DbError>(r)
+        };
+        match attempt.await {
+            Ok(Some(r)) => {
+                tracing::warn!(delivery_id = %id, outcome = ?r, "rescued a delivery whose lease expired");
+                rescued.push(r);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(delivery_id = %id, error = %e, "could not rescue a delivery; skipping it")
+            }
         }
     }
     let republished = rescue::republish_overdue(&ctx.pool, overdue_secs, actor).await?;

@@ -79,6 +79,20 @@ pub async fn claim(
     for from in DeliveryStatus::CLAIMABLE {
         from.transition(DeliveryStatus::Running)?;
     }
+    // Lock order: the order row first, as `record`, the rescuer and the admin
+    // actions do, so a claim never deadlocks with them.
+    let order_id: Option<Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(order_id) = order_id else {
+        return Ok(Err(NotClaimed::Missing));
+    };
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
     let claimable: Vec<&str> = DeliveryStatus::CLAIMABLE
         .iter()
         .map(|s| s.as_str())
@@ -162,8 +176,11 @@ pub struct AttemptRecord {
     pub failed: bool,
     /// For `retrying` and `waiting`: the delay-tier queue (logical name) and this message's delay.
     pub requeue: Option<(String, u64)>,
-    /// For `dead`: what the admin reads.
+    /// For `dead` and `held`: what the admin reads.
     pub dead_reason: Option<String>,
+    /// The action may have happened although the attempt failed (an RCON
+    /// command written before the error): recorded as a `delivery.ambiguous` event.
+    pub ambiguous: bool,
 }
 
 /// Whether the worker still held the lease when it recorded.
@@ -253,6 +270,23 @@ pub async fn record(
         )
         .await?;
         super::outbox::notify_relays(conn).await?;
+    }
+    if rec.ambiguous {
+        events::record(
+            conn,
+            NewEvent {
+                order_id: claimed.order_id,
+                delivery_id: Some(claimed.id),
+                kind: "delivery.ambiguous",
+                message: format!(
+                    "attempt {} failed after the command was sent; it may have run (now {})",
+                    claimed.attempt, rec.next
+                ),
+                actor: &format!("worker:{worker}"),
+                data: json!({ "attempt": claimed.attempt }),
+            },
+        )
+        .await?;
     }
     if rec.next == DeliveryStatus::Dead {
         let reason = rec

@@ -153,14 +153,18 @@ impl RconPool {
         let mut expired = Vec::new();
         let found = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let mut found = None;
-            while let Some((mut conn, since, permit)) = idle.pop() {
+            // Close every expired or dead connection, not only those above the
+            // first live one, so their slots go back to the other workers.
+            let mut live = Vec::with_capacity(idle.len());
+            for (mut conn, since, permit) in idle.drain(..) {
                 if since.elapsed() < self.idle_timeout && !conn.is_closed() {
-                    found = Some((conn, permit));
-                    break;
+                    live.push((conn, since, permit));
+                } else {
+                    expired.push(permit);
                 }
-                expired.push(permit);
             }
+            let found = live.pop().map(|(conn, _, permit)| (conn, permit));
+            *idle = live;
             found
         };
         for permit in expired {
@@ -172,10 +176,18 @@ impl RconPool {
     /// Runs `command` on a pooled (or new) connection.
     pub async fn exec(&self, command: &str) -> Result<String, ExecError> {
         // The semaphore is never closed, so acquire only fails if it were.
-        let _local = self.permits.acquire().await.map_err(|_| ExecError {
-            error: super::RconError::Closed,
-            maybe_sent: false,
-        })?;
+        // Bounded wait: a job queued behind a slow server reports it busy (and is
+        // retried) rather than outliving its lease and sending late.
+        let _local = match tokio::time::timeout(self.timeouts.connect, self.permits.acquire()).await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(ExecError {
+                    error: super::RconError::Busy(self.max_connections),
+                    maybe_sent: false,
+                });
+            }
+        };
         let (mut conn, permit) = match self.take_idle() {
             Some(pair) => pair,
             None => {

@@ -65,11 +65,15 @@ async fn lock_delivery(
 pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), AdminError> {
     let mut tx = pool.begin().await?;
     let (order_id, item_id, kind, status) = lock_delivery(&mut tx, id).await?;
-    status.transition(DeliveryStatus::Queued).map_err(|_| {
-        AdminError::Conflict(format!(
+    // Only settled failures: a running delivery belongs to its worker (and the rescuer).
+    if !matches!(status, DeliveryStatus::Dead | DeliveryStatus::Held) {
+        return Err(AdminError::Conflict(format!(
             "delivery is `{status}`; only dead or held deliveries can be retried"
-        ))
-    })?;
+        )));
+    }
+    status
+        .transition(DeliveryStatus::Queued)
+        .map_err(DbError::from)?;
     sqlx::query(
         "UPDATE deliveries SET status = 'queued', failures = 0, waiting_since = NULL, next_attempt_at = now(), \
            updated_at = now() WHERE id = $1 AND status = $2",

@@ -23,6 +23,12 @@ use sha2::{Digest, Sha256};
 
 use super::DriverOutcome;
 
+/// A wait announced by Discord, clamped: a remote value (inf, 1e300, negative)
+/// must neither panic nor pause us for ever.
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value.clamp(0.0, 3600.0)).unwrap_or(Duration::from_secs(3600))
+}
+
 /// 429s waited out inside one attempt before handing the delivery to the retry schedule.
 const MAX_WAITS: usize = 3;
 /// A pause longer than this is not slept through inside an attempt.
@@ -151,9 +157,7 @@ impl DiscordDriver {
                 || header("x-ratelimit-scope").is_some_and(|v| v == "global");
             let retry_header = header("retry-after").and_then(|v| v.parse::<f64>().ok());
             if let (Some(0), Some(reset)) = (remaining, reset_after) {
-                self.limits
-                    .block(&route, Duration::from_secs_f64(reset.max(0.0)))
-                    .await;
+                self.limits.block(&route, seconds(reset)).await;
             }
             let body = response.text().await.unwrap_or_default();
             let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -176,7 +180,7 @@ impl DiscordDriver {
                     .or(retry_header)
                     .unwrap_or(1.0)
                     .max(0.0);
-                let wait = Duration::from_secs_f64(wait);
+                let wait = seconds(wait);
                 let scope = if is_global || json["global"].as_bool() == Some(true) {
                     &global
                 } else {

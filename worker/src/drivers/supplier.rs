@@ -110,7 +110,32 @@ impl SupplierDriver {
         // One connection at a time per job: the stock transaction below takes its own.
         drop(conn);
 
-        // 1. Own stock.
+        // 1. A supplier order placed (or announced) by an earlier attempt comes
+        // first: it is paid for, so it is collected before anything else.
+        let placed: Option<Value> =
+            match sqlx::query_scalar("SELECT supplier_order FROM deliveries WHERE id = $1")
+                .bind(delivery_id)
+                .fetch_one(db)
+                .await
+            {
+                Ok(placed) => placed,
+                // Not knowing whether an order was placed, do not place another.
+                Err(e) => return failed(ErrorClass::Transient, format!("database: {e}")),
+            };
+        if let Some(order) = placed {
+            if order["order_id"].is_string() {
+                return self.collect(db, cipher, &p, delivery_id, &order).await;
+            }
+            // An earlier attempt stopped between announcing a purchase and
+            // saving its order id: ask that supplier before trying any other.
+            match self.resolve_placing(db, &order, delivery_id).await {
+                Ok(Some(found)) => return self.collect(db, cipher, &p, delivery_id, &found).await,
+                Ok(None) => {}
+                Err(e) => return failed(ErrorClass::Transient, e),
+            }
+        }
+
+        // 2. Own stock.
         let taken = async {
             let mut tx = db.begin().await?;
             let Some((stock_id, code)) =
@@ -152,30 +177,6 @@ impl SupplierDriver {
                     ErrorClass::Transient,
                     format!("taking a key from stock: {e}"),
                 );
-            }
-        }
-
-        // 2. A supplier order placed by an earlier attempt: fetch its keys.
-        let placed: Option<Value> =
-            match sqlx::query_scalar("SELECT supplier_order FROM deliveries WHERE id = $1")
-                .bind(delivery_id)
-                .fetch_one(db)
-                .await
-            {
-                Ok(placed) => placed,
-                // Not knowing whether an order was placed, do not place another.
-                Err(e) => return failed(ErrorClass::Transient, format!("database: {e}")),
-            };
-        if let Some(order) = placed {
-            if order["order_id"].is_string() {
-                return self.collect(db, cipher, &p, delivery_id, &order).await;
-            }
-            // An earlier attempt stopped between announcing a purchase and
-            // saving its order id: ask that supplier before trying any other.
-            match self.resolve_placing(db, &order, delivery_id).await {
-                Ok(Some(found)) => return self.collect(db, cipher, &p, delivery_id, &found).await,
-                Ok(None) => {}
-                Err(e) => return failed(ErrorClass::Transient, e),
             }
         }
 
