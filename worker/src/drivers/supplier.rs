@@ -416,7 +416,13 @@ impl SupplierDriver {
         };
         let base = s.base_url.trim_end_matches('/');
         let mut pause = Duration::from_millis(200);
+        // Bounded well inside the lease: keys not there by then are waited for
+        // on the waiting schedule (or the supplier's webhook).
+        let started = std::time::Instant::now();
         for _ in 0..5 {
+            if started.elapsed() > Duration::from_secs(10) {
+                break;
+            }
             match self
                 .call(
                     &supplier,
