@@ -1,7 +1,6 @@
 //! Limits shared across worker processes through Redis, and the local
 //! fallback when Redis is unreachable.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use courier_shared::limits::Limits;
@@ -10,7 +9,6 @@ use courier_tests::fakes::rcon::{Behaviour, FakeGameServer};
 use courier_tests::stack::TestStack;
 use reqwest::Method;
 use serde_json::json;
-use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rcon_connection_limit_holds_across_two_worker_processes() {
@@ -30,15 +28,7 @@ async fn the_rcon_connection_limit_holds_across_two_worker_processes() {
         .add_rcon_product("p", "s", "give {username} apple")
         .await;
     let mut workers: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_courier-worker-process"))
-                .envs(stack.worker_env())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("worker process")
-        })
+        .map(|_| crate::spawn_worker_process(&stack))
         .collect();
     let mut ids = Vec::new();
     for i in 0..8 {

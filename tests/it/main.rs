@@ -14,3 +14,14 @@ mod redelivery;
 mod rescuer;
 mod retries;
 mod validation;
+
+/// A `courier-worker` process joining `stack` (killed when dropped).
+pub fn spawn_worker_process(stack: &courier_tests::stack::TestStack) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_courier-worker-process"))
+        .envs(stack.worker_env())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker process starts")
+}

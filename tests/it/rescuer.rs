@@ -1,7 +1,6 @@
 //! A worker process killed mid-job: its lease expires and the rescuer holds
 //! or re-queues the delivery per `on_ambiguous`. And a graceful stop.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use courier_shared::rcon::Dialect;
@@ -9,17 +8,8 @@ use courier_tests::fakes::rcon::{Behaviour, FakeGameServer};
 use courier_tests::stack::TestStack;
 use reqwest::Method;
 use serde_json::json;
-use tokio::process::{Child, Command};
 
-fn spawn_worker(stack: &TestStack) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_courier-worker-process"))
-        .envs(stack.worker_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker process starts")
-}
+use crate::spawn_worker_process as spawn_worker;
 
 async fn killed_mid_command(on_ambiguous: &str) -> (TestStack, FakeGameServer, String) {
     let game = FakeGameServer::start("pw", Dialect::Minecraft)

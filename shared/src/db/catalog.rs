@@ -210,8 +210,8 @@ pub async fn products_by_sku(
 
 /// Every product (for `GET /v1/products`).
 pub async fn list_products(conn: &mut PgConnection) -> Result<Vec<Product>, DbError> {
-    let rows: Vec<String> = sqlx::query_scalar("SELECT sku FROM products ORDER BY sku")
+    let skus: Vec<String> = sqlx::query_scalar("SELECT sku FROM products ORDER BY sku")
         .fetch_all(&mut *conn)
         .await?;
-    products_by_sku(conn, &rows).await
+    products_by_sku(conn, &skus).await
 }

@@ -35,7 +35,7 @@ const MAX_WAITS: usize = 3;
 const MAX_INLINE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct DiscordDriver {
-    http: serenity::all::Http,
+    /// The reqwest client serenity itself uses (same crate version).
     client: reqwest::Client,
     settings: DiscordSettings,
     limits: Arc<Limits>,
@@ -56,18 +56,7 @@ impl DiscordDriver {
             .timeout(Duration::from_millis(settings.timeout_ms))
             .build()
             .unwrap_or_default();
-        let token = settings
-            .bot_token
-            .as_ref()
-            .map(|t| t.expose().to_owned())
-            .unwrap_or_default();
-        let http = serenity::http::HttpBuilder::new(&token)
-            .client(client.clone())
-            .proxy(settings.api_base.clone())
-            .ratelimiter_disabled(true)
-            .build();
         DiscordDriver {
-            http,
             client,
             settings,
             limits,
@@ -127,7 +116,7 @@ impl DiscordDriver {
                 method,
             );
             let built = match request
-                .build(&self.client, &auth, self.http.proxy.as_deref())
+                .build(&self.client, &auth, Some(self.settings.api_base.as_str()))
                 .and_then(|b| b.build().map_err(Into::into))
             {
                 Ok(r) => r,
