@@ -292,21 +292,41 @@ async fn own_stock_is_never_given_twice_under_fifty_concurrent_orders() {
     assert!(kinds.contains(&"low_stock"), "{kinds:?}");
 
     // A key released back to stock (refunds, later) goes to the next order.
-    let key_id: i64 = sqlx::query_scalar("SELECT id FROM item_keys ORDER BY id LIMIT 1")
-        .fetch_one(&stack.pool)
-        .await
-        .expect("key");
+    let (key_id, stock_id, first_holder): (i64, i64, uuid::Uuid) =
+        sqlx::query_as("SELECT id, stock_id, delivery_id FROM item_keys ORDER BY id LIMIT 1")
+            .fetch_one(&stack.pool)
+            .await
+            .expect("key");
     let mut conn = stack.pool.acquire().await.expect("conn");
     assert!(
         courier_shared::db::keys::release(&mut conn, key_id)
             .await
             .expect("release")
     );
+    // The 19 waiting deliveries re-check every 300 ms: one of them takes it
+    // (checking the stock count here instead would race with them).
+    stack
+        .wait_until(
+            "the released key handed out again",
+            "SELECT count(*) = 32 FROM deliveries WHERE status = 'succeeded'",
+            Duration::from_secs(20),
+        )
+        .await;
+    let holder: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT taken_by FROM key_stock WHERE id = $1")
+            .bind(stock_id)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("stock row");
+    assert!(
+        holder.is_some_and(|h| h != first_holder),
+        "taken by another delivery: {holder:?}"
+    );
     assert_eq!(
         courier_shared::db::keys::stock_left(&mut conn, uuid_of(&stack, "gift").await)
             .await
             .expect("left"),
-        1
+        0
     );
     drop(conn); // teardown closes the pool, which waits for every connection
     stack.teardown().await;
