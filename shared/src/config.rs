@@ -40,6 +40,7 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub rescuer: RescuerSettings,
     pub discord: DiscordSettings,
+    pub payments: PaymentSettings,
     /// Supplier APIs by name (the name used in `supplier_key` actions).
     #[serde(default)]
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
@@ -57,6 +58,28 @@ pub struct DiscordSettings {
     /// Requests per second for the bot across all replicas (Discord allows 50).
     pub global_per_second: u32,
     pub timeout_ms: u64,
+}
+
+/// Payment gateways: webhook secrets, the Stripe API for refunds, disputes.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PaymentSettings {
+    /// The Stripe endpoint's signing secret (`whsec_…`); `/webhooks/stripe`
+    /// answers 503 until it is set, so Stripe keeps re-sending.
+    pub stripe_webhook_secret: Option<Secret>,
+    /// The previous secret while rotating: a signature by either is accepted.
+    pub stripe_webhook_secret_previous: Option<Secret>,
+    /// Oldest (or furthest in the future) a signed timestamp may be.
+    pub webhook_tolerance_seconds: u64,
+    /// Stripe's API, for refunds; tests point it at a fake.
+    pub stripe_api_base: String,
+    /// The secret API key (`sk_…`) refunds are made with.
+    pub stripe_secret_key: Option<Secret>,
+    pub stripe_timeout_ms: u64,
+    /// The Standard Webhooks secret (`whsec_` + base64) of `/webhooks/generic`.
+    pub generic_webhook_secret: Option<Secret>,
+    pub generic_webhook_secret_previous: Option<Secret>,
+    /// Withdraw access when a dispute opens (else only when it is lost).
+    pub revoke_on_dispute: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -151,6 +174,8 @@ pub struct RetrySettings {
     pub rcon: Schedule,
     pub discord: Schedule,
     pub supplier: Schedule,
+    /// Gateway refunds.
+    pub payment: Schedule,
     pub waiting: WaitingSchedule,
 }
 
@@ -217,6 +242,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("retry.supplier.max_attempts", "10"),
     ("retry.supplier.base_delay_ms", "5000"),
     ("retry.supplier.max_delay_ms", "3600000"),
+    ("retry.payment.max_attempts", "10"),
+    ("retry.payment.base_delay_ms", "5000"),
+    ("retry.payment.max_delay_ms", "3600000"),
     ("retry.waiting.interval_ms", "300000"),
     ("retry.waiting.max_wait_hours", "168"),
     ("rescuer.interval_ms", "10000"),
@@ -228,6 +256,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("discord.api_base", "https://discord.com"),
     ("discord.global_per_second", "50"),
     ("discord.timeout_ms", "10000"),
+    ("payments.webhook_tolerance_seconds", "300"),
+    ("payments.stripe_api_base", "https://api.stripe.com"),
+    ("payments.stripe_timeout_ms", "10000"),
+    ("payments.revoke_on_dispute", "true"),
     ("log.format", "pretty"),
     ("log.filter", "info,sqlx=warn"),
 ];
@@ -298,6 +330,7 @@ impl Settings {
             ("retry.rcon", &self.retry.rcon),
             ("retry.discord", &self.retry.discord),
             ("retry.supplier", &self.retry.supplier),
+            ("retry.payment", &self.retry.payment),
         ] {
             if schedule.max_attempts == 0
                 || schedule.base_delay_ms < 10

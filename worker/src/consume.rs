@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use courier_shared::config::RetrySettings;
-use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed};
+use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed, Recorded};
 use courier_shared::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
 use courier_shared::domain::retry::{NextStep, delay_queue, next_step};
 use courier_shared::error::{DbError, ErrorClass};
@@ -50,6 +50,7 @@ pub struct Context {
     pub rcon: RconDriver,
     pub discord: crate::drivers::discord::DiscordDriver,
     pub supplier: crate::drivers::supplier::SupplierDriver,
+    pub payment: crate::drivers::payment::PaymentDriver,
     pub limits: Arc<courier_shared::limits::Limits>,
     pub stats: Stats,
 }
@@ -220,6 +221,7 @@ async fn process(
         DeliveryKind::Rcon => &ctx.retry.rcon,
         DeliveryKind::DiscordRole => &ctx.retry.discord,
         DeliveryKind::SupplierKey => &ctx.retry.supplier,
+        DeliveryKind::GatewayRefund => &ctx.retry.payment,
     };
     let record = decide(
         &outcome,
@@ -233,11 +235,11 @@ async fn process(
     // Retry it through short outages, within the lease.
     let write = || async {
         let mut tx = ctx.pool.begin().await?;
-        deliveries::record(&mut tx, &claimed, &ctx.worker_id, &record).await?;
+        let recorded = deliveries::record(&mut tx, &claimed, &ctx.worker_id, &record).await?;
         tx.commit().await?;
-        Ok::<_, DbError>(())
+        Ok::<_, DbError>(recorded)
     };
-    write
+    let recorded = write
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -248,7 +250,7 @@ async fn process(
         .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "could not record the attempt"))
         .await?;
     ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
-    Ok(if record.next == DeliveryStatus::Dead {
+    Ok(if record.next == DeliveryStatus::Dead && recorded == Recorded::Applied {
         Disposition::DeadLetter
     } else {
         Disposition::Ack
@@ -276,6 +278,7 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
                     .run(&task_ctx.pool, delivery_id, &payload)
                     .await
             }
+            DeliveryKind::GatewayRefund => task_ctx.payment.run(&payload).await,
         }
     });
     match task.await {

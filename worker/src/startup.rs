@@ -18,6 +18,7 @@ pub const SUPPORTED: &[DeliveryKind] = &[
     DeliveryKind::Rcon,
     DeliveryKind::DiscordRole,
     DeliveryKind::SupplierKey,
+    DeliveryKind::GatewayRefund,
 ];
 
 pub struct RunningWorker {
@@ -98,6 +99,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
             cipher,
             limits.clone(),
         ),
+        payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
         limits,
         stats: Stats::default(),
     });

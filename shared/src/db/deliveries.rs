@@ -8,7 +8,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::events::{self, NewEvent};
-use crate::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
+use crate::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus, Purpose};
 use crate::domain::order::{ItemStatus, OrderStatus};
 use crate::domain::rollup;
 use crate::error::DbError;
@@ -17,17 +17,21 @@ use crate::error::DbError;
 pub struct DeliveryRow {
     pub id: Uuid,
     pub order_id: Uuid,
-    pub item_id: Uuid,
-    pub action_id: Uuid,
+    /// `None` only for a gateway refund, which belongs to the order.
+    pub item_id: Option<Uuid>,
+    pub action_id: Option<Uuid>,
     pub kind: DeliveryKind,
+    pub purpose: Purpose,
+    /// For a revoke job: the delivery it undoes.
+    pub revokes: Option<Uuid>,
     pub target: String,
     pub payload: Value,
 }
 
 pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', now())",
+        "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status, next_attempt_at, purpose, revokes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', now(), $8, $9)",
     )
     .bind(d.id)
     .bind(d.order_id)
@@ -36,6 +40,8 @@ pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx
     .bind(d.kind.as_str())
     .bind(&d.target)
     .bind(&d.payload)
+    .bind(d.purpose.as_str())
+    .bind(d.revokes)
     .execute(conn)
     .await?;
     Ok(())
@@ -46,8 +52,9 @@ pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx
 pub struct Claimed {
     pub id: Uuid,
     pub order_id: Uuid,
-    pub item_id: Uuid,
+    pub item_id: Option<Uuid>,
     pub kind: DeliveryKind,
+    pub purpose: Purpose,
     pub payload: Value,
     /// This attempt's number (1 for the first).
     pub attempt: i32,
@@ -102,7 +109,7 @@ pub async fn claim(
          UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
            lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
          FROM prev WHERE d.id = prev.id AND prev.status = ANY($4) \
-         RETURNING d.order_id, d.item_id, d.kind, d.payload, d.attempts, d.failures, d.waiting_since, d.target, prev.status AS prev_status",
+         RETURNING d.order_id, d.item_id, d.kind, d.purpose, d.payload, d.attempts, d.failures, d.waiting_since, d.target, prev.status AS prev_status",
     )
     .bind(id)
     .bind(worker)
@@ -127,6 +134,7 @@ pub async fn claim(
         order_id: row.try_get("order_id")?,
         item_id: row.try_get("item_id")?,
         kind: kind.parse()?,
+        purpose: row.try_get::<String, _>("purpose")?.parse()?,
         payload: row.try_get("payload")?,
         attempt: row.try_get("attempts")?,
         failures: row.try_get("failures")?,
@@ -140,15 +148,17 @@ pub async fn claim(
         .execute(&mut *conn)
         .await?;
     let actor = format!("worker:{worker}");
-    set_item_status(
-        conn,
-        claimed.order_id,
-        claimed.item_id,
-        ItemStatus::Processing,
-        &actor,
-    )
-    .await?;
-    set_order_status(conn, claimed.order_id, OrderStatus::Processing, &actor).await?;
+    if let (Purpose::Deliver, Some(item_id)) = (claimed.purpose, claimed.item_id) {
+        set_item_status(
+            conn,
+            claimed.order_id,
+            item_id,
+            ItemStatus::Processing,
+            &actor,
+        )
+        .await?;
+        set_order_status(conn, claimed.order_id, OrderStatus::Processing, &actor).await?;
+    }
     events::record(
         conn,
         NewEvent {
@@ -190,6 +200,9 @@ pub enum Recorded {
     /// The lease had been taken away (the rescuer re-queued or held it): the
     /// attempt is written, the statuses are left to whoever holds it now.
     LeaseLost,
+    /// The order was withdrawn (refund, cancel, chargeback) while the attempt
+    /// ran: a success is revoked at once, anything else ends as cancelled.
+    Withdrawn,
 }
 
 /// Writes the attempt and the statuses it implies, in the caller's transaction.
@@ -201,10 +214,24 @@ pub async fn record(
 ) -> Result<Recorded, DbError> {
     DeliveryStatus::Running.transition(rec.next)?;
     // Serialise roll-ups per order (see the module comment).
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(claimed.order_id)
-        .execute(&mut *conn)
-        .await?;
+    let revoked: bool =
+        sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(claimed.order_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let withdrawn = revoked && claimed.purpose == Purpose::Deliver;
+    let adjusted;
+    let rec = if withdrawn && rec.next != DeliveryStatus::Succeeded {
+        adjusted = AttemptRecord {
+            next: DeliveryStatus::Cancelled,
+            requeue: None,
+            dead_reason: None,
+            ..rec.clone()
+        };
+        &adjusted
+    } else {
+        rec
+    };
     sqlx::query(
         "UPDATE delivery_attempts SET finished_at = now(), outcome = $3, error = $4, response = $5 \
          WHERE delivery_id = $1 AND attempt = $2",
@@ -335,7 +362,22 @@ pub async fn record(
         },
     )
     .await?;
-    roll_up(conn, claimed.order_id, claimed.item_id, &actor).await?;
+    if withdrawn {
+        if rec.next == DeliveryStatus::Succeeded {
+            crate::service::revoke::revoke_delivery(conn, claimed.id, false, &actor).await?;
+        }
+        return Ok(Recorded::Withdrawn);
+    }
+    match (claimed.purpose, claimed.item_id) {
+        (Purpose::Deliver, Some(item_id)) => {
+            roll_up(conn, claimed.order_id, item_id, &actor).await?;
+        }
+        (Purpose::Refund, _) => {
+            super::payments::settle_refund(conn, claimed.id, rec.next, rec.response.as_deref())
+                .await?;
+        }
+        _ => {}
+    }
     Ok(Recorded::Applied)
 }
 
@@ -349,7 +391,7 @@ pub async fn roll_up(
     actor: &str,
 ) -> Result<(), DbError> {
     let statuses: Vec<String> =
-        sqlx::query_scalar("SELECT status FROM deliveries WHERE item_id = $1")
+        sqlx::query_scalar("SELECT status FROM deliveries WHERE item_id = $1 AND purpose = 'deliver'")
             .bind(item_id)
             .fetch_all(&mut *conn)
             .await?;
@@ -358,6 +400,14 @@ pub async fn roll_up(
         .map(|s| s.parse())
         .collect::<Result<Vec<DeliveryStatus>, _>>()?;
     let item_status = rollup::item_status(&statuses);
+    let current: String =
+        sqlx::query_scalar("SELECT delivery_status FROM order_items WHERE id = $1")
+            .bind(item_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if current == ItemStatus::Revoked.as_str() {
+        return Ok(());
+    }
     if item_status == ItemStatus::Delivered {
         // A key item passes through `fulfilled` (key obtained) on its way to
         // `delivered` (key available to the customer).
@@ -389,7 +439,12 @@ pub async fn roll_up(
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<ItemStatus>, _>>()?;
-    if let Some(status) = rollup::order_status(&items) {
+    let order: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let follows = order.parse::<OrderStatus>()?.follows_deliveries();
+    if let (true, Some(status)) = (follows, rollup::order_status(&items)) {
         set_order_status(conn, order_id, status, actor).await?;
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod events;
 pub mod keys;
 pub mod orders;
 pub mod outbox;
+pub mod payments;
 pub mod rescue;
 
 use std::time::Duration;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
+use crate::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus, Purpose};
 use crate::domain::order::{ItemStatus, OrderStatus, PaymentStatus};
 use crate::error::DbError;
 
@@ -24,6 +24,7 @@ pub struct OrderRow {
     pub customer_name: Option<String>,
     pub customer_email: Option<String>,
     pub customer_phone: Option<String>,
+    pub customer_ip: Option<String>,
     pub game_username: Option<String>,
     pub game_uuid: Option<String>,
     pub discord_user_id: Option<String>,
@@ -41,9 +42,9 @@ pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), s
     sqlx::query(
         "INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
            customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
-           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at) \
+           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-           CASE WHEN $4 = 'paid' THEN now() END)",
+           CASE WHEN $4 = 'paid' THEN now() END, $19)",
     )
     .bind(o.id)
     .bind(&o.order_number)
@@ -63,6 +64,7 @@ pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), s
     .bind(o.total)
     .bind(&o.idempotency_key)
     .bind(&o.request_hash)
+    .bind(&o.customer_ip)
     .execute(conn)
     .await?;
     Ok(())
@@ -141,13 +143,50 @@ pub struct OrderView {
     pub tax: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
+    /// Sum of the refunds recorded so far.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub refunded_amount: Decimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When access was withdrawn (full refund, cancel, chargeback).
+    pub revoked_at: Option<DateTime<Utc>>,
     pub items: Vec<ItemView>,
     pub deliveries: Vec<DeliveryView>,
+    pub refunds: Vec<crate::db::payments::RefundView>,
+    pub disputes: Vec<crate::db::payments::DisputeView>,
+    /// Proof of delivery for a dispute; present once the order has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
     pub timeline: Vec<EventView>,
+}
+
+/// What a merchant submits against a chargeback: who bought, from where,
+/// and every delivery with the game server's or API's own answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub order_number: String,
+    pub customer_email: Option<String>,
+    pub customer_ip: Option<String>,
+    pub game_username: Option<String>,
+    pub discord_user_id: Option<String>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Succeeded deliveries (what was done, where, and the answer), oldest first.
+    pub proof_of_delivery: Vec<Proof>,
+    pub timeline: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Proof {
+    pub delivery_id: Uuid,
+    pub kind: DeliveryKind,
+    pub target: String,
+    /// The command run or the role given.
+    pub action: Value,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub attempts: Vec<AttemptView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,6 +194,7 @@ pub struct CustomerView {
     pub name: Option<String>,
     pub email: Option<String>,
     pub phone: Option<String>,
+    pub ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,8 +223,12 @@ pub struct ItemView {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryView {
     pub id: Uuid,
-    pub item_id: Uuid,
+    /// `null` for a gateway refund (it belongs to the order).
+    pub item_id: Option<Uuid>,
     pub kind: DeliveryKind,
+    /// `deliver`, `revoke` (undoes `revokes`) or `refund`.
+    pub purpose: Purpose,
+    pub revokes: Option<Uuid>,
     pub target: String,
     pub payload: Value,
     pub status: DeliveryStatus,
@@ -283,6 +327,8 @@ pub async fn load_view(
                     id: r.try_get("id")?,
                     item_id: r.try_get("item_id")?,
                     kind: parse(r, "kind")?,
+                    purpose: parse(r, "purpose")?,
+                    revokes: r.try_get("revokes")?,
                     target: r.try_get("target")?,
                     payload: r.try_get("payload")?,
                     status: parse(r, "status")?,
@@ -320,6 +366,35 @@ pub async fn load_view(
         })
         .collect::<Result<Vec<_>, DbError>>()?;
 
+    let refunds = crate::db::payments::refunds_of(conn, order_id).await?;
+    let disputes = crate::db::payments::disputes_of(conn, order_id).await?;
+    let evidence = if disputes.is_empty() {
+        None
+    } else {
+        Some(Evidence {
+            order_number: o.try_get("order_number")?,
+            customer_email: o.try_get("customer_email")?,
+            customer_ip: o.try_get("customer_ip")?,
+            game_username: o.try_get("game_username")?,
+            discord_user_id: o.try_get("discord_user_id")?,
+            paid_at: o.try_get("paid_at")?,
+            completed_at: o.try_get("completed_at")?,
+            proof_of_delivery: deliveries
+                .iter()
+                .filter(|d| d.purpose == Purpose::Deliver && d.status == DeliveryStatus::Succeeded)
+                .map(|d| Proof {
+                    delivery_id: d.id,
+                    kind: d.kind,
+                    target: d.target.clone(),
+                    action: proof_action(d.kind, &d.payload),
+                    delivered_at: d.completed_at,
+                    attempts: d.attempt_history.clone(),
+                })
+                .collect(),
+            timeline: timeline.clone(),
+        })
+    };
+
     Ok(Some(OrderView {
         id: order_id,
         order_number: o.try_get("order_number")?,
@@ -331,6 +406,7 @@ pub async fn load_view(
             name: o.try_get("customer_name")?,
             email: o.try_get("customer_email")?,
             phone: o.try_get("customer_phone")?,
+            ip: o.try_get("customer_ip")?,
         },
         game: GameView {
             username: o.try_get("game_username")?,
@@ -341,14 +417,30 @@ pub async fn load_view(
         subtotal: o.try_get("subtotal")?,
         tax: o.try_get("tax")?,
         total: o.try_get("total")?,
+        refunded_amount: o.try_get("refunded_amount")?,
         created_at: o.try_get("created_at")?,
         updated_at: o.try_get("updated_at")?,
         paid_at: o.try_get("paid_at")?,
         completed_at: o.try_get("completed_at")?,
+        revoked_at: o.try_get("revoked_at")?,
         items,
         deliveries,
+        refunds,
+        disputes,
+        evidence,
         timeline,
     }))
+}
+
+/// The part of a delivery's payload that says what was done.
+fn proof_action(kind: DeliveryKind, payload: &Value) -> Value {
+    match kind {
+        DeliveryKind::Rcon => serde_json::json!({ "command": payload["command"] }),
+        DeliveryKind::DiscordRole => serde_json::json!({
+            "guild_id": payload["guild_id"], "role_id": payload["role_id"], "user_id": payload["user_id"],
+        }),
+        _ => serde_json::json!({}),
+    }
 }
 
 fn attempt_from_row(a: &sqlx::postgres::PgRow) -> Result<AttemptView, DbError> {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::events::{self, NewEvent};
 use super::{deliveries, outbox};
 use crate::domain::action::{OnAmbiguous, RconPayload};
-use crate::domain::delivery::{DeliveryKind, DeliveryStatus};
+use crate::domain::delivery::{DeliveryKind, DeliveryStatus, Purpose};
 use crate::error::DbError;
 
 /// What the rescuer did with one delivery.
@@ -51,8 +51,10 @@ pub async fn rescue_one(
         .execute(&mut *conn)
         .await?;
     let Some(row) = sqlx::query(
-        "SELECT item_id, kind, payload, attempts, leased_by FROM deliveries \
-         WHERE id = $1 AND status = 'running' AND lease_until < now() FOR UPDATE",
+        "SELECT d.item_id, d.kind, d.purpose, d.payload, d.attempts, d.leased_by, \
+           o.revoked_at IS NOT NULL AS revoked \
+         FROM deliveries d JOIN orders o ON o.id = d.order_id \
+         WHERE d.id = $1 AND d.status = 'running' AND d.lease_until < now() FOR UPDATE OF d",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -60,7 +62,10 @@ pub async fn rescue_one(
     else {
         return Ok(None);
     };
-    let item_id: Uuid = row.try_get("item_id")?;
+    let item_id: Option<Uuid> = row.try_get("item_id")?;
+    let purpose: Purpose = row.try_get::<String, _>("purpose")?.parse()?;
+    // The order was withdrawn while the worker held it: nothing runs again.
+    let withdrawn = purpose == Purpose::Deliver && row.try_get::<bool, _>("revoked")?;
     let kind: DeliveryKind = row.try_get::<String, _>("kind")?.parse()?;
     let attempt: i32 = row.try_get("attempts")?;
     let leased_by: Option<String> = row.try_get("leased_by")?;
@@ -101,6 +106,7 @@ pub async fn rescue_one(
         .await?;
     }
     let to = match policy {
+        _ if withdrawn => DeliveryStatus::Cancelled,
         OnAmbiguous::Hold => DeliveryStatus::Held,
         OnAmbiguous::Retry => DeliveryStatus::Queued,
     };
@@ -132,6 +138,9 @@ pub async fn rescue_one(
             kind: &format!("delivery.{to}"),
             message: match to {
                 DeliveryStatus::Held => format!("{reason}: held for an admin to retry or discard"),
+                DeliveryStatus::Cancelled => {
+                    format!("{reason}: cancelled, the order was withdrawn meanwhile")
+                }
                 _ => format!("{reason}: re-queued"),
             },
             actor,
@@ -139,7 +148,9 @@ pub async fn rescue_one(
         },
     )
     .await?;
-    deliveries::roll_up(conn, order_id, item_id, actor).await?;
+    if let (Purpose::Deliver, Some(item_id), false) = (purpose, item_id, withdrawn) {
+        deliveries::roll_up(conn, order_id, item_id, actor).await?;
+    }
     Ok(Some(rescued))
 }
 

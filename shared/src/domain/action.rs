@@ -39,6 +39,12 @@ pub enum ActionConfig {
         /// if not, the delivery waits and is re-checked on the waiting schedule.
         #[serde(default)]
         require_online: bool,
+        /// A template run to take the item back (refund, cancel, chargeback).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revoke_command: Option<String>,
+        /// A template run in addition when the payment is disputed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chargeback_command: Option<String>,
     },
     /// Give the customer's Discord account a role (removed again on revoke).
     DiscordRole { guild_id: String, role_id: String },
@@ -113,4 +119,25 @@ pub struct RconPayload {
     /// The player to find online first, when the action requires it.
     #[serde(default)]
     pub require_online: Option<String>,
+    /// The action's revoke command, rendered at accept time like `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_command: Option<String>,
+    /// The action's chargeback command, rendered at accept time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chargeback_command: Option<String>,
+}
+
+/// What a worker needs to refund a payment at the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRefundPayload {
+    pub refund_id: Uuid,
+    /// `stripe`; the only gateway Courier refunds through so far.
+    pub gateway: String,
+    /// The gateway's payment reference (Stripe: the PaymentIntent id).
+    pub payment_ref: String,
+    /// In the currency's minor unit (cents), as gateways take it.
+    pub amount_minor: i64,
+    pub currency: String,
+    /// Courier's reason word; mapped to what the gateway knows.
+    pub reason: String,
 }

@@ -2,8 +2,8 @@
 //!
 //! | status    | moved out of it by |
 //! |-----------|--------------------|
-//! | queued    | a worker's claim (→ running), an admin discard (→ cancelled) |
-//! | running   | the worker recording its attempt (→ succeeded, retrying, waiting, dead); the rescuer when the lease expired (→ queued or held) |
+//! | queued    | a worker's claim (→ running), an admin discard, a refund or cancel (→ cancelled) |
+//! | running   | the worker recording its attempt (→ succeeded, retrying, waiting, dead; → cancelled when the order was withdrawn meanwhile); the rescuer when the lease expired (→ queued, held or cancelled) |
 //! | retrying  | a worker's claim when the delay tier hands the message back |
 //! | waiting   | a worker's claim on the waiting schedule |
 //! | succeeded | nothing (refunds revoke the item, not the delivery) |
@@ -36,6 +36,17 @@ text_enum!(
         Rcon => "rcon",
         DiscordRole => "discord_role",
         SupplierKey => "supplier_key",
+        GatewayRefund => "gateway_refund",
+    }
+);
+
+text_enum!(
+    /// Why a delivery row exists: to deliver an item, to take a delivered
+    /// item back (refund, cancel, chargeback), or to refund at the gateway.
+    Purpose, "delivery purpose" {
+        Deliver => "deliver",
+        Revoke => "revoke",
+        Refund => "refund",
     }
 );
 
@@ -57,6 +68,7 @@ impl DeliveryKind {
             DeliveryKind::Rcon => "courier.rcon",
             DeliveryKind::DiscordRole => "courier.discord",
             DeliveryKind::SupplierKey => "courier.supplier",
+            DeliveryKind::GatewayRefund => "courier.payment",
         }
     }
 }
@@ -67,7 +79,10 @@ impl DeliveryStatus {
         use DeliveryStatus::*;
         let allowed = match self {
             Queued | Retrying | Waiting => matches!(to, Running | Cancelled | Succeeded),
-            Running => matches!(to, Succeeded | Retrying | Waiting | Dead | Queued | Held),
+            Running => matches!(
+                to,
+                Succeeded | Retrying | Waiting | Dead | Queued | Held | Cancelled
+            ),
             Dead | Held => matches!(to, Queued | Cancelled | Succeeded),
             Succeeded | Cancelled => false,
         };

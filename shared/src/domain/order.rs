@@ -3,7 +3,8 @@
 //! Order: `pending` (accepted, nothing running yet) → `processing` (the first
 //! delivery was claimed by a worker) → `completed` (every item delivered), or
 //! `failed` once no item can still complete. `refunded`, `partially_refunded`
-//! and `cancelled` are set by admin and payment actions.
+//! and `cancelled` are set by refunds, chargebacks lost and cancellation; once
+//! an order is in one of them, deliveries no longer move its status.
 
 use super::{IllegalTransition, text_enum};
 
@@ -49,7 +50,11 @@ impl OrderStatus {
     pub fn transition(self, to: OrderStatus) -> Result<OrderStatus, IllegalTransition> {
         use OrderStatus::*;
         let allowed = match self {
-            Pending => matches!(to, Processing | Completed | Failed | Cancelled),
+            // A paid order refunded before any worker claimed its first delivery.
+            Pending => matches!(
+                to,
+                Processing | Completed | Failed | Cancelled | Refunded | PartiallyRefunded
+            ),
             Processing => matches!(
                 to,
                 Completed | Failed | Cancelled | Refunded | PartiallyRefunded
@@ -57,7 +62,7 @@ impl OrderStatus {
             // An admin retry of a dead delivery brings a failed order back.
             Failed => matches!(to, Processing | Refunded | PartiallyRefunded | Cancelled),
             Completed => matches!(to, Refunded | PartiallyRefunded | Processing),
-            PartiallyRefunded => matches!(to, Refunded | PartiallyRefunded),
+            PartiallyRefunded => matches!(to, Refunded),
             Refunded | Cancelled => false,
         };
         check("order", self.as_str(), to.as_str(), allowed).map(|()| to)
@@ -67,6 +72,17 @@ impl OrderStatus {
     pub fn is_final(self) -> bool {
         matches!(self, OrderStatus::Refunded | OrderStatus::Cancelled)
     }
+
+    /// The status is derived from the deliveries (not set by a refund or cancel).
+    pub fn follows_deliveries(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Pending
+                | OrderStatus::Processing
+                | OrderStatus::Completed
+                | OrderStatus::Failed
+        )
+    }
 }
 
 impl ItemStatus {
@@ -74,11 +90,18 @@ impl ItemStatus {
     pub fn transition(self, to: ItemStatus) -> Result<ItemStatus, IllegalTransition> {
         use ItemStatus::*;
         let allowed = match self {
-            Pending => matches!(to, Processing | Waiting | Delivered | Failed | Fulfilled),
-            Processing => matches!(to, Waiting | Fulfilled | Delivered | Failed | Pending),
-            Waiting => matches!(to, Processing | Fulfilled | Delivered | Failed),
+            // `revoked`: withdrawn by a refund, cancel or chargeback, from any state.
+            Pending => matches!(
+                to,
+                Processing | Waiting | Delivered | Failed | Fulfilled | Revoked
+            ),
+            Processing => matches!(
+                to,
+                Waiting | Fulfilled | Delivered | Failed | Pending | Revoked
+            ),
+            Waiting => matches!(to, Processing | Fulfilled | Delivered | Failed | Revoked),
             Fulfilled => matches!(to, Delivered | Failed | Revoked),
-            Failed => matches!(to, Processing | Pending | Fulfilled | Delivered),
+            Failed => matches!(to, Processing | Pending | Fulfilled | Delivered | Revoked),
             Delivered => matches!(to, Revoked),
             Revoked => false,
         };

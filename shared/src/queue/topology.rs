@@ -44,6 +44,7 @@ impl Topology {
             DeliveryKind::Rcon => &self.retry.rcon,
             DeliveryKind::DiscordRole => &self.retry.discord,
             DeliveryKind::SupplierKey => &self.retry.supplier,
+            DeliveryKind::GatewayRefund => &self.retry.payment,
         };
         let mut tiers = schedule.tiers();
         tiers.push(self.retry.waiting.interval_ms);

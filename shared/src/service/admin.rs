@@ -35,7 +35,7 @@ impl From<sqlx::Error> for AdminError {
 async fn lock_delivery(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<(Uuid, Uuid, DeliveryKind, DeliveryStatus), AdminError> {
+) -> Result<(Uuid, Option<Uuid>, DeliveryKind, DeliveryStatus), AdminError> {
     let order_id: Uuid = sqlx::query_scalar("SELECT order_id FROM deliveries WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -45,7 +45,11 @@ async fn lock_delivery(
         .bind(order_id)
         .execute(&mut *conn)
         .await?;
-    let row = sqlx::query("SELECT item_id, kind, status FROM deliveries WHERE id = $1 FOR UPDATE")
+    // Only a delivering row rolls up into its item (revoke and refund jobs do not).
+    let row = sqlx::query(
+        "SELECT CASE WHEN purpose = 'deliver' THEN item_id END AS item_id, kind, status \
+         FROM deliveries WHERE id = $1 FOR UPDATE",
+    )
         .bind(id)
         .fetch_one(&mut *conn)
         .await?;
@@ -97,7 +101,9 @@ pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), 
         },
     )
     .await?;
-    deliveries::roll_up(&mut tx, order_id, item_id, actor).await?;
+    if let Some(item_id) = item_id {
+        deliveries::roll_up(&mut tx, order_id, item_id, actor).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -134,7 +140,9 @@ pub async fn discard_delivery(
         },
     )
     .await?;
-    deliveries::roll_up(&mut tx, order_id, item_id, actor).await?;
+    if let Some(item_id) = item_id {
+        deliveries::roll_up(&mut tx, order_id, item_id, actor).await?;
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -107,6 +107,13 @@ pub enum ActionInput {
         on_ambiguous: OnAmbiguous,
         #[serde(default)]
         require_online: bool,
+        /// Run to take the item back on a refund, cancel or chargeback
+        /// (e.g. `lp user {username} parent remove vip`).
+        #[serde(default)]
+        revoke_command: Option<String>,
+        /// Run in addition on a chargeback (e.g. a ban).
+        #[serde(default)]
+        chargeback_command: Option<String>,
     },
     DiscordRole {
         guild_id: String,
@@ -143,9 +150,20 @@ pub async fn save_product(
                 command,
                 on_ambiguous,
                 require_online,
+                revoke_command,
+                chargeback_command,
             } => {
-                Template::parse(&command)
-                    .map_err(|e| Invalid::new(format!("actions[{i}].command"), e.to_string()))?;
+                for (field, template) in [
+                    ("command", Some(&command)),
+                    ("revoke_command", revoke_command.as_ref()),
+                    ("chargeback_command", chargeback_command.as_ref()),
+                ] {
+                    if let Some(t) = template {
+                        Template::parse(t).map_err(|e| {
+                            Invalid::new(format!("actions[{i}].{field}"), e.to_string())
+                        })?;
+                    }
+                }
                 let server = catalog::find_game_server_by_name(&mut tx, &game_server)
                     .await?
                     .ok_or_else(|| {
@@ -159,6 +177,8 @@ pub async fn save_product(
                     command,
                     on_ambiguous,
                     require_online,
+                    revoke_command,
+                    chargeback_command,
                 });
             }
             ActionInput::DiscordRole { guild_id, role_id } => {

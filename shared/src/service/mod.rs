@@ -4,6 +4,8 @@ pub mod admin;
 pub mod catalog;
 pub mod keys;
 pub mod orders;
+pub mod payments;
+pub mod revoke;
 
 /// Input that breaks a rule, with the JSON path of the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

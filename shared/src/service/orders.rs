@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::Invalid;
@@ -17,11 +17,11 @@ use crate::db::events::{self, NewEvent};
 use crate::db::orders::{self, ItemRow, OrderRow, OrderView};
 use crate::db::outbox;
 use crate::domain::action::{ActionConfig, DiscordPayload, RconPayload, SupplierKeyPayload};
+use crate::domain::delivery::Purpose;
 use crate::domain::ids;
 use crate::domain::order::{OrderStatus, PaymentStatus};
 use crate::domain::template::Template;
 use crate::error::{DbError, violated_constraint};
-use crate::queue::messages::JobMessage;
 
 /// Body of `POST /v1/orders`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +61,9 @@ pub struct Customer {
     pub name: Option<String>,
     pub email: Option<String>,
     pub phone: Option<String>,
+    /// The buyer's IP address as the store saw it (kept as dispute evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -241,7 +244,7 @@ pub async fn create_order(
     drop(conn);
 
     for _ in 0..3 {
-        let plan = plan(&order, &products, idempotency_key, &hash)?;
+        let plan = plan(&order, &products, idempotency_key, &hash, None)?;
         let mut tx = pool.begin().await?;
         match orders::insert_order(&mut tx, &plan.order).await {
             Ok(()) => {}
@@ -256,36 +259,8 @@ pub async fn create_order(
             }
             Err(e) => return Err(e.into()),
         }
-        for item in &plan.items {
-            orders::insert_item(&mut tx, item).await?;
-        }
-        for d in &plan.deliveries {
-            deliveries::insert(&mut tx, d).await?;
-            let message = JobMessage {
-                delivery_id: d.id,
-                kind: d.kind,
-            };
-            outbox::enqueue(&mut tx, d.kind.queue(), &message.to_json()).await?;
-        }
+        insert_plan(&mut tx, &plan, idempotency_key, actor).await?;
         let o = &plan.order;
-        events::record(
-            &mut tx,
-            NewEvent {
-                order_id: o.id,
-                delivery_id: None,
-                kind: "order.created",
-                message: format!(
-                    "order accepted ({} {}, payment {}), {} deliveries queued",
-                    o.total,
-                    o.currency,
-                    o.payment_status,
-                    plan.deliveries.len()
-                ),
-                actor,
-                data: json!({ "idempotency_key": idempotency_key }),
-            },
-        )
-        .await?;
         let view = orders::load_view(&mut tx, Some(o.id), None)
             .await?
             .ok_or_else(|| DbError::Corrupt("order not readable after insert".into()))?;
@@ -296,6 +271,229 @@ pub async fn create_order(
         });
     }
     Err(DbError::Corrupt("could not allocate a unique order number".into()).into())
+}
+
+/// Writes the items, deliveries, outbox rows and the timeline entry of a
+/// planned order whose order row is already inserted.
+async fn insert_plan(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    idempotency_key: Option<&str>,
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    for item in &plan.items {
+        orders::insert_item(conn, item).await?;
+    }
+    insert_deliveries(conn, &plan.deliveries).await?;
+    let o = &plan.order;
+    events::record(
+        conn,
+        NewEvent {
+            order_id: o.id,
+            delivery_id: None,
+            kind: "order.created",
+            message: format!(
+                "order accepted ({} {}, payment {}), {} deliveries queued",
+                o.total,
+                o.currency,
+                o.payment_status,
+                plan.deliveries.len()
+            ),
+            actor,
+            data: json!({ "idempotency_key": idempotency_key }),
+        },
+    )
+    .await
+}
+
+async fn insert_deliveries(
+    conn: &mut PgConnection,
+    rows: &[DeliveryRow],
+) -> Result<(), sqlx::Error> {
+    for d in rows {
+        deliveries::insert(conn, d).await?;
+        outbox::enqueue_job(conn, d.id, d.kind).await?;
+    }
+    Ok(())
+}
+
+/// Accepts an order inside the caller's transaction (a payment webhook, whose
+/// event row must commit with it). Returns the new order's id. Unlike
+/// `create_order` there is no retry on an order-number collision: the
+/// transaction fails and the gateway re-sends the event.
+pub async fn create_order_in(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+    idempotency_key: Option<&str>,
+    actor: &str,
+) -> Result<Uuid, CreateOrderError> {
+    validate(order)?;
+    let hash = request_hash(order);
+    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
+    let products: HashMap<String, Product> = catalog::products_by_sku(conn, &skus)
+        .await?
+        .into_iter()
+        .map(|p| (p.sku.clone(), p))
+        .collect();
+    let plan = plan(order, &products, idempotency_key, &hash, None)?;
+    orders::insert_order(conn, &plan.order).await?;
+    insert_plan(conn, &plan, idempotency_key, actor).await?;
+    Ok(plan.order.id)
+}
+
+/// What `start_fulfilment` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fulfilment {
+    /// Deliveries were queued (how many).
+    Started(usize),
+    /// The order was already paid: nothing changed.
+    AlreadyPaid,
+    /// Paid, but the order was cancelled first: nothing is delivered.
+    Cancelled,
+    /// Paid, but the products no longer render (edited since): the order failed.
+    Unplannable(String),
+}
+
+/// Marks a pending order paid and queues its deliveries, planned from the
+/// products as configured now. The caller holds the order's row lock.
+pub async fn start_fulfilment(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    actor: &str,
+) -> Result<Fulfilment, CreateOrderError> {
+    let row = sqlx::query(
+        "SELECT order_number, status, payment_status, currency, tax, gateway, transaction_id, \
+           customer_name, customer_email, customer_phone, customer_ip, game_username, game_uuid, \
+           discord_user_id FROM orders WHERE id = $1",
+    )
+    .bind(order_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let payment: String = row.try_get("payment_status")?;
+    if payment != PaymentStatus::Pending.as_str() {
+        return Ok(Fulfilment::AlreadyPaid);
+    }
+    sqlx::query(
+        "UPDATE orders SET payment_status = 'paid', paid_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?;
+    let status: String = row.try_get("status")?;
+    if status == OrderStatus::Cancelled.as_str() {
+        events::record(
+            conn,
+            NewEvent {
+                order_id,
+                delivery_id: None,
+                kind: "payment.received",
+                message: "payment received for a cancelled order; nothing is delivered (refund it)"
+                    .into(),
+                actor,
+                data: json!({}),
+            },
+        )
+        .await?;
+        crate::db::keys::alert(
+            conn,
+            "paid_after_cancel",
+            &format!(
+                "order {} was paid after it was cancelled; refund the payment",
+                row.try_get::<String, _>("order_number")?
+            ),
+            &order_id.to_string(),
+        )
+        .await?;
+        return Ok(Fulfilment::Cancelled);
+    }
+    let items = sqlx::query(
+        "SELECT id, sku, quantity, unit_price, custom_fields FROM order_items WHERE order_id = $1 ORDER BY position",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut item_ids = Vec::with_capacity(items.len());
+    let mut new_items = Vec::with_capacity(items.len());
+    for r in &items {
+        item_ids.push(r.try_get::<Uuid, _>("id")?);
+        let custom: Value = r.try_get("custom_fields")?;
+        new_items.push(NewItem {
+            product: r.try_get("sku")?,
+            quantity: r.try_get("quantity")?,
+            unit_price: r.try_get("unit_price")?,
+            custom_fields: custom.as_object().cloned().unwrap_or_default(),
+        });
+    }
+    let order = NewOrder {
+        payment_status: NewPaymentStatus::Paid,
+        currency: row.try_get::<String, _>("currency")?.trim().to_owned(),
+        tax: row.try_get("tax")?,
+        gateway: row.try_get("gateway")?,
+        transaction_id: row.try_get("transaction_id")?,
+        customer: Customer {
+            name: row.try_get("customer_name")?,
+            email: row.try_get("customer_email")?,
+            phone: row.try_get("customer_phone")?,
+            ip: None,
+        },
+        game: Game {
+            username: row.try_get("game_username")?,
+            uuid: row.try_get("game_uuid")?,
+        },
+        discord_user_id: row.try_get("discord_user_id")?,
+        items: new_items,
+    };
+    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
+    let products: HashMap<String, Product> = catalog::products_by_sku(conn, &skus)
+        .await?
+        .into_iter()
+        .map(|p| (p.sku.clone(), p))
+        .collect();
+    let number: String = row.try_get("order_number")?;
+    match plan(
+        &order,
+        &products,
+        None,
+        &[],
+        Some((order_id, number, item_ids)),
+    ) {
+        Ok(plan) => {
+            insert_deliveries(conn, &plan.deliveries).await?;
+            events::record(
+                conn,
+                NewEvent {
+                    order_id,
+                    delivery_id: None,
+                    kind: "payment.received",
+                    message: format!(
+                        "payment received; {} deliveries queued",
+                        plan.deliveries.len()
+                    ),
+                    actor,
+                    data: json!({}),
+                },
+            )
+            .await?;
+            Ok(Fulfilment::Started(plan.deliveries.len()))
+        }
+        Err(e) => {
+            crate::db::deliveries::set_order_status(conn, order_id, OrderStatus::Failed, actor)
+                .await?;
+            events::record(
+                conn,
+                NewEvent {
+                    order_id,
+                    delivery_id: None,
+                    kind: "payment.received",
+                    message: format!("payment received, but the order cannot be fulfilled: {e}"),
+                    actor,
+                    data: json!({ "field": e.field }),
+                },
+            )
+            .await?;
+            Ok(Fulfilment::Unplannable(e.to_string()))
+        }
+    }
 }
 
 async fn replay(
@@ -327,14 +525,20 @@ struct Plan {
 
 /// Builds every row in memory, rendering each action; fails with the field at
 /// fault before anything is written.
+///
+/// `existing` gives the ids of an order already stored (a pending order being
+/// paid): its deliveries are planned with them.
 fn plan(
     order: &NewOrder,
     products: &HashMap<String, Product>,
     idempotency_key: Option<&str>,
     hash: &[u8],
+    existing: Option<(Uuid, String, Vec<Uuid>)>,
 ) -> Result<Plan, Invalid> {
-    let order_id = Uuid::new_v4();
-    let order_number = ids::new_order_number();
+    let (order_id, order_number, item_ids) = match existing {
+        Some((id, number, items)) => (id, number, Some(items)),
+        None => (Uuid::new_v4(), ids::new_order_number(), None),
+    };
     let paid = order.payment_status == NewPaymentStatus::Paid;
     let mut items = Vec::with_capacity(order.items.len());
     let mut rows = Vec::new();
@@ -348,7 +552,10 @@ fn plan(
         })?;
         let total = item.unit_price * Decimal::from(item.quantity);
         subtotal += total;
-        let item_id = Uuid::new_v4();
+        let item_id = item_ids
+            .as_ref()
+            .and_then(|ids| ids.get(i).copied())
+            .unwrap_or_else(Uuid::new_v4);
         items.push(ItemRow {
             id: item_id,
             order_id,
@@ -389,37 +596,43 @@ fn plan(
                         command,
                         on_ambiguous,
                         require_online,
+                        revoke_command,
+                        chargeback_command,
                     } => {
-                        let rendered = Template::parse(command)
-                            .map_err(|e| {
-                                Invalid::new(
-                                    format!("items[{i}].product"),
-                                    format!(
-                                        "product `{}` has an invalid command: {e}",
-                                        product.sku
-                                    ),
-                                )
-                            })?
-                            .render(&values)
-                            .map_err(|e| {
-                                let field = match &e {
-                                    crate::domain::template::RenderError::Missing {
-                                        field, ..
-                                    }
-                                    | crate::domain::template::RenderError::Unsafe {
-                                        field, ..
-                                    } => *field,
-                                };
-                                let field = if field.starts_with("items[]") {
-                                    format!("items[{i}]")
-                                } else {
-                                    field.to_owned()
-                                };
-                                Invalid::new(field, e.to_string())
-                            })?;
+                        let render = |template: &str| {
+                            Template::parse(template)
+                                .map_err(|e| {
+                                    Invalid::new(
+                                        format!("items[{i}].product"),
+                                        format!(
+                                            "product `{}` has an invalid command: {e}",
+                                            product.sku
+                                        ),
+                                    )
+                                })?
+                                .render(&values)
+                                .map_err(|e| {
+                                    let field = match &e {
+                                        crate::domain::template::RenderError::Missing {
+                                            field,
+                                            ..
+                                        }
+                                        | crate::domain::template::RenderError::Unsafe {
+                                            field,
+                                            ..
+                                        } => *field,
+                                    };
+                                    let field = if field.starts_with("items[]") {
+                                        format!("items[{i}]")
+                                    } else {
+                                        field.to_owned()
+                                    };
+                                    Invalid::new(field, e.to_string())
+                                })
+                        };
                         let payload = RconPayload {
                             game_server_id: *game_server_id,
-                            command: rendered,
+                            command: render(command)?,
                             on_ambiguous: *on_ambiguous,
                             require_online: if *require_online {
                                 let name = order.game.username.clone().ok_or_else(|| {
@@ -432,6 +645,11 @@ fn plan(
                             } else {
                                 None
                             },
+                            revoke_command: revoke_command.as_deref().map(render).transpose()?,
+                            chargeback_command: chargeback_command
+                                .as_deref()
+                                .map(render)
+                                .transpose()?,
                         };
                         (
                             game_server_id.to_string(),
@@ -479,9 +697,11 @@ fn plan(
                     rows.push(DeliveryRow {
                         id: delivery_id,
                         order_id,
-                        item_id,
-                        action_id: action.id,
+                        item_id: Some(item_id),
+                        action_id: Some(action.id),
                         kind: action.config.kind(),
+                        purpose: Purpose::Deliver,
+                        revokes: None,
                         target,
                         payload,
                     });
@@ -506,6 +726,7 @@ fn plan(
             customer_name: order.customer.name.clone(),
             customer_email: order.customer.email.clone(),
             customer_phone: order.customer.phone.clone(),
+            customer_ip: order.customer.ip.map(|ip| ip.to_string()),
             game_username: order.game.username.clone(),
             game_uuid: order.game.uuid.clone(),
             discord_user_id: order.discord_user_id.clone(),

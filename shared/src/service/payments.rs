@@ -1,0 +1,1095 @@
+//! Money after the order: refunds, cancellation, and the events payment
+//! gateways send (payment succeeded or failed, refunded, disputed).
+//!
+//! Decisions (README repeats them):
+//! - A refund is recorded when it is asked for: the order's refunded amount,
+//!   payment and order status change in the same transaction, and for a Stripe
+//!   payment a `gateway_refund` job asks Stripe (with an idempotency key, so a
+//!   retried job never refunds twice). Other gateways' refunds are `recorded`:
+//!   the money is moved outside Courier.
+//! - A full refund withdraws access (see `revoke`); a partial one does not,
+//!   unless the request says `"revoke": true` (a partial refund is usually a
+//!   goodwill credit, not a return).
+//! - Stripe's `charge.refunded` carries the charge's cumulative
+//!   `amount_refunded`; only the part Courier has not recorded yet becomes a new
+//!   refund, so refunds made through Courier are never counted twice.
+//! - A dispute withdraws access when it opens (`payments.revoke_on_dispute`,
+//!   default true) and runs the actions' `chargeback_command`s; lost or
+//!   accepted, the payment and order become `refunded` (the money went back
+//!   through the chargeback).
+
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::Invalid;
+use super::orders::{
+    CreateOrderError, Customer, Fulfilment, Game, NewItem, NewOrder, NewPaymentStatus,
+};
+use super::revoke::{self, Cause, Withdrawn};
+use crate::db::deliveries::{self, DeliveryRow};
+use crate::db::events::{self, NewEvent};
+use crate::db::payments::{self, InboxEvent, NewRefund, RefundView};
+use crate::db::{keys, outbox};
+use crate::domain::action::GatewayRefundPayload;
+use crate::domain::delivery::{DeliveryKind, Purpose};
+use crate::domain::order::{OrderStatus, PaymentStatus};
+use crate::domain::{ids, text_enum};
+use crate::error::DbError;
+
+text_enum!(
+    /// Why money goes back (the list admins pick from).
+    RefundReason, "refund reason" {
+        RequestedByCustomer => "requested_by_customer",
+        Duplicate => "duplicate",
+        Fraudulent => "fraudulent",
+        NotAsDescribed => "not_as_described",
+        Other => "other",
+    }
+);
+
+/// Body of `POST /v1/orders/{id}/refunds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// Decimal string in the order's currency; absent = everything that remains.
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub amount: Option<Decimal>,
+    pub reason: RefundReason,
+    /// Required with `other`; free text for the timeline otherwise.
+    pub reason_text: Option<String>,
+    /// Withdraw access (default: only when the refund makes the order fully refunded).
+    pub revoke: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("order not found")]
+    NotFound,
+    #[error("the order is not paid (payment status `{0}`)")]
+    NotPaid(PaymentStatus),
+    #[error("the order is already fully refunded")]
+    AlreadyRefunded,
+    #[error("amount: at most {remaining} {currency} remains refundable")]
+    ExceedsRemaining { remaining: Decimal, currency: String },
+    #[error("an order that is `{0}` cannot be cancelled (only pending, processing or failed)")]
+    NotCancellable(OrderStatus),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for PaymentError {
+    fn from(e: sqlx::Error) -> Self {
+        PaymentError::Db(e.into())
+    }
+}
+
+impl From<CreateOrderError> for PaymentError {
+    fn from(e: CreateOrderError) -> Self {
+        match e {
+            CreateOrderError::Invalid(i) => PaymentError::Invalid(i),
+            CreateOrderError::IdempotencyConflict => PaymentError::Db(DbError::Corrupt(
+                "idempotency conflict on a payment event".into(),
+            )),
+            CreateOrderError::Db(d) => PaymentError::Db(d),
+        }
+    }
+}
+
+/// Digits after the point in the currency's minor unit (ISO 4217), as Stripe
+/// counts amounts.
+pub fn minor_unit_exponent(currency: &str) -> u32 {
+    const ZERO: &[&str] = &[
+        "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV",
+        "XAF", "XOF", "XPF",
+    ];
+    const THREE: &[&str] = &["BHD", "JOD", "KWD", "OMR", "TND"];
+    let c = currency.to_ascii_uppercase();
+    if ZERO.contains(&c.as_str()) {
+        0
+    } else if THREE.contains(&c.as_str()) {
+        3
+    } else {
+        2
+    }
+}
+
+fn from_minor(amount: i64, currency: &str) -> Decimal {
+    Decimal::new(amount, minor_unit_exponent(currency))
+}
+
+fn to_minor(amount: Decimal, currency: &str) -> Option<i64> {
+    let scaled = amount * Decimal::from(10_i64.pow(minor_unit_exponent(currency)));
+    if scaled.fract() != Decimal::ZERO {
+        return None;
+    }
+    i64::try_from(scaled).ok()
+}
+
+/// The order's id from its id or order number.
+pub async fn resolve_order(
+    conn: &mut PgConnection,
+    reference: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    if let Ok(id) = Uuid::parse_str(reference) {
+        return sqlx::query_scalar("SELECT id FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await;
+    }
+    if ids::looks_like_order_number(reference) {
+        return sqlx::query_scalar("SELECT id FROM orders WHERE order_number = $1")
+            .bind(reference)
+            .fetch_optional(conn)
+            .await;
+    }
+    Ok(None)
+}
+
+struct Locked {
+    status: OrderStatus,
+    payment: PaymentStatus,
+    total: Decimal,
+    refunded: Decimal,
+    currency: String,
+    gateway: Option<String>,
+    transaction_id: Option<String>,
+}
+
+async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Locked, PaymentError> {
+    let row = sqlx::query(
+        "SELECT status, payment_status, total, refunded_amount, currency, gateway, transaction_id \
+         FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(PaymentError::NotFound)?;
+    let status: String = row.try_get("status")?;
+    let payment: String = row.try_get("payment_status")?;
+    Ok(Locked {
+        status: status.parse().map_err(DbError::from)?,
+        payment: payment.parse().map_err(DbError::from)?,
+        total: row.try_get("total")?,
+        refunded: row.try_get("refunded_amount")?,
+        currency: row.try_get::<String, _>("currency")?.trim().to_owned(),
+        gateway: row.try_get("gateway")?,
+        transaction_id: row.try_get("transaction_id")?,
+    })
+}
+
+/// One refund to record against a locked order.
+struct RefundSpec<'a> {
+    amount: Decimal,
+    reason: RefundReason,
+    reason_text: Option<&'a str>,
+    /// `api` (Courier asks the gateway) or `gateway` (seen in a webhook).
+    source: &'a str,
+    external_id: Option<&'a str>,
+    revoke: Option<bool>,
+    actor: &'a str,
+}
+
+/// Records a refund on a locked, paid order: amounts, statuses, the gateway
+/// job (for API refunds of Stripe payments), revocation, the timeline.
+async fn record_refund(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    order: &Locked,
+    spec: RefundSpec<'_>,
+) -> Result<Uuid, PaymentError> {
+    let refunded = order.refunded + spec.amount;
+    let full = refunded >= order.total;
+    let (payment_to, order_to) = if full {
+        (PaymentStatus::Refunded, OrderStatus::Refunded)
+    } else {
+        (
+            PaymentStatus::PartiallyRefunded,
+            OrderStatus::PartiallyRefunded,
+        )
+    };
+    sqlx::query(
+        "UPDATE orders SET refunded_amount = $2, payment_status = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(refunded)
+    .bind(payment_to.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if order.status.transition(order_to).is_ok() {
+        deliveries::set_order_status(conn, order_id, order_to, spec.actor).await?;
+    }
+
+    let refund_id = Uuid::new_v4();
+    let via_stripe = spec.source == "api"
+        && order.gateway.as_deref() == Some("stripe")
+        && order.transaction_id.is_some();
+    let mut job = None;
+    if via_stripe {
+        let amount_minor = to_minor(spec.amount, &order.currency).ok_or_else(|| {
+            Invalid::new(
+                "amount",
+                format!(
+                    "{} has at most {} decimal places",
+                    order.currency,
+                    minor_unit_exponent(&order.currency)
+                ),
+            )
+        })?;
+        let payload = GatewayRefundPayload {
+            refund_id,
+            gateway: "stripe".into(),
+            payment_ref: order.transaction_id.clone().unwrap_or_default(),
+            amount_minor,
+            currency: order.currency.clone(),
+            reason: spec.reason.as_str().into(),
+        };
+        let row = DeliveryRow {
+            id: Uuid::new_v4(),
+            order_id,
+            item_id: None,
+            action_id: None,
+            kind: DeliveryKind::GatewayRefund,
+            purpose: Purpose::Refund,
+            revokes: None,
+            target: "stripe".into(),
+            payload: serde_json::to_value(payload).map_err(DbError::from)?,
+        };
+        deliveries::insert(conn, &row).await?;
+        outbox::enqueue_job(conn, row.id, row.kind).await?;
+        job = Some(row.id);
+    }
+    let revoke = spec.revoke.unwrap_or(full);
+    payments::insert_refund(
+        conn,
+        &NewRefund {
+            id: refund_id,
+            order_id,
+            amount: spec.amount,
+            currency: &order.currency,
+            reason: spec.reason.as_str(),
+            reason_text: spec.reason_text,
+            source: spec.source,
+            status: match (spec.source, via_stripe) {
+                ("gateway", _) => "succeeded",
+                (_, true) => "pending",
+                _ => "recorded",
+            },
+            external_id: spec.external_id,
+            delivery_id: job,
+            revoke,
+            requested_by: spec.actor,
+        },
+    )
+    .await?;
+    // Hook point: outbound `order.refunded` webhooks (a later issue) enqueue here.
+    events::record(
+        conn,
+        NewEvent {
+            order_id,
+            delivery_id: job,
+            kind: "order.refunded",
+            message: format!(
+                "{} refund of {} {} ({}{}){}",
+                if full { "full" } else { "partial" },
+                spec.amount,
+                order.currency,
+                spec.reason,
+                spec.reason_text.map(|t| format!(": {t}")).unwrap_or_default(),
+                match (spec.source, via_stripe) {
+                    ("gateway", _) => ", made at the gateway",
+                    (_, true) => ", Stripe refund queued",
+                    _ => ", recorded (move the money at the gateway)",
+                }
+            ),
+            actor: spec.actor,
+            data: json!({
+                "refund_id": refund_id, "amount": spec.amount.to_string(), "full": full,
+                "reason": spec.reason, "reason_text": spec.reason_text,
+            }),
+        },
+    )
+    .await?;
+    if revoke {
+        let why = format!("refund {refund_id}");
+        revoke::withdraw(conn, order_id, Cause::Refund, &why, spec.actor).await?;
+    }
+    outbox::notify_relays(conn).await?;
+    Ok(refund_id)
+}
+
+/// `POST /v1/orders/{id}/refunds`: checks the limits under the order's row lock
+/// (so concurrent partial refunds cannot add up past the total) and records it.
+pub async fn refund(
+    pool: &PgPool,
+    order_id: Uuid,
+    req: &RefundRequest,
+    actor: &str,
+) -> Result<RefundView, PaymentError> {
+    if req.reason == RefundReason::Other
+        && req.reason_text.as_deref().is_none_or(|t| t.trim().is_empty())
+    {
+        return Err(Invalid::new("reason_text", "is required when the reason is `other`").into());
+    }
+    if let Some(t) = &req.reason_text
+        && (t.len() > 500 || t.chars().any(char::is_control))
+    {
+        return Err(Invalid::new(
+            "reason_text",
+            "must be at most 500 characters, without control characters",
+        )
+        .into());
+    }
+    let mut tx = pool.begin().await?;
+    let order = lock_order(&mut tx, order_id).await?;
+    match order.payment {
+        PaymentStatus::Paid | PaymentStatus::PartiallyRefunded => {}
+        PaymentStatus::Refunded => return Err(PaymentError::AlreadyRefunded),
+        other => return Err(PaymentError::NotPaid(other)),
+    }
+    let remaining = order.total - order.refunded;
+    if remaining <= Decimal::ZERO {
+        return Err(PaymentError::AlreadyRefunded);
+    }
+    let amount = req.amount.unwrap_or(remaining);
+    if amount <= Decimal::ZERO {
+        return Err(Invalid::new("amount", "must be greater than zero").into());
+    }
+    if amount.scale() > minor_unit_exponent(&order.currency) {
+        return Err(Invalid::new(
+            "amount",
+            format!(
+                "{} has at most {} decimal places",
+                order.currency,
+                minor_unit_exponent(&order.currency)
+            ),
+        )
+        .into());
+    }
+    if amount > remaining {
+        return Err(PaymentError::ExceedsRemaining {
+            remaining,
+            currency: order.currency,
+        });
+    }
+    let id = record_refund(
+        &mut tx,
+        order_id,
+        &order,
+        RefundSpec {
+            amount,
+            reason: req.reason,
+            reason_text: req.reason_text.as_deref(),
+            source: "api",
+            external_id: None,
+            revoke: req.revoke,
+            actor,
+        },
+    )
+    .await?;
+    let view = payments::refunds_of(&mut tx, order_id)
+        .await?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| DbError::Corrupt("refund not readable after insert".into()))?;
+    tx.commit().await?;
+    Ok(view)
+}
+
+/// `POST /v1/orders/{id}/cancel`: for orders not completed yet. Deliveries not
+/// run are cancelled; whatever already ran is revoked (nothing half-delivered
+/// stays with the customer). Money is not moved: refund a paid order separately.
+pub async fn cancel(
+    pool: &PgPool,
+    order_id: Uuid,
+    reason: &str,
+    actor: &str,
+) -> Result<Withdrawn, PaymentError> {
+    let mut tx = pool.begin().await?;
+    let order = lock_order(&mut tx, order_id).await?;
+    if !matches!(
+        order.status,
+        OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed
+    ) {
+        return Err(PaymentError::NotCancellable(order.status));
+    }
+    let done = revoke::withdraw(&mut tx, order_id, Cause::Cancel, reason, actor).await?;
+    deliveries::set_order_status(&mut tx, order_id, OrderStatus::Cancelled, actor).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// What became of a webhook event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ingested {
+    /// `applied`, `pending` (kept until its payment arrives), `ignored`,
+    /// `failed` (verified but unusable; an admin alert says why) or `duplicate`.
+    pub status: &'static str,
+    pub order_id: Option<Uuid>,
+    pub note: Option<String>,
+}
+
+impl Ingested {
+    fn new(status: &'static str, order_id: Option<Uuid>, note: impl Into<Option<String>>) -> Self {
+        Ingested {
+            status,
+            order_id,
+            note: note.into(),
+        }
+    }
+}
+
+/// What the operator decided about disputes.
+#[derive(Debug, Clone, Copy)]
+pub struct DisputePolicy {
+    pub revoke_on_dispute: bool,
+}
+
+/// A Stripe event, as far as Courier reads it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StripeEvent {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub created: i64,
+    pub data: StripeData,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StripeData {
+    pub object: Value,
+}
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(*p)?;
+    }
+    cur.as_str().filter(|s| !s.is_empty())
+}
+
+fn int(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+/// The payment a Stripe object belongs to: its PaymentIntent, else the
+/// order named in its metadata. Events about one payment are serialised on it.
+fn stripe_ref(object: &Value) -> Option<String> {
+    text(object, &["payment_intent"])
+        .or_else(|| text(object, &["metadata", "order_id"]))
+        .map(str::to_owned)
+}
+
+/// Applies a verified Stripe event once (deduplicated on its id), in one
+/// transaction with the event row; answers after the commit.
+pub async fn ingest_stripe(
+    pool: &PgPool,
+    event: &StripeEvent,
+    raw: &Value,
+    policy: DisputePolicy,
+) -> Result<Ingested, PaymentError> {
+    let mut tx = pool.begin().await?;
+    let occurred = Utc
+        .timestamp_opt(event.created, 0)
+        .single()
+        .unwrap_or_else(Utc::now);
+    let order_ref = stripe_ref(&event.data.object);
+    let Some(row) = payments::receive(
+        &mut tx,
+        &InboxEvent {
+            provider: "stripe",
+            event_id: &event.id,
+            event_type: &event.kind,
+            order_ref: order_ref.as_deref(),
+            payload: raw,
+            occurred_at: occurred,
+        },
+    )
+    .await?
+    else {
+        tx.commit().await?;
+        return Ok(Ingested::new("duplicate", None, None));
+    };
+    if let Some(r) = &order_ref {
+        // Two events of one payment (the payment and its early refund) are
+        // applied one after the other, so neither misses the other.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('courier.payment:' || $1, 0))")
+            .bind(r)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let actor = format!("stripe:{}", event.id);
+    let outcome = apply_stripe(&mut tx, &event.kind, &event.data.object, policy, &actor).await?;
+    payments::settle_event(
+        &mut tx,
+        row,
+        outcome.status,
+        outcome.order_id,
+        outcome.note.as_deref(),
+    )
+    .await?;
+    if outcome.status == "failed" {
+        keys::alert(
+            &mut tx,
+            "payment_event_failed",
+            &format!(
+                "Stripe event {} ({}) could not be applied: {}",
+                event.id,
+                event.kind,
+                outcome.note.as_deref().unwrap_or("")
+            ),
+            &event.id,
+        )
+        .await?;
+    }
+    // A payment that just became known releases the events that waited for it.
+    if outcome.status == "applied"
+        && event.kind.starts_with("checkout.session.")
+        && let Some(order_id) = outcome.order_id
+    {
+        let mut refs = vec![order_id.to_string()];
+        refs.extend(order_ref.clone());
+        let number: String = sqlx::query_scalar("SELECT order_number FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        refs.push(number);
+        for parked in payments::parked(&mut tx, "stripe", &refs).await? {
+            let object = parked.payload["data"]["object"].clone();
+            let actor = format!(
+                "stripe:{}",
+                parked.payload["id"].as_str().unwrap_or_default()
+            );
+            let later = apply_stripe(&mut tx, &parked.event_type, &object, policy, &actor).await?;
+            // Still unpaid (a failed payment, say): it stays parked.
+            if later.status != "pending" {
+                payments::settle_event(
+                    &mut tx,
+                    parked.id,
+                    later.status,
+                    later.order_id,
+                    later.note.as_deref(),
+                )
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Finds (and locks) the order a Stripe object is about: `metadata.order_id`
+/// (id or order number), else the payment, else the checkout session.
+async fn find_stripe_order(
+    conn: &mut PgConnection,
+    object: &Value,
+) -> Result<Option<Uuid>, PaymentError> {
+    if let Some(reference) = text(object, &["metadata", "order_id"])
+        && let Some(id) = resolve_order(conn, reference).await?
+    {
+        return Ok(Some(id));
+    }
+    if let Some(pi) = text(object, &["payment_intent"]) {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM orders WHERE gateway = 'stripe' AND transaction_id = $1",
+        )
+        .bind(pi)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if id.is_some() {
+            return Ok(id);
+        }
+    }
+    if text(object, &["object"]) == Some("checkout.session")
+        && let Some(session) = text(object, &["id"])
+    {
+        return Ok(sqlx::query_scalar("SELECT id FROM orders WHERE idempotency_key = $1")
+            .bind(format!("stripe:checkout:{session}"))
+            .fetch_optional(&mut *conn)
+            .await?);
+    }
+    Ok(None)
+}
+
+async fn apply_stripe(
+    conn: &mut PgConnection,
+    kind: &str,
+    object: &Value,
+    policy: DisputePolicy,
+    actor: &str,
+) -> Result<Ingested, PaymentError> {
+    match kind {
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
+            if text(object, &["payment_status"]) != Some("paid") {
+                return Ok(Ingested::new(
+                    "ignored",
+                    None,
+                    "the session is not paid yet (an asynchronous payment method); waiting for async_payment_succeeded".to_owned(),
+                ));
+            }
+            checkout_paid(conn, object, actor).await
+        }
+        "checkout.session.async_payment_failed" => {
+            let Some(order_id) = find_stripe_order(conn, object).await? else {
+                return Ok(Ingested::new(
+                    "ignored",
+                    None,
+                    "no order for this session".to_owned(),
+                ));
+            };
+            let order = lock_order(conn, order_id).await?;
+            if order.payment != PaymentStatus::Pending {
+                return Ok(Ingested::new(
+                    "ignored",
+                    Some(order_id),
+                    format!("the payment is already {}", order.payment),
+                ));
+            }
+            sqlx::query(
+                "UPDATE orders SET payment_status = 'failed', updated_at = now() WHERE id = $1",
+            )
+            .bind(order_id)
+            .execute(&mut *conn)
+            .await?;
+            events::record(
+                conn,
+                NewEvent {
+                    order_id,
+                    delivery_id: None,
+                    kind: "payment.failed",
+                    message: "the asynchronous payment failed; the order is cancelled".into(),
+                    actor,
+                    data: json!({}),
+                },
+            )
+            .await?;
+            deliveries::set_order_status(conn, order_id, OrderStatus::Cancelled, actor).await?;
+            Ok(Ingested::new("applied", Some(order_id), None))
+        }
+        "charge.refunded" => {
+            let Some(order_id) = paid_order(conn, object).await? else {
+                return Ok(park(object));
+            };
+            charge_refunded(conn, order_id, object, actor).await
+        }
+        "charge.dispute.created" | "charge.dispute.closed" | "charge.dispute.updated" => {
+            let Some(order_id) = paid_order(conn, object).await? else {
+                return Ok(park(object));
+            };
+            dispute(conn, order_id, kind, object, policy, actor).await
+        }
+        _ => Ok(Ingested::new(
+            "ignored",
+            None,
+            format!("Courier does not act on `{kind}`"),
+        )),
+    }
+}
+
+/// An event that arrived before its payment: kept, applied when it comes.
+fn park(object: &Value) -> Ingested {
+    match stripe_ref(object) {
+        Some(r) => Ingested::new(
+            "pending",
+            None,
+            format!("no paid order for payment {r} yet; kept until it is paid"),
+        ),
+        None => Ingested::new(
+            "ignored",
+            None,
+            "the object names no payment_intent or metadata.order_id".to_owned(),
+        ),
+    }
+}
+
+/// The locked order of `object` if it is paid (or was, and is being refunded).
+async fn paid_order(
+    conn: &mut PgConnection,
+    object: &Value,
+) -> Result<Option<Uuid>, PaymentError> {
+    let Some(order_id) = find_stripe_order(conn, object).await? else {
+        return Ok(None);
+    };
+    let order = lock_order(conn, order_id).await?;
+    Ok(match order.payment {
+        PaymentStatus::Pending | PaymentStatus::Failed => None,
+        _ => Some(order_id),
+    })
+}
+
+async fn checkout_paid(
+    conn: &mut PgConnection,
+    session: &Value,
+    actor: &str,
+) -> Result<Ingested, PaymentError> {
+    let payment_intent = text(session, &["payment_intent"]).map(str::to_owned);
+    let order_id = match find_stripe_order(conn, session).await? {
+        Some(id) => id,
+        None => {
+            if text(session, &["metadata", "order_id"]).is_some() {
+                return Ok(Ingested::new(
+                    "failed",
+                    None,
+                    "metadata.order_id names no order".to_owned(),
+                ));
+            }
+            let order = match order_from_session(session) {
+                Ok(o) => o,
+                Err(e) => return Ok(Ingested::new("failed", None, e.to_string())),
+            };
+            let key = format!(
+                "stripe:checkout:{}",
+                text(session, &["id"]).unwrap_or_default()
+            );
+            return match super::orders::create_order_in(conn, &order, Some(&key), actor).await {
+                Ok(id) => Ok(Ingested::new(
+                    "applied",
+                    Some(id),
+                    "order created from the session".to_owned(),
+                )),
+                Err(CreateOrderError::Invalid(e)) => Ok(Ingested::new(
+                    "failed",
+                    None,
+                    format!("the session does not make a valid order: {e}"),
+                )),
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
+    lock_order(conn, order_id).await?;
+    sqlx::query(
+        "UPDATE orders SET gateway = coalesce(gateway, 'stripe'), \
+           transaction_id = coalesce(transaction_id, $2), updated_at = now() WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(&payment_intent)
+    .execute(&mut *conn)
+    .await?;
+    let note = match super::orders::start_fulfilment(conn, order_id, actor).await? {
+        Fulfilment::Started(n) => format!("paid; {n} deliveries queued"),
+        Fulfilment::AlreadyPaid => "the order was already paid".to_owned(),
+        Fulfilment::Cancelled => "paid after it was cancelled; nothing delivered".to_owned(),
+        Fulfilment::Unplannable(e) => format!("paid, but cannot be fulfilled: {e}"),
+    };
+    Ok(Ingested::new("applied", Some(order_id), note))
+}
+
+/// Builds an order from a Checkout Session without `metadata.order_id`:
+///
+/// | order field | session field |
+/// |---|---|
+/// | items | `metadata.courier_items`: `sku:quantity[:unit_price]`, comma-separated; the unit price may be left out only for a single item (then `amount_subtotal` ÷ quantity) |
+/// | currency | `currency`, upper-cased |
+/// | tax | `total_details.amount_tax` |
+/// | customer | `customer_details.name` / `.email`; `metadata.customer_ip` |
+/// | game | `metadata.game_username`, `metadata.game_uuid` |
+/// | discord_user_id | `metadata.discord_user_id` |
+/// | gateway / transaction_id | `stripe` / `payment_intent` |
+///
+/// (Line items are not in the webhook, and fetching them would put a Stripe
+/// call on the request path; the store's checkout code sets the metadata.)
+pub fn order_from_session(session: &Value) -> Result<NewOrder, Invalid> {
+    let currency = text(session, &["currency"])
+        .ok_or_else(|| Invalid::new("currency", "the session has no currency"))?
+        .to_ascii_uppercase();
+    let list = text(session, &["metadata", "courier_items"]).ok_or_else(|| {
+        Invalid::new(
+            "metadata.courier_items",
+            "the session has neither metadata.order_id nor metadata.courier_items",
+        )
+    })?;
+    let mut items = Vec::new();
+    for (i, part) in list.split(',').map(str::trim).enumerate() {
+        let field = format!("metadata.courier_items[{i}]");
+        let mut bits = part.split(':');
+        let sku = bits.next().unwrap_or_default().trim();
+        let quantity: i32 = bits
+            .next()
+            .and_then(|q| q.trim().parse().ok())
+            .ok_or_else(|| Invalid::new(&field, "expected `sku:quantity[:unit_price]`"))?;
+        let price = bits
+            .next()
+            .map(|p| p.trim().parse::<Decimal>())
+            .transpose()
+            .map_err(|_| Invalid::new(&field, "the unit price is not a decimal"))?;
+        items.push((sku.to_owned(), quantity, price));
+    }
+    let subtotal = from_minor(int(session, "amount_subtotal").unwrap_or(0), &currency);
+    let single = items.len() == 1;
+    let items = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, (sku, quantity, price))| {
+            let unit_price = match price {
+                Some(p) => p,
+                None if single && quantity > 0 => (subtotal / Decimal::from(quantity)).round_dp(4),
+                None => {
+                    return Err(Invalid::new(
+                        format!("metadata.courier_items[{i}]"),
+                        "with several items, each needs its unit price",
+                    ));
+                }
+            };
+            Ok(NewItem {
+                product: sku,
+                quantity,
+                unit_price,
+                custom_fields: serde_json::Map::new(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = |key: &str| text(session, &["metadata", key]).map(str::to_owned);
+    Ok(NewOrder {
+        payment_status: NewPaymentStatus::Paid,
+        tax: from_minor(
+            session["total_details"]["amount_tax"].as_i64().unwrap_or(0),
+            &currency,
+        ),
+        currency,
+        gateway: Some("stripe".into()),
+        transaction_id: text(session, &["payment_intent"]).map(str::to_owned),
+        customer: Customer {
+            name: text(session, &["customer_details", "name"]).map(str::to_owned),
+            email: text(session, &["customer_details", "email"]).map(str::to_owned),
+            phone: None,
+            ip: meta("customer_ip").and_then(|ip| ip.parse().ok()),
+        },
+        game: Game {
+            username: meta("game_username"),
+            uuid: meta("game_uuid"),
+        },
+        discord_user_id: meta("discord_user_id"),
+        items,
+    })
+}
+
+async fn charge_refunded(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    charge: &Value,
+    actor: &str,
+) -> Result<Ingested, PaymentError> {
+    let order = lock_order(conn, order_id).await?;
+    let currency = text(charge, &["currency"]).unwrap_or(&order.currency);
+    let refunded = from_minor(int(charge, "amount_refunded").unwrap_or(0), currency);
+    let new = (refunded - order.refunded).min(order.total - order.refunded);
+    if new <= Decimal::ZERO {
+        return Ok(Ingested::new(
+            "applied",
+            Some(order_id),
+            format!("{refunded} {currency} refunded at Stripe is already recorded"),
+        ));
+    }
+    // The newest Stripe refund Courier does not know yet names this one.
+    let mut external = None;
+    let mut reason = RefundReason::Other;
+    if let Some(list) = charge["refunds"]["data"].as_array() {
+        for r in list {
+            let Some(id) = r["id"].as_str() else { continue };
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE external_id = $1)")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if !known {
+                external = Some(id.to_owned());
+                reason = r["reason"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(RefundReason::Other);
+                break;
+            }
+        }
+    }
+    record_refund(
+        conn,
+        order_id,
+        &order,
+        RefundSpec {
+            amount: new,
+            reason,
+            reason_text: (reason == RefundReason::Other).then_some("refunded in Stripe"),
+            source: "gateway",
+            external_id: external.as_deref(),
+            revoke: None,
+            actor,
+        },
+    )
+    .await?;
+    Ok(Ingested::new(
+        "applied",
+        Some(order_id),
+        format!("recorded a refund of {new} {currency}"),
+    ))
+}
+
+/// Stripe's dispute status → Courier's outcome. Accepting a dispute closes it
+/// as `lost` with no evidence submitted, which is how `accepted` is told apart.
+fn dispute_outcome(dispute: &Value) -> Option<&'static str> {
+    match text(dispute, &["status"])? {
+        "won" | "warning_closed" => Some("won"),
+        "lost" if dispute["evidence_details"]["submission_count"].as_i64() == Some(0) => {
+            Some("accepted")
+        }
+        "lost" => Some("lost"),
+        _ => None,
+    }
+}
+
+async fn dispute(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    kind: &str,
+    object: &Value,
+    policy: DisputePolicy,
+    actor: &str,
+) -> Result<Ingested, PaymentError> {
+    let order = lock_order(conn, order_id).await?;
+    let external = text(object, &["id"]).unwrap_or_default().to_owned();
+    let currency = text(object, &["currency"])
+        .map(str::to_ascii_uppercase)
+        .unwrap_or_else(|| order.currency.clone());
+    let amount = from_minor(int(object, "amount").unwrap_or(0), &currency);
+    let reason = text(object, &["reason"]).unwrap_or("general").to_owned();
+    let status = text(object, &["status"]).unwrap_or("unknown").to_owned();
+    let due: Option<DateTime<Utc>> = object["evidence_details"]["due_by"]
+        .as_i64()
+        .and_then(|t| Utc.timestamp_opt(t, 0).single());
+    let created = sqlx::query(
+        "INSERT INTO disputes (id, order_id, external_id, amount, currency, reason, gateway_status, evidence_due_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (external_id) DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .bind(order_id)
+    .bind(&external)
+    .bind(amount)
+    .bind(&currency)
+    .bind(&reason)
+    .bind(&status)
+    .bind(due)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if created {
+        events::record(
+            conn,
+            NewEvent {
+                order_id,
+                delivery_id: None,
+                kind: "dispute.created",
+                message: format!(
+                    "dispute {external} opened: {amount} {currency}, reason {reason}{}",
+                    due.map(|d| format!(", evidence due by {}", d.to_rfc3339()))
+                        .unwrap_or_default()
+                ),
+                actor,
+                data: json!({ "dispute": external, "status": status }),
+            },
+        )
+        .await?;
+        if policy.revoke_on_dispute {
+            let why = format!("dispute {external}");
+            revoke::withdraw(conn, order_id, Cause::Chargeback, &why, actor).await?;
+        }
+    }
+    let outcome = if kind == "charge.dispute.closed" {
+        dispute_outcome(object)
+    } else {
+        None
+    };
+    sqlx::query(
+        "UPDATE disputes SET gateway_status = $2, amount = $3, evidence_due_by = coalesce($4, evidence_due_by), \
+           outcome = coalesce($5, outcome), closed_at = CASE WHEN $5::text IS NOT NULL THEN coalesce(closed_at, now()) END \
+         WHERE external_id = $1",
+    )
+    .bind(&external)
+    .bind(&status)
+    .bind(amount)
+    .bind(due)
+    .bind(outcome)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(outcome) = outcome {
+        events::record(
+            conn,
+            NewEvent {
+                order_id,
+                delivery_id: None,
+                kind: &format!("dispute.{outcome}"),
+                message: format!("dispute {external} closed: {outcome}"),
+                actor,
+                data: json!({ "dispute": external, "status": status }),
+            },
+        )
+        .await?;
+        if outcome != "won" {
+            // The money went back through the chargeback.
+            sqlx::query(
+                "UPDATE orders SET payment_status = 'refunded', updated_at = now() WHERE id = $1",
+            )
+            .bind(order_id)
+            .execute(&mut *conn)
+            .await?;
+            if order.status.transition(OrderStatus::Refunded).is_ok() {
+                deliveries::set_order_status(conn, order_id, OrderStatus::Refunded, actor).await?;
+            }
+            let why = format!("dispute {external} {outcome}");
+            revoke::withdraw(conn, order_id, Cause::Chargeback, &why, actor).await?;
+        }
+    }
+    outbox::notify_relays(conn).await?;
+    Ok(Ingested::new("applied", Some(order_id), None))
+}
+
+/// Applies a verified generic webhook (Courier's order format) once,
+/// deduplicated on `webhook-id`.
+pub async fn ingest_generic(
+    pool: &PgPool,
+    webhook_id: &str,
+    order: &NewOrder,
+    raw: &Value,
+) -> Result<Ingested, PaymentError> {
+    let mut tx = pool.begin().await?;
+    let Some(row) = payments::receive(
+        &mut tx,
+        &InboxEvent {
+            provider: "generic",
+            event_id: webhook_id,
+            event_type: "order",
+            order_ref: None,
+            payload: raw,
+            occurred_at: Utc::now(),
+        },
+    )
+    .await?
+    else {
+        tx.commit().await?;
+        let mut conn = pool.acquire().await?;
+        let id = sqlx::query_scalar("SELECT id FROM orders WHERE idempotency_key = $1")
+            .bind(format!("generic:{webhook_id}"))
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Ok(Ingested::new("duplicate", id, None));
+    };
+    let actor = format!("webhook:{webhook_id}");
+    let key = format!("generic:{webhook_id}");
+    let id = super::orders::create_order_in(&mut tx, order, Some(&key), &actor).await?;
+    payments::settle_event(&mut tx, row, "applied", Some(id), None).await?;
+    tx.commit().await?;
+    Ok(Ingested::new("applied", Some(id), None))
+}
+
+/// Every refund reason, for error messages.
+pub fn refund_reasons() -> String {
+    RefundReason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
