@@ -13,7 +13,9 @@ pub const ORDERS_READ: &str = "orders:read";
 pub const ADMIN: &str = "admin";
 /// Read CD keys (redemption codes) in order responses.
 pub const ORDERS_KEYS: &str = "orders:keys";
-pub const ALL_SCOPES: &[&str] = &[ORDERS_WRITE, ORDERS_READ, ORDERS_KEYS, ADMIN];
+/// Refund orders (money goes back, access is withdrawn).
+pub const ORDERS_REFUND: &str = "orders:refund";
+pub const ALL_SCOPES: &[&str] = &[ORDERS_WRITE, ORDERS_READ, ORDERS_KEYS, ORDERS_REFUND, ADMIN];
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ use courier_shared::error::DbError;
 use courier_shared::service::Invalid;
 use courier_shared::service::catalog::CatalogError;
 use courier_shared::service::orders::CreateOrderError;
+use courier_shared::service::payments::PaymentError;
 use serde_json::json;
 
 #[derive(Debug)]
@@ -114,6 +115,32 @@ impl From<CatalogError> for ApiError {
         match e {
             CatalogError::Invalid(i) => i.into(),
             CatalogError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(e: PaymentError) -> Self {
+        let message = e.to_string();
+        match e {
+            PaymentError::Invalid(i) => i.into(),
+            PaymentError::NotFound => ApiError::not_found("order"),
+            PaymentError::NotPaid(_) => ApiError::new(StatusCode::CONFLICT, "order_not_paid", message),
+            PaymentError::AlreadyRefunded => {
+                ApiError::new(StatusCode::CONFLICT, "already_refunded", message)
+            }
+            PaymentError::ExceedsRemaining { .. } => ApiError {
+                field: Some("amount".into()),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "refund_exceeds_remaining",
+                    message,
+                )
+            },
+            PaymentError::NotCancellable(_) => {
+                ApiError::new(StatusCode::CONFLICT, "order_not_cancellable", message)
+            }
+            PaymentError::Db(e) => e.into(),
         }
     }
 }

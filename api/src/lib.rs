@@ -16,4 +16,5 @@ pub mod json;
 pub mod relay;
 pub mod routes;
 pub mod seed;
+pub mod signature;
 pub mod startup;

@@ -29,6 +29,8 @@ pub struct AppState {
     pub suppliers: std::sync::Arc<
         std::collections::BTreeMap<String, courier_shared::config::SupplierSettings>,
     >,
+    /// Webhook secrets and the dispute policy.
+    pub payments: Arc<courier_shared::config::PaymentSettings>,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -93,6 +95,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
             .transpose()
             .context("keys.encryption_key")?,
         suppliers: Arc::new(settings.suppliers.clone()),
+        payments: Arc::new(settings.payments.clone()),
     };
     let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)

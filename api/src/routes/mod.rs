@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod health;
 pub mod keys;
 pub mod orders;
+pub mod payments;
 
 use axum::Router;
 use axum::routing::{get, post, put};
@@ -16,6 +17,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/orders", post(orders::create))
         .route("/v1/orders/{reference}", get(orders::get))
+        .route("/v1/orders/{reference}/refunds", post(payments::refund))
+        .route("/v1/orders/{reference}/cancel", post(payments::cancel))
+        .route("/webhooks/stripe", post(payments::stripe))
+        .route("/webhooks/generic", post(payments::generic))
         .route("/v1/game-servers", get(catalog::list_game_servers))
         .route("/v1/game-servers/{name}", put(catalog::put_game_server))
         .route("/v1/products", get(catalog::list_products))

@@ -81,6 +81,9 @@ pub async fn get(
     };
     for item in &mut view.items {
         item.keys = courier_shared::db::keys::item_keys(&mut conn, item.id, cipher).await?;
+        if cipher.is_some() && item.keys.iter().any(|k| !k.released) {
+            courier_shared::db::keys::mark_revealed(&mut conn, item.id).await?;
+        }
         if !caller.has(crate::auth::ADMIN) {
             for k in &mut item.keys {
                 k.cost = None;

@@ -178,6 +178,18 @@ pub async fn item_keys(
         .collect()
 }
 
+/// Notes that the item's codes were shown (to a caller with `orders:keys`):
+/// from then on a refund cannot take them back.
+pub async fn mark_revealed(conn: &mut PgConnection, item_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE item_keys SET revealed_at = now() WHERE item_id = $1 AND revealed_at IS NULL AND released_at IS NULL",
+    )
+    .bind(item_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Returns a stock key to stock (refunds, later): the item's key is marked
 /// released and the stock code is free again. False if it was not from stock
 /// or already released.

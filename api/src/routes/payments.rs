@@ -1,0 +1,203 @@
+//! Payment webhooks (`/webhooks/stripe`, `/webhooks/generic`), refunds and
+//! cancellation.
+//!
+//! Webhooks authenticate by signature on the raw body, checked before
+//! anything is parsed; an unverified request changes nothing and is logged
+//! without its headers or body. A verified event is stored and applied in one
+//! transaction and answered only after the commit, without calling anything
+//! outside (jobs go through the outbox). Duplicates answer 200 with
+//! `"status": "duplicate"`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use courier_shared::config::Secret;
+use courier_shared::domain::ids;
+use courier_shared::service::orders::NewOrder;
+use courier_shared::service::payments::{
+    self, DisputePolicy, Ingested, RefundRequest, StripeEvent,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::{Caller, ORDERS_REFUND, ORDERS_WRITE};
+use crate::error::ApiError;
+use crate::json::{ValidJson, parse};
+use crate::signature::{self, SignatureError, StandardHeaders};
+use crate::startup::AppState;
+
+fn secrets<'a>(a: &'a Option<Secret>, b: &'a Option<Secret>) -> Vec<&'a str> {
+    [a, b]
+        .into_iter()
+        .flatten()
+        .map(Secret::expose)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn not_configured(key: &str) -> ApiError {
+    // 503, not 404: the gateway keeps re-sending until the secret is set.
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "webhook_not_configured",
+        format!("this webhook is not configured (set {key})"),
+    )
+}
+
+fn rejected(route: &str, e: SignatureError) -> ApiError {
+    tracing::warn!(route, reason = %e, "webhook rejected");
+    let status = match e {
+        SignatureError::Malformed(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn answer(state: &AppState, route: &str, done: Ingested) -> (StatusCode, Json<Ingested>) {
+    tracing::info!(route, status = done.status, order_id = ?done.order_id, note = ?done.note, "webhook event");
+    if done.status == "applied" {
+        state.relay_wake.notify_one();
+    }
+    (StatusCode::OK, Json(done))
+}
+
+/// `POST /webhooks/stripe`.
+pub async fn stripe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Ingested>), ApiError> {
+    let p = &state.payments;
+    let keys = secrets(&p.stripe_webhook_secret, &p.stripe_webhook_secret_previous);
+    if keys.is_empty() {
+        return Err(not_configured("payments.stripe_webhook_secret"));
+    }
+    signature::verify_stripe(
+        header(&headers, "stripe-signature"),
+        &body,
+        &keys,
+        p.webhook_tolerance_seconds,
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|e| rejected("stripe", e))?;
+    let raw: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+    })?;
+    let event: StripeEvent = serde_json::from_value(raw.clone()).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_event",
+            format!("not a Stripe event: {e}"),
+        )
+    })?;
+    let policy = DisputePolicy {
+        revoke_on_dispute: p.revoke_on_dispute,
+    };
+    let done = payments::ingest_stripe(&state.pool, &event, &raw, policy).await?;
+    Ok(answer(&state, "stripe", done))
+}
+
+/// `POST /webhooks/generic`: an order in Courier's own format (the body of
+/// `POST /v1/orders`), signed per Standard Webhooks; `webhook-id` is the dedupe key.
+pub async fn generic(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Ingested>), ApiError> {
+    let p = &state.payments;
+    let keys = secrets(&p.generic_webhook_secret, &p.generic_webhook_secret_previous);
+    if keys.is_empty() {
+        return Err(not_configured("payments.generic_webhook_secret"));
+    }
+    let id = signature::verify_standard(
+        &StandardHeaders {
+            id: header(&headers, "webhook-id"),
+            timestamp: header(&headers, "webhook-timestamp"),
+            signature: header(&headers, "webhook-signature"),
+        },
+        &body,
+        &keys,
+        p.webhook_tolerance_seconds,
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|e| rejected("generic", e))?;
+    let order: NewOrder = parse(&body)?;
+    let raw: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let done = payments::ingest_generic(&state.pool, id, &order, &raw).await?;
+    Ok(answer(&state, "generic", done))
+}
+
+async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
+    if Uuid::parse_str(reference).is_err() && !ids::looks_like_order_number(reference) {
+        return Err(ApiError {
+            field: Some("reference".into()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_reference",
+                "expected an order id (UUID) or an order number (ORD-XXXXXXXXXX)",
+            )
+        });
+    }
+    let mut conn = state.pool.acquire().await?;
+    payments::resolve_order(&mut conn, reference)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))
+}
+
+/// `POST /v1/orders/{reference}/refunds` (`orders:refund` or `admin`).
+pub async fn refund(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+    ValidJson(req): ValidJson<RefundRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(ORDERS_REFUND)?;
+    let id = order_id(&state, &reference).await?;
+    let refund = payments::refund(&state.pool, id, &req, &caller.actor()).await?;
+    state.relay_wake.notify_one();
+    Ok((StatusCode::CREATED, Json(json!(refund))))
+}
+
+/// Body of `POST /v1/orders/{reference}/cancel`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/orders/{reference}/cancel` (`orders:write`): for orders not
+/// completed yet.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(ORDERS_WRITE)?;
+    let req: CancelRequest = if body.is_empty() {
+        CancelRequest::default()
+    } else {
+        parse(&body)?
+    };
+    let reason = req.reason.unwrap_or_else(|| "cancelled".into());
+    if reason.len() > 500 || reason.chars().any(char::is_control) {
+        return Err(ApiError {
+            field: Some("reason".into()),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "reason: at most 500 characters, without control characters",
+            )
+        });
+    }
+    let id = order_id(&state, &reference).await?;
+    let done = payments::cancel(&state.pool, id, &reason, &caller.actor()).await?;
+    state.relay_wake.notify_one();
+    Ok(Json(json!({ "order_id": id, "status": "cancelled", "result": done })))
+}
