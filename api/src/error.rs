@@ -125,7 +125,9 @@ impl From<PaymentError> for ApiError {
         match e {
             PaymentError::Invalid(i) => i.into(),
             PaymentError::NotFound => ApiError::not_found("order"),
-            PaymentError::NotPaid(_) => ApiError::new(StatusCode::CONFLICT, "order_not_paid", message),
+            PaymentError::NotPaid(_) => {
+                ApiError::new(StatusCode::CONFLICT, "order_not_paid", message)
+            }
             PaymentError::AlreadyRefunded => {
                 ApiError::new(StatusCode::CONFLICT, "already_refunded", message)
             }

@@ -79,7 +79,10 @@ pub fn verify_stripe(
             .ok_or(SignatureError::Malformed(NAME))?;
         match k {
             "t" if timestamp.is_none() => {
-                timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed(NAME))?);
+                timestamp = Some(
+                    v.parse::<i64>()
+                        .map_err(|_| SignatureError::Malformed(NAME))?,
+                );
             }
             "t" => return Err(SignatureError::Malformed(NAME)),
             // A v1 that is not hex cannot match; it does not spoil the others.
@@ -143,10 +146,7 @@ pub fn verify_standard<'a>(
         let Ok(key) = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)) else {
             return false;
         };
-        let m = mac(
-            &key,
-            &[id.as_bytes(), b".", ts_text.as_bytes(), b".", body],
-        );
+        let m = mac(&key, &[id.as_bytes(), b".", ts_text.as_bytes(), b".", body]);
         signatures.iter().any(|s| m.clone().verify_slice(s).is_ok())
     });
     if !matched {
@@ -161,7 +161,10 @@ mod tests {
     use super::*;
 
     fn stripe_sig(secret: &str, t: i64, body: &str) -> String {
-        let m = mac(secret.as_bytes(), &[format!("{t}.").as_bytes(), body.as_bytes()]);
+        let m = mac(
+            secret.as_bytes(),
+            &[format!("{t}.").as_bytes(), body.as_bytes()],
+        );
         hex::encode(m.finalize().into_bytes())
     }
 
@@ -176,11 +179,23 @@ mod tests {
         );
         // The previous secret during rotation.
         assert_eq!(
-            verify_stripe(Some(&header), body.as_bytes(), &["whsec_new", "whsec_a"], 300, 1100),
+            verify_stripe(
+                Some(&header),
+                body.as_bytes(),
+                &["whsec_new", "whsec_a"],
+                300,
+                1100
+            ),
             Ok(1000)
         );
         assert_eq!(
-            verify_stripe(Some(&header), b"{\"id\":\"evt_2\"}", &["whsec_a"], 300, 1100),
+            verify_stripe(
+                Some(&header),
+                b"{\"id\":\"evt_2\"}",
+                &["whsec_a"],
+                300,
+                1100
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
@@ -208,7 +223,10 @@ mod tests {
             timestamp: Some("1000"),
             signature: Some(&sig),
         };
-        assert_eq!(verify_standard(&h, b"{}", &[&secret], 300, 900), Ok("msg_1"));
+        assert_eq!(
+            verify_standard(&h, b"{}", &[&secret], 300, 900),
+            Ok("msg_1")
+        );
         assert_eq!(
             verify_standard(&h, b"{ }", &[&secret], 300, 900),
             Err(SignatureError::Mismatch)

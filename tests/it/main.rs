@@ -9,6 +9,7 @@ mod keys;
 mod limits;
 mod orders;
 mod outbox;
+mod payments;
 mod rcon_client;
 mod redelivery;
 mod rescuer;

@@ -5,4 +5,5 @@
 
 pub mod bench;
 pub mod fakes;
+pub mod signing;
 pub mod stack;

@@ -31,6 +31,11 @@ pub struct TestStack {
     cleanup: Cleanup,
 }
 
+/// The Stripe endpoint secret of test stacks.
+pub const STRIPE_SECRET: &str = "whsec_test_stripe_endpoint";
+/// The Standard Webhooks secret of test stacks (`whsec_` + base64 of 32 bytes).
+pub const GENERIC_SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
 /// Settings for an isolated stack: fresh database name, queue prefix, free port.
 pub fn test_settings() -> (Settings, String) {
     let mut settings = Settings::load().expect("default configuration loads");
@@ -66,6 +71,14 @@ pub fn test_settings() -> (Settings, String) {
     settings.keys.encryption_key =
         Some(Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="));
     settings.worker.shutdown_grace_seconds = 10;
+    settings.retry.payment.max_attempts = 4;
+    settings.retry.payment.base_delay_ms = 200;
+    settings.retry.payment.max_delay_ms = 1600;
+    settings.payments.stripe_webhook_secret = Some(Secret::new(STRIPE_SECRET));
+    settings.payments.generic_webhook_secret = Some(Secret::new(GENERIC_SECRET));
+    settings.payments.stripe_secret_key = Some(Secret::new("sk_test_courier"));
+    // Nothing listens here: a test that refunds through Stripe starts the fake.
+    settings.payments.stripe_api_base = "http://127.0.0.1:9".into();
     (settings, db_name)
 }
 

@@ -250,11 +250,13 @@ async fn process(
         .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "could not record the attempt"))
         .await?;
     ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
-    Ok(if record.next == DeliveryStatus::Dead && recorded == Recorded::Applied {
-        Disposition::DeadLetter
-    } else {
-        Disposition::Ack
-    })
+    Ok(
+        if record.next == DeliveryStatus::Dead && recorded == Recorded::Applied {
+            Disposition::DeadLetter
+        } else {
+            Disposition::Ack
+        },
+    )
 }
 
 /// Runs the driver in its own task so a panic becomes a failed attempt.

@@ -86,9 +86,8 @@ pub async fn stripe(
         chrono::Utc::now().timestamp(),
     )
     .map_err(|e| rejected("stripe", e))?;
-    let raw: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
-    })?;
+    let raw: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
     let event: StripeEvent = serde_json::from_value(raw.clone()).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -111,7 +110,10 @@ pub async fn generic(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Ingested>), ApiError> {
     let p = &state.payments;
-    let keys = secrets(&p.generic_webhook_secret, &p.generic_webhook_secret_previous);
+    let keys = secrets(
+        &p.generic_webhook_secret,
+        &p.generic_webhook_secret_previous,
+    );
     if keys.is_empty() {
         return Err(not_configured("payments.generic_webhook_secret"));
     }
@@ -199,5 +201,7 @@ pub async fn cancel(
     let id = order_id(&state, &reference).await?;
     let done = payments::cancel(&state.pool, id, &reason, &caller.actor()).await?;
     state.relay_wake.notify_one();
-    Ok(Json(json!({ "order_id": id, "status": "cancelled", "result": done })))
+    Ok(Json(
+        json!({ "order_id": id, "status": "cancelled", "result": done }),
+    ))
 }

@@ -390,11 +390,12 @@ pub async fn roll_up(
     item_id: Uuid,
     actor: &str,
 ) -> Result<(), DbError> {
-    let statuses: Vec<String> =
-        sqlx::query_scalar("SELECT status FROM deliveries WHERE item_id = $1 AND purpose = 'deliver'")
-            .bind(item_id)
-            .fetch_all(&mut *conn)
-            .await?;
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT status FROM deliveries WHERE item_id = $1 AND purpose = 'deliver'",
+    )
+    .bind(item_id)
+    .fetch_all(&mut *conn)
+    .await?;
     let statuses = statuses
         .iter()
         .map(|s| s.parse())

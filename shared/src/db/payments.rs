@@ -72,7 +72,10 @@ pub async fn insert_refund(conn: &mut PgConnection, r: &NewRefund<'_>) -> Result
     Ok(())
 }
 
-pub async fn refunds_of(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<RefundView>, DbError> {
+pub async fn refunds_of(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Vec<RefundView>, DbError> {
     let rows = sqlx::query("SELECT * FROM refunds WHERE order_id = $1 ORDER BY created_at, id")
         .bind(order_id)
         .fetch_all(conn)

@@ -50,9 +50,9 @@ async fn lock_delivery(
         "SELECT CASE WHEN purpose = 'deliver' THEN item_id END AS item_id, kind, status \
          FROM deliveries WHERE id = $1 FOR UPDATE",
     )
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await?;
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
     let kind: String = row.try_get("kind")?;
     let status: String = row.try_get("status")?;
     Ok((

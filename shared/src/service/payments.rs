@@ -76,7 +76,10 @@ pub enum PaymentError {
     #[error("the order is already fully refunded")]
     AlreadyRefunded,
     #[error("amount: at most {remaining} {currency} remains refundable")]
-    ExceedsRemaining { remaining: Decimal, currency: String },
+    ExceedsRemaining {
+        remaining: Decimal,
+        currency: String,
+    },
     #[error("an order that is `{0}` cannot be cancelled (only pending, processing or failed)")]
     NotCancellable(OrderStatus),
     #[error(transparent)]
@@ -300,7 +303,9 @@ async fn record_refund(
                 spec.amount,
                 order.currency,
                 spec.reason,
-                spec.reason_text.map(|t| format!(": {t}")).unwrap_or_default(),
+                spec.reason_text
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default(),
                 match (spec.source, via_stripe) {
                     ("gateway", _) => ", made at the gateway",
                     (_, true) => ", Stripe refund queued",
@@ -332,7 +337,10 @@ pub async fn refund(
     actor: &str,
 ) -> Result<RefundView, PaymentError> {
     if req.reason == RefundReason::Other
-        && req.reason_text.as_deref().is_none_or(|t| t.trim().is_empty())
+        && req
+            .reason_text
+            .as_deref()
+            .is_none_or(|t| t.trim().is_empty())
     {
         return Err(Invalid::new("reason_text", "is required when the reason is `other`").into());
     }
@@ -608,10 +616,12 @@ async fn find_stripe_order(
     if text(object, &["object"]) == Some("checkout.session")
         && let Some(session) = text(object, &["id"])
     {
-        return Ok(sqlx::query_scalar("SELECT id FROM orders WHERE idempotency_key = $1")
-            .bind(format!("stripe:checkout:{session}"))
-            .fetch_optional(&mut *conn)
-            .await?);
+        return Ok(
+            sqlx::query_scalar("SELECT id FROM orders WHERE idempotency_key = $1")
+                .bind(format!("stripe:checkout:{session}"))
+                .fetch_optional(&mut *conn)
+                .await?,
+        );
     }
     Ok(None)
 }
@@ -708,10 +718,7 @@ fn park(object: &Value) -> Ingested {
 }
 
 /// The locked order of `object` if it is paid (or was, and is being refunded).
-async fn paid_order(
-    conn: &mut PgConnection,
-    object: &Value,
-) -> Result<Option<Uuid>, PaymentError> {
+async fn paid_order(conn: &mut PgConnection, object: &Value) -> Result<Option<Uuid>, PaymentError> {
     let Some(order_id) = find_stripe_order(conn, object).await? else {
         return Ok(None);
     };

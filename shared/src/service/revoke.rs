@@ -243,7 +243,10 @@ pub async fn revoke_delivery(
         }
         DeliveryKind::DiscordRole if !chargeback => {
             let p: DiscordPayload = serde_json::from_value(payload)?;
-            let note = format!("queued removal of role {} in guild {}", p.role_id, p.guild_id);
+            let note = format!(
+                "queued removal of role {} in guild {}",
+                p.role_id, p.guild_id
+            );
             let job = DiscordPayload { revoke: true, ..p };
             (Some(serde_json::to_value(job)?), note)
         }

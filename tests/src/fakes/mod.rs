@@ -4,4 +4,5 @@ pub mod discord;
 pub mod http;
 pub mod proxy;
 pub mod rcon;
+pub mod stripe;
 pub mod supplier;

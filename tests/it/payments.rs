@@ -1,0 +1,720 @@
+//! Payment webhooks (Stripe, Standard Webhooks), refunds with revocation,
+//! disputes and cancellation, against fake Stripe, Discord and game servers.
+
+use std::time::Duration;
+
+use courier_tests::fakes::discord::FakeDiscord;
+use courier_tests::fakes::rcon::FakeGameServer;
+use courier_tests::fakes::stripe::{FakeStripe, StripeBehaviour};
+use courier_tests::signing::{self, now};
+use courier_tests::stack::{GENERIC_SECRET, STRIPE_SECRET, TestStack};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn post_stripe(stack: &TestStack, body: &str, header: Option<String>) -> (StatusCode, Value) {
+    let mut req = stack
+        .http
+        .post(stack.url("/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(h) = header {
+        req = req.header("Stripe-Signature", h);
+    }
+    let resp = req.send().await.expect("webhook sent");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends `event` correctly signed; expects 200 and returns the answer.
+async fn send_stripe(stack: &TestStack, event: &Value) -> Value {
+    let body = event.to_string();
+    let header = signing::stripe_header(STRIPE_SECRET, now(), &body);
+    let (status, answer) = post_stripe(stack, &body, Some(header)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+async fn post_generic(
+    stack: &TestStack,
+    id: &str,
+    body: &str,
+    signature: &str,
+) -> (StatusCode, Value) {
+    let resp = stack
+        .http
+        .post(stack.url("/webhooks/generic"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", now().to_string())
+        .header("webhook-signature", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("webhook sent");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn count(stack: &TestStack, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&stack.pool)
+        .await
+        .expect("count")
+}
+
+async fn order(stack: &TestStack, id: &str) -> Value {
+    let (status, o) = stack
+        .call(Method::GET, &format!("/v1/orders/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{o}");
+    o
+}
+
+async fn refund(stack: &TestStack, id: &str, body: Value) -> (StatusCode, Value) {
+    stack
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{id}/refunds"),
+            Some(&body),
+        )
+        .await
+}
+
+/// Polls until `check` holds for the order; panics with the order after `limit`.
+async fn wait_order(
+    stack: &TestStack,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = order(stack, id).await;
+        if check(&o) {
+            return o;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order never showed {what}: {o:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_signatures_are_checked_on_the_raw_body_before_anything_happens() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack
+        .add_product(
+            "vip",
+            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
+        )
+        .await;
+    let event = signing::stripe_event(
+        "evt_sig",
+        "checkout.session.completed",
+        signing::checkout_session(
+            "cs_sig",
+            "pi_sig",
+            json!({ "courier_items": "vip:1", "discord_user_id": "333" }),
+        ),
+    );
+    let body = event.to_string();
+    let t = now();
+
+    let wrong = signing::stripe_header("whsec_someone_else", t, &body);
+    let (status, e) = post_stripe(&stack, &body, Some(wrong)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{e}");
+    assert_eq!(e["error"]["code"], "invalid_signature");
+
+    let tampered = body.replace("vip:1", "vip:9");
+    let signed_original = signing::stripe_header(STRIPE_SECRET, t, &body);
+    let (status, e) = post_stripe(&stack, &tampered, Some(signed_original)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{e}");
+
+    let old = signing::stripe_header(STRIPE_SECRET, t - 301, &body);
+    let (status, e) = post_stripe(&stack, &body, Some(old)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{e}");
+    assert_eq!(e["error"]["code"], "signature_expired");
+
+    let (status, e) = post_stripe(&stack, &body, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{e}");
+    let (status, e) = post_stripe(&stack, &body, Some("v1=nothex".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["code"], "malformed_signature");
+
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM payment_events").await,
+        0
+    );
+    assert_eq!(count(&stack, "SELECT count(*) FROM orders").await, 0);
+
+    // Two v1 signatures (Stripe during a secret roll), one of them valid.
+    let both = format!(
+        "t={t},v1={},v1={}",
+        signing::stripe_v1("whsec_retired", t, &body),
+        signing::stripe_v1(STRIPE_SECRET, t, &body)
+    );
+    let (status, answer) = post_stripe(&stack, &body, Some(both)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "applied", "{answer}");
+    let o = order(&stack, answer["order_id"].as_str().expect("order id")).await;
+    assert_eq!(o["payment_status"], "paid");
+    assert_eq!(o["gateway"], "stripe");
+    assert_eq!(o["transaction_id"], "pi_sig");
+    assert_eq!(o["total"], "10.48");
+    assert_eq!(o["deliveries"].as_array().map(Vec::len), Some(1));
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_delivered_ten_times_at_once_makes_one_order_and_one_command() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} diamond").await;
+    let event = signing::stripe_event(
+        "evt_dup",
+        "checkout.session.completed",
+        signing::checkout_session(
+            "cs_dup",
+            "pi_dup",
+            json!({ "courier_items": "p:1", "game_username": "steve" }),
+        ),
+    );
+    let answers =
+        futures_util::future::join_all((0..10).map(|_| send_stripe(&stack, &event))).await;
+    let applied: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a["status"] == "applied")
+        .collect();
+    let duplicates = answers
+        .iter()
+        .filter(|a| a["status"] == "duplicate")
+        .count();
+    assert_eq!((applied.len(), duplicates), (1, 9), "{answers:?}");
+    let id = applied[0]["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(20))
+        .await;
+    assert_eq!(count(&stack, "SELECT count(*) FROM orders").await, 1);
+    assert_eq!(count(&stack, "SELECT count(*) FROM deliveries").await, 1);
+    assert_eq!(
+        count(&stack, "SELECT count(*) FROM payment_events").await,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(game.commands(), vec!["give steve diamond".to_owned()]);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generic_webhook_takes_a_signed_order_once() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} cake").await;
+    let body = courier_tests::stack::sample_order("p", "alex").to_string();
+    let ts = now();
+    let good = signing::standard_signature(GENERIC_SECRET, "msg_1", ts, &body);
+    let (status, first) = post_generic(&stack, "msg_1", &body, &good).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["status"], "applied");
+    let (status, again) = post_generic(&stack, "msg_1", &body, &good).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(again["order_id"], first["order_id"]);
+
+    let other = signing::standard_signature(
+        "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "msg_2",
+        ts,
+        &body,
+    );
+    let (status, e) = post_generic(&stack, "msg_2", &body, &other).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{e}");
+    // Signed for another id: the id is part of what is signed.
+    let (status, _) = post_generic(&stack, "msg_3", &body, &good).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let id = first["order_id"].as_str().expect("id");
+    stack
+        .wait_for_order(id, "completed", Duration::from_secs(20))
+        .await;
+    assert_eq!(count(&stack, "SELECT count(*) FROM orders").await, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(game.commands(), vec!["give alex cake".to_owned()]);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_arrives_before_the_payment_is_applied_after_it() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} diamond").await;
+    let mut pending = courier_tests::stack::sample_order("p", "steve");
+    pending["payment_status"] = json!("pending");
+    pending.as_object_mut().map(|o| o.remove("transaction_id"));
+    pending["gateway"] = json!(null);
+    let (status, created) = stack.call(Method::POST, "/v1/orders", Some(&pending)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["total"], "10.48");
+
+    let early = signing::stripe_event(
+        "evt_refund_early",
+        "charge.refunded",
+        signing::refunded_charge("pi_early", 1048, 1048, json!({ "order_id": id })),
+    );
+    let answer = send_stripe(&stack, &early).await;
+    assert_eq!(answer["status"], "pending", "{answer}");
+    let o = order(&stack, &id).await;
+    assert_eq!(o["payment_status"], "pending");
+    assert!(o["refunds"].as_array().is_some_and(Vec::is_empty), "{o}");
+
+    let paid = signing::stripe_event(
+        "evt_paid_late",
+        "checkout.session.completed",
+        signing::checkout_session("cs_late", "pi_early", json!({ "order_id": id })),
+    );
+    let answer = send_stripe(&stack, &paid).await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+
+    let o = order(&stack, &id).await;
+    assert_eq!(o["payment_status"], "refunded", "{o:#}");
+    assert_eq!(o["status"], "refunded");
+    assert_eq!(o["refunded_amount"], "10.48");
+    assert_eq!(o["refunds"][0]["source"], "gateway");
+    assert!(
+        o["deliveries"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty() && d.iter().all(|d| d["status"] == "cancelled")),
+        "{o:#}"
+    );
+    assert_eq!(o["items"][0]["delivery_status"], "revoked");
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM payment_events WHERE status = 'applied'"
+        )
+        .await,
+        2
+    );
+    // The job was published and skipped: nothing reached the game server.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(game.commands().is_empty(), "{:?}", game.commands());
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_refund_removes_the_role_runs_the_revoke_command_and_refunds_at_stripe_once() {
+    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
+        .await
+        .expect("fake game server");
+    let discord = FakeDiscord::start().await.expect("fake discord");
+    let stripe = FakeStripe::start().await.expect("fake stripe");
+    let (d, s) = (discord.base.clone(), stripe.base.clone());
+    let stack = TestStack::start_with(
+        |settings| {
+            settings.discord.api_base = d;
+            settings.payments.stripe_api_base = s;
+        },
+        true,
+    )
+    .await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_product(
+            "vip",
+            json!([
+                { "kind": "rcon", "game_server": "s", "command": "lp user {username} parent add vip",
+                  "revoke_command": "lp user {username} parent remove vip" },
+                { "kind": "discord_role", "guild_id": "111", "role_id": "222" },
+            ]),
+        )
+        .await;
+    let body = json!({
+        "currency": "EUR", "gateway": "stripe", "transaction_id": "pi_full",
+        "game": { "username": "steve" }, "discord_user_id": "333",
+        "items": [{ "product": "vip", "quantity": 1, "unit_price": "12.34" }],
+    });
+    let (status, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(20))
+        .await;
+
+    // Stripe fails once; the job retries under the same idempotency key.
+    stripe.set(StripeBehaviour {
+        fail_next: 1,
+        ..StripeBehaviour::default()
+    });
+    let (status, r) = refund(&stack, &id, json!({ "reason": "requested_by_customer" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    assert_eq!(r["amount"], "12.34");
+    assert_eq!(r["status"], "pending");
+
+    let o = wait_order(
+        &stack,
+        &id,
+        "the refund succeeded and both revoke jobs done",
+        |o| {
+            o["refunds"][0]["status"] == "succeeded"
+                && o["deliveries"].as_array().is_some_and(|d| {
+                    d.iter()
+                        .filter(|d| d["purpose"] == "revoke" && d["status"] == "succeeded")
+                        .count()
+                        == 2
+                })
+        },
+    )
+    .await;
+    assert_eq!(o["status"], "refunded");
+    assert_eq!(o["payment_status"], "refunded");
+    assert_eq!(o["refunds"][0]["external_id"], "re_fake_1");
+    assert!(
+        o["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|i| i["delivery_status"] == "revoked"))
+    );
+
+    assert_eq!(
+        game.commands(),
+        vec![
+            "lp user steve parent add vip".to_owned(),
+            "lp user steve parent remove vip".to_owned()
+        ]
+    );
+    let calls = discord.calls();
+    assert_eq!(
+        calls
+            .iter()
+            .map(|c| (c.method.as_str(), c.path.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("PUT", "/guilds/111/members/333/roles/222"),
+            ("DELETE", "/guilds/111/members/333/roles/222")
+        ]
+    );
+    let refunds = stripe.calls();
+    assert_eq!(refunds.len(), 2, "one 500, then the retry");
+    assert_eq!(refunds[0].idempotency_key, refunds[1].idempotency_key);
+    assert_eq!(refunds[1].authorization, "Bearer sk_test_courier");
+    assert_eq!(refunds[1].form["payment_intent"], "pi_full");
+    assert_eq!(refunds[1].form["amount"], "1234");
+    assert_eq!(refunds[1].form["reason"], "requested_by_customer");
+    assert_eq!(stripe.refunds_made(), 1);
+
+    // Stripe then reports the refund Courier made: it is not counted again.
+    let echo = signing::stripe_event("evt_echo", "charge.refunded", {
+        let mut c = signing::refunded_charge("pi_full", 1234, 1234, json!({}));
+        c["currency"] = json!("eur");
+        c["refunds"] = json!({ "data": [{ "id": "re_fake_1", "amount": 1234 }] });
+        c
+    });
+    let answer = send_stripe(&stack, &echo).await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+    let o = order(&stack, &id).await;
+    assert_eq!(o["refunded_amount"], "12.34");
+    assert_eq!(o["refunds"].as_array().map(Vec::len), Some(1));
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_add_up_to_the_total_and_no_further_and_need_a_paid_order() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack
+        .add_product(
+            "vip",
+            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
+        )
+        .await;
+    let mut body = json!({
+        "currency": "USD", "discord_user_id": "333",
+        "items": [{ "product": "vip", "quantity": 1, "unit_price": "10.00" }],
+    });
+    let (_, paid) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    let id = paid["id"].as_str().expect("id").to_owned();
+
+    let (status, e) = refund(&stack, &id, json!({ "amount": "0", "reason": "duplicate" })).await;
+    assert_eq!(
+        (status, e["error"]["code"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("validation_failed")),
+        "{e}"
+    );
+    let (status, e) = refund(&stack, &id, json!({ "reason": "other" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["field"], "reason_text");
+    let (status, e) = refund(&stack, &id, json!({ "reason": "changed_mind" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+
+    let (status, r) = refund(
+        &stack,
+        &id,
+        json!({ "amount": "4.00", "reason": "not_as_described" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    assert_eq!(
+        r["status"], "recorded",
+        "not a Stripe payment: recorded only"
+    );
+    let o = order(&stack, &id).await;
+    assert_eq!(
+        (o["status"].clone(), o["payment_status"].clone()),
+        (json!("partially_refunded"), json!("partially_refunded"))
+    );
+    assert!(
+        o["revoked_at"].is_null(),
+        "a partial refund keeps access: {o}"
+    );
+    let (status, _) = refund(
+        &stack,
+        &id,
+        json!({ "amount": "5.00", "reason": "other", "reason_text": "late" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, e) = refund(
+        &stack,
+        &id,
+        json!({ "amount": "2.00", "reason": "duplicate" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["code"], "refund_exceeds_remaining");
+    assert_eq!(e["error"]["field"], "amount");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1.00")),
+        "{e}"
+    );
+
+    let (status, last) = refund(&stack, &id, json!({ "reason": "requested_by_customer" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{last}");
+    assert_eq!(last["amount"], "1.00");
+    let o = order(&stack, &id).await;
+    assert_eq!(
+        (o["status"].clone(), o["payment_status"].clone()),
+        (json!("refunded"), json!("refunded"))
+    );
+    assert_eq!(o["refunded_amount"], "10.00");
+    assert!(
+        !o["revoked_at"].is_null(),
+        "the full refund withdrew access: {o}"
+    );
+    assert_eq!(o["deliveries"][0]["status"], "cancelled");
+    let (status, e) = refund(&stack, &id, json!({ "reason": "duplicate" })).await;
+    assert_eq!(
+        (status, e["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("already_refunded"))
+    );
+
+    body["payment_status"] = json!("pending");
+    let (_, unpaid) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    let unpaid = unpaid["id"].as_str().expect("id");
+    let (status, e) = refund(&stack, unpaid, json!({ "reason": "duplicate" })).await;
+    assert_eq!(
+        (status, e["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("order_not_paid")),
+        "{e}"
+    );
+
+    let (status, e) = refund(&stack, "ORD-0000000000", json!({ "reason": "duplicate" })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    assert_eq!(count(&stack, "SELECT count(*) FROM refunds").await, 3);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_dispute_runs_the_chargeback_command_and_shows_outcome_and_evidence() {
+    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
+        .await
+        .expect("fake game server");
+    let stack = TestStack::start().await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_product(
+            "p",
+            json!([{ "kind": "rcon", "game_server": "s", "command": "give {username} diamond",
+                     "chargeback_command": "ban {username} chargeback" }]),
+        )
+        .await;
+    let mut body = courier_tests::stack::sample_order("p", "steve");
+    body["gateway"] = json!("stripe");
+    body["transaction_id"] = json!("pi_disputed");
+    body["customer"]["ip"] = json!("203.0.113.7");
+    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(20))
+        .await;
+
+    let opened = signing::stripe_event(
+        "evt_dp_open",
+        "charge.dispute.created",
+        signing::dispute("dp_1", "pi_disputed", 1048, "needs_response", 0),
+    );
+    assert_eq!(send_stripe(&stack, &opened).await["status"], "applied");
+    game.wait_for_commands(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        game.commands(),
+        vec![
+            "give steve diamond".to_owned(),
+            "ban steve chargeback".to_owned()
+        ]
+    );
+    let o = order(&stack, &id).await;
+    let d = &o["disputes"][0];
+    assert_eq!(
+        (
+            d["external_id"].clone(),
+            d["amount"].clone(),
+            d["reason"].clone()
+        ),
+        (json!("dp_1"), json!("10.48"), json!("fraudulent"))
+    );
+    assert!(
+        !d["evidence_due_by"].is_null() && d["outcome"].is_null(),
+        "{d}"
+    );
+
+    let closed = signing::stripe_event(
+        "evt_dp_closed",
+        "charge.dispute.closed",
+        signing::dispute("dp_1", "pi_disputed", 1048, "lost", 1),
+    );
+    assert_eq!(send_stripe(&stack, &closed).await["status"], "applied");
+    let o = order(&stack, &id).await;
+    assert_eq!(o["disputes"][0]["outcome"], "lost", "{o:#}");
+    assert_eq!(o["payment_status"], "refunded");
+    assert_eq!(o["status"], "refunded");
+    let evidence = &o["evidence"];
+    assert_eq!(evidence["customer_ip"], "203.0.113.7");
+    assert_eq!(
+        evidence["proof_of_delivery"][0]["action"]["command"],
+        "give steve diamond"
+    );
+    let attempt = &evidence["proof_of_delivery"][0]["attempts"][0];
+    assert_eq!(attempt["outcome"], "succeeded");
+    assert!(
+        !attempt["response"].is_null() && !attempt["finished_at"].is_null(),
+        "{attempt}"
+    );
+    assert!(
+        evidence["timeline"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|e| e["kind"] == "dispute.lost")),
+        "{evidence}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_queued_deliveries_and_refuses_a_completed_order() {
+    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
+        .await
+        .expect("fake game server");
+    let mut stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} diamond")
+        .await;
+    let (_, first) = stack.post_order("p", "early", None).await;
+    let first = first["id"].as_str().expect("id").to_owned();
+    let (status, done) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{first}/cancel"),
+            Some(&json!({ "reason": "customer changed their mind" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["result"]["cancelled"], 1);
+
+    stack.start_worker().await;
+    let (_, second) = stack.post_order("p", "late", None).await;
+    let second = second["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&second, "completed", Duration::from_secs(20))
+        .await;
+    let (status, e) = stack
+        .call(Method::POST, &format!("/v1/orders/{second}/cancel"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "order_not_cancellable");
+
+    let o = order(&stack, &first).await;
+    assert_eq!(o["status"], "cancelled");
+    assert_eq!(o["deliveries"][0]["status"], "cancelled");
+    assert!(
+        o["timeline"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|e| e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("customer changed their mind")))),
+        "{o:#}"
+    );
+    assert_eq!(game.commands(), vec!["give late diamond".to_owned()]);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_returns_an_unseen_stock_key_but_not_a_revealed_one() {
+    let stack = TestStack::start().await;
+    stack
+        .add_product("gift", json!([{ "kind": "supplier_key" }]))
+        .await;
+    let (status, _) = stack
+        .call(
+            Method::POST,
+            "/v1/products/gift/keys",
+            Some(&json!({ "keys": ["KEY-A", "KEY-B"] })),
+        )
+        .await;
+    assert!(status.is_success());
+    let body = json!({
+        "currency": "USD",
+        "items": [{ "product": "gift", "quantity": 1, "unit_price": "5.00" }],
+    });
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, o) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+        ids.push(o["id"].as_str().expect("id").to_owned());
+    }
+    // Polled in SQL: reading the order with the admin key would reveal the codes.
+    stack
+        .wait_until(
+            "both key orders completed",
+            "SELECT count(*) = 2 FROM orders WHERE status = 'completed'",
+            Duration::from_secs(20),
+        )
+        .await;
+    let seen = order(&stack, &ids[1]).await;
+    assert!(seen["items"][0]["keys"][0]["code"].is_string(), "{seen}");
+
+    for id in &ids {
+        let (status, r) = refund(&stack, id, json!({ "reason": "requested_by_customer" })).await;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+    }
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM key_stock WHERE taken_by IS NULL"
+        )
+        .await,
+        1,
+        "only the unseen key is back in stock"
+    );
+    let unseen = order(&stack, &ids[0]).await;
+    assert_eq!(unseen["items"][0]["keys"][0]["released"], true, "{unseen}");
+    let revealed = order(&stack, &ids[1]).await;
+    assert_eq!(revealed["items"][0]["keys"][0]["released"], false);
+    assert!(
+        revealed["timeline"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|e| e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("already shown")))),
+        "{revealed:#}"
+    );
+    stack.teardown().await;
+}
