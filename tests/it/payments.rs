@@ -718,3 +718,53 @@ async fn a_refund_returns_an_unseen_stock_key_but_not_a_revealed_one() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_asynchronous_payment_cancels_the_pending_order() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack
+        .add_product(
+            "vip",
+            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
+        )
+        .await;
+    let body = json!({
+        "currency": "USD", "payment_status": "pending", "discord_user_id": "333",
+        "items": [{ "product": "vip", "quantity": 1, "unit_price": "10.00" }],
+    });
+    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let number = created["order_number"].as_str().expect("number").to_owned();
+    // An asynchronous method (SEPA, say): completed but not yet paid.
+    let mut session =
+        signing::checkout_session("cs_async", "pi_async", json!({ "order_id": number }));
+    session["payment_status"] = json!("unpaid");
+    let answer = send_stripe(
+        &stack,
+        &signing::stripe_event("evt_async_1", "checkout.session.completed", session.clone()),
+    )
+    .await;
+    assert_eq!(answer["status"], "ignored", "{answer}");
+    assert_eq!(order(&stack, &id).await["payment_status"], "pending");
+
+    let answer = send_stripe(
+        &stack,
+        &signing::stripe_event(
+            "evt_async_2",
+            "checkout.session.async_payment_failed",
+            session,
+        ),
+    )
+    .await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+    let o = order(&stack, &id).await;
+    assert_eq!(
+        (o["status"].clone(), o["payment_status"].clone()),
+        (json!("cancelled"), json!("failed"))
+    );
+    assert!(
+        o["deliveries"].as_array().is_some_and(Vec::is_empty),
+        "nothing was ever queued: {o}"
+    );
+    stack.teardown().await;
+}

@@ -1100,3 +1100,63 @@ pub fn refund_reasons() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_follow_the_currency_minor_unit() {
+        assert_eq!(from_minor(1048, "usd"), Decimal::new(1048, 2));
+        assert_eq!(from_minor(500, "JPY"), Decimal::from(500));
+        assert_eq!(to_minor(Decimal::new(1234, 2), "EUR"), Some(1234));
+        assert_eq!(
+            to_minor(Decimal::new(1234, 3), "EUR"),
+            None,
+            "no fractions of a cent"
+        );
+        assert_eq!(to_minor(Decimal::new(1500, 3), "KWD"), Some(1500));
+    }
+
+    #[test]
+    fn a_session_maps_to_an_order_and_several_items_need_their_prices() {
+        let session = json!({
+            "currency": "eur", "payment_intent": "pi_1", "amount_subtotal": 1000,
+            "total_details": { "amount_tax": 190 },
+            "customer_details": { "email": "a@example.com", "name": "A" },
+            "metadata": { "courier_items": "vip:2", "game_username": "steve", "customer_ip": "198.51.100.4" },
+        });
+        let order = order_from_session(&session).expect("maps");
+        assert_eq!(order.currency, "EUR");
+        assert_eq!(order.tax, Decimal::new(190, 2));
+        assert_eq!(order.items[0].unit_price, Decimal::new(5, 0));
+        assert_eq!(order.items[0].quantity, 2);
+        assert_eq!(order.transaction_id.as_deref(), Some("pi_1"));
+        assert_eq!(order.game.username.as_deref(), Some("steve"));
+        assert!(order.customer.ip.is_some());
+
+        let mut two = session.clone();
+        two["metadata"]["courier_items"] = json!("vip:1,coins:3");
+        let err = order_from_session(&two).expect_err("prices needed");
+        assert_eq!(err.field, "metadata.courier_items[0]");
+        two["metadata"]["courier_items"] = json!("vip:1:4.00,coins:3:2.00");
+        assert_eq!(order_from_session(&two).expect("priced").items.len(), 2);
+
+        let mut none = session;
+        none["metadata"] = json!({});
+        assert_eq!(
+            order_from_session(&none).expect_err("no items").field,
+            "metadata.courier_items"
+        );
+    }
+
+    #[test]
+    fn dispute_outcomes_tell_accepted_from_lost() {
+        let d = |status: &str, n: i64| json!({ "status": status, "evidence_details": { "submission_count": n } });
+        assert_eq!(dispute_outcome(&d("won", 1)), Some("won"));
+        assert_eq!(dispute_outcome(&d("warning_closed", 0)), Some("won"));
+        assert_eq!(dispute_outcome(&d("lost", 1)), Some("lost"));
+        assert_eq!(dispute_outcome(&d("lost", 0)), Some("accepted"));
+        assert_eq!(dispute_outcome(&d("needs_response", 0)), None);
+    }
+}
