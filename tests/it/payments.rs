@@ -768,3 +768,39 @@ async fn a_failed_asynchronous_payment_cancels_the_pending_order() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_partially_refunded_before_delivery_is_still_delivered() {
+    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
+        .await
+        .expect("fake game server");
+    let mut stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} diamond")
+        .await;
+    let (_, created) = stack.post_order("p", "steve", None).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let (status, r) = refund(
+        &stack,
+        &id,
+        json!({ "amount": "1.00", "reason": "other", "reason_text": "goodwill" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+
+    // The worker claims and delivers; the claim must not trip over the status.
+    stack.start_worker().await;
+    stack
+        .wait_until(
+            "the item delivered",
+            "SELECT count(*) = 1 FROM order_items WHERE delivery_status = 'delivered'",
+            Duration::from_secs(20),
+        )
+        .await;
+    let o = order(&stack, &id).await;
+    assert_eq!(o["status"], "partially_refunded", "{o:#}");
+    assert_eq!(o["deliveries"][0]["status"], "succeeded");
+    assert_eq!(game.commands(), vec!["give steve diamond".to_owned()]);
+    stack.teardown().await;
+}

@@ -440,12 +440,7 @@ pub async fn roll_up(
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<ItemStatus>, _>>()?;
-    let order: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    let follows = order.parse::<OrderStatus>()?.follows_deliveries();
-    if let (true, Some(status)) = (follows, rollup::order_status(&items)) {
+    if let Some(status) = rollup::order_status(&items) {
         set_order_status(conn, order_id, status, actor).await?;
     }
     Ok(())
@@ -492,7 +487,8 @@ pub async fn set_item_status(
 }
 
 /// Moves an order to `to` when allowed; a final order (refunded, cancelled)
-/// keeps its status. Writes the timeline event.
+/// keeps its status, and a partially refunded one is not moved back by
+/// delivery progress. Writes the timeline event.
 pub async fn set_order_status(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -504,7 +500,9 @@ pub async fn set_order_status(
         .fetch_one(&mut *conn)
         .await?;
     let from: OrderStatus = current.parse()?;
-    if from == to || from.is_final() {
+    // A refund or cancel has the last word: delivery progress (a claim, a
+    // roll-up, an admin retry) no longer moves the order's status.
+    if from == to || from.is_final() || (!from.follows_deliveries() && to.follows_deliveries()) {
         return Ok(false);
     }
     from.transition(to)?;
