@@ -139,6 +139,9 @@ impl From<PaymentError> for ApiError {
                     message,
                 )
             },
+            PaymentError::IdempotencyConflict => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", message)
+            }
             PaymentError::NotCancellable(_) => {
                 ApiError::new(StatusCode::CONFLICT, "order_not_cancellable", message)
             }

@@ -344,6 +344,28 @@ impl Settings {
                 });
             }
         }
+        for (key, secret) in [
+            (
+                "payments.generic_webhook_secret",
+                &self.payments.generic_webhook_secret,
+            ),
+            (
+                "payments.generic_webhook_secret_previous",
+                &self.payments.generic_webhook_secret_previous,
+            ),
+        ] {
+            use base64::Engine;
+            if let Some(secret) = secret
+                && base64::engine::general_purpose::STANDARD
+                    .decode(secret.expose().trim_start_matches("whsec_"))
+                    .map_or(true, |k| k.len() < 16)
+            {
+                return Err(invalid(
+                    key,
+                    "must be `whsec_` followed by the base64 of at least 16 random bytes",
+                ));
+            }
+        }
         if self.retry.waiting.interval_ms < 10 {
             return Err(invalid("retry.waiting.interval_ms", "must be at least 10"));
         }

@@ -804,3 +804,183 @@ async fn an_order_partially_refunded_before_delivery_is_still_delivered() {
     assert_eq!(game.commands(), vec!["give steve diamond".to_owned()]);
     stack.teardown().await;
 }
+
+/// A stack with a fake Stripe and an RCON product `p` on a fake game server;
+/// returns an order paid through Stripe (PaymentIntent `pi`) and completed.
+async fn stripe_order(pi: &str) -> (TestStack, FakeStripe, FakeGameServer, String) {
+    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
+        .await
+        .expect("fake game server");
+    let stripe = FakeStripe::start().await.expect("fake stripe");
+    let base = stripe.base.clone();
+    let stack = TestStack::start_with(|s| s.payments.stripe_api_base = base, true).await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} diamond")
+        .await;
+    let mut body = courier_tests::stack::sample_order("p", "steve");
+    body["gateway"] = json!("stripe");
+    body["transaction_id"] = json!(pi);
+    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(20))
+        .await;
+    (stack, stripe, game, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_stripe_refuses_is_failed_and_refundable_again() {
+    let (stack, stripe, _game, id) = stripe_order("pi_refused").await;
+    stripe.set(StripeBehaviour {
+        refuse: true,
+        ..StripeBehaviour::default()
+    });
+    let (status, r) = refund(
+        &stack,
+        &id,
+        json!({ "amount": "3.00", "reason": "duplicate" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    let o = wait_order(&stack, &id, "the refund failed", |o| {
+        o["refunds"][0]["status"] == "failed"
+    })
+    .await;
+    assert_eq!(o["refunded_amount"], "0", "{o:#}");
+    assert_eq!(o["payment_status"], "paid");
+    let (_, alerts) = stack.call(Method::GET, "/v1/admin/alerts", None).await;
+    assert!(
+        alerts["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["kind"] == "refund_failed")),
+        "{alerts}"
+    );
+    let (_, dead) = stack
+        .call(
+            Method::GET,
+            "/v1/admin/dead-letters?kind=gateway_refund",
+            None,
+        )
+        .await;
+    assert_eq!(
+        dead["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{dead}"
+    );
+    // All of it is refundable again.
+    stripe.set(StripeBehaviour::default());
+    let (status, again) = refund(&stack, &id, json!({ "reason": "duplicate" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["amount"], "10.48");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_retried_with_its_idempotency_key_is_made_once() {
+    let (stack, stripe, _game, id) = stripe_order("pi_retry").await;
+    let body = json!({ "amount": "2.00", "reason": "requested_by_customer" });
+    let path = format!("/v1/orders/{id}/refunds");
+    let headers = [("Idempotency-Key", "refund-1")];
+    let (first, a) = stack
+        .call_as(&stack.admin_key, Method::POST, &path, Some(&body), &headers)
+        .await;
+    let (second, b) = stack
+        .call_as(&stack.admin_key, Method::POST, &path, Some(&body), &headers)
+        .await;
+    assert_eq!(
+        (first, second),
+        (StatusCode::CREATED, StatusCode::OK),
+        "{a} {b}"
+    );
+    assert_eq!(a["id"], b["id"]);
+    let other = json!({ "amount": "3.00", "reason": "requested_by_customer" });
+    let (status, e) = stack
+        .call_as(
+            &stack.admin_key,
+            Method::POST,
+            &path,
+            Some(&other),
+            &headers,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "idempotency_key_reused");
+    let o = wait_order(&stack, &id, "the refund made", |o| {
+        o["refunds"][0]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(o["refunded_amount"], "2.00");
+    assert_eq!(o["refunds"].as_array().map(Vec::len), Some(1));
+    assert_eq!(stripe.refunds_made(), 1);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refund_waits_for_an_order_paid_through_the_api() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} diamond").await;
+    let early = signing::stripe_event(
+        "evt_early_api",
+        "charge.refunded",
+        signing::refunded_charge("pi_api", 1048, 1048, json!({})),
+    );
+    assert_eq!(send_stripe(&stack, &early).await["status"], "pending");
+    // The store then posts the order, paid, with the PaymentIntent.
+    let mut body = courier_tests::stack::sample_order("p", "steve");
+    body["gateway"] = json!("stripe");
+    body["transaction_id"] = json!("pi_api");
+    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    // The rescuer's sweep applies the waiting refund.
+    let o = stack
+        .wait_for_order(&id, "refunded", Duration::from_secs(20))
+        .await;
+    assert_eq!(o["payment_status"], "refunded");
+    assert_eq!(o["refunds"][0]["source"], "gateway");
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM payment_events WHERE status = 'pending'"
+        )
+        .await,
+        0
+    );
+    // Whether the command ran before the refund or not, nothing is left running.
+    assert!(game.commands().len() <= 1);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispute_events_arriving_out_of_order_do_not_reopen_a_closed_dispute() {
+    let (stack, _stripe, _game, id) = stripe_order("pi_ooo").await;
+    let mut closed = signing::stripe_event(
+        "evt_ooo_closed",
+        "charge.dispute.closed",
+        signing::dispute("dp_ooo", "pi_ooo", 1048, "won", 1),
+    );
+    closed["created"] = json!(now() - 10);
+    let mut update = signing::stripe_event(
+        "evt_ooo_updated",
+        "charge.dispute.updated",
+        signing::dispute("dp_ooo", "pi_ooo", 1048, "under_review", 1),
+    );
+    update["created"] = json!(now() - 60);
+    let mut opened = signing::stripe_event(
+        "evt_ooo_created",
+        "charge.dispute.created",
+        signing::dispute("dp_ooo", "pi_ooo", 1048, "needs_response", 0),
+    );
+    opened["created"] = json!(now() - 120);
+    for e in [&closed, &update, &opened] {
+        assert_eq!(send_stripe(&stack, e).await["status"], "applied");
+    }
+    let o = order(&stack, &id).await;
+    let d = &o["disputes"][0];
+    assert_eq!(d["outcome"], "won", "{o:#}");
+    assert_eq!(d["gateway_status"], "won");
+    assert!(!d["closed_at"].is_null(), "{d}");
+    // A dispute first seen won withdrew nothing.
+    assert!(o["revoked_at"].is_null(), "{o:#}");
+    assert_eq!(o["status"], "completed");
+    stack.teardown().await;
+}

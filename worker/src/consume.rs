@@ -51,6 +51,8 @@ pub struct Context {
     pub discord: crate::drivers::discord::DiscordDriver,
     pub supplier: crate::drivers::supplier::SupplierDriver,
     pub payment: crate::drivers::payment::PaymentDriver,
+    /// For events about a payment the rescuer re-tries.
+    pub dispute_policy: courier_shared::service::payments::DisputePolicy,
     pub limits: Arc<courier_shared::limits::Limits>,
     pub stats: Stats,
 }

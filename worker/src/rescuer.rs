@@ -1,6 +1,7 @@
 //! The rescuer: a periodic task, safe in every replica at once, that takes back
-//! deliveries whose worker died mid-job (expired lease) and re-publishes
-//! deliveries whose message was lost (long overdue).
+//! deliveries whose worker died mid-job (expired lease), re-publishes
+//! deliveries whose message was lost (long overdue), and re-tries payment
+//! events that arrived before their payment.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,14 @@ pub async fn sweep(
     let republished = rescue::republish_overdue(&ctx.pool, overdue_secs, actor).await?;
     if republished > 0 {
         tracing::warn!(count = republished, "re-published overdue deliveries");
+    }
+    match courier_shared::service::payments::retry_parked(&ctx.pool, ctx.dispute_policy, 50).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            count = n,
+            "applied payment events that waited for their payment"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not re-try waiting payment events"),
     }
     Ok(rescued)
 }

@@ -100,6 +100,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
             limits.clone(),
         ),
         payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
+        dispute_policy: courier_shared::service::payments::DisputePolicy {
+            revoke_on_dispute: settings.payments.revoke_on_dispute,
+        },
         limits,
         stats: Stats::default(),
     });

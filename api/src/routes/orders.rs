@@ -22,22 +22,7 @@ pub async fn create(
     ValidJson(order): ValidJson<NewOrder>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     caller.require(ORDERS_WRITE)?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| ApiError {
-                    field: Some("Idempotency-Key".into()),
-                    ..ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_header",
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?,
-        ),
-    };
+    let key = idempotency_key(&headers)?;
     let accepted = create_order(&state.pool, order, key, &caller.actor()).await?;
     if accepted.created {
         state.relay_wake.notify_one();
@@ -48,6 +33,26 @@ pub async fn create(
         StatusCode::OK
     };
     Ok((status, Json(accepted.order)))
+}
+
+/// The `Idempotency-Key` header, if present and well-formed.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| ApiError {
+                    field: Some("Idempotency-Key".into()),
+                    ..ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_header",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// The order with its items, deliveries (with every attempt) and timeline.
@@ -80,10 +85,10 @@ pub async fn get(
         None
     };
     for item in &mut view.items {
-        item.keys = courier_shared::db::keys::item_keys(&mut conn, item.id, cipher).await?;
-        if cipher.is_some() && item.keys.iter().any(|k| !k.released) {
+        if cipher.is_some() {
             courier_shared::db::keys::mark_revealed(&mut conn, item.id).await?;
         }
+        item.keys = courier_shared::db::keys::item_keys(&mut conn, item.id, cipher).await?;
         if !caller.has(crate::auth::ADMIN) {
             for k in &mut item.keys {
                 k.cost = None;

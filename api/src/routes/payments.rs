@@ -152,18 +152,25 @@ async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
         .ok_or_else(|| ApiError::not_found("order"))
 }
 
-/// `POST /v1/orders/{reference}/refunds` (`orders:refund` or `admin`).
+/// `POST /v1/orders/{reference}/refunds` (`orders:refund` or `admin`): `201`
+/// with the refund; with an `Idempotency-Key` seen before for this order,
+/// `200` with the same refund (`409` for another body).
 pub async fn refund(
     State(state): State<AppState>,
     caller: Caller,
     Path(reference): Path<String>,
+    headers: HeaderMap,
     ValidJson(req): ValidJson<RefundRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(ORDERS_REFUND)?;
+    let key = super::orders::idempotency_key(&headers)?;
     let id = order_id(&state, &reference).await?;
-    let refund = payments::refund(&state.pool, id, &req, &caller.actor()).await?;
+    let done = payments::refund(&state.pool, id, &req, key, &caller.actor()).await?;
+    if !done.created {
+        return Ok((StatusCode::OK, Json(json!(done.refund))));
+    }
     state.relay_wake.notify_one();
-    Ok((StatusCode::CREATED, Json(json!(refund))))
+    Ok((StatusCode::CREATED, Json(json!(done.refund))))
 }
 
 /// Body of `POST /v1/orders/{reference}/cancel`.

@@ -282,6 +282,10 @@ pub async fn record(
             },
         )
         .await?;
+        // The rescuer cancelled it because the order was withdrawn, yet it ran.
+        if withdrawn && rec.next == DeliveryStatus::Succeeded {
+            crate::service::revoke::revoke_delivery(conn, claimed.id, false, &actor).await?;
+        }
         return Ok(Recorded::LeaseLost);
     }
     if let Some((queue, delay)) = &rec.requeue {

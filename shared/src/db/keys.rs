@@ -160,11 +160,13 @@ pub async fn item_keys(
     rows.iter()
         .map(|r| {
             let enc: Vec<u8> = r.try_get("code_enc")?;
+            let released: Option<chrono::DateTime<chrono::Utc>> = r.try_get("released_at")?;
+            // A released code is back in stock: it belongs to the next buyer.
             let code = cipher
+                .filter(|_| released.is_none())
                 .map(|c| c.decrypt(&enc, item_id.as_bytes()))
                 .transpose()
                 .map_err(|e: CryptoError| DbError::Corrupt(e.to_string()))?;
-            let released: Option<chrono::DateTime<chrono::Utc>> = r.try_get("released_at")?;
             Ok(KeyView {
                 id: r.try_get("id")?,
                 delivery_id: r.try_get("delivery_id")?,
@@ -178,8 +180,10 @@ pub async fn item_keys(
         .collect()
 }
 
-/// Notes that the item's codes were shown (to a caller with `orders:keys`):
-/// from then on a refund cannot take them back.
+/// Notes that the item's codes are about to be shown (to a caller with
+/// `orders:keys`): from then on a refund cannot take them back. Called before
+/// decrypting; the row lock orders it with a concurrent `release`, so a code
+/// is either revealed or back in stock, never both.
 pub async fn mark_revealed(conn: &mut PgConnection, item_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE item_keys SET revealed_at = now() WHERE item_id = $1 AND revealed_at IS NULL AND released_at IS NULL",
@@ -190,12 +194,13 @@ pub async fn mark_revealed(conn: &mut PgConnection, item_id: Uuid) -> Result<(),
     Ok(())
 }
 
-/// Returns a stock key to stock (refunds, later): the item's key is marked
-/// released and the stock code is free again. False if it was not from stock
-/// or already released.
+/// Returns a stock key to stock (refunds): the item's key is marked released
+/// and the stock code is free again. False if it was not from stock, was
+/// already shown to the customer, or was already released.
 pub async fn release(conn: &mut PgConnection, item_key_id: i64) -> Result<bool, sqlx::Error> {
     let stock: Option<Option<i64>> = sqlx::query_scalar(
-        "UPDATE item_keys SET released_at = now() WHERE id = $1 AND released_at IS NULL AND source = 'stock' RETURNING stock_id",
+        "UPDATE item_keys SET released_at = now() WHERE id = $1 AND released_at IS NULL AND revealed_at IS NULL \
+         AND source = 'stock' RETURNING stock_id",
     )
     .bind(item_key_id)
     .fetch_optional(&mut *conn)

@@ -46,14 +46,16 @@ pub struct NewRefund<'a> {
     pub delivery_id: Option<Uuid>,
     pub revoke: bool,
     pub requested_by: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: Option<&'a [u8]>,
 }
 
 pub async fn insert_refund(conn: &mut PgConnection, r: &NewRefund<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO refunds (id, order_id, amount, currency, reason, reason_text, source, status, \
-           external_id, delivery_id, revoke, requested_by, completed_at) \
+           external_id, delivery_id, revoke, requested_by, completed_at, idempotency_key, request_hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-           CASE WHEN $8 IN ('succeeded', 'recorded') THEN now() END)",
+           CASE WHEN $8 IN ('succeeded', 'recorded') THEN now() END, $13, $14)",
     )
     .bind(r.id)
     .bind(r.order_id)
@@ -67,6 +69,8 @@ pub async fn insert_refund(conn: &mut PgConnection, r: &NewRefund<'_>) -> Result
     .bind(r.delivery_id)
     .bind(r.revoke)
     .bind(r.requested_by)
+    .bind(r.idempotency_key)
+    .bind(r.request_hash)
     .execute(conn)
     .await?;
     Ok(())
@@ -101,9 +105,15 @@ pub async fn refunds_of(
         .collect()
 }
 
-/// Moves the refund of a gateway-refund job along with the job: succeeded
-/// (with the gateway's refund id from its answer) or failed once it is dead.
-/// A dead job retried by an admin brings the refund back to pending.
+/// Moves the refund of a gateway-refund job along with the job, in the
+/// worker's transaction (which holds the order's row lock):
+/// - succeeded: the gateway's refund id is kept;
+/// - dead (or cancelled): the refund is `failed`, its amount is refundable
+///   again (`refunded_amount` and the payment status follow the money) and an
+///   admin alert says so. The order's status and any withdrawal of access stay:
+///   they record the admin's decision, which a retry of the job completes.
+/// - a failed refund whose job an admin retried and which then succeeds counts
+///   again.
 pub async fn settle_refund(
     conn: &mut PgConnection,
     delivery_id: Uuid,
@@ -119,39 +129,82 @@ pub async fn settle_refund(
         .and_then(|r| serde_json::from_str::<Value>(r).ok())
         .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
     let row = sqlx::query(
-        "UPDATE refunds SET status = $2, external_id = coalesce($3, external_id), \
+        "WITH prev AS (SELECT id, status FROM refunds WHERE delivery_id = $1 FOR UPDATE) \
+         UPDATE refunds r SET status = $2, \
+           external_id = CASE WHEN $3::text IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM refunds o WHERE o.external_id = $3 AND o.id <> r.id) \
+             THEN $3 ELSE r.external_id END, \
            completed_at = CASE WHEN $2 = 'succeeded' THEN now() END \
-         WHERE delivery_id = $1 RETURNING order_id, amount, currency",
+         FROM prev WHERE r.id = prev.id \
+         RETURNING r.order_id, r.amount, r.currency, prev.status AS prev_status",
     )
     .bind(delivery_id)
     .bind(status)
     .bind(&external)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(row) = row {
-        let amount: Decimal = row.try_get("amount")?;
-        let currency: String = row.try_get("currency")?;
-        events::record(
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let order_id: Uuid = row.try_get("order_id")?;
+    let amount: Decimal = row.try_get("amount")?;
+    let currency: String = row.try_get("currency")?;
+    let prev: String = row.try_get("prev_status")?;
+    // The amount counts while the refund is pending or succeeded, not once failed.
+    let delta = match (prev.as_str(), status) {
+        ("failed", "succeeded") => amount,
+        ("pending", "failed") => -amount,
+        _ => Decimal::ZERO,
+    };
+    if delta != Decimal::ZERO {
+        sqlx::query(
+            "UPDATE orders SET refunded_amount = least(total, greatest(0, refunded_amount + $2)), \
+               payment_status = CASE \
+                 WHEN least(total, greatest(0, refunded_amount + $2)) >= total THEN 'refunded' \
+                 WHEN least(total, greatest(0, refunded_amount + $2)) > 0 THEN 'partially_refunded' \
+                 ELSE 'paid' END, \
+               updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(order_id)
+        .bind(delta)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if status == "failed" && prev != "failed" {
+        super::keys::alert(
             conn,
-            NewEvent {
-                order_id: row.try_get("order_id")?,
-                delivery_id: Some(delivery_id),
-                kind: &format!("refund.{status}"),
-                message: match status {
-                    "succeeded" => format!(
-                        "the gateway refunded {amount} {currency} (refund {})",
-                        external.as_deref().unwrap_or("?")
-                    ),
-                    _ => format!(
-                        "the gateway refund of {amount} {currency} failed; see the dead letter to retry it"
-                    ),
-                },
-                actor: "system",
-                data: json!({ "external_id": external }),
-            },
+            "refund_failed",
+            &format!(
+                "the gateway refund of {amount} {} for order {order_id} failed; it is refundable again (retry its dead letter, or refund again)",
+                currency.trim()
+            ),
+            &delivery_id.to_string(),
         )
         .await?;
     }
+    events::record(
+        conn,
+        NewEvent {
+            order_id,
+            delivery_id: Some(delivery_id),
+            kind: &format!("refund.{status}"),
+            message: match status {
+                "succeeded" => format!(
+                    "the gateway refunded {amount} {} (refund {})",
+                    currency.trim(),
+                    external.as_deref().unwrap_or("?")
+                ),
+                _ => format!(
+                    "the gateway refund of {amount} {} failed; the amount is refundable again and the dead letter can be retried",
+                    currency.trim()
+                ),
+            },
+            actor: "system",
+            data: json!({ "external_id": external }),
+        },
+    )
+    .await?;
     Ok(())
 }
 

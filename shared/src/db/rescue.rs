@@ -123,6 +123,10 @@ pub async fn rescue_one(
     .bind(&reason)
     .execute(&mut *conn)
     .await?;
+    if to == DeliveryStatus::Cancelled {
+        // It may have run before the worker died: take it back (harmless if not).
+        crate::service::revoke::revoke_delivery(conn, id, false, actor).await?;
+    }
     let rescued = if to == DeliveryStatus::Queued {
         outbox::enqueue_job(conn, id, kind).await?;
         outbox::notify_relays(conn).await?;

@@ -369,8 +369,12 @@ pub async fn start_fulfilment(
     .bind(order_id)
     .fetch_one(&mut *conn)
     .await?;
-    let payment: String = row.try_get("payment_status")?;
-    if payment != PaymentStatus::Pending.as_str() {
+    let payment: PaymentStatus = row
+        .try_get::<String, _>("payment_status")?
+        .parse()
+        .map_err(DbError::from)?;
+    // `failed`: an asynchronous payment failed and the customer paid again.
+    if !matches!(payment, PaymentStatus::Pending | PaymentStatus::Failed) {
         return Ok(Fulfilment::AlreadyPaid);
     }
     sqlx::query(

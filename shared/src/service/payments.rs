@@ -22,6 +22,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::Digest;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -52,7 +53,7 @@ text_enum!(
 );
 
 /// Body of `POST /v1/orders/{id}/refunds`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     /// Decimal string in the order's currency; absent = everything that remains.
@@ -80,6 +81,8 @@ pub enum PaymentError {
         remaining: Decimal,
         currency: String,
     },
+    #[error("this Idempotency-Key was already used for a different refund of this order")]
+    IdempotencyConflict,
     #[error("an order that is `{0}` cannot be cancelled (only pending, processing or failed)")]
     NotCancellable(OrderStatus),
     #[error(transparent)]
@@ -196,6 +199,7 @@ struct RefundSpec<'a> {
     external_id: Option<&'a str>,
     revoke: Option<bool>,
     actor: &'a str,
+    idempotency: Option<(&'a str, &'a [u8])>,
 }
 
 /// Records a refund on a locked, paid order: amounts, statuses, the gateway
@@ -287,6 +291,8 @@ async fn record_refund(
             delivery_id: job,
             revoke,
             requested_by: spec.actor,
+            idempotency_key: spec.idempotency.map(|(k, _)| k),
+            request_hash: spec.idempotency.map(|(_, h)| h),
         },
     )
     .await?;
@@ -328,14 +334,25 @@ async fn record_refund(
     Ok(refund_id)
 }
 
+/// What `refund` did.
+#[derive(Debug, Clone)]
+pub struct Refunded {
+    pub refund: RefundView,
+    /// False when an earlier request with the same idempotency key made it.
+    pub created: bool,
+}
+
 /// `POST /v1/orders/{id}/refunds`: checks the limits under the order's row lock
 /// (so concurrent partial refunds cannot add up past the total) and records it.
+/// With an idempotency key, a repeat of the same request returns the refund it
+/// made (`created = false`); another body under the key is a conflict.
 pub async fn refund(
     pool: &PgPool,
     order_id: Uuid,
     req: &RefundRequest,
+    idempotency_key: Option<&str>,
     actor: &str,
-) -> Result<RefundView, PaymentError> {
+) -> Result<Refunded, PaymentError> {
     if req.reason == RefundReason::Other
         && req
             .reason_text
@@ -353,8 +370,32 @@ pub async fn refund(
         )
         .into());
     }
+    let hash = sha2::Sha256::digest(serde_json::to_vec(req).map_err(DbError::from)?).to_vec();
     let mut tx = pool.begin().await?;
     let order = lock_order(&mut tx, order_id).await?;
+    if let Some(key) = idempotency_key {
+        let earlier: Option<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT id, request_hash FROM refunds WHERE order_id = $1 AND idempotency_key = $2",
+        )
+        .bind(order_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, stored)) = earlier {
+            if stored.as_deref() != Some(hash.as_slice()) {
+                return Err(PaymentError::IdempotencyConflict);
+            }
+            let refund = payments::refunds_of(&mut tx, order_id)
+                .await?
+                .into_iter()
+                .find(|r| r.id == id)
+                .ok_or_else(|| DbError::Corrupt("refund vanished".into()))?;
+            return Ok(Refunded {
+                refund,
+                created: false,
+            });
+        }
+    }
     match order.payment {
         PaymentStatus::Paid | PaymentStatus::PartiallyRefunded => {}
         PaymentStatus::Refunded => return Err(PaymentError::AlreadyRefunded),
@@ -397,16 +438,20 @@ pub async fn refund(
             external_id: None,
             revoke: req.revoke,
             actor,
+            idempotency: idempotency_key.map(|k| (k, hash.as_slice())),
         },
     )
     .await?;
-    let view = payments::refunds_of(&mut tx, order_id)
+    let refund = payments::refunds_of(&mut tx, order_id)
         .await?
         .into_iter()
         .find(|r| r.id == id)
         .ok_or_else(|| DbError::Corrupt("refund not readable after insert".into()))?;
     tx.commit().await?;
-    Ok(view)
+    Ok(Refunded {
+        refund,
+        created: true,
+    })
 }
 
 /// `POST /v1/orders/{id}/cancel`: for orders not completed yet. Deliveries not
@@ -532,7 +577,15 @@ pub async fn ingest_stripe(
             .await?;
     }
     let actor = format!("stripe:{}", event.id);
-    let outcome = apply_stripe(&mut tx, &event.kind, &event.data.object, policy, &actor).await?;
+    let outcome = apply_stripe(
+        &mut tx,
+        &event.kind,
+        &event.data.object,
+        occurred,
+        policy,
+        &actor,
+    )
+    .await?;
     payments::settle_event(
         &mut tx,
         row,
@@ -573,7 +626,12 @@ pub async fn ingest_stripe(
                 "stripe:{}",
                 parked.payload["id"].as_str().unwrap_or_default()
             );
-            let later = apply_stripe(&mut tx, &parked.event_type, &object, policy, &actor).await?;
+            let at = parked.payload["created"]
+                .as_i64()
+                .and_then(|t| Utc.timestamp_opt(t, 0).single())
+                .unwrap_or(occurred);
+            let later =
+                apply_stripe(&mut tx, &parked.event_type, &object, at, policy, &actor).await?;
             // Still unpaid (a failed payment, say): it stays parked.
             if later.status != "pending" {
                 payments::settle_event(
@@ -589,6 +647,101 @@ pub async fn ingest_stripe(
     }
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Re-tries events kept `pending` (a refund or dispute that came before its
+/// payment). The payment event releases them at once when it is a Checkout
+/// event; this sweep (run by every worker's rescuer) covers orders paid any
+/// other way (`POST /v1/orders` with the PaymentIntent as `transaction_id`,
+/// the generic webhook) and raises an admin alert for events still waiting
+/// after an hour. Returns how many were applied.
+pub async fn retry_parked(
+    pool: &PgPool,
+    policy: DisputePolicy,
+    limit: i64,
+) -> Result<usize, PaymentError> {
+    // Events still waiting after an hour are worth an admin's look.
+    let stale: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, event_id, order_ref FROM payment_events WHERE status = 'pending' \
+         AND received_at < now() - interval '1 hour' ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if !stale.is_empty() {
+        let mut conn = pool.acquire().await?;
+        for (id, event, order_ref) in stale {
+            keys::alert(
+                &mut conn,
+                "payment_event_waiting",
+                &format!(
+                    "payment event {event} has waited over an hour for its payment ({})",
+                    order_ref.as_deref().unwrap_or("?")
+                ),
+                &id.to_string(),
+            )
+            .await?;
+        }
+    }
+    // The newest waiting events of the last day (those whose payment is most
+    // likely to have just arrived), applied in the order they happened.
+    let waiting: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, order_ref FROM (SELECT id, order_ref, occurred_at FROM payment_events \
+           WHERE provider = 'stripe' AND status = 'pending' AND received_at > now() - interval '1 day' \
+           ORDER BY received_at DESC LIMIT $1) recent ORDER BY occurred_at, id",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut applied = 0;
+    for (id, order_ref) in waiting {
+        let mut tx = pool.begin().await?;
+        // The payment's lock first, as `ingest_stripe` takes it; the row is
+        // skipped if an ingest holds it.
+        if let Some(r) = &order_ref {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('courier.payment:' || $1, 0))",
+            )
+            .bind(r)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let Some(row) = sqlx::query(
+            "SELECT event_type, payload, occurred_at \
+             FROM payment_events WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            continue;
+        };
+        let kind: String = row.try_get("event_type")?;
+        let payload: Value = row.try_get("payload")?;
+        let actor = format!("stripe:{}", payload["id"].as_str().unwrap_or_default());
+        let done = apply_stripe(
+            &mut tx,
+            &kind,
+            &payload["data"]["object"],
+            row.try_get("occurred_at")?,
+            policy,
+            &actor,
+        )
+        .await?;
+        if done.status != "pending" {
+            payments::settle_event(
+                &mut tx,
+                id,
+                done.status,
+                done.order_id,
+                done.note.as_deref(),
+            )
+            .await?;
+            applied += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(applied)
 }
 
 /// Finds (and locks) the order a Stripe object is about: `metadata.order_id`
@@ -630,12 +783,17 @@ async fn apply_stripe(
     conn: &mut PgConnection,
     kind: &str,
     object: &Value,
+    occurred: DateTime<Utc>,
     policy: DisputePolicy,
     actor: &str,
 ) -> Result<Ingested, PaymentError> {
     match kind {
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
-            if text(object, &["payment_status"]) != Some("paid") {
+            // `no_payment_required`: a free checkout (a 100 % coupon) is paid too.
+            if !matches!(
+                text(object, &["payment_status"]),
+                Some("paid" | "no_payment_required")
+            ) {
                 return Ok(Ingested::new(
                     "ignored",
                     None,
@@ -691,7 +849,7 @@ async fn apply_stripe(
             let Some(order_id) = paid_order(conn, object).await? else {
                 return Ok(park(object));
             };
-            dispute(conn, order_id, kind, object, policy, actor).await
+            dispute(conn, order_id, kind, object, occurred, policy, actor).await
         }
         _ => Ok(Ingested::new(
             "ignored",
@@ -768,10 +926,14 @@ async fn checkout_paid(
             };
         }
     };
-    lock_order(conn, order_id).await?;
+    let before = lock_order(conn, order_id).await?;
+    // The payment that is paying now is the one to refund against.
     sqlx::query(
-        "UPDATE orders SET gateway = coalesce(gateway, 'stripe'), \
-           transaction_id = coalesce(transaction_id, $2), updated_at = now() WHERE id = $1",
+        "UPDATE orders SET \
+           gateway = CASE WHEN payment_status IN ('pending', 'failed') THEN 'stripe' ELSE coalesce(gateway, 'stripe') END, \
+           transaction_id = CASE WHEN payment_status IN ('pending', 'failed') THEN coalesce($2, transaction_id) \
+             ELSE coalesce(transaction_id, $2) END, \
+           updated_at = now() WHERE id = $1",
     )
     .bind(order_id)
     .bind(&payment_intent)
@@ -779,7 +941,39 @@ async fn checkout_paid(
     .await?;
     let note = match super::orders::start_fulfilment(conn, order_id, actor).await? {
         Fulfilment::Started(n) => format!("paid; {n} deliveries queued"),
-        Fulfilment::AlreadyPaid => "the order was already paid".to_owned(),
+        Fulfilment::AlreadyPaid => {
+            if let (Some(known), Some(pi)) = (&before.transaction_id, &payment_intent)
+                && known != pi
+            {
+                // Paid twice (two sessions for one order): the customer was charged again.
+                keys::alert(
+                    conn,
+                    "paid_twice",
+                    &format!(
+                        "order {order_id} was paid again by {pi} (first payment {known}); refund one of them"
+                    ),
+                    pi,
+                )
+                .await?;
+                events::record(
+                    conn,
+                    NewEvent {
+                        order_id,
+                        delivery_id: None,
+                        kind: "payment.duplicate",
+                        message: format!(
+                            "a second payment {pi} arrived for this order (first {known}); nothing more is delivered, refund one"
+                        ),
+                        actor,
+                        data: json!({ "payment_intent": pi }),
+                    },
+                )
+                .await?;
+                "paid twice: admin alert raised".to_owned()
+            } else {
+                "the order was already paid".to_owned()
+            }
+        }
         Fulfilment::Cancelled => "paid after it was cancelled; nothing delivered".to_owned(),
         Fulfilment::Unplannable(e) => format!("paid, but cannot be fulfilled: {e}"),
     };
@@ -892,12 +1086,17 @@ async fn charge_refunded(
             format!("{refunded} {currency} refunded at Stripe is already recorded"),
         ));
     }
-    // The newest Stripe refund Courier does not know yet names this one.
+    // The newest Stripe refund Courier does not know yet names this one;
+    // refunds Courier asked for carry `metadata.courier_refund_id` and are
+    // never taken for it (their id may not be recorded yet).
     let mut external = None;
     let mut reason = RefundReason::Other;
     if let Some(list) = charge["refunds"]["data"].as_array() {
         for r in list {
             let Some(id) = r["id"].as_str() else { continue };
+            if r["metadata"]["courier_refund_id"].is_string() {
+                continue;
+            }
             let known: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE external_id = $1)")
                     .bind(id)
@@ -925,6 +1124,7 @@ async fn charge_refunded(
             external_id: external.as_deref(),
             revoke: None,
             actor,
+            idempotency: None,
         },
     )
     .await?;
@@ -935,12 +1135,20 @@ async fn charge_refunded(
     ))
 }
 
-/// Stripe's dispute status → Courier's outcome. Accepting a dispute closes it
-/// as `lost` with no evidence submitted, which is how `accepted` is told apart.
-fn dispute_outcome(dispute: &Value) -> Option<&'static str> {
+/// Stripe's dispute status → Courier's outcome. Stripe has no "accepted"
+/// status: accepting closes a dispute as `lost` with no evidence submitted.
+/// So does letting the deadline pass unanswered, which is told apart by time:
+/// closed `lost`, nothing submitted, before the evidence deadline → `accepted`
+/// (a heuristic; README says so).
+fn dispute_outcome(dispute: &Value, at: DateTime<Utc>) -> Option<&'static str> {
     match text(dispute, &["status"])? {
         "won" | "warning_closed" => Some("won"),
-        "lost" if dispute["evidence_details"]["submission_count"].as_i64() == Some(0) => {
+        "lost"
+            if dispute["evidence_details"]["submission_count"].as_i64() == Some(0)
+                && dispute["evidence_details"]["due_by"]
+                    .as_i64()
+                    .is_some_and(|due| at.timestamp() < due) =>
+        {
             Some("accepted")
         }
         "lost" => Some("lost"),
@@ -953,6 +1161,7 @@ async fn dispute(
     order_id: Uuid,
     kind: &str,
     object: &Value,
+    occurred: DateTime<Utc>,
     policy: DisputePolicy,
     actor: &str,
 ) -> Result<Ingested, PaymentError> {
@@ -967,9 +1176,14 @@ async fn dispute(
     let due: Option<DateTime<Utc>> = object["evidence_details"]["due_by"]
         .as_i64()
         .and_then(|t| Utc.timestamp_opt(t, 0).single());
+    let outcome = if kind == "charge.dispute.closed" {
+        dispute_outcome(object, occurred)
+    } else {
+        None
+    };
     let created = sqlx::query(
-        "INSERT INTO disputes (id, order_id, external_id, amount, currency, reason, gateway_status, evidence_due_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (external_id) DO NOTHING",
+        "INSERT INTO disputes (id, order_id, external_id, amount, currency, reason, gateway_status, evidence_due_by, last_event_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (external_id) DO NOTHING",
     )
     .bind(Uuid::new_v4())
     .bind(order_id)
@@ -979,11 +1193,13 @@ async fn dispute(
     .bind(&reason)
     .bind(&status)
     .bind(due)
+    .bind(occurred)
     .execute(&mut *conn)
     .await?
     .rows_affected()
         == 1;
-    if created {
+    // (A dispute first seen closed as won never withdrew anything.)
+    if created && outcome != Some("won") {
         events::record(
             conn,
             NewEvent {
@@ -1003,26 +1219,29 @@ async fn dispute(
         if policy.revoke_on_dispute {
             let why = format!("dispute {external}");
             revoke::withdraw(conn, order_id, Cause::Chargeback, &why, actor).await?;
+        } else {
+            revoke::chargeback_commands(conn, order_id, actor).await?;
         }
     }
-    let outcome = if kind == "charge.dispute.closed" {
-        dispute_outcome(object)
-    } else {
-        None
-    };
-    sqlx::query(
+    // An event older than the newest one applied (out of order) changes nothing.
+    let newer = sqlx::query(
         "UPDATE disputes SET gateway_status = $2, amount = $3, evidence_due_by = coalesce($4, evidence_due_by), \
-           outcome = coalesce($5, outcome), closed_at = CASE WHEN $5::text IS NOT NULL THEN coalesce(closed_at, now()) END \
-         WHERE external_id = $1",
+           outcome = coalesce(outcome, $5), \
+           closed_at = CASE WHEN $5::text IS NOT NULL THEN coalesce(closed_at, now()) ELSE closed_at END, \
+           last_event_at = $6 \
+         WHERE external_id = $1 AND (last_event_at IS NULL OR last_event_at <= $6) AND (outcome IS NULL OR $5::text IS NOT NULL)",
     )
     .bind(&external)
     .bind(&status)
     .bind(amount)
     .bind(due)
     .bind(outcome)
+    .bind(occurred)
     .execute(&mut *conn)
-    .await?;
-    if let Some(outcome) = outcome {
+    .await?
+    .rows_affected()
+        == 1;
+    if let (true, Some(outcome)) = (newer || created, outcome) {
         events::record(
             conn,
             NewEvent {
@@ -1152,11 +1371,21 @@ mod tests {
 
     #[test]
     fn dispute_outcomes_tell_accepted_from_lost() {
-        let d = |status: &str, n: i64| json!({ "status": status, "evidence_details": { "submission_count": n } });
-        assert_eq!(dispute_outcome(&d("won", 1)), Some("won"));
-        assert_eq!(dispute_outcome(&d("warning_closed", 0)), Some("won"));
-        assert_eq!(dispute_outcome(&d("lost", 1)), Some("lost"));
-        assert_eq!(dispute_outcome(&d("lost", 0)), Some("accepted"));
-        assert_eq!(dispute_outcome(&d("needs_response", 0)), None);
+        let d = |status: &str, n: i64| json!({ "status": status, "evidence_details": { "submission_count": n, "due_by": 1_000 } });
+        let before = Utc.timestamp_opt(900, 0).single().expect("time");
+        let after = Utc.timestamp_opt(1_100, 0).single().expect("time");
+        assert_eq!(dispute_outcome(&d("won", 1), before), Some("won"));
+        assert_eq!(
+            dispute_outcome(&d("warning_closed", 0), before),
+            Some("won")
+        );
+        assert_eq!(dispute_outcome(&d("lost", 1), before), Some("lost"));
+        assert_eq!(dispute_outcome(&d("lost", 0), before), Some("accepted"));
+        assert_eq!(
+            dispute_outcome(&d("lost", 0), after),
+            Some("lost"),
+            "unanswered until the deadline"
+        );
+        assert_eq!(dispute_outcome(&d("needs_response", 0), before), None);
     }
 }

@@ -83,7 +83,7 @@ pub async fn withdraw(
         ..Withdrawn::default()
     };
     let rows = sqlx::query(
-        "SELECT id, status, kind, payload FROM deliveries WHERE order_id = $1 AND purpose = 'deliver' \
+        "SELECT id, status FROM deliveries WHERE order_id = $1 AND purpose = 'deliver' \
          ORDER BY created_at, id FOR UPDATE",
     )
     .bind(order_id)
@@ -104,18 +104,19 @@ pub async fn withdraw(
                 _ => {
                     cancel_delivery(conn, order_id, id, status, cause, reason, actor).await?;
                     done.cancelled += 1;
+                    // Held, or failed after an attempt that may have reached the
+                    // target: it may have happened, so it is taken back too.
+                    if may_have_run(conn, id, status).await? {
+                        let undone = revoke_delivery(conn, id, false, actor).await?;
+                        done.revoke_jobs += undone.jobs;
+                        done.keys_released += undone.keys_released;
+                    }
                 }
             }
         }
-        if cause == Cause::Chargeback {
-            let kind: DeliveryKind = r.try_get::<String, _>("kind")?.parse()?;
-            if kind == DeliveryKind::Rcon {
-                let payload: RconPayload = serde_json::from_value(r.try_get("payload")?)?;
-                if payload.chargeback_command.is_some() {
-                    done.revoke_jobs += revoke_delivery(conn, id, true, actor).await?.jobs;
-                }
-            }
-        }
+    }
+    if cause == Cause::Chargeback {
+        done.revoke_jobs += chargeback_commands(conn, order_id, actor).await?;
     }
     if done.first {
         let items: Vec<Uuid> = sqlx::query_scalar(
@@ -150,6 +151,52 @@ pub async fn withdraw(
     .await?;
     outbox::notify_relays(conn).await?;
     Ok(done)
+}
+
+/// Queues each RCON action's `chargeback_command` once (whatever became of
+/// the delivery: a ban applies even if the goods never arrived). Returns how
+/// many jobs were queued.
+pub async fn chargeback_commands(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    actor: &str,
+) -> Result<usize, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, payload FROM deliveries WHERE order_id = $1 AND purpose = 'deliver' \
+         AND kind = 'rcon' ORDER BY created_at, id",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut jobs = 0;
+    for r in &rows {
+        let payload: RconPayload = serde_json::from_value(r.try_get("payload")?)?;
+        if payload.chargeback_command.is_some() {
+            jobs += revoke_delivery(conn, r.try_get("id")?, true, actor)
+                .await?
+                .jobs;
+        }
+    }
+    Ok(jobs)
+}
+
+async fn may_have_run(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: DeliveryStatus,
+) -> Result<bool, DbError> {
+    if status == DeliveryStatus::Held {
+        return Ok(true);
+    }
+    if status != DeliveryStatus::Dead {
+        return Ok(false);
+    }
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM order_events WHERE delivery_id = $1 AND kind = 'delivery.ambiguous')",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?)
 }
 
 async fn cancel_delivery(
@@ -263,10 +310,11 @@ pub async fn revoke_delivery(
                 let key_id: i64 = k.try_get("id")?;
                 let source: String = k.try_get("source")?;
                 let revealed: bool = k.try_get("revealed")?;
+                // `release` re-checks under the row lock (a GET may reveal it meanwhile).
                 if source == "stock" && !revealed && crate::db::keys::release(conn, key_id).await? {
                     undone.keys_released += 1;
                     notes.push(format!("key {key_id} returned to stock (never revealed)"));
-                } else if revealed {
+                } else if revealed || source == "stock" {
                     notes.push(format!(
                         "key {key_id} was already shown to the customer: it cannot be taken back"
                     ));
