@@ -145,7 +145,48 @@ impl TestStack {
         if worker {
             stack.start_worker().await;
         }
+        stack.wait_for_topology().await;
         stack
+    }
+
+    /// Waits until every queue of the stack exists (the relay and the worker
+    /// declare them as they connect), then a little longer. A test that ends
+    /// at once would otherwise delete quorum queues RabbitMQ is still
+    /// starting, and RabbitMQ 3.10 can crash its dead-letter worker on that
+    /// and leave quorum queues unusable for every later test (seen here).
+    async fn wait_for_topology(&self) {
+        let queues = Topology::new(&self.settings.amqp.prefix, &self.settings.retry).all_queues();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let conn = courier_shared::queue::connect(self.settings.amqp.url.expose())
+            .await
+            .expect("connect to RabbitMQ");
+        for q in &queues {
+            loop {
+                let channel = conn.create_channel().await.expect("channel");
+                let found = channel
+                    .queue_declare(
+                        q.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await
+                    .is_ok();
+                let _ = channel.close(200, "checked".into()).await;
+                if found {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "queue {q} was never declared"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let _ = conn.close(200, "checked".into()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     pub async fn start_worker(&mut self) {
@@ -407,11 +448,21 @@ impl Cleanup {
         }
         self.done = true;
         if let Ok(conn) = courier_shared::queue::connect(&self.amqp_url).await {
-            if let Ok(channel) = conn.create_channel().await {
-                for q in &self.queues {
-                    let _ = channel
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
+            // A failed delete closes its channel: each queue gets a fresh one
+            // after a failure, so one error does not leave the rest behind.
+            let mut channel = None;
+            for q in &self.queues {
+                if channel.is_none() {
+                    channel = conn.create_channel().await.ok();
+                }
+                let Some(ch) = &channel else { break };
+                if ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(queue = %q, "test cleanup could not delete a queue");
+                    channel = None;
                 }
             }
             let _ = conn.close(200, "cleanup".into()).await;
@@ -504,6 +555,16 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
         vars.push(("KEYS__ENCRYPTION_KEY", key.expose().to_owned()));
     }
     vars.push(("REDIS__URL", s.redis.url.expose().to_owned()));
+    vars.push(("PAYMENTS__STRIPE_API_BASE", s.payments.stripe_api_base.clone()));
+    for (key, secret) in [
+        ("PAYMENTS__STRIPE_WEBHOOK_SECRET", &s.payments.stripe_webhook_secret),
+        ("PAYMENTS__GENERIC_WEBHOOK_SECRET", &s.payments.generic_webhook_secret),
+        ("PAYMENTS__STRIPE_SECRET_KEY", &s.payments.stripe_secret_key),
+    ] {
+        if let Some(v) = secret {
+            vars.push((key, v.expose().to_owned()));
+        }
+    }
     let mut out: Vec<(String, String)> = vars
         .into_iter()
         .map(|(k, v)| (format!("COURIER__{k}"), v))
@@ -531,6 +592,7 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
         ("RCON", &s.retry.rcon),
         ("DISCORD", &s.retry.discord),
         ("SUPPLIER", &s.retry.supplier),
+        ("PAYMENT", &s.retry.payment),
     ] {
         out.push((
             format!("COURIER__RETRY__{kind}__MAX_ATTEMPTS"),
