@@ -38,6 +38,18 @@ impl ApiError {
         )
     }
 
+    /// A path segment that is neither an order id nor an order number.
+    pub fn invalid_reference() -> Self {
+        ApiError {
+            field: Some("reference".into()),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_reference",
+                "expected an order id (UUID) or an order number (ORD-XXXXXXXXXX)",
+            )
+        }
+    }
+
     /// Logs `cause` and hides it from the caller.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         let mut chain = cause.to_string();

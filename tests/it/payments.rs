@@ -55,6 +55,20 @@ async fn post_generic(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A stack (settings adjusted by `tweak`, with or without a worker) and a fake
+/// Minecraft server registered as game server `s`.
+async fn game_stack(
+    tweak: impl FnOnce(&mut courier_shared::config::Settings),
+    worker: bool,
+) -> (TestStack, FakeGameServer) {
+    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
+        .await
+        .expect("fake game server");
+    let stack = TestStack::start_with(tweak, worker).await;
+    stack.add_game_server("s", &game).await;
+    (stack, game)
+}
+
 async fn count(stack: &TestStack, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&stack.pool)
@@ -303,13 +317,10 @@ async fn a_refund_that_arrives_before_the_payment_is_applied_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_refund_removes_the_role_runs_the_revoke_command_and_refunds_at_stripe_once() {
-    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
-        .await
-        .expect("fake game server");
     let discord = FakeDiscord::start().await.expect("fake discord");
     let stripe = FakeStripe::start().await.expect("fake stripe");
     let (d, s) = (discord.base.clone(), stripe.base.clone());
-    let stack = TestStack::start_with(
+    let (stack, game) = game_stack(
         |settings| {
             settings.discord.api_base = d;
             settings.payments.stripe_api_base = s;
@@ -317,7 +328,6 @@ async fn a_full_refund_removes_the_role_runs_the_revoke_command_and_refunds_at_s
         true,
     )
     .await;
-    stack.add_game_server("s", &game).await;
     stack
         .add_product(
             "vip",
@@ -526,11 +536,7 @@ async fn refunds_add_up_to_the_total_and_no_further_and_need_a_paid_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_dispute_runs_the_chargeback_command_and_shows_outcome_and_evidence() {
-    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
-        .await
-        .expect("fake game server");
-    let stack = TestStack::start().await;
-    stack.add_game_server("s", &game).await;
+    let (stack, game) = game_stack(|_| {}, true).await;
     stack
         .add_product(
             "p",
@@ -610,11 +616,7 @@ async fn a_lost_dispute_runs_the_chargeback_command_and_shows_outcome_and_eviden
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_queued_deliveries_and_refuses_a_completed_order() {
-    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
-        .await
-        .expect("fake game server");
-    let mut stack = TestStack::start_with(|_| {}, false).await;
-    stack.add_game_server("s", &game).await;
+    let (mut stack, game) = game_stack(|_| {}, false).await;
     stack
         .add_rcon_product("p", "s", "give {username} diamond")
         .await;
@@ -771,11 +773,7 @@ async fn a_failed_asynchronous_payment_cancels_the_pending_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_partially_refunded_before_delivery_is_still_delivered() {
-    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
-        .await
-        .expect("fake game server");
-    let mut stack = TestStack::start_with(|_| {}, false).await;
-    stack.add_game_server("s", &game).await;
+    let (mut stack, game) = game_stack(|_| {}, false).await;
     stack
         .add_rcon_product("p", "s", "give {username} diamond")
         .await;
@@ -808,13 +806,9 @@ async fn an_order_partially_refunded_before_delivery_is_still_delivered() {
 /// A stack with a fake Stripe and an RCON product `p` on a fake game server;
 /// returns an order paid through Stripe (PaymentIntent `pi`) and completed.
 async fn stripe_order(pi: &str) -> (TestStack, FakeStripe, FakeGameServer, String) {
-    let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
-        .await
-        .expect("fake game server");
     let stripe = FakeStripe::start().await.expect("fake stripe");
     let base = stripe.base.clone();
-    let stack = TestStack::start_with(|s| s.payments.stripe_api_base = base, true).await;
-    stack.add_game_server("s", &game).await;
+    let (stack, game) = game_stack(|s| s.payments.stripe_api_base = base, true).await;
     stack
         .add_rcon_product("p", "s", "give {username} diamond")
         .await;

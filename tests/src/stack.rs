@@ -555,10 +555,19 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
         vars.push(("KEYS__ENCRYPTION_KEY", key.expose().to_owned()));
     }
     vars.push(("REDIS__URL", s.redis.url.expose().to_owned()));
-    vars.push(("PAYMENTS__STRIPE_API_BASE", s.payments.stripe_api_base.clone()));
+    vars.push((
+        "PAYMENTS__STRIPE_API_BASE",
+        s.payments.stripe_api_base.clone(),
+    ));
     for (key, secret) in [
-        ("PAYMENTS__STRIPE_WEBHOOK_SECRET", &s.payments.stripe_webhook_secret),
-        ("PAYMENTS__GENERIC_WEBHOOK_SECRET", &s.payments.generic_webhook_secret),
+        (
+            "PAYMENTS__STRIPE_WEBHOOK_SECRET",
+            &s.payments.stripe_webhook_secret,
+        ),
+        (
+            "PAYMENTS__GENERIC_WEBHOOK_SECRET",
+            &s.payments.generic_webhook_secret,
+        ),
         ("PAYMENTS__STRIPE_SECRET_KEY", &s.payments.stripe_secret_key),
     ] {
         if let Some(v) = secret {

@@ -68,14 +68,7 @@ pub async fn get(
     } else if ids::looks_like_order_number(&reference) {
         orders::load_view(&mut conn, None, Some(&reference)).await?
     } else {
-        return Err(ApiError {
-            field: Some("reference".into()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_reference",
-                "expected an order id (UUID) or an order number (ORD-XXXXXXXXXX)",
-            )
-        });
+        return Err(ApiError::invalid_reference());
     };
     let mut view = view.ok_or_else(|| ApiError::not_found("order"))?;
     // Codes are decrypted only for callers allowed to see them.

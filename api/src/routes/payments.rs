@@ -137,14 +137,7 @@ pub async fn generic(
 
 async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
     if Uuid::parse_str(reference).is_err() && !ids::looks_like_order_number(reference) {
-        return Err(ApiError {
-            field: Some("reference".into()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_reference",
-                "expected an order id (UUID) or an order number (ORD-XXXXXXXXXX)",
-            )
-        });
+        return Err(ApiError::invalid_reference());
     }
     let mut conn = state.pool.acquire().await?;
     payments::resolve_order(&mut conn, reference)

@@ -235,12 +235,7 @@ pub async fn create_order(
     }
 
     let mut conn = pool.acquire().await?;
-    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
-    let products: HashMap<String, Product> = catalog::products_by_sku(&mut conn, &skus)
-        .await?
-        .into_iter()
-        .map(|p| (p.sku.clone(), p))
-        .collect();
+    let products = products_of(&mut conn, &order).await?;
     drop(conn);
 
     for _ in 0..3 {
@@ -271,6 +266,19 @@ pub async fn create_order(
         });
     }
     Err(DbError::Corrupt("could not allocate a unique order number".into()).into())
+}
+
+/// The products an order names, by SKU (unknown SKUs are simply absent).
+async fn products_of(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+) -> Result<HashMap<String, Product>, DbError> {
+    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
+    Ok(catalog::products_by_sku(conn, &skus)
+        .await?
+        .into_iter()
+        .map(|p| (p.sku.clone(), p))
+        .collect())
 }
 
 /// Writes the items, deliveries, outbox rows and the timeline entry of a
@@ -329,12 +337,7 @@ pub async fn create_order_in(
 ) -> Result<Uuid, CreateOrderError> {
     validate(order)?;
     let hash = request_hash(order);
-    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
-    let products: HashMap<String, Product> = catalog::products_by_sku(conn, &skus)
-        .await?
-        .into_iter()
-        .map(|p| (p.sku.clone(), p))
-        .collect();
+    let products = products_of(conn, order).await?;
     let plan = plan(order, &products, idempotency_key, &hash, None)?;
     orders::insert_order(conn, &plan.order).await?;
     insert_plan(conn, &plan, idempotency_key, actor).await?;
@@ -447,12 +450,7 @@ pub async fn start_fulfilment(
         discord_user_id: row.try_get("discord_user_id")?,
         items: new_items,
     };
-    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
-    let products: HashMap<String, Product> = catalog::products_by_sku(conn, &skus)
-        .await?
-        .into_iter()
-        .map(|p| (p.sku.clone(), p))
-        .collect();
+    let products = products_of(conn, &order).await?;
     let number: String = row.try_get("order_number")?;
     match plan(
         &order,
