@@ -178,6 +178,35 @@ async fn stripe_signatures_are_checked_on_the_raw_body_before_anything_happens()
     assert_eq!(o["transaction_id"], "pi_sig");
     assert_eq!(o["total"], "10.48");
     assert_eq!(o["deliveries"].as_array().map(Vec::len), Some(1));
+
+    // Verified but unusable (no such product): kept as failed, with the reason.
+    let unknown = signing::stripe_event(
+        "evt_unknown_sku",
+        "checkout.session.completed",
+        signing::checkout_session(
+            "cs_unknown",
+            "pi_unknown",
+            json!({ "courier_items": "nope:1" }),
+        ),
+    );
+    assert_eq!(send_stripe(&stack, &unknown).await["status"], "failed");
+    let (_, listed) = stack
+        .call(Method::GET, "/v1/admin/payment-events?status=failed", None)
+        .await;
+    let failed = &listed["events"][0];
+    assert_eq!(failed["event_id"], "evt_unknown_sku", "{listed}");
+    assert!(
+        failed["note"].as_str().is_some_and(|n| n.contains("nope")),
+        "{failed}"
+    );
+    let (_, alerts) = stack.call(Method::GET, "/v1/admin/alerts", None).await;
+    assert!(
+        alerts["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["kind"] == "payment_event_failed")),
+        "{alerts}"
+    );
+    assert_eq!(count(&stack, "SELECT count(*) FROM orders").await, 1);
     stack.teardown().await;
 }
 

@@ -200,3 +200,58 @@ pub async fn retry_item(
     state.relay_wake.notify_one();
     Ok(Json(json!({ "requeued": n })))
 }
+
+/// Query of `GET /v1/admin/payment-events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// `received`, `applied`, `pending`, `ignored` or `failed`.
+    pub status: Option<String>,
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<i64>,
+    /// The last id of the previous page.
+    pub before: Option<i64>,
+}
+
+/// Verified webhook events as stored: what was applied, what waits for its
+/// payment (`pending`), what could not be used (`failed`, with the reason).
+pub async fn payment_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(ADMIN)?;
+    let q = query(q)?;
+    if let Some(s) = &q.status
+        && !["received", "applied", "pending", "ignored", "failed"].contains(&s.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "status must be received, applied, pending, ignored or failed",
+        ));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let mut conn = state.pool.acquire().await?;
+    let events =
+        courier_shared::db::payments::list_events(&mut conn, q.status.as_deref(), q.before, limit)
+            .await?;
+    let next = (events.len() as i64 == limit)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(json!({ "events": events, "next_before": next })))
+}
+
+/// One stored webhook event with the body the gateway sent.
+pub async fn payment_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(ADMIN)?;
+    let mut conn = state.pool.acquire().await?;
+    let payload = courier_shared::db::payments::event_payload(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment event"))?;
+    Ok(Json(json!({ "id": id, "payload": payload })))
+}

@@ -35,6 +35,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/dead-letters/{id}/retry", post(admin::retry))
         .route("/v1/admin/dead-letters/{id}/discard", post(admin::discard))
         .route("/v1/admin/held", get(admin::held))
+        .route("/v1/admin/payment-events", get(admin::payment_events))
+        .route("/v1/admin/payment-events/{id}", get(admin::payment_event))
         .route(
             "/v1/admin/deliveries/{id}/retry",
             post(admin::retry_delivery),

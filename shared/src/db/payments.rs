@@ -342,3 +342,47 @@ pub async fn parked(
         })
         .collect()
 }
+
+/// A stored webhook event as an admin lists it (without its body).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub provider: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub order_ref: Option<String>,
+    pub order_id: Option<Uuid>,
+    pub status: String,
+    pub note: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub applied_at: Option<DateTime<Utc>>,
+}
+
+/// Stored events, newest first: all, or those in `status`; keyset pages by id.
+pub async fn list_events(
+    conn: &mut PgConnection,
+    status: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, provider, event_id, event_type, order_ref, order_id, status, note, occurred_at, \
+           received_at, applied_at FROM payment_events \
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR id < $2) \
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(status)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// One stored event with the body the gateway sent.
+pub async fn event_payload(conn: &mut PgConnection, id: i64) -> Result<Option<Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT payload FROM payment_events WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
