@@ -9,3 +9,6 @@ CREATE UNIQUE INDEX refunds_idempotency_idx ON refunds (order_id, idempotency_ke
     WHERE idempotency_key IS NOT NULL;
 
 ALTER TABLE disputes ADD COLUMN last_event_at timestamptz;
+
+-- An event that waits too long for its payment is reported once.
+ALTER TABLE payment_events ADD COLUMN alerted_at timestamptz;

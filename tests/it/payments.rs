@@ -751,7 +751,7 @@ async fn a_refund_returns_an_unseen_stock_key_but_not_a_revealed_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_asynchronous_payment_cancels_the_pending_order() {
+async fn after_a_failed_asynchronous_payment_the_customer_can_pay_again() {
     let stack = TestStack::start_with(|_| {}, false).await;
     stack
         .add_product(
@@ -791,12 +791,27 @@ async fn a_failed_asynchronous_payment_cancels_the_pending_order() {
     let o = order(&stack, &id).await;
     assert_eq!(
         (o["status"].clone(), o["payment_status"].clone()),
-        (json!("cancelled"), json!("failed"))
+        (json!("pending"), json!("failed"))
     );
     assert!(
         o["deliveries"].as_array().is_some_and(Vec::is_empty),
         "nothing was ever queued: {o}"
     );
+
+    // The customer tries again: a free checkout this time (a 100 % coupon).
+    let mut again =
+        signing::checkout_session("cs_async_2", "pi_async_2", json!({ "order_id": number }));
+    again["payment_status"] = json!("no_payment_required");
+    let answer = send_stripe(
+        &stack,
+        &signing::stripe_event("evt_async_3", "checkout.session.completed", again),
+    )
+    .await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+    let o = order(&stack, &id).await;
+    assert_eq!(o["payment_status"], "paid", "{o:#}");
+    assert_eq!(o["transaction_id"], "pi_async_2");
+    assert_eq!(o["deliveries"].as_array().map(Vec::len), Some(1));
     stack.teardown().await;
 }
 
@@ -870,7 +885,13 @@ async fn a_refund_stripe_refuses_is_failed_and_refundable_again() {
         o["refunds"][0]["status"] == "failed"
     })
     .await;
-    assert_eq!(o["refunded_amount"], "0", "{o:#}");
+    assert_eq!(
+        o["refunded_amount"]
+            .as_str()
+            .and_then(|a| a.parse::<rust_decimal::Decimal>().ok()),
+        Some(rust_decimal::Decimal::ZERO),
+        "{o:#}"
+    );
     assert_eq!(o["payment_status"], "paid");
     let (_, alerts) = stack.call(Method::GET, "/v1/admin/alerts", None).await;
     assert!(
@@ -891,11 +912,26 @@ async fn a_refund_stripe_refuses_is_failed_and_refundable_again() {
         Some(1),
         "{dead}"
     );
-    // All of it is refundable again.
+    // Stripe reports later that it made this refund after all (the job had
+    // given up): the same refund counts again, not a second one.
+    let made = signing::stripe_event("evt_made_after_all", "charge.refunded", {
+        let mut c = signing::refunded_charge("pi_refused", 1048, 300, json!({}));
+        c["refunds"] = json!({ "data": [
+            { "id": "re_late", "amount": 300, "metadata": { "courier_refund_id": r["id"] } },
+        ] });
+        c
+    });
+    assert_eq!(send_stripe(&stack, &made).await["status"], "applied");
+    let o = order(&stack, &id).await;
+    assert_eq!(o["refunds"].as_array().map(Vec::len), Some(1), "{o:#}");
+    assert_eq!(o["refunds"][0]["status"], "succeeded");
+    assert_eq!(o["refunds"][0]["external_id"], "re_late");
+    assert_eq!(o["refunded_amount"], "3.00");
+    assert_eq!(o["payment_status"], "partially_refunded");
     stripe.set(StripeBehaviour::default());
-    let (status, again) = refund(&stack, &id, json!({ "reason": "duplicate" })).await;
-    assert_eq!(status, StatusCode::CREATED, "{again}");
-    assert_eq!(again["amount"], "10.48");
+    let (status, rest) = refund(&stack, &id, json!({ "reason": "duplicate" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{rest}");
+    assert_eq!(rest["amount"], "7.48");
     stack.teardown().await;
 }
 
@@ -905,17 +941,15 @@ async fn a_refund_retried_with_its_idempotency_key_is_made_once() {
     let body = json!({ "amount": "2.00", "reason": "requested_by_customer" });
     let path = format!("/v1/orders/{id}/refunds");
     let headers = [("Idempotency-Key", "refund-1")];
-    let (first, a) = stack
-        .call_as(&stack.admin_key, Method::POST, &path, Some(&body), &headers)
-        .await;
-    let (second, b) = stack
-        .call_as(&stack.admin_key, Method::POST, &path, Some(&body), &headers)
-        .await;
-    assert_eq!(
-        (first, second),
-        (StatusCode::CREATED, StatusCode::OK),
-        "{a} {b}"
+    // Two at once (a client retrying after a timeout), the second as "2.0".
+    let same = json!({ "amount": "2.0", "reason": "requested_by_customer" });
+    let ((first, a), (second, b)) = tokio::join!(
+        stack.call_as(&stack.admin_key, Method::POST, &path, Some(&body), &headers),
+        stack.call_as(&stack.admin_key, Method::POST, &path, Some(&same), &headers),
     );
+    let mut codes = [first, second];
+    codes.sort();
+    assert_eq!(codes, [StatusCode::OK, StatusCode::CREATED], "{a} {b}");
     assert_eq!(a["id"], b["id"]);
     let other = json!({ "amount": "3.00", "reason": "requested_by_customer" });
     let (status, e) = stack
@@ -968,8 +1002,15 @@ async fn an_early_refund_waits_for_an_order_paid_through_the_api() {
         .await,
         0
     );
-    // Whether the command ran before the refund or not, nothing is left running.
-    assert!(game.commands().len() <= 1);
+    // Whether the command ran before the refund or not, nothing is left to run.
+    assert_eq!(o["items"][0]["delivery_status"], "revoked", "{o:#}");
+    assert!(
+        o["deliveries"].as_array().is_some_and(|d| d
+            .iter()
+            .all(|d| d["status"] == "cancelled" || d["status"] == "succeeded")),
+        "{o:#}"
+    );
+    assert!(game.commands().iter().all(|c| c == "give steve diamond"));
     stack.teardown().await;
 }
 
@@ -981,20 +1022,21 @@ async fn dispute_events_arriving_out_of_order_do_not_reopen_a_closed_dispute() {
         "charge.dispute.closed",
         signing::dispute("dp_ooo", "pi_ooo", 1048, "won", 1),
     );
-    closed["created"] = json!(now() - 10);
+    closed["created"] = json!(now() - 60);
     let mut update = signing::stripe_event(
         "evt_ooo_updated",
         "charge.dispute.updated",
         signing::dispute("dp_ooo", "pi_ooo", 1048, "under_review", 1),
     );
-    update["created"] = json!(now() - 60);
+    update["created"] = json!(now() - 10);
     let mut opened = signing::stripe_event(
         "evt_ooo_created",
         "charge.dispute.created",
         signing::dispute("dp_ooo", "pi_ooo", 1048, "needs_response", 0),
     );
     opened["created"] = json!(now() - 120);
-    for e in [&closed, &update, &opened] {
+    // The newest (an update) first, then the closing one, then the oldest.
+    for e in [&update, &closed, &opened] {
         assert_eq!(send_stripe(&stack, e).await["status"], "applied");
     }
     let o = order(&stack, &id).await;
@@ -1002,8 +1044,82 @@ async fn dispute_events_arriving_out_of_order_do_not_reopen_a_closed_dispute() {
     assert_eq!(d["outcome"], "won", "{o:#}");
     assert_eq!(d["gateway_status"], "won");
     assert!(!d["closed_at"].is_null(), "{d}");
-    // A dispute first seen won withdrew nothing.
-    assert!(o["revoked_at"].is_null(), "{o:#}");
-    assert_eq!(o["status"], "completed");
+    // First seen open (the update), so access was withdrawn then; a won
+    // dispute does not give it back, and the payment stays paid.
+    assert!(!o["revoked_at"].is_null(), "{o:#}");
+    assert_eq!(o["payment_status"], "paid");
+    let opened_events = o["timeline"].as_array().map_or(0, |t| {
+        t.iter().filter(|e| e["kind"] == "dispute.created").count()
+    });
+    assert_eq!(opened_events, 1, "the late `created` changed nothing");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_runs_chargeback_commands_without_withdrawing_when_so_configured() {
+    let (stack, game) = game_stack(|s| s.payments.revoke_on_dispute = false, true).await;
+    stack
+        .add_product(
+            "p",
+            json!([{ "kind": "rcon", "game_server": "s", "command": "give {username} diamond",
+                     "revoke_command": "clear {username} diamond",
+                     "chargeback_command": "ban {username} chargeback" }]),
+        )
+        .await;
+    let mut body = courier_tests::stack::sample_order("p", "steve");
+    body["gateway"] = json!("stripe");
+    body["transaction_id"] = json!("pi_keep");
+    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(20))
+        .await;
+    let opened = signing::stripe_event(
+        "evt_keep_open",
+        "charge.dispute.created",
+        signing::dispute("dp_keep", "pi_keep", 1048, "needs_response", 0),
+    );
+    assert_eq!(send_stripe(&stack, &opened).await["status"], "applied");
+    game.wait_for_commands(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        game.commands(),
+        vec![
+            "give steve diamond".to_owned(),
+            "ban steve chargeback".to_owned()
+        ]
+    );
+    let o = order(&stack, &id).await;
+    assert!(o["revoked_at"].is_null(), "access kept: {o:#}");
+    assert_eq!(o["items"][0]["delivery_status"], "delivered");
+
+    // The same order paid a second time (another session): alerted, and a
+    // refund of that second payment does not touch this order.
+    let twice = signing::stripe_event(
+        "evt_twice",
+        "checkout.session.completed",
+        signing::checkout_session("cs_twice", "pi_second", json!({ "order_id": id })),
+    );
+    assert_eq!(send_stripe(&stack, &twice).await["status"], "applied");
+    let refunded_second = signing::stripe_event(
+        "evt_second_refunded",
+        "charge.refunded",
+        signing::refunded_charge("pi_second", 1048, 1048, json!({ "order_id": id })),
+    );
+    let answer = send_stripe(&stack, &refunded_second).await;
+    assert_eq!(answer["status"], "ignored", "{answer}");
+    let o = order(&stack, &id).await;
+    assert_eq!(o["payment_status"], "paid", "{o:#}");
+    assert_eq!(o["transaction_id"], "pi_keep");
+    let (_, alerts) = stack.call(Method::GET, "/v1/admin/alerts", None).await;
+    let kinds: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter_map(|a| a["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"paid_twice") && kinds.contains(&"other_payment_event"),
+        "{kinds:?}"
+    );
     stack.teardown().await;
 }

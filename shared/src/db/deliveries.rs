@@ -283,7 +283,7 @@ pub async fn record(
         )
         .await?;
         // The rescuer cancelled it because the order was withdrawn, yet it ran.
-        if withdrawn && rec.next == DeliveryStatus::Succeeded {
+        if withdrawn && (rec.next == DeliveryStatus::Succeeded || rec.ambiguous) {
             crate::service::revoke::revoke_delivery(conn, claimed.id, false, &actor).await?;
         }
         return Ok(Recorded::LeaseLost);
@@ -367,7 +367,8 @@ pub async fn record(
     )
     .await?;
     if withdrawn {
-        if rec.next == DeliveryStatus::Succeeded {
+        // Done, or maybe done (an RCON command written before the error).
+        if rec.next == DeliveryStatus::Succeeded || rec.ambiguous {
             crate::service::revoke::revoke_delivery(conn, claimed.id, false, &actor).await?;
         }
         return Ok(Recorded::Withdrawn);

@@ -147,7 +147,8 @@ pub struct KeyView {
     pub released: bool,
 }
 
-/// The keys of an item; decrypted only when `cipher` is given.
+/// The keys of an item; decrypted only when `cipher` is given, and only those
+/// marked revealed and not released.
 pub async fn item_keys(
     conn: &mut PgConnection,
     item_id: Uuid,
@@ -161,9 +162,12 @@ pub async fn item_keys(
         .map(|r| {
             let enc: Vec<u8> = r.try_get("code_enc")?;
             let released: Option<chrono::DateTime<chrono::Utc>> = r.try_get("released_at")?;
-            // A released code is back in stock: it belongs to the next buyer.
+            let revealed: Option<chrono::DateTime<chrono::Utc>> = r.try_get("revealed_at")?;
+            // Only codes marked revealed (`mark_revealed` first) are shown: a key
+            // stored a moment later waits for the next read, and a released
+            // code is back in stock for the next buyer.
             let code = cipher
-                .filter(|_| released.is_none())
+                .filter(|_| released.is_none() && revealed.is_some())
                 .map(|c| c.decrypt(&enc, item_id.as_bytes()))
                 .transpose()
                 .map_err(|e: CryptoError| DbError::Corrupt(e.to_string()))?;
@@ -186,7 +190,9 @@ pub async fn item_keys(
 /// is either revealed or back in stock, never both.
 pub async fn mark_revealed(conn: &mut PgConnection, item_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE item_keys SET revealed_at = now() WHERE item_id = $1 AND revealed_at IS NULL AND released_at IS NULL",
+        "UPDATE item_keys SET revealed_at = now() WHERE id IN ( \
+           SELECT id FROM item_keys WHERE item_id = $1 AND revealed_at IS NULL AND released_at IS NULL \
+           ORDER BY id FOR UPDATE)",
     )
     .bind(item_id)
     .execute(conn)

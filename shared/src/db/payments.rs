@@ -157,19 +157,7 @@ pub async fn settle_refund(
         _ => Decimal::ZERO,
     };
     if delta != Decimal::ZERO {
-        sqlx::query(
-            "UPDATE orders SET refunded_amount = least(total, greatest(0, refunded_amount + $2)), \
-               payment_status = CASE \
-                 WHEN least(total, greatest(0, refunded_amount + $2)) >= total THEN 'refunded' \
-                 WHEN least(total, greatest(0, refunded_amount + $2)) > 0 THEN 'partially_refunded' \
-                 ELSE 'paid' END, \
-               updated_at = now() \
-             WHERE id = $1",
-        )
-        .bind(order_id)
-        .bind(delta)
-        .execute(&mut *conn)
-        .await?;
+        adjust_refunded(conn, order_id, delta).await?;
     }
     if status == "failed" && prev != "failed" {
         super::keys::alert(
@@ -205,6 +193,58 @@ pub async fn settle_refund(
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Adds `delta` (negative: a refund that did not happen) to the order's
+/// refunded amount, kept within 0 and the total, and derives the payment
+/// status from it — unless a lost or accepted dispute already made the payment
+/// `refunded`. An admin alert says when the total would be exceeded (money went
+/// back twice).
+pub async fn adjust_refunded(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    delta: Decimal,
+) -> Result<(), DbError> {
+    let (total, refunded): (Decimal, Decimal) =
+        sqlx::query_as("SELECT total, refunded_amount FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let wanted = refunded + delta;
+    let amount = wanted.clamp(Decimal::ZERO, total);
+    let charged_back: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM disputes WHERE order_id = $1 AND outcome IN ('lost', 'accepted'))",
+    )
+    .bind(order_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let status = if charged_back || amount >= total {
+        "refunded"
+    } else if amount > Decimal::ZERO {
+        "partially_refunded"
+    } else {
+        "paid"
+    };
+    sqlx::query(
+        "UPDATE orders SET refunded_amount = $2, payment_status = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(amount)
+    .bind(status)
+    .execute(&mut *conn)
+    .await?;
+    if wanted > total {
+        super::keys::alert(
+            conn,
+            "refunded_over_total",
+            &format!(
+                "refunds of order {order_id} add up to {wanted}, more than its total {total}: money went back twice; check the gateway"
+            ),
+            &order_id.to_string(),
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -317,7 +357,8 @@ pub struct Parked {
     pub payload: Value,
 }
 
-/// Events parked under any of `refs`, oldest first (as they happened at the gateway).
+/// Events parked under any of `refs`, oldest first (as they happened at the
+/// gateway). One locked elsewhere (the rescuer applying it) is skipped.
 pub async fn parked(
     conn: &mut PgConnection,
     provider: &str,
@@ -326,7 +367,7 @@ pub async fn parked(
     let rows = sqlx::query(
         "SELECT id, event_type, payload FROM payment_events \
          WHERE provider = $1 AND status = 'pending' AND order_ref = ANY($2) \
-         ORDER BY occurred_at, id FOR UPDATE",
+         ORDER BY occurred_at, id FOR UPDATE SKIP LOCKED",
     )
     .bind(provider)
     .bind(refs)

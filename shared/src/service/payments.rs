@@ -370,7 +370,13 @@ pub async fn refund(
         )
         .into());
     }
-    let hash = sha2::Sha256::digest(serde_json::to_vec(req).map_err(DbError::from)?).to_vec();
+    // "2.0" and "2.00" are the same request.
+    let canonical = RefundRequest {
+        amount: req.amount.map(|a| a.normalize()),
+        ..req.clone()
+    };
+    let hash =
+        sha2::Sha256::digest(serde_json::to_vec(&canonical).map_err(DbError::from)?).to_vec();
     let mut tx = pool.begin().await?;
     let order = lock_order(&mut tx, order_id).await?;
     if let Some(key) = idempotency_key {
@@ -660,10 +666,12 @@ pub async fn retry_parked(
     policy: DisputePolicy,
     limit: i64,
 ) -> Result<usize, PaymentError> {
-    // Events still waiting after an hour are worth an admin's look.
+    // Events still waiting after an hour are worth an admin's look, once.
     let stale: Vec<(i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, event_id, order_ref FROM payment_events WHERE status = 'pending' \
-         AND received_at < now() - interval '1 hour' ORDER BY id LIMIT $1",
+        "UPDATE payment_events SET alerted_at = now() WHERE id IN ( \
+           SELECT id FROM payment_events WHERE status = 'pending' AND alerted_at IS NULL \
+             AND received_at < now() - interval '1 hour' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, event_id, order_ref",
     )
     .bind(limit)
     .fetch_all(pool)
@@ -675,7 +683,7 @@ pub async fn retry_parked(
                 &mut conn,
                 "payment_event_waiting",
                 &format!(
-                    "payment event {event} has waited over an hour for its payment ({})",
+                    "payment event {event} has waited over an hour for its payment ({}); it is re-tried for a day, then left to you",
                     order_ref.as_deref().unwrap_or("?")
                 ),
                 &id.to_string(),
@@ -695,53 +703,69 @@ pub async fn retry_parked(
     .await?;
     let mut applied = 0;
     for (id, order_ref) in waiting {
-        let mut tx = pool.begin().await?;
-        // The payment's lock first, as `ingest_stripe` takes it; the row is
-        // skipped if an ingest holds it.
-        if let Some(r) = &order_ref {
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended('courier.payment:' || $1, 0))",
-            )
+        // One event that fails must not hold up the others.
+        match retry_one(pool, policy, id, order_ref.as_deref()).await {
+            Ok(true) => applied += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(event = id, error = %e, "a waiting payment event could not be applied")
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Applies one waiting event if its payment is known now; true if it was.
+async fn retry_one(
+    pool: &PgPool,
+    policy: DisputePolicy,
+    id: i64,
+    order_ref: Option<&str>,
+) -> Result<bool, PaymentError> {
+    let mut tx = pool.begin().await?;
+    // The payment's lock first, as `ingest_stripe` takes it; the row is
+    // skipped if an ingest holds it.
+    if let Some(r) = order_ref {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('courier.payment:' || $1, 0))")
             .bind(r)
             .execute(&mut *tx)
             .await?;
-        }
-        let Some(row) = sqlx::query(
-            "SELECT event_type, payload, occurred_at \
-             FROM payment_events WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            continue;
-        };
-        let kind: String = row.try_get("event_type")?;
-        let payload: Value = row.try_get("payload")?;
-        let actor = format!("stripe:{}", payload["id"].as_str().unwrap_or_default());
-        let done = apply_stripe(
-            &mut tx,
-            &kind,
-            &payload["data"]["object"],
-            row.try_get("occurred_at")?,
-            policy,
-            &actor,
-        )
-        .await?;
-        if done.status != "pending" {
-            payments::settle_event(
-                &mut tx,
-                id,
-                done.status,
-                done.order_id,
-                done.note.as_deref(),
-            )
-            .await?;
-            applied += 1;
-        }
-        tx.commit().await?;
     }
-    Ok(applied)
+    let Some(row) = sqlx::query(
+        "SELECT event_type, payload, occurred_at \
+         FROM payment_events WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let kind: String = row.try_get("event_type")?;
+    let payload: Value = row.try_get("payload")?;
+    let actor = format!("stripe:{}", payload["id"].as_str().unwrap_or_default());
+    let done = apply_stripe(
+        &mut tx,
+        &kind,
+        &payload["data"]["object"],
+        row.try_get("occurred_at")?,
+        policy,
+        &actor,
+    )
+    .await?;
+    if done.status == "pending" {
+        return Ok(false);
+    }
+    payments::settle_event(
+        &mut tx,
+        id,
+        done.status,
+        done.order_id,
+        done.note.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Finds (and locks) the order a Stripe object is about: `metadata.order_id`
@@ -824,31 +848,38 @@ async fn apply_stripe(
             .bind(order_id)
             .execute(&mut *conn)
             .await?;
+            // The order stays pending: the customer may pay again (a new
+            // session for the same order), or the store cancels it.
             events::record(
                 conn,
                 NewEvent {
                     order_id,
                     delivery_id: None,
                     kind: "payment.failed",
-                    message: "the asynchronous payment failed; the order is cancelled".into(),
+                    message: "the asynchronous payment failed; the order waits for another payment or a cancel".into(),
                     actor,
                     data: json!({}),
                 },
             )
             .await?;
-            deliveries::set_order_status(conn, order_id, OrderStatus::Cancelled, actor).await?;
             Ok(Ingested::new("applied", Some(order_id), None))
         }
         "charge.refunded" => {
             let Some(order_id) = paid_order(conn, object).await? else {
                 return Ok(park(object));
             };
+            if let Some(other) = other_payment(conn, order_id, object, kind).await? {
+                return Ok(other);
+            }
             charge_refunded(conn, order_id, object, actor).await
         }
         "charge.dispute.created" | "charge.dispute.closed" | "charge.dispute.updated" => {
             let Some(order_id) = paid_order(conn, object).await? else {
                 return Ok(park(object));
             };
+            if let Some(other) = other_payment(conn, order_id, object, kind).await? {
+                return Ok(other);
+            }
             dispute(conn, order_id, kind, object, occurred, policy, actor).await
         }
         _ => Ok(Ingested::new(
@@ -857,6 +888,42 @@ async fn apply_stripe(
             format!("Courier does not act on `{kind}`"),
         )),
     }
+}
+
+/// An event about a Stripe payment of the order other than the one recorded
+/// (the second payment of an order paid twice): it must not refund or
+/// withdraw the order. Ignored, with an admin alert.
+async fn other_payment(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    object: &Value,
+    kind: &str,
+) -> Result<Option<Ingested>, PaymentError> {
+    let order = lock_order(conn, order_id).await?;
+    let (Some("stripe"), Some(recorded), Some(pi)) = (
+        order.gateway.as_deref(),
+        order.transaction_id.as_deref(),
+        text(object, &["payment_intent"]),
+    ) else {
+        return Ok(None);
+    };
+    if recorded == pi {
+        return Ok(None);
+    }
+    keys::alert(
+        conn,
+        "other_payment_event",
+        &format!(
+            "{kind} about payment {pi} of order {order_id}, whose recorded payment is {recorded}: not applied; handle it at Stripe"
+        ),
+        &format!("{kind}:{pi}"),
+    )
+    .await?;
+    Ok(Some(Ingested::new(
+        "ignored",
+        Some(order_id),
+        format!("about payment {pi}, not the order's recorded payment {recorded}"),
+    )))
 }
 
 /// An event that arrived before its payment: kept, applied when it comes.
@@ -1075,6 +1142,47 @@ async fn charge_refunded(
     charge: &Value,
     actor: &str,
 ) -> Result<Ingested, PaymentError> {
+    // A refund Courier asked for whose job gave up (Stripe unreachable) but
+    // which Stripe made after all: it counts again, as the same refund.
+    if let Some(list) = charge["refunds"]["data"].as_array() {
+        for r in list {
+            let (Some(ours), Some(id)) = (
+                r["metadata"]["courier_refund_id"]
+                    .as_str()
+                    .and_then(|u| Uuid::parse_str(u).ok()),
+                r["id"].as_str(),
+            ) else {
+                continue;
+            };
+            let revived: Option<Decimal> = sqlx::query_scalar(
+                "UPDATE refunds SET status = 'succeeded', external_id = coalesce(external_id, $3), \
+                   completed_at = now() \
+                 WHERE id = $1 AND order_id = $2 AND status = 'failed' RETURNING amount",
+            )
+            .bind(ours)
+            .bind(order_id)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(amount) = revived {
+                payments::adjust_refunded(conn, order_id, amount).await?;
+                events::record(
+                    conn,
+                    NewEvent {
+                        order_id,
+                        delivery_id: None,
+                        kind: "refund.succeeded",
+                        message: format!(
+                            "Stripe made refund {id} ({amount}) after all; it counts again"
+                        ),
+                        actor,
+                        data: json!({ "refund_id": ours, "external_id": id }),
+                    },
+                )
+                .await?;
+            }
+        }
+    }
     let order = lock_order(conn, order_id).await?;
     let currency = text(charge, &["currency"]).unwrap_or(&order.currency);
     let refunded = from_minor(int(charge, "amount_refunded").unwrap_or(0), currency);
@@ -1223,25 +1331,45 @@ async fn dispute(
             revoke::chargeback_commands(conn, order_id, actor).await?;
         }
     }
-    // An event older than the newest one applied (out of order) changes nothing.
-    let newer = sqlx::query(
-        "UPDATE disputes SET gateway_status = $2, amount = $3, evidence_due_by = coalesce($4, evidence_due_by), \
-           outcome = coalesce(outcome, $5), \
-           closed_at = CASE WHEN $5::text IS NOT NULL THEN coalesce(closed_at, now()) ELSE closed_at END, \
-           last_event_at = $6 \
-         WHERE external_id = $1 AND (last_event_at IS NULL OR last_event_at <= $6) AND (outcome IS NULL OR $5::text IS NOT NULL)",
-    )
-    .bind(&external)
-    .bind(&status)
-    .bind(amount)
-    .bind(due)
-    .bind(outcome)
-    .bind(occurred)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if let (true, Some(outcome)) = (newer || created, outcome) {
+    // The closing event always closes (once), whenever it arrives; other
+    // events update an open dispute only if newer than what was applied.
+    let closed_now = match outcome {
+        Some(outcome) => {
+            sqlx::query(
+                "UPDATE disputes SET outcome = $2, closed_at = now(), gateway_status = $3, amount = $4, \
+                   evidence_due_by = coalesce($5, evidence_due_by), \
+                   last_event_at = greatest(last_event_at, $6) \
+                 WHERE external_id = $1 AND outcome IS NULL",
+            )
+            .bind(&external)
+            .bind(outcome)
+            .bind(&status)
+            .bind(amount)
+            .bind(due)
+            .bind(occurred)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1
+        }
+        None => {
+            sqlx::query(
+                "UPDATE disputes SET gateway_status = $2, amount = $3, \
+                   evidence_due_by = coalesce($4, evidence_due_by), last_event_at = $5 \
+                 WHERE external_id = $1 AND outcome IS NULL \
+                   AND (last_event_at IS NULL OR last_event_at <= $5)",
+            )
+            .bind(&external)
+            .bind(&status)
+            .bind(amount)
+            .bind(due)
+            .bind(occurred)
+            .execute(&mut *conn)
+            .await?;
+            false
+        }
+    };
+    if let (true, Some(outcome)) = (closed_now, outcome) {
         events::record(
             conn,
             NewEvent {

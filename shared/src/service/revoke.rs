@@ -104,8 +104,8 @@ pub async fn withdraw(
                 _ => {
                     cancel_delivery(conn, order_id, id, status, cause, reason, actor).await?;
                     done.cancelled += 1;
-                    // Held, or failed after an attempt that may have reached the
-                    // target: it may have happened, so it is taken back too.
+                    // Held, or after an attempt that may have reached the target:
+                    // it may have happened, so it is taken back too.
                     if may_have_run(conn, id, status).await? {
                         let undone = revoke_delivery(conn, id, false, actor).await?;
                         done.revoke_jobs += undone.jobs;
@@ -188,9 +188,8 @@ async fn may_have_run(
     if status == DeliveryStatus::Held {
         return Ok(true);
     }
-    if status != DeliveryStatus::Dead {
-        return Ok(false);
-    }
+    // Any earlier attempt that may have reached the target (with
+    // `on_ambiguous = retry` the delivery may even be queued again).
     Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM order_events WHERE delivery_id = $1 AND kind = 'delivery.ambiguous')",
     )
@@ -300,7 +299,7 @@ pub async fn revoke_delivery(
         DeliveryKind::SupplierKey if !chargeback => {
             let keys = sqlx::query(
                 "SELECT id, source, revealed_at IS NOT NULL AS revealed FROM item_keys \
-                 WHERE delivery_id = $1 AND released_at IS NULL",
+                 WHERE delivery_id = $1 AND released_at IS NULL ORDER BY id",
             )
             .bind(id)
             .fetch_all(&mut *conn)
@@ -332,11 +331,16 @@ pub async fn revoke_delivery(
         _ => (None, String::new()),
     };
     if let Some(payload) = job {
+        // A chargeback command runs once. A revoke is not queued twice at
+        // once; but once one has run, a later success of the same delivery (a
+        // second run after a lost lease) is revoked again.
         let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE revokes = $1 AND payload = $2)",
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE revokes = $1 AND payload = $2 \
+               AND ($3 OR status <> 'succeeded'))",
         )
         .bind(id)
         .bind(&payload)
+        .bind(chargeback)
         .fetch_one(&mut *conn)
         .await?;
         if !exists {
