@@ -426,6 +426,9 @@ pub async fn refund(
         )
         .into());
     }
+    // Stored in the currency's minor unit: "2.0" and "2.00" are one amount.
+    let mut amount = amount;
+    amount.rescale(minor_unit_exponent(&order.currency));
     if amount > remaining {
         return Err(PaymentError::ExceedsRemaining {
             remaining,
