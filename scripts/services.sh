@@ -37,12 +37,35 @@ if ! pg_up; then
   pg_isready -q -h 127.0.0.1 || { echo "PostgreSQL did not start" >&2; exit 1; }
 fi
 
-if ! rabbit_up; then
-  log "starting RabbitMQ"
+rabbit_start() {
   as_root rabbitmq-server -detached || true
   for _ in $(seq 1 60); do as_root rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
   as_root rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+}
+if ! rabbit_up; then
+  log "starting RabbitMQ"
+  rabbit_start
   (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { echo "RabbitMQ did not start" >&2; exit 1; }
+fi
+
+# A local broker can answer on 5672 and still be unable to run quorum queues
+# (RabbitMQ 3.10 got there here after quorum queues were deleted while still
+# starting; every test then fails). Probe by declaring and deleting one; on
+# failure restart the broker. Skipped for a broker this machine does not run
+# (docker compose): rabbitmqctl cannot reach it.
+quorum_ok() {
+  as_root timeout 60 rabbitmqctl -q eval '
+    Q = rabbit_misc:r(<<"/">>, queue, <<"courier.services.probe">>),
+    case rabbit_amqqueue:declare(Q, true, false, [{<<"x-queue-type">>, longstr, <<"quorum">>}], none, <<"services.sh">>) of
+      {new, _} -> ok; {existing, _} -> ok; Other -> Other
+    end.' 2>/dev/null | grep -qx ok \
+    && as_root timeout 60 rabbitmqctl -q delete_queue courier.services.probe >/dev/null 2>&1
+}
+if command -v rabbitmqctl >/dev/null 2>&1 && as_root timeout 30 rabbitmqctl -q status >/dev/null 2>&1 && ! quorum_ok; then
+  log "RabbitMQ answers but cannot run quorum queues; restarting it"
+  as_root timeout 120 rabbitmqctl -q stop >/dev/null 2>&1 || true
+  rabbit_start
+  quorum_ok || { echo "RabbitMQ still cannot run quorum queues; see its log" >&2; exit 1; }
 fi
 
 if ! redis_up; then
