@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use courier_tests::fakes::discord::FakeDiscord;
-use courier_tests::fakes::rcon::FakeGameServer;
+use courier_tests::fakes::rcon::{Behaviour, FakeGameServer};
 use courier_tests::fakes::stripe::{FakeStripe, StripeBehaviour};
 use courier_tests::signing::{self, now};
 use courier_tests::stack::{GENERIC_SECRET, STRIPE_SECRET, TestStack};
@@ -1120,6 +1120,100 @@ async fn a_dispute_runs_chargeback_commands_without_withdrawing_when_so_configur
     assert!(
         kinds.contains(&"paid_twice") && kinds.contains(&"other_payment_event"),
         "{kinds:?}"
+    );
+    stack.teardown().await;
+}
+
+/// An order of product `p` (command `give`, revoke command `clear`) on the
+/// fake game server of `game_stack`.
+async fn revocable_order(stack: &TestStack, username: &str) -> String {
+    stack
+        .add_product(
+            "p",
+            json!([{ "kind": "rcon", "game_server": "s", "command": "give {username} diamond",
+                     "revoke_command": "clear {username} diamond" }]),
+        )
+        .await;
+    let (_, created) = stack.post_order("p", username, None).await;
+    created["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_running_when_the_order_is_refunded_is_revoked_when_it_ends() {
+    let (stack, game) = game_stack(|_| {}, true).await;
+    game.set(Behaviour {
+        delay: Duration::from_millis(1500),
+        ..Behaviour::default()
+    });
+    let id = revocable_order(&stack, "steve").await;
+    stack
+        .wait_until(
+            "the delivery running",
+            "SELECT count(*) = 1 FROM deliveries WHERE status = 'running'",
+            Duration::from_secs(20),
+        )
+        .await;
+    let (status, r) = refund(&stack, &id, json!({ "reason": "fraudulent" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    game.set(Behaviour::default());
+    let commands = game.wait_for_commands(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        commands,
+        vec![
+            "give steve diamond".to_owned(),
+            "clear steve diamond".to_owned()
+        ]
+    );
+    let o = wait_order(&stack, &id, "the revoke job done", |o| {
+        o["deliveries"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["purpose"] == "revoke" && d["status"] == "succeeded")
+        })
+    })
+    .await;
+    assert_eq!(o["status"], "refunded");
+    assert_eq!(o["items"][0]["delivery_status"], "revoked");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_delivery_that_may_have_run_is_revoked_on_refund() {
+    let (stack, game) = game_stack(|_| {}, true).await;
+    // The server takes the command and drops the connection: it may have run.
+    game.set(Behaviour {
+        drop_after_command: true,
+        ..Behaviour::default()
+    });
+    let id = revocable_order(&stack, "alex").await;
+    stack
+        .wait_until(
+            "the delivery held as ambiguous",
+            "SELECT count(*) = 1 FROM deliveries WHERE status = 'held'",
+            Duration::from_secs(20),
+        )
+        .await;
+    game.set(Behaviour::default());
+    let (status, r) = refund(&stack, &id, json!({ "reason": "requested_by_customer" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    let commands = game.wait_for_commands(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        commands,
+        vec![
+            "give alex diamond".to_owned(),
+            "clear alex diamond".to_owned()
+        ]
+    );
+    let o = order(&stack, &id).await;
+    let deliver = o["deliveries"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["purpose"] == "deliver").cloned())
+        .expect("the delivery");
+    assert_eq!(deliver["status"], "cancelled", "{o:#}");
+    let (_, held) = stack.call(Method::GET, "/v1/admin/held", None).await;
+    let held_id = deliver["id"].as_str().expect("id");
+    assert!(
+        !held.to_string().contains(held_id),
+        "no longer held: {held}"
     );
     stack.teardown().await;
 }
