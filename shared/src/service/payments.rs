@@ -1442,15 +1442,6 @@ pub async fn ingest_generic(
     Ok(Ingested::new("applied", Some(id), None))
 }
 
-/// Every refund reason, for error messages.
-pub fn refund_reasons() -> String {
-    RefundReason::ALL
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
