@@ -179,6 +179,19 @@ pub struct RetrySettings {
     pub waiting: WaitingSchedule,
 }
 
+impl RetrySettings {
+    /// The retry schedule of a delivery kind.
+    pub fn schedule(&self, kind: crate::domain::delivery::DeliveryKind) -> &Schedule {
+        use crate::domain::delivery::DeliveryKind;
+        match kind {
+            DeliveryKind::Rcon => &self.rcon,
+            DeliveryKind::DiscordRole => &self.discord,
+            DeliveryKind::SupplierKey => &self.supplier,
+            DeliveryKind::GatewayRefund => &self.payment,
+        }
+    }
+}
+
 /// Exponential backoff: attempt n (after n failures) waits
 /// `min(base × 2^(n-1), max)`, scaled by a random factor in [0.8, 1.0].
 #[derive(Clone, Debug, Deserialize)]

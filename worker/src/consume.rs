@@ -219,12 +219,7 @@ async fn process(
     };
 
     let outcome = run_driver(ctx, &claimed).await;
-    let schedule = match claimed.kind {
-        DeliveryKind::Rcon => &ctx.retry.rcon,
-        DeliveryKind::DiscordRole => &ctx.retry.discord,
-        DeliveryKind::SupplierKey => &ctx.retry.supplier,
-        DeliveryKind::GatewayRefund => &ctx.retry.payment,
-    };
+    let schedule = ctx.retry.schedule(claimed.kind);
     let record = decide(
         &outcome,
         &claimed,

@@ -77,10 +77,10 @@ pub async fn get(
     } else {
         None
     };
+    if cipher.is_some() {
+        courier_shared::db::keys::mark_revealed(&mut conn, view.id).await?;
+    }
     for item in &mut view.items {
-        if cipher.is_some() {
-            courier_shared::db::keys::mark_revealed(&mut conn, item.id).await?;
-        }
         item.keys = courier_shared::db::keys::item_keys(&mut conn, item.id, cipher).await?;
         if !caller.has(crate::auth::ADMIN) {
             for k in &mut item.keys {

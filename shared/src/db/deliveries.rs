@@ -406,14 +406,6 @@ pub async fn roll_up(
         .map(|s| s.parse())
         .collect::<Result<Vec<DeliveryStatus>, _>>()?;
     let item_status = rollup::item_status(&statuses);
-    let current: String =
-        sqlx::query_scalar("SELECT delivery_status FROM order_items WHERE id = $1")
-            .bind(item_id)
-            .fetch_one(&mut *conn)
-            .await?;
-    if current == ItemStatus::Revoked.as_str() {
-        return Ok(());
-    }
     if item_status == ItemStatus::Delivered {
         // A key item passes through `fulfilled` (key obtained) on its way to
         // `delivered` (key available to the customer).
@@ -452,7 +444,7 @@ pub async fn roll_up(
 }
 
 /// Moves an item to `to` if its state machine allows it from the current
-/// status; no-op when already there. Writes the timeline event.
+/// status; no-op when already there or revoked. Writes the timeline event.
 pub async fn set_item_status(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -466,7 +458,9 @@ pub async fn set_item_status(
             .fetch_one(&mut *conn)
             .await?;
     let from: ItemStatus = current.parse()?;
-    if from == to {
+    // A revoked item stays so: what its deliveries do after a withdrawal
+    // (a roll-up, a late success) no longer moves it.
+    if from == to || from == ItemStatus::Revoked {
         return Ok(false);
     }
     from.transition(to)?;

@@ -184,17 +184,18 @@ pub async fn item_keys(
         .collect()
 }
 
-/// Notes that the item's codes are about to be shown (to a caller with
+/// Notes that the order's codes are about to be shown (to a caller with
 /// `orders:keys`): from then on a refund cannot take them back. Called before
 /// decrypting; the row lock orders it with a concurrent `release`, so a code
 /// is either revealed or back in stock, never both.
-pub async fn mark_revealed(conn: &mut PgConnection, item_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn mark_revealed(conn: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE item_keys SET revealed_at = now() WHERE id IN ( \
-           SELECT id FROM item_keys WHERE item_id = $1 AND revealed_at IS NULL AND released_at IS NULL \
-           ORDER BY id FOR UPDATE)",
+           SELECT k.id FROM item_keys k JOIN order_items i ON i.id = k.item_id \
+           WHERE i.order_id = $1 AND k.revealed_at IS NULL AND k.released_at IS NULL \
+           ORDER BY k.id FOR UPDATE OF k)",
     )
-    .bind(item_id)
+    .bind(order_id)
     .execute(conn)
     .await?;
     Ok(())

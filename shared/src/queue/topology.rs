@@ -40,13 +40,7 @@ impl Topology {
 
     /// The delay tiers (ms) of `kind`: its retry schedule's and the waiting interval.
     pub fn tiers(&self, kind: DeliveryKind) -> Vec<u64> {
-        let schedule = match kind {
-            DeliveryKind::Rcon => &self.retry.rcon,
-            DeliveryKind::DiscordRole => &self.retry.discord,
-            DeliveryKind::SupplierKey => &self.retry.supplier,
-            DeliveryKind::GatewayRefund => &self.retry.payment,
-        };
-        let mut tiers = schedule.tiers();
+        let mut tiers = self.retry.schedule(kind).tiers();
         tiers.push(self.retry.waiting.interval_ms);
         tiers.sort_unstable();
         tiers.dedup();
