@@ -188,16 +188,6 @@ pub async fn cancel(
         parse(&body)?
     };
     let reason = req.reason.unwrap_or_else(|| "cancelled".into());
-    if reason.len() > 500 || reason.chars().any(char::is_control) {
-        return Err(ApiError {
-            field: Some("reason".into()),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                "reason: at most 500 characters, without control characters",
-            )
-        });
-    }
     let id = order_id(&state, &reference).await?;
     let done = payments::cancel(&state.pool, id, &reason, &caller.actor()).await?;
     state.relay_wake.notify_one();

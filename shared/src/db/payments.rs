@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::events::{self, NewEvent};
 use crate::domain::delivery::DeliveryStatus;
+use crate::domain::order::PaymentStatus;
 use crate::error::DbError;
 
 /// A refund as the order API shows it.
@@ -198,14 +199,14 @@ pub async fn settle_refund(
 
 /// Adds `delta` (negative: a refund that did not happen) to the order's
 /// refunded amount, kept within 0 and the total, and derives the payment
-/// status from it — unless a lost or accepted dispute already made the payment
-/// `refunded`. An admin alert says when the total would be exceeded (money went
+/// status from it (returned) — unless a lost or accepted dispute already made
+/// the payment `refunded`. An admin alert says when the total would be exceeded (money went
 /// back twice).
 pub async fn adjust_refunded(
     conn: &mut PgConnection,
     order_id: Uuid,
     delta: Decimal,
-) -> Result<(), DbError> {
+) -> Result<PaymentStatus, DbError> {
     let (total, refunded): (Decimal, Decimal) =
         sqlx::query_as("SELECT total, refunded_amount FROM orders WHERE id = $1")
             .bind(order_id)
@@ -220,18 +221,18 @@ pub async fn adjust_refunded(
     .fetch_one(&mut *conn)
     .await?;
     let status = if charged_back || amount >= total {
-        "refunded"
+        PaymentStatus::Refunded
     } else if amount > Decimal::ZERO {
-        "partially_refunded"
+        PaymentStatus::PartiallyRefunded
     } else {
-        "paid"
+        PaymentStatus::Paid
     };
     sqlx::query(
         "UPDATE orders SET refunded_amount = $2, payment_status = $3, updated_at = now() WHERE id = $1",
     )
     .bind(order_id)
     .bind(amount)
-    .bind(status)
+    .bind(status.as_str())
     .execute(&mut *conn)
     .await?;
     if wanted > total {
@@ -245,7 +246,7 @@ pub async fn adjust_refunded(
         )
         .await?;
     }
-    Ok(())
+    Ok(status)
 }
 
 /// A dispute as the order API shows it.

@@ -23,3 +23,15 @@ impl Invalid {
         }
     }
 }
+
+/// Free text a person typed (a name, a reason): at most `max` bytes, no
+/// control characters (they would break the timeline and logs).
+pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.len() > max || value.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            field,
+            format!("must be at most {max} characters, without control characters"),
+        ));
+    }
+    Ok(())
+}

@@ -114,15 +114,9 @@ const MAX_QUANTITY: i32 = 10_000;
 const MAX_TEXT: usize = 255;
 
 fn text(field: &str, value: &Option<String>) -> Result<(), Invalid> {
-    if let Some(v) = value
-        && (v.len() > MAX_TEXT || v.chars().any(char::is_control))
-    {
-        return Err(Invalid::new(
-            field,
-            format!("must be at most {MAX_TEXT} characters, without control characters"),
-        ));
-    }
-    Ok(())
+    value
+        .as_deref()
+        .map_or(Ok(()), |v| super::check_text(field, v, MAX_TEXT))
 }
 
 fn money(field: &str, value: Decimal) -> Result<(), Invalid> {

@@ -107,6 +107,9 @@ impl From<CreateOrderError> for PaymentError {
     }
 }
 
+/// Longest reason an admin may give for a refund or cancel.
+const MAX_REASON: usize = 500;
+
 /// Digits after the point in the currency's minor unit (ISO 4217), as Stripe
 /// counts amounts.
 pub fn minor_unit_exponent(currency: &str) -> u32 {
@@ -158,6 +161,7 @@ pub async fn resolve_order(
 }
 
 struct Locked {
+    id: Uuid,
     status: OrderStatus,
     payment: PaymentStatus,
     total: Decimal,
@@ -179,6 +183,7 @@ async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Locked, P
     let status: String = row.try_get("status")?;
     let payment: String = row.try_get("payment_status")?;
     Ok(Locked {
+        id: order_id,
         status: status.parse().map_err(DbError::from)?,
         payment: payment.parse().map_err(DbError::from)?,
         total: row.try_get("total")?,
@@ -210,24 +215,13 @@ async fn record_refund(
     order: &Locked,
     spec: RefundSpec<'_>,
 ) -> Result<Uuid, PaymentError> {
-    let refunded = order.refunded + spec.amount;
-    let full = refunded >= order.total;
-    let (payment_to, order_to) = if full {
-        (PaymentStatus::Refunded, OrderStatus::Refunded)
+    let full =
+        payments::adjust_refunded(conn, order_id, spec.amount).await? == PaymentStatus::Refunded;
+    let order_to = if full {
+        OrderStatus::Refunded
     } else {
-        (
-            PaymentStatus::PartiallyRefunded,
-            OrderStatus::PartiallyRefunded,
-        )
+        OrderStatus::PartiallyRefunded
     };
-    sqlx::query(
-        "UPDATE orders SET refunded_amount = $2, payment_status = $3, updated_at = now() WHERE id = $1",
-    )
-    .bind(order_id)
-    .bind(refunded)
-    .bind(payment_to.as_str())
-    .execute(&mut *conn)
-    .await?;
     if order.status.transition(order_to).is_ok() {
         deliveries::set_order_status(conn, order_id, order_to, spec.actor).await?;
     }
@@ -361,14 +355,8 @@ pub async fn refund(
     {
         return Err(Invalid::new("reason_text", "is required when the reason is `other`").into());
     }
-    if let Some(t) = &req.reason_text
-        && (t.len() > 500 || t.chars().any(char::is_control))
-    {
-        return Err(Invalid::new(
-            "reason_text",
-            "must be at most 500 characters, without control characters",
-        )
-        .into());
+    if let Some(t) = &req.reason_text {
+        super::check_text("reason_text", t, MAX_REASON)?;
     }
     // "2.0" and "2.00" are the same request.
     let canonical = RefundRequest {
@@ -472,6 +460,7 @@ pub async fn cancel(
     reason: &str,
     actor: &str,
 ) -> Result<Withdrawn, PaymentError> {
+    super::check_text("reason", reason, MAX_REASON)?;
     let mut tx = pool.begin().await?;
     let order = lock_order(&mut tx, order_id).await?;
     if !matches!(
@@ -867,23 +856,19 @@ async fn apply_stripe(
             .await?;
             Ok(Ingested::new("applied", Some(order_id), None))
         }
-        "charge.refunded" => {
-            let Some(order_id) = paid_order(conn, object).await? else {
-                return Ok(park(object));
-            };
-            if let Some(other) = other_payment(conn, order_id, object, kind).await? {
-                return Ok(other);
-            }
-            charge_refunded(conn, order_id, object, actor).await
-        }
+        "charge.refunded" => match paid_order(conn, object, kind).await? {
+            Target::Waiting => Ok(park(object)),
+            Target::Other(ignored) => Ok(ignored),
+            Target::Order(order) => charge_refunded(conn, order.id, object, actor).await,
+        },
         "charge.dispute.created" | "charge.dispute.closed" | "charge.dispute.updated" => {
-            let Some(order_id) = paid_order(conn, object).await? else {
-                return Ok(park(object));
-            };
-            if let Some(other) = other_payment(conn, order_id, object, kind).await? {
-                return Ok(other);
+            match paid_order(conn, object, kind).await? {
+                Target::Waiting => Ok(park(object)),
+                Target::Other(ignored) => Ok(ignored),
+                Target::Order(order) => {
+                    dispute(conn, &order, kind, object, occurred, policy, actor).await
+                }
             }
-            dispute(conn, order_id, kind, object, occurred, policy, actor).await
         }
         _ => Ok(Ingested::new(
             "ignored",
@@ -891,42 +876,6 @@ async fn apply_stripe(
             format!("Courier does not act on `{kind}`"),
         )),
     }
-}
-
-/// An event about a Stripe payment of the order other than the one recorded
-/// (the second payment of an order paid twice): it must not refund or
-/// withdraw the order. Ignored, with an admin alert.
-async fn other_payment(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    object: &Value,
-    kind: &str,
-) -> Result<Option<Ingested>, PaymentError> {
-    let order = lock_order(conn, order_id).await?;
-    let (Some("stripe"), Some(recorded), Some(pi)) = (
-        order.gateway.as_deref(),
-        order.transaction_id.as_deref(),
-        text(object, &["payment_intent"]),
-    ) else {
-        return Ok(None);
-    };
-    if recorded == pi {
-        return Ok(None);
-    }
-    keys::alert(
-        conn,
-        "other_payment_event",
-        &format!(
-            "{kind} about payment {pi} of order {order_id}, whose recorded payment is {recorded}: not applied; handle it at Stripe"
-        ),
-        &format!("{kind}:{pi}"),
-    )
-    .await?;
-    Ok(Some(Ingested::new(
-        "ignored",
-        Some(order_id),
-        format!("about payment {pi}, not the order's recorded payment {recorded}"),
-    )))
 }
 
 /// An event that arrived before its payment: kept, applied when it comes.
@@ -945,16 +894,55 @@ fn park(object: &Value) -> Ingested {
     }
 }
 
-/// The locked order of `object` if it is paid (or was, and is being refunded).
-async fn paid_order(conn: &mut PgConnection, object: &Value) -> Result<Option<Uuid>, PaymentError> {
+/// What a charge or dispute event is about.
+enum Target {
+    /// No paid order for it yet: the event waits.
+    Waiting,
+    /// Another Stripe payment of the order than the one recorded (the second
+    /// payment of an order paid twice): it must not refund or withdraw the
+    /// order. Ignored, with an admin alert.
+    Other(Ingested),
+    /// The order, paid (or once paid and now being refunded), locked.
+    Order(Locked),
+}
+
+async fn paid_order(
+    conn: &mut PgConnection,
+    object: &Value,
+    kind: &str,
+) -> Result<Target, PaymentError> {
     let Some(order_id) = find_stripe_order(conn, object).await? else {
-        return Ok(None);
+        return Ok(Target::Waiting);
     };
     let order = lock_order(conn, order_id).await?;
-    Ok(match order.payment {
-        PaymentStatus::Pending | PaymentStatus::Failed => None,
-        _ => Some(order_id),
-    })
+    if matches!(
+        order.payment,
+        PaymentStatus::Pending | PaymentStatus::Failed
+    ) {
+        return Ok(Target::Waiting);
+    }
+    if let (Some("stripe"), Some(recorded), Some(pi)) = (
+        order.gateway.as_deref(),
+        order.transaction_id.as_deref(),
+        text(object, &["payment_intent"]),
+    ) && recorded != pi
+    {
+        keys::alert(
+            conn,
+            "other_payment_event",
+            &format!(
+                "{kind} about payment {pi} of order {order_id}, whose recorded payment is {recorded}: not applied; handle it at Stripe"
+            ),
+            &format!("{kind}:{pi}"),
+        )
+        .await?;
+        return Ok(Target::Other(Ingested::new(
+            "ignored",
+            Some(order_id),
+            format!("about payment {pi}, not the order's recorded payment {recorded}"),
+        )));
+    }
+    Ok(Target::Order(order))
 }
 
 async fn checkout_paid(
@@ -1269,14 +1257,14 @@ fn dispute_outcome(dispute: &Value, at: DateTime<Utc>) -> Option<&'static str> {
 
 async fn dispute(
     conn: &mut PgConnection,
-    order_id: Uuid,
+    order: &Locked,
     kind: &str,
     object: &Value,
     occurred: DateTime<Utc>,
     policy: DisputePolicy,
     actor: &str,
 ) -> Result<Ingested, PaymentError> {
-    let order = lock_order(conn, order_id).await?;
+    let order_id = order.id;
     let external = text(object, &["id"]).unwrap_or_default().to_owned();
     let currency = text(object, &["currency"])
         .map(str::to_ascii_uppercase)
