@@ -85,19 +85,32 @@ async fn dead_order(stack: &TestStack, user: &str) -> String {
     id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bulk_retry_works_on_a_snapshot_and_discard_records_who_and_why() {
+/// A stack whose game server `s` (a fake expecting password `right`) is
+/// registered with the wrong password, so orders of product `p` die.
+async fn misconfigured_stack() -> (TestStack, FakeGameServer) {
     let game = FakeGameServer::start("right", Dialect::Minecraft)
         .await
         .expect("fake server");
     let stack = TestStack::start().await;
-    let mut server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "wrong", "dialect": "minecraft" });
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
+    set_password(&stack, &game, "wrong").await;
     stack
         .add_rcon_product("p", "s", "give {username} apple")
         .await;
+    (stack, game)
+}
+
+/// Registers game server `s` with `password`.
+async fn set_password(stack: &TestStack, game: &FakeGameServer, password: &str) {
+    let server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": password, "dialect": "minecraft" });
+    let (status, body) = stack
+        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_retry_works_on_a_snapshot_and_discard_records_who_and_why() {
+    let (stack, game) = misconfigured_stack().await;
 
     let a = dead_order(&stack, "alice").await;
     let b = dead_order(&stack, "bob").await;
@@ -114,10 +127,7 @@ async fn bulk_retry_works_on_a_snapshot_and_discard_records_who_and_why() {
     // This one dies after the snapshot was taken.
     let c = dead_order(&stack, "carol").await;
 
-    server["password"] = "right".into();
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
+    set_password(&stack, &game, "right").await;
     let result = admin::retry_snapshot(&stack.pool, &snapshot, "test")
         .await
         .expect("bulk retry");
@@ -174,23 +184,10 @@ async fn bulk_retry_works_on_a_snapshot_and_discard_records_who_and_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_retry_through_the_api_and_retry_delivery_on_an_item() {
-    let game = FakeGameServer::start("right", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start().await;
-    let mut server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "wrong", "dialect": "minecraft" });
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
-    stack
-        .add_rcon_product("p", "s", "give {username} apple")
-        .await;
+    let (stack, game) = misconfigured_stack().await;
     let a = dead_order(&stack, "alice").await;
     let b = dead_order(&stack, "bob").await;
-    server["password"] = "right".into();
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
+    set_password(&stack, &game, "right").await;
 
     let (status, result) = stack
         .call(
@@ -224,15 +221,9 @@ async fn bulk_retry_through_the_api_and_retry_delivery_on_an_item() {
         .await;
 
     // "Retry delivery" on a failed item.
-    server["password"] = "wrong".into();
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
+    set_password(&stack, &game, "wrong").await;
     let c = dead_order(&stack, "carol").await;
-    server["password"] = "right".into();
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
+    set_password(&stack, &game, "right").await;
     let (_, order) = stack
         .call(Method::GET, &format!("/v1/orders/{c}"), None)
         .await;

@@ -70,6 +70,18 @@ async fn game_stack(
     (stack, game)
 }
 
+/// Posts a paid order of product `p` for `steve`, paid through Stripe with
+/// PaymentIntent `pi` (`tweak` adjusts the body); returns its id.
+async fn post_stripe_order(stack: &TestStack, pi: &str, tweak: impl FnOnce(&mut Value)) -> String {
+    let mut body = courier_tests::stack::sample_order("p", "steve");
+    body["gateway"] = json!("stripe");
+    body["transaction_id"] = json!(pi);
+    tweak(&mut body);
+    let (status, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    created["id"].as_str().expect("id").to_owned()
+}
+
 async fn count(stack: &TestStack, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&stack.pool)
@@ -574,12 +586,10 @@ async fn a_lost_dispute_runs_the_chargeback_command_and_shows_outcome_and_eviden
                      "chargeback_command": "ban {username} chargeback" }]),
         )
         .await;
-    let mut body = courier_tests::stack::sample_order("p", "steve");
-    body["gateway"] = json!("stripe");
-    body["transaction_id"] = json!("pi_disputed");
-    body["customer"]["ip"] = json!("203.0.113.7");
-    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
-    let id = created["id"].as_str().expect("id").to_owned();
+    let id = post_stripe_order(&stack, "pi_disputed", |body| {
+        body["customer"]["ip"] = json!("203.0.113.7");
+    })
+    .await;
     stack
         .wait_for_order(&id, "completed", Duration::from_secs(20))
         .await;
@@ -857,11 +867,7 @@ async fn stripe_order(pi: &str) -> (TestStack, FakeStripe, FakeGameServer, Strin
     stack
         .add_rcon_product("p", "s", "give {username} diamond")
         .await;
-    let mut body = courier_tests::stack::sample_order("p", "steve");
-    body["gateway"] = json!("stripe");
-    body["transaction_id"] = json!(pi);
-    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
-    let id = created["id"].as_str().expect("id").to_owned();
+    let id = post_stripe_order(&stack, pi, |_| {}).await;
     stack
         .wait_for_order(&id, "completed", Duration::from_secs(20))
         .await;
@@ -984,11 +990,7 @@ async fn an_early_refund_waits_for_an_order_paid_through_the_api() {
     );
     assert_eq!(send_stripe(&stack, &early).await["status"], "pending");
     // The store then posts the order, paid, with the PaymentIntent.
-    let mut body = courier_tests::stack::sample_order("p", "steve");
-    body["gateway"] = json!("stripe");
-    body["transaction_id"] = json!("pi_api");
-    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
-    let id = created["id"].as_str().expect("id").to_owned();
+    let id = post_stripe_order(&stack, "pi_api", |_| {}).await;
     // The rescuer's sweep applies the waiting refund.
     let o = stack
         .wait_for_order(&id, "refunded", Duration::from_secs(20))
@@ -1067,11 +1069,7 @@ async fn a_dispute_runs_chargeback_commands_without_withdrawing_when_so_configur
                      "chargeback_command": "ban {username} chargeback" }]),
         )
         .await;
-    let mut body = courier_tests::stack::sample_order("p", "steve");
-    body["gateway"] = json!("stripe");
-    body["transaction_id"] = json!("pi_keep");
-    let (_, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
-    let id = created["id"].as_str().expect("id").to_owned();
+    let id = post_stripe_order(&stack, "pi_keep", |_| {}).await;
     stack
         .wait_for_order(&id, "completed", Duration::from_secs(20))
         .await;
