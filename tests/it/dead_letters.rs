@@ -138,9 +138,7 @@ async fn bulk_retry_works_on_a_snapshot_and_discard_records_who_and_why() {
     stack
         .wait_for_order(&b, "completed", Duration::from_secs(20))
         .await;
-    let (_, still) = stack
-        .call(Method::GET, &format!("/v1/orders/{c}"), None)
-        .await;
+    let still = stack.order(&c).await;
     assert_eq!(
         still["status"], "failed",
         "a delivery that died after the snapshot is not swept in"
@@ -161,9 +159,7 @@ async fn bulk_retry_works_on_a_snapshot_and_discard_records_who_and_why() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, order) = stack
-        .call(Method::GET, &format!("/v1/orders/{c}"), None)
-        .await;
+    let order = stack.order(&c).await;
     assert_eq!(order["deliveries"][0]["status"], "cancelled");
     let event = order["timeline"]
         .as_array()
@@ -224,9 +220,7 @@ async fn bulk_retry_through_the_api_and_retry_delivery_on_an_item() {
     set_password(&stack, &game, "wrong").await;
     let c = dead_order(&stack, "carol").await;
     set_password(&stack, &game, "right").await;
-    let (_, order) = stack
-        .call(Method::GET, &format!("/v1/orders/{c}"), None)
-        .await;
+    let order = stack.order(&c).await;
     let item = order["items"][0]["id"].as_str().expect("item");
     let (status, body) = stack
         .call(

@@ -174,9 +174,7 @@ async fn an_unknown_member_waits_until_they_join() {
             Duration::from_secs(20),
         )
         .await;
-    let (_, o) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}"), None)
-        .await;
+    let o = stack.order(&id).await;
     assert!(
         o["deliveries"][0]["last_error"]
             .as_str()

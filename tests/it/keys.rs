@@ -194,9 +194,7 @@ async fn nothing_available_waits_with_an_alert_until_a_key_is_entered_by_hand() 
         .await;
     let (_, alerts) = stack.call(Method::GET, "/v1/admin/alerts", None).await;
     assert_eq!(alerts["alerts"][0]["kind"], "no_key_available", "{alerts}");
-    let (_, o) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}"), None)
-        .await;
+    let o = stack.order(&id).await;
     assert!(
         o["deliveries"][0]["last_error"]
             .as_str()
@@ -273,9 +271,7 @@ async fn own_stock_is_never_given_twice_under_fifty_concurrent_orders() {
     let mut seen = HashSet::new();
     let mut delivered = 0;
     for id in &ids {
-        let (_, o) = stack
-            .call(Method::GET, &format!("/v1/orders/{id}"), None)
-            .await;
+        let o = stack.order(id).await;
         for code in codes(&o) {
             assert!(seen.insert(code.clone()), "key {code} given twice");
             delivered += 1;

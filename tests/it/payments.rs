@@ -89,14 +89,6 @@ async fn count(stack: &TestStack, sql: &str) -> i64 {
         .expect("count")
 }
 
-async fn order(stack: &TestStack, id: &str) -> Value {
-    let (status, o) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}"), None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{o}");
-    o
-}
-
 async fn refund(stack: &TestStack, id: &str, body: Value) -> (StatusCode, Value) {
     stack
         .call(
@@ -116,7 +108,7 @@ async fn wait_order(
 ) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let o = order(stack, id).await;
+        let o = stack.order(id).await;
         if check(&o) {
             return o;
         }
@@ -185,7 +177,9 @@ async fn stripe_signatures_are_checked_on_the_raw_body_before_anything_happens()
     let (status, answer) = post_stripe(&stack, &body, Some(both)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "applied", "{answer}");
-    let o = order(&stack, answer["order_id"].as_str().expect("order id")).await;
+    let o = stack
+        .order(answer["order_id"].as_str().expect("order id"))
+        .await;
     assert_eq!(o["payment_status"], "paid");
     assert_eq!(o["gateway"], "stripe");
     assert_eq!(o["transaction_id"], "pi_sig");
@@ -319,7 +313,7 @@ async fn a_refund_that_arrives_before_the_payment_is_applied_after_it() {
     );
     let answer = send_stripe(&stack, &early).await;
     assert_eq!(answer["status"], "pending", "{answer}");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["payment_status"], "pending");
     assert!(o["refunds"].as_array().is_some_and(Vec::is_empty), "{o}");
 
@@ -331,7 +325,7 @@ async fn a_refund_that_arrives_before_the_payment_is_applied_after_it() {
     let answer = send_stripe(&stack, &paid).await;
     assert_eq!(answer["status"], "applied", "{answer}");
 
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["payment_status"], "refunded", "{o:#}");
     assert_eq!(o["status"], "refunded");
     assert_eq!(o["refunded_amount"], "10.48");
@@ -462,7 +456,7 @@ async fn a_full_refund_removes_the_role_runs_the_revoke_command_and_refunds_at_s
     });
     let answer = send_stripe(&stack, &echo).await;
     assert_eq!(answer["status"], "applied", "{answer}");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["refunded_amount"], "12.34");
     assert_eq!(o["refunds"].as_array().map(Vec::len), Some(1));
     stack.teardown().await;
@@ -507,7 +501,7 @@ async fn refunds_add_up_to_the_total_and_no_further_and_need_a_paid_order() {
         r["status"], "recorded",
         "not a Stripe payment: recorded only"
     );
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(
         (o["status"].clone(), o["payment_status"].clone()),
         (json!("partially_refunded"), json!("partially_refunded"))
@@ -543,7 +537,7 @@ async fn refunds_add_up_to_the_total_and_no_further_and_need_a_paid_order() {
     let (status, last) = refund(&stack, &id, json!({ "reason": "requested_by_customer" })).await;
     assert_eq!(status, StatusCode::CREATED, "{last}");
     assert_eq!(last["amount"], "1.00");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(
         (o["status"].clone(), o["payment_status"].clone()),
         (json!("refunded"), json!("refunded"))
@@ -608,7 +602,7 @@ async fn a_lost_dispute_runs_the_chargeback_command_and_shows_outcome_and_eviden
             "ban steve chargeback".to_owned()
         ]
     );
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     let d = &o["disputes"][0];
     assert_eq!(
         (
@@ -629,7 +623,7 @@ async fn a_lost_dispute_runs_the_chargeback_command_and_shows_outcome_and_eviden
         signing::dispute("dp_1", "pi_disputed", 1048, "lost", 1),
     );
     assert_eq!(send_stripe(&stack, &closed).await["status"], "applied");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["disputes"][0]["outcome"], "lost", "{o:#}");
     assert_eq!(o["payment_status"], "refunded");
     assert_eq!(o["status"], "refunded");
@@ -684,7 +678,7 @@ async fn cancel_stops_queued_deliveries_and_refuses_a_completed_order() {
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
     assert_eq!(e["error"]["code"], "order_not_cancellable");
 
-    let o = order(&stack, &first).await;
+    let o = stack.order(&first).await;
     assert_eq!(o["status"], "cancelled");
     assert_eq!(o["deliveries"][0]["status"], "cancelled");
     assert!(
@@ -730,7 +724,7 @@ async fn a_refund_returns_an_unseen_stock_key_but_not_a_revealed_one() {
             Duration::from_secs(20),
         )
         .await;
-    let seen = order(&stack, &ids[1]).await;
+    let seen = stack.order(&ids[1]).await;
     assert!(seen["items"][0]["keys"][0]["code"].is_string(), "{seen}");
 
     for id in &ids {
@@ -746,9 +740,9 @@ async fn a_refund_returns_an_unseen_stock_key_but_not_a_revealed_one() {
         1,
         "only the unseen key is back in stock"
     );
-    let unseen = order(&stack, &ids[0]).await;
+    let unseen = stack.order(&ids[0]).await;
     assert_eq!(unseen["items"][0]["keys"][0]["released"], true, "{unseen}");
-    let revealed = order(&stack, &ids[1]).await;
+    let revealed = stack.order(&ids[1]).await;
     assert_eq!(revealed["items"][0]["keys"][0]["released"], false);
     assert!(
         revealed["timeline"]
@@ -787,7 +781,7 @@ async fn after_a_failed_asynchronous_payment_the_customer_can_pay_again() {
     )
     .await;
     assert_eq!(answer["status"], "ignored", "{answer}");
-    assert_eq!(order(&stack, &id).await["payment_status"], "pending");
+    assert_eq!(stack.order(&id).await["payment_status"], "pending");
 
     let answer = send_stripe(
         &stack,
@@ -799,7 +793,7 @@ async fn after_a_failed_asynchronous_payment_the_customer_can_pay_again() {
     )
     .await;
     assert_eq!(answer["status"], "applied", "{answer}");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(
         (o["status"].clone(), o["payment_status"].clone()),
         (json!("pending"), json!("failed"))
@@ -819,7 +813,7 @@ async fn after_a_failed_asynchronous_payment_the_customer_can_pay_again() {
     )
     .await;
     assert_eq!(answer["status"], "applied", "{answer}");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["payment_status"], "paid", "{o:#}");
     assert_eq!(o["transaction_id"], "pi_async_2");
     assert_eq!(o["deliveries"].as_array().map(Vec::len), Some(1));
@@ -851,7 +845,7 @@ async fn an_order_partially_refunded_before_delivery_is_still_delivered() {
             Duration::from_secs(20),
         )
         .await;
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["status"], "partially_refunded", "{o:#}");
     assert_eq!(o["deliveries"][0]["status"], "succeeded");
     assert_eq!(game.commands(), vec!["give steve diamond".to_owned()]);
@@ -929,7 +923,7 @@ async fn a_refund_stripe_refuses_is_failed_and_refundable_again() {
         c
     });
     assert_eq!(send_stripe(&stack, &made).await["status"], "applied");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["refunds"].as_array().map(Vec::len), Some(1), "{o:#}");
     assert_eq!(o["refunds"][0]["status"], "succeeded");
     assert_eq!(o["refunds"][0]["external_id"], "re_late");
@@ -1042,7 +1036,7 @@ async fn dispute_events_arriving_out_of_order_do_not_reopen_a_closed_dispute() {
     for e in [&update, &closed, &opened] {
         assert_eq!(send_stripe(&stack, e).await["status"], "applied");
     }
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     let d = &o["disputes"][0];
     assert_eq!(d["outcome"], "won", "{o:#}");
     assert_eq!(d["gateway_status"], "won");
@@ -1087,7 +1081,7 @@ async fn a_dispute_runs_chargeback_commands_without_withdrawing_when_so_configur
             "ban steve chargeback".to_owned()
         ]
     );
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert!(o["revoked_at"].is_null(), "access kept: {o:#}");
     assert_eq!(o["items"][0]["delivery_status"], "delivered");
 
@@ -1106,7 +1100,7 @@ async fn a_dispute_runs_chargeback_commands_without_withdrawing_when_so_configur
     );
     let answer = send_stripe(&stack, &refunded_second).await;
     assert_eq!(answer["status"], "ignored", "{answer}");
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     assert_eq!(o["payment_status"], "paid", "{o:#}");
     assert_eq!(o["transaction_id"], "pi_keep");
     let (_, alerts) = stack.call(Method::GET, "/v1/admin/alerts", None).await;
@@ -1202,7 +1196,7 @@ async fn a_held_delivery_that_may_have_run_is_revoked_on_refund() {
             "clear alex diamond".to_owned()
         ]
     );
-    let o = order(&stack, &id).await;
+    let o = stack.order(&id).await;
     let deliver = o["deliveries"]
         .as_array()
         .and_then(|d| d.iter().find(|d| d["purpose"] == "deliver").cloned())

@@ -52,9 +52,7 @@ async fn a_worker_killed_mid_command_leaves_the_delivery_held_by_default() {
             Duration::from_secs(30),
         )
         .await;
-    let (_, order) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}"), None)
-        .await;
+    let order = stack.order(&id).await;
     assert_eq!(
         order["deliveries"][0]["attempt_history"][0]["outcome"],
         "abandoned"

@@ -227,9 +227,7 @@ async fn an_offline_player_waits_and_is_delivered_once_online() {
             Duration::from_secs(20),
         )
         .await;
-    let (_, waiting) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}"), None)
-        .await;
+    let waiting = stack.order(&id).await;
     assert_eq!(waiting["items"][0]["delivery_status"], "waiting");
     assert!(
         game.commands().is_empty(),

@@ -336,14 +336,20 @@ impl TestStack {
         .await
     }
 
+    /// `GET /v1/orders/{id}` with the admin key (which reveals CD keys); panics unless 200.
+    pub async fn order(&self, id: &str) -> Value {
+        let (code, order) = self
+            .call(reqwest::Method::GET, &format!("/v1/orders/{id}"), None)
+            .await;
+        assert_eq!(code, StatusCode::OK, "{order}");
+        order
+    }
+
     /// Polls `GET /v1/orders/{id}` until its status is `status`; panics after `limit`.
     pub async fn wait_for_order(&self, id: &str, status: &str, limit: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let (code, order) = self
-                .call(reqwest::Method::GET, &format!("/v1/orders/{id}"), None)
-                .await;
-            assert_eq!(code, StatusCode::OK, "{order}");
+            let order = self.order(id).await;
             if order["status"] == status {
                 return order;
             }
