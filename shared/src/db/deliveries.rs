@@ -386,6 +386,43 @@ pub async fn record(
     Ok(Recorded::Applied)
 }
 
+/// Gives up on a delivery that is not running (an admin discard, a refund or
+/// cancel): `from` → cancelled, its open dead letter resolved as discarded,
+/// `why` in the timeline (its last error stays, for the record). The caller holds the order's
+/// row lock and rolls up if it should.
+pub async fn cancel(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    id: Uuid,
+    from: DeliveryStatus,
+    why: &str,
+    actor: &str,
+) -> Result<(), DbError> {
+    from.transition(DeliveryStatus::Cancelled)?;
+    sqlx::query(
+        "UPDATE deliveries SET status = 'cancelled', lease_until = NULL, leased_by = NULL, \
+           next_attempt_at = NULL, updated_at = now() WHERE id = $1 AND status = $2",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?;
+    super::dead_letters::resolve_for_delivery(conn, id, actor, "discarded").await?;
+    events::record(
+        conn,
+        NewEvent {
+            order_id,
+            delivery_id: Some(id),
+            kind: "delivery.cancelled",
+            message: format!("{from} delivery cancelled: {why}"),
+            actor,
+            data: json!({ "from": from, "reason": why }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Recomputes the item's status from its deliveries, then the order's from its
 /// items, writing each change through the guarded setters. The caller holds the
 /// order's row lock.

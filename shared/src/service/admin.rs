@@ -122,24 +122,8 @@ pub async fn discard_delivery(
             "delivery is `{status}`; only dead or held deliveries can be discarded"
         )));
     }
-    sqlx::query("UPDATE deliveries SET status = 'cancelled', updated_at = now() WHERE id = $1 AND status = $2")
-        .bind(id)
-        .bind(status.as_str())
-        .execute(&mut *tx)
-        .await?;
-    dead_letters::resolve_for_delivery(&mut tx, id, actor, "discarded").await?;
-    events::record(
-        &mut tx,
-        NewEvent {
-            order_id,
-            delivery_id: Some(id),
-            kind: "delivery.cancelled",
-            message: format!("{status} delivery discarded by {actor}: {reason}"),
-            actor,
-            data: json!({ "from": status, "reason": reason }),
-        },
-    )
-    .await?;
+    let why = format!("discarded by {actor}: {reason}");
+    deliveries::cancel(&mut tx, order_id, id, status, &why, actor).await?;
     if let Some(item_id) = item_id {
         deliveries::roll_up(&mut tx, order_id, item_id, actor).await?;
     }

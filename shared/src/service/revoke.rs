@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::db::deliveries::{self, DeliveryRow};
 use crate::db::events::{self, NewEvent};
-use crate::db::{dead_letters, outbox};
+use crate::db::outbox;
 use crate::domain::action::{DiscordPayload, RconPayload};
 use crate::domain::delivery::{DeliveryKind, DeliveryStatus, Purpose};
 use crate::domain::order::ItemStatus;
@@ -102,7 +102,8 @@ pub async fn withdraw(
                 DeliveryStatus::Running => done.running += 1,
                 DeliveryStatus::Cancelled => {}
                 _ => {
-                    cancel_delivery(conn, order_id, id, status, cause, reason, actor).await?;
+                    let why = format!("cancelled by {} ({reason})", cause.as_str());
+                    deliveries::cancel(conn, order_id, id, status, &why, actor).await?;
                     done.cancelled += 1;
                     // Held, or after an attempt that may have reached the target:
                     // it may have happened, so it is taken back too.
@@ -196,42 +197,6 @@ async fn may_have_run(
     .bind(id)
     .fetch_one(conn)
     .await?)
-}
-
-async fn cancel_delivery(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    id: Uuid,
-    from: DeliveryStatus,
-    cause: Cause,
-    reason: &str,
-    actor: &str,
-) -> Result<(), DbError> {
-    from.transition(DeliveryStatus::Cancelled)?;
-    let why = format!("cancelled by {} ({reason})", cause.as_str());
-    sqlx::query(
-        "UPDATE deliveries SET status = 'cancelled', lease_until = NULL, leased_by = NULL, \
-           next_attempt_at = NULL, last_error = $3, updated_at = now() WHERE id = $1 AND status = $2",
-    )
-    .bind(id)
-    .bind(from.as_str())
-    .bind(&why)
-    .execute(&mut *conn)
-    .await?;
-    dead_letters::resolve_for_delivery(conn, id, actor, "discarded").await?;
-    events::record(
-        conn,
-        NewEvent {
-            order_id,
-            delivery_id: Some(id),
-            kind: "delivery.cancelled",
-            message: format!("delivery {from} → cancelled: {why}"),
-            actor,
-            data: json!({ "from": from, "cause": cause.as_str() }),
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 /// What undoing one delivery took.
