@@ -468,3 +468,36 @@ pub async fn load_attempts(
             .await?;
     rows.iter().map(attempt_from_row).collect()
 }
+
+/// Moves the order's payment status to `to` when the payment state machine
+/// allows it (no-op when already there); the one writer of `payment_status`
+/// after the order is accepted. Sets `paid_at` on the first payment. The
+/// caller holds the order's row lock and writes the timeline entry, which
+/// says why.
+pub async fn set_payment_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    to: PaymentStatus,
+) -> Result<PaymentStatus, DbError> {
+    let current: String =
+        sqlx::query_scalar("SELECT payment_status FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let from: PaymentStatus = current.parse()?;
+    if from == to {
+        return Ok(from);
+    }
+    from.transition(to)?;
+    sqlx::query(
+        "UPDATE orders SET payment_status = $3, updated_at = now(), \
+           paid_at = CASE WHEN $3 = 'paid' THEN coalesce(paid_at, now()) ELSE paid_at END \
+         WHERE id = $1 AND payment_status = $2",
+    )
+    .bind(order_id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .execute(conn)
+    .await?;
+    Ok(from)
+}

@@ -227,14 +227,12 @@ pub async fn adjust_refunded(
     } else {
         PaymentStatus::Paid
     };
-    sqlx::query(
-        "UPDATE orders SET refunded_amount = $2, payment_status = $3, updated_at = now() WHERE id = $1",
-    )
-    .bind(order_id)
-    .bind(amount)
-    .bind(status.as_str())
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("UPDATE orders SET refunded_amount = $2, updated_at = now() WHERE id = $1")
+        .bind(order_id)
+        .bind(amount)
+        .execute(&mut *conn)
+        .await?;
+    super::orders::set_payment_status(conn, order_id, status).await?;
     if wanted > total {
         super::keys::alert(
             conn,

@@ -85,6 +85,23 @@ impl OrderStatus {
     }
 }
 
+impl PaymentStatus {
+    /// The payment state machine. Refunds move between paid, partially
+    /// refunded and refunded both ways (a gateway refund that failed gives the
+    /// amount back); a failed asynchronous payment can be followed by another.
+    pub fn transition(self, to: PaymentStatus) -> Result<PaymentStatus, IllegalTransition> {
+        use PaymentStatus::*;
+        let allowed = match self {
+            Pending => matches!(to, Paid | Failed),
+            Failed => matches!(to, Paid),
+            Paid | PartiallyRefunded | Refunded => {
+                matches!(to, Paid | PartiallyRefunded | Refunded)
+            }
+        };
+        check("payment", self.as_str(), to.as_str(), allowed).map(|()| to)
+    }
+}
+
 impl ItemStatus {
     /// The item state machine.
     pub fn transition(self, to: ItemStatus) -> Result<ItemStatus, IllegalTransition> {
@@ -162,6 +179,29 @@ mod tests {
                 *to == ItemStatus::Revoked
             );
         }
+    }
+
+    #[test]
+    fn a_payment_is_never_unpaid_again() {
+        for to in [PaymentStatus::Pending, PaymentStatus::Failed] {
+            assert!(PaymentStatus::Paid.transition(to).is_err());
+            assert!(PaymentStatus::Refunded.transition(to).is_err());
+        }
+        assert!(
+            PaymentStatus::Pending
+                .transition(PaymentStatus::Refunded)
+                .is_err()
+        );
+        assert!(
+            PaymentStatus::Failed
+                .transition(PaymentStatus::Paid)
+                .is_ok()
+        );
+        assert!(
+            PaymentStatus::Refunded
+                .transition(PaymentStatus::Paid)
+                .is_ok()
+        );
     }
 
     #[test]

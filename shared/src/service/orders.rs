@@ -374,12 +374,7 @@ pub async fn start_fulfilment(
     if !matches!(payment, PaymentStatus::Pending | PaymentStatus::Failed) {
         return Ok(Fulfilment::AlreadyPaid);
     }
-    sqlx::query(
-        "UPDATE orders SET payment_status = 'paid', paid_at = now(), updated_at = now() WHERE id = $1",
-    )
-    .bind(order_id)
-    .execute(&mut *conn)
-    .await?;
+    orders::set_payment_status(conn, order_id, PaymentStatus::Paid).await?;
     let status: String = row.try_get("status")?;
     if status == OrderStatus::Cancelled.as_str() {
         events::record(

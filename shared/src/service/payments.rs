@@ -834,12 +834,7 @@ async fn apply_stripe(
                     format!("the payment is already {}", order.payment),
                 ));
             }
-            sqlx::query(
-                "UPDATE orders SET payment_status = 'failed', updated_at = now() WHERE id = $1",
-            )
-            .bind(order_id)
-            .execute(&mut *conn)
-            .await?;
+            crate::db::orders::set_payment_status(conn, order_id, PaymentStatus::Failed).await?;
             // The order stays pending: the customer may pay again (a new
             // session for the same order), or the store cancels it.
             events::record(
@@ -1375,12 +1370,7 @@ async fn dispute(
         .await?;
         if outcome != "won" {
             // The money went back through the chargeback.
-            sqlx::query(
-                "UPDATE orders SET payment_status = 'refunded', updated_at = now() WHERE id = $1",
-            )
-            .bind(order_id)
-            .execute(&mut *conn)
-            .await?;
+            crate::db::orders::set_payment_status(conn, order_id, PaymentStatus::Refunded).await?;
             if order.status.transition(OrderStatus::Refunded).is_ok() {
                 deliveries::set_order_status(conn, order_id, OrderStatus::Refunded, actor).await?;
             }
