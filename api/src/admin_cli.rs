@@ -93,7 +93,7 @@ pub async fn run(settings: &Settings, command: AdminCommand) -> anyhow::Result<(
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())
     );
     let out = match command {
-        AdminCommand::Held => json!({ "held": rescue::held(&pool, 500).await? }),
+        AdminCommand::Held => json!({ "held": rescue::held(&pool, 500, None).await?.0 }),
         AdminCommand::RetryDelivery { id } => {
             admin::retry_delivery(&pool, id, &actor).await?;
             json!({ "requeued": 1 })

@@ -38,6 +38,12 @@ impl ApiError {
         )
     }
 
+    /// Names the field (or parameter) at fault.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
+    }
+
     /// A path segment that is neither an order id nor an order number.
     pub fn invalid_reference() -> Self {
         ApiError {
@@ -156,6 +162,9 @@ impl From<PaymentError> for ApiError {
             }
             PaymentError::NotCancellable(_) => {
                 ApiError::new(StatusCode::CONFLICT, "order_not_cancellable", message)
+            }
+            PaymentError::NoMismatchedPayment(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_mismatched_payment", message)
             }
             PaymentError::Db(e) => e.into(),
         }

@@ -5,13 +5,17 @@
 //!   the bound address so tests can use port 0.
 //! - `auth`: API keys (bearer tokens) and scopes.
 //! - `error`: the one JSON error shape, with stable codes.
-//! - `json`: the body extractor that names the field at fault.
+//! - `json`: the body extractor that names the field at fault and refuses
+//!   non-text code points.
+//! - `extract`: path and query extractors in the error shape; the URI check
+//!   and the middleware that keeps every error in that shape.
 //! - `routes/`: thin handlers that call `courier_shared::service`.
 //! - `relay`: publishes outbox rows to RabbitMQ with publisher confirms.
 
 pub mod admin_cli;
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod json;
 pub mod relay;
 pub mod routes;

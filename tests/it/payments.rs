@@ -803,10 +803,13 @@ async fn after_a_failed_asynchronous_payment_the_customer_can_pay_again() {
         "nothing was ever queued: {o}"
     );
 
-    // The customer tries again: a free checkout this time (a 100 % coupon).
+    // The customer tries again, by card this time: the session pays the
+    // order's 10.00 exactly.
     let mut again =
         signing::checkout_session("cs_async_2", "pi_async_2", json!({ "order_id": number }));
-    again["payment_status"] = json!("no_payment_required");
+    again["amount_subtotal"] = json!(1000);
+    again["amount_total"] = json!(1000);
+    again["total_details"] = json!({ "amount_tax": 0 });
     let answer = send_stripe(
         &stack,
         &signing::stripe_event("evt_async_3", "checkout.session.completed", again),

@@ -3,13 +3,13 @@
 //! deliveries, and "Retry delivery" on an order item.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use courier_shared::db::dead_letters::{self, DeadLetter, Filter};
 use courier_shared::db::{orders, rescue};
 use courier_shared::domain::delivery::DeliveryKind;
+use courier_shared::domain::payment::EventStatus;
 use courier_shared::service::admin::{self, AdminError, BulkRetry};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::{ADMIN, Caller};
 use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::json::ValidJson;
 use crate::startup::AppState;
 
@@ -44,33 +45,105 @@ pub struct ListQuery {
     pub include_resolved: bool,
     /// Page size, 1–500 (default 50).
     pub limit: Option<i64>,
-    /// The last id of the previous page.
-    pub before: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+/// Every admin list pages the same way: `limit` 1–500 (default 50) and an
+/// opaque `cursor` (the previous page's `next_cursor`); unknown parameters
+/// are refused by each query's `deny_unknown_fields`.
+pub mod page {
+    use axum::http::StatusCode;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use crate::error::ApiError;
+
+    pub const DEFAULT: i64 = 50;
+    pub const MAX: i64 = 500;
+
+    pub fn limit(limit: Option<i64>) -> Result<i64, ApiError> {
+        let limit = limit.unwrap_or(DEFAULT);
+        if !(1..=MAX).contains(&limit) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("limit must be between 1 and {MAX}"),
+            )
+            .with_field("limit"));
+        }
+        Ok(limit)
+    }
+
+    /// The key a cursor stands for.
+    pub fn decode(cursor: Option<&str>) -> Result<Option<String>, ApiError> {
+        let invalid = || {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "cursor: pass the next_cursor of the previous page unchanged",
+            )
+            .with_field("cursor")
+        };
+        cursor
+            .map(|c| {
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(invalid)
+            })
+            .transpose()
+    }
+
+    /// An id cursor.
+    pub fn decode_id(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
+        decode(cursor)?
+            .map(|k| {
+                k.parse().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "cursor: pass the next_cursor of the previous page unchanged",
+                    )
+                    .with_field("cursor")
+                })
+            })
+            .transpose()
+    }
+
+    /// The next page's cursor: present only when this page was full.
+    pub fn next(len: usize, limit: i64, last: Option<String>) -> Option<String> {
+        (len as i64 == limit)
+            .then_some(last)
+            .flatten()
+            .map(|k| URL_SAFE_NO_PAD.encode(k))
+    }
+}
+
+/// A filter on free text: at most 255 characters.
+fn filter_text(field: &str, value: &Option<String>) -> Result<(), ApiError> {
+    if value.as_ref().is_some_and(|v| v.chars().count() > 255) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("{field} must be at most 255 characters"),
+        )
+        .with_field(field));
+    }
+    Ok(())
 }
 
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    let q = query(q)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError {
-            field: Some("limit".into()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "limit must be between 1 and 500",
-            )
-        });
-    }
+    let limit = page::limit(q.limit)?;
+    let before = page::decode_id(q.cursor.as_deref())?;
+    filter_text("target", &q.target)?;
+    filter_text("error", &q.error)?;
     let filter = Filter {
         kind: q.kind,
         target: q.target,
@@ -80,17 +153,15 @@ pub async fn list(
         include_resolved: q.include_resolved,
     };
     let mut conn = state.pool.acquire().await?;
-    let page: Vec<DeadLetter> = dead_letters::list(&mut conn, &filter, limit, q.before).await?;
-    let next = (page.len() as i64 == limit)
-        .then(|| page.last().map(|d| d.id))
-        .flatten();
-    Ok(Json(json!({ "dead_letters": page, "next_before": next })))
+    let rows: Vec<DeadLetter> = dead_letters::list(&mut conn, &filter, limit, before).await?;
+    let next = page::next(rows.len(), limit, rows.last().map(|d| d.id.to_string()));
+    Ok(Json(json!({ "dead_letters": rows, "next_cursor": next })))
 }
 
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     let mut conn = state.pool.acquire().await?;
@@ -107,7 +178,7 @@ pub async fn show(
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     admin::retry_dead_letter(&state.pool, id, &caller.actor()).await?;
@@ -152,7 +223,7 @@ fn reason(d: &Discard) -> Result<&str, ApiError> {
 pub async fn discard(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ValidJson(body): ValidJson<Discard>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
@@ -160,17 +231,45 @@ pub async fn discard(
     Ok(Json(json!({ "discarded": 1 })))
 }
 
-pub async fn held(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Query of `GET /v1/admin/held` and `GET /v1/admin/alerts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Deliveries parked for an admin (they may have run), newest first.
+pub async fn held(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    Ok(Json(
-        json!({ "held": rescue::held(&state.pool, 500).await? }),
-    ))
+    let limit = page::limit(q.limit)?;
+    let after = page::decode(q.cursor.as_deref())?
+        .map(|k| {
+            rescue::HeldCursor::parse(&k).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "cursor: pass the next_cursor of the previous page unchanged",
+                )
+                .with_field("cursor")
+            })
+        })
+        .transpose()?;
+    let (rows, last) = rescue::held(&state.pool, limit, after).await?;
+    let next = page::next(rows.len(), limit, last.map(|c| c.to_string()));
+    Ok(Json(json!({ "held": rows, "next_cursor": next })))
 }
 
 pub async fn retry_delivery(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     admin::retry_delivery(&state.pool, id, &caller.actor()).await?;
@@ -181,7 +280,7 @@ pub async fn retry_delivery(
 pub async fn discard_delivery(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ValidJson(body): ValidJson<Discard>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
@@ -193,7 +292,7 @@ pub async fn discard_delivery(
 pub async fn retry_item(
     State(state): State<AppState>,
     caller: Caller,
-    Path((order_id, item_id)): Path<(Uuid, Uuid)>,
+    ApiPath((order_id, item_id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     let n = admin::retry_item(&state.pool, order_id, item_id, &caller.actor()).await?;
@@ -206,11 +305,11 @@ pub async fn retry_item(
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     /// `received`, `applied`, `pending`, `ignored` or `failed`.
-    pub status: Option<String>,
+    pub status: Option<EventStatus>,
     /// Page size, 1–500 (default 50).
     pub limit: Option<i64>,
-    /// The last id of the previous page.
-    pub before: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// Verified webhook events as stored: what was applied, what waits for its
@@ -218,35 +317,23 @@ pub struct EventQuery {
 pub async fn payment_events(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<EventQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    let q = query(q)?;
-    if let Some(s) = &q.status
-        && !["received", "applied", "pending", "ignored", "failed"].contains(&s.as_str())
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "status must be received, applied, pending, ignored or failed",
-        ));
-    }
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let limit = page::limit(q.limit)?;
+    let before = page::decode_id(q.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await?;
     let events =
-        courier_shared::db::payments::list_events(&mut conn, q.status.as_deref(), q.before, limit)
-            .await?;
-    let next = (events.len() as i64 == limit)
-        .then(|| events.last().map(|e| e.id))
-        .flatten();
-    Ok(Json(json!({ "events": events, "next_before": next })))
+        courier_shared::db::payments::list_events(&mut conn, q.status, before, limit).await?;
+    let next = page::next(events.len(), limit, events.last().map(|e| e.id.to_string()));
+    Ok(Json(json!({ "events": events, "next_cursor": next })))
 }
 
 /// One stored webhook event with the body the gateway sent.
 pub async fn payment_event(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     let mut conn = state.pool.acquire().await?;

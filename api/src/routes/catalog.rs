@@ -2,7 +2,7 @@
 //! creates or replaces, so seeding is repeatable.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use courier_shared::db::catalog::{self, GameServer, Product};
 use courier_shared::service::catalog::{
     GameServerInput, ProductInput, save_game_server, save_product,
@@ -10,13 +10,14 @@ use courier_shared::service::catalog::{
 
 use crate::auth::{ADMIN, Caller};
 use crate::error::ApiError;
+use crate::extract::ApiPath;
 use crate::json::ValidJson;
 use crate::startup::AppState;
 
 pub async fn put_game_server(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ValidJson(input): ValidJson<GameServerInput>,
 ) -> Result<Json<GameServer>, ApiError> {
     caller.require(ADMIN)?;
@@ -35,7 +36,7 @@ pub async fn list_game_servers(
 pub async fn put_product(
     State(state): State<AppState>,
     caller: Caller,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
     ValidJson(input): ValidJson<ProductInput>,
 ) -> Result<Json<Product>, ApiError> {
     caller.require(ADMIN)?;

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use courier_shared::service::keys;
 use serde::Deserialize;
@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::auth::{ADMIN, Caller};
 use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::json::{ValidJson, parse};
+use crate::routes::admin::{PageQuery, page};
 use crate::startup::AppState;
 
 fn cipher(state: &AppState) -> Result<&courier_shared::crypto::KeyCipher, ApiError> {
@@ -62,7 +64,7 @@ fn parse_csv(body: &[u8]) -> Result<Vec<String>, ApiError> {
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -90,7 +92,7 @@ pub struct ManualKey {
 pub async fn enter(
     State(state): State<AppState>,
     caller: Caller,
-    Path(item_id): Path<Uuid>,
+    ApiPath(item_id): ApiPath<Uuid>,
     ValidJson(body): ValidJson<ManualKey>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
@@ -109,11 +111,19 @@ pub async fn enter(
 pub async fn alerts(
     State(state): State<AppState>,
     caller: Caller,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    let rows = sqlx::query("SELECT id, kind, message, created_at FROM admin_alerts WHERE acknowledged_at IS NULL ORDER BY id DESC LIMIT 500")
-        .fetch_all(&state.pool)
-        .await?;
+    let limit = page::limit(q.limit)?;
+    let before = page::decode_id(q.cursor.as_deref())?;
+    let rows = sqlx::query(
+        "SELECT id, kind, message, created_at FROM admin_alerts \
+         WHERE acknowledged_at IS NULL AND ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
     let alerts: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -125,7 +135,12 @@ pub async fn alerts(
             })
         })
         .collect();
-    Ok(Json(json!({ "alerts": alerts })))
+    let next = page::next(
+        alerts.len(),
+        limit,
+        rows.last().map(|r| r.get::<i64, _>("id").to_string()),
+    );
+    Ok(Json(json!({ "alerts": alerts, "next_cursor": next })))
 }
 
 /// Compares without an early exit, so timing does not leak the secret.
@@ -143,7 +158,7 @@ struct SupplierEvent {
 /// in `X-Api-Key`; the body names our delivery (`orderExternalId`).
 pub async fn supplier_webhook(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {

@@ -1,7 +1,7 @@
 //! `POST /v1/orders` and `GET /v1/orders/{id or order number}`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use courier_shared::db::orders::{self, OrderView};
 use courier_shared::domain::ids;
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, ORDERS_KEYS, ORDERS_READ, ORDERS_WRITE};
 use crate::error::ApiError;
+use crate::extract::ApiPath;
 use crate::json::ValidJson;
 use crate::startup::AppState;
 
@@ -59,7 +60,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     caller.require(ORDERS_READ)?;
     let mut conn = state.pool.acquire().await?;

@@ -10,20 +10,21 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use courier_shared::config::Secret;
 use courier_shared::domain::ids;
 use courier_shared::service::orders::NewOrder;
 use courier_shared::service::payments::{
-    self, DisputePolicy, Ingested, RefundRequest, StripeEvent,
+    self, AcceptRequest, DisputePolicy, IngestStatus, Ingested, RefundRequest, StripeEvent,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{Caller, ORDERS_REFUND, ORDERS_WRITE};
+use crate::auth::{ADMIN, Caller, ORDERS_REFUND, ORDERS_WRITE};
 use crate::error::ApiError;
+use crate::extract::ApiPath;
 use crate::json::{ValidJson, parse};
 use crate::signature::{self, SignatureError, StandardHeaders};
 use crate::startup::AppState;
@@ -60,8 +61,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn answer(state: &AppState, route: &str, done: Ingested) -> (StatusCode, Json<Ingested>) {
-    tracing::info!(route, status = done.status, order_id = ?done.order_id, note = ?done.note, "webhook event");
-    if done.status == "applied" {
+    tracing::info!(route, status = ?done.status, order_id = ?done.order_id, note = ?done.note, "webhook event");
+    if done.status == IngestStatus::Applied {
         state.relay_wake.notify_one();
     }
     (StatusCode::OK, Json(done))
@@ -88,6 +89,15 @@ pub async fn stripe(
     .map_err(|e| rejected("stripe", e))?;
     let raw: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
+    // A verified event with text Postgres cannot keep (NUL, say) is stored
+    // with those code points replaced, as `failed` with the field named, and
+    // answered 200 like any other unusable verified event: Stripe stops
+    // re-sending, an admin sees it, nothing is applied.
+    let bad = crate::json::non_text_field(&body);
+    let raw = match &bad {
+        Some(_) => crate::json::sanitized(&raw),
+        None => raw,
+    };
     let event: StripeEvent = serde_json::from_value(raw.clone()).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -95,6 +105,13 @@ pub async fn stripe(
             format!("not a Stripe event: {e}"),
         )
     })?;
+    if let Some(field) = bad {
+        let reason = format!("{field}: contains NUL or another control character");
+        let done =
+            payments::ingest_unusable(&state.pool, "stripe", &event.id, &event.kind, &raw, &reason)
+                .await?;
+        return Ok(answer(&state, "stripe", done));
+    }
     let policy = DisputePolicy {
         revoke_on_dispute: p.revoke_on_dispute,
     };
@@ -129,10 +146,29 @@ pub async fn generic(
         chrono::Utc::now().timestamp(),
     )
     .map_err(|e| rejected("generic", e))?;
+    // Courier's own order format: a body that does not make a valid order
+    // (NUL in a string included) is refused with the field named, as on
+    // `POST /v1/orders`, and nothing is stored.
     let order: NewOrder = parse(&body)?;
     let raw: Value = serde_json::from_slice(&body).unwrap_or_default();
     let done = payments::ingest_generic(&state.pool, id, &order, &raw).await?;
     Ok(answer(&state, "generic", done))
+}
+
+/// `POST /v1/orders/{reference}/payment/accept` (`admin`): accepts a payment
+/// that did not pay the order (`payment_status: mismatched`) as it is; the
+/// order is then fulfilled. The reason goes into the timeline.
+pub async fn accept_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(reference): ApiPath<String>,
+    ValidJson(req): ValidJson<AcceptRequest>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(ADMIN)?;
+    let id = order_id(&state, &reference).await?;
+    let done = payments::accept_payment(&state.pool, id, &req, &caller.actor()).await?;
+    state.relay_wake.notify_one();
+    Ok(Json(json!(done)))
 }
 
 async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
@@ -151,7 +187,7 @@ async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
 pub async fn refund(
     State(state): State<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
     headers: HeaderMap,
     ValidJson(req): ValidJson<RefundRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -178,7 +214,7 @@ pub struct CancelRequest {
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ORDERS_WRITE)?;

@@ -30,6 +30,7 @@ pub struct OrderRow {
     pub discord_user_id: Option<String>,
     pub currency: String,
     pub subtotal: Decimal,
+    pub discount: Decimal,
     pub tax: Decimal,
     pub total: Decimal,
     pub idempotency_key: Option<String>,
@@ -42,9 +43,9 @@ pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), s
     sqlx::query(
         "INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
            customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
-           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip) \
+           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, discount) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-           CASE WHEN $4 = 'paid' THEN now() END, $19)",
+           CASE WHEN $4 = 'paid' THEN now() END, $19, $20)",
     )
     .bind(o.id)
     .bind(&o.order_number)
@@ -65,6 +66,7 @@ pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), s
     .bind(&o.idempotency_key)
     .bind(&o.request_hash)
     .bind(&o.customer_ip)
+    .bind(o.discount)
     .execute(conn)
     .await?;
     Ok(())
@@ -140,9 +142,15 @@ pub struct OrderView {
     #[serde(with = "rust_decimal::serde::str")]
     pub subtotal: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    pub discount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
     pub tax: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
+    /// What the gateway said the payment took, when it said.
+    pub payment_received: Option<Received>,
+    /// Why the payment was not applied (`payment_status: mismatched`).
+    pub payment_issue: Option<String>,
     /// Sum of the refunds recorded so far.
     #[serde(with = "rust_decimal::serde::str")]
     pub refunded_amount: Decimal,
@@ -160,6 +168,14 @@ pub struct OrderView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
     pub timeline: Vec<EventView>,
+}
+
+/// A payment's figures as the gateway sent them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
 }
 
 /// What a merchant submits against a chargeback: who bought, from where,
@@ -415,8 +431,17 @@ pub async fn load_view(
         discord_user_id: o.try_get("discord_user_id")?,
         currency: o.try_get("currency")?,
         subtotal: o.try_get("subtotal")?,
+        discount: o.try_get("discount")?,
         tax: o.try_get("tax")?,
         total: o.try_get("total")?,
+        payment_received: match (
+            o.try_get::<Option<Decimal>, _>("paid_amount")?,
+            o.try_get::<Option<String>, _>("paid_currency")?,
+        ) {
+            (Some(amount), Some(currency)) => Some(Received { amount, currency }),
+            _ => None,
+        },
+        payment_issue: o.try_get("payment_issue")?,
         refunded_amount: o.try_get("refunded_amount")?,
         created_at: o.try_get("created_at")?,
         updated_at: o.try_get("updated_at")?,

@@ -10,6 +10,9 @@ use uuid::Uuid;
 use super::events::{self, NewEvent};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::order::PaymentStatus;
+use crate::domain::payment::{
+    DisputeOutcome, EventStatus, RefundReason, RefundSource, RefundStatus,
+};
 use crate::error::DbError;
 
 /// A refund as the order API shows it.
@@ -19,10 +22,10 @@ pub struct RefundView {
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
-    pub reason: String,
+    pub reason: RefundReason,
     pub reason_text: Option<String>,
-    pub source: String,
-    pub status: String,
+    pub source: RefundSource,
+    pub status: RefundStatus,
     pub external_id: Option<String>,
     /// The gateway job (a delivery of kind `gateway_refund`), when there is one.
     pub delivery_id: Option<Uuid>,
@@ -39,10 +42,10 @@ pub struct NewRefund<'a> {
     pub order_id: Uuid,
     pub amount: Decimal,
     pub currency: &'a str,
-    pub reason: &'a str,
+    pub reason: RefundReason,
     pub reason_text: Option<&'a str>,
-    pub source: &'a str,
-    pub status: &'a str,
+    pub source: RefundSource,
+    pub status: RefundStatus,
     pub external_id: Option<&'a str>,
     pub delivery_id: Option<Uuid>,
     pub revoke: bool,
@@ -62,10 +65,10 @@ pub async fn insert_refund(conn: &mut PgConnection, r: &NewRefund<'_>) -> Result
     .bind(r.order_id)
     .bind(r.amount)
     .bind(r.currency)
-    .bind(r.reason)
+    .bind(r.reason.as_str())
     .bind(r.reason_text)
-    .bind(r.source)
-    .bind(r.status)
+    .bind(r.source.as_str())
+    .bind(r.status.as_str())
     .bind(r.external_id)
     .bind(r.delivery_id)
     .bind(r.revoke)
@@ -91,10 +94,10 @@ pub async fn refunds_of(
                 id: r.try_get("id")?,
                 amount: r.try_get("amount")?,
                 currency: r.try_get::<String, _>("currency")?.trim().to_owned(),
-                reason: r.try_get("reason")?,
+                reason: r.try_get::<String, _>("reason")?.parse()?,
                 reason_text: r.try_get("reason_text")?,
-                source: r.try_get("source")?,
-                status: r.try_get("status")?,
+                source: r.try_get::<String, _>("source")?.parse()?,
+                status: r.try_get::<String, _>("status")?.parse()?,
                 external_id: r.try_get("external_id")?,
                 delivery_id: r.try_get("delivery_id")?,
                 revoke: r.try_get("revoke")?,
@@ -122,8 +125,8 @@ pub async fn settle_refund(
     response: Option<&str>,
 ) -> Result<(), DbError> {
     let status = match next {
-        DeliveryStatus::Succeeded => "succeeded",
-        DeliveryStatus::Dead | DeliveryStatus::Cancelled => "failed",
+        DeliveryStatus::Succeeded => RefundStatus::Succeeded,
+        DeliveryStatus::Dead | DeliveryStatus::Cancelled => RefundStatus::Failed,
         _ => return Ok(()),
     };
     let external: Option<String> = response
@@ -140,7 +143,7 @@ pub async fn settle_refund(
          RETURNING r.order_id, r.amount, r.currency, prev.status AS prev_status",
     )
     .bind(delivery_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(&external)
     .fetch_optional(&mut *conn)
     .await?;
@@ -150,17 +153,17 @@ pub async fn settle_refund(
     let order_id: Uuid = row.try_get("order_id")?;
     let amount: Decimal = row.try_get("amount")?;
     let currency: String = row.try_get("currency")?;
-    let prev: String = row.try_get("prev_status")?;
+    let prev: RefundStatus = row.try_get::<String, _>("prev_status")?.parse()?;
     // The amount counts while the refund is pending or succeeded, not once failed.
-    let delta = match (prev.as_str(), status) {
-        ("failed", "succeeded") => amount,
-        ("pending", "failed") => -amount,
+    let delta = match (prev, status) {
+        (RefundStatus::Failed, RefundStatus::Succeeded) => amount,
+        (RefundStatus::Pending, RefundStatus::Failed) => -amount,
         _ => Decimal::ZERO,
     };
     if delta != Decimal::ZERO {
         adjust_refunded(conn, order_id, delta).await?;
     }
-    if status == "failed" && prev != "failed" {
+    if status == RefundStatus::Failed && prev != RefundStatus::Failed {
         super::keys::alert(
             conn,
             "refund_failed",
@@ -179,7 +182,7 @@ pub async fn settle_refund(
             delivery_id: Some(delivery_id),
             kind: &format!("refund.{status}"),
             message: match status {
-                "succeeded" => format!(
+                RefundStatus::Succeeded => format!(
                     "the gateway refunded {amount} {} (refund {})",
                     currency.trim(),
                     external.as_deref().unwrap_or("?")
@@ -258,8 +261,8 @@ pub struct DisputeView {
     pub reason: String,
     pub gateway_status: String,
     pub evidence_due_by: Option<DateTime<Utc>>,
-    /// `won`, `lost` or `accepted` once closed.
-    pub outcome: Option<String>,
+    /// Set once closed.
+    pub outcome: Option<DisputeOutcome>,
     pub created_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
 }
@@ -282,7 +285,10 @@ pub async fn disputes_of(
                 reason: r.try_get("reason")?,
                 gateway_status: r.try_get("gateway_status")?,
                 evidence_due_by: r.try_get("evidence_due_by")?,
-                outcome: r.try_get("outcome")?,
+                outcome: r
+                    .try_get::<Option<String>, _>("outcome")?
+                    .map(|o| o.parse())
+                    .transpose()?,
                 created_at: r.try_get("created_at")?,
                 closed_at: r.try_get("closed_at")?,
             })
@@ -331,7 +337,7 @@ pub async fn receive(
 pub async fn settle_event(
     conn: &mut PgConnection,
     id: i64,
-    status: &str,
+    status: EventStatus,
     order_id: Option<Uuid>,
     note: Option<&str>,
 ) -> Result<(), sqlx::Error> {
@@ -340,7 +346,7 @@ pub async fn settle_event(
            applied_at = CASE WHEN $2 = 'applied' THEN now() END WHERE id = $1",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(order_id)
     .bind(note)
     .execute(conn)
@@ -392,7 +398,8 @@ pub struct EventRow {
     pub event_type: String,
     pub order_ref: Option<String>,
     pub order_id: Option<Uuid>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: EventStatus,
     pub note: Option<String>,
     pub occurred_at: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
@@ -402,7 +409,7 @@ pub struct EventRow {
 /// Stored events, newest first: all, or those in `status`; keyset pages by id.
 pub async fn list_events(
     conn: &mut PgConnection,
-    status: Option<&str>,
+    status: Option<EventStatus>,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<EventRow>, sqlx::Error> {
@@ -412,7 +419,7 @@ pub async fn list_events(
          WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR id < $2) \
          ORDER BY id DESC LIMIT $3",
     )
-    .bind(status)
+    .bind(status.map(EventStatus::as_str))
     .bind(before)
     .bind(limit)
     .fetch_all(conn)
@@ -425,4 +432,317 @@ pub async fn event_payload(conn: &mut PgConnection, id: i64) -> Result<Option<Va
         .bind(id)
         .fetch_optional(conn)
         .await
+}
+
+/// The order's id from its id or order number (anything else: `None`).
+pub async fn resolve_order(
+    conn: &mut PgConnection,
+    reference: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    if let Ok(id) = Uuid::parse_str(reference) {
+        return sqlx::query_scalar("SELECT id FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await;
+    }
+    if crate::domain::ids::looks_like_order_number(reference) {
+        return sqlx::query_scalar("SELECT id FROM orders WHERE order_number = $1")
+            .bind(reference)
+            .fetch_optional(conn)
+            .await;
+    }
+    Ok(None)
+}
+
+/// An order under its row lock, as the money rules read it.
+#[derive(Debug, Clone)]
+pub struct LockedOrder {
+    pub id: Uuid,
+    pub order_number: String,
+    pub status: crate::domain::order::OrderStatus,
+    pub payment: PaymentStatus,
+    pub total: Decimal,
+    pub refunded: Decimal,
+    pub currency: String,
+    pub gateway: Option<String>,
+    pub transaction_id: Option<String>,
+    /// What the last payment took, as the gateway said.
+    pub paid_amount: Option<Decimal>,
+    pub paid_currency: Option<String>,
+}
+
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<LockedOrder>, DbError> {
+    let Some(row) = sqlx::query(
+        "SELECT order_number, status, payment_status, total, refunded_amount, currency, gateway, \
+           transaction_id, paid_amount, paid_currency FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LockedOrder {
+        id: order_id,
+        order_number: row.try_get("order_number")?,
+        status: row.try_get::<String, _>("status")?.parse()?,
+        payment: row.try_get::<String, _>("payment_status")?.parse()?,
+        total: row.try_get("total")?,
+        refunded: row.try_get("refunded_amount")?,
+        currency: row.try_get::<String, _>("currency")?.trim().to_owned(),
+        gateway: row.try_get("gateway")?,
+        transaction_id: row.try_get("transaction_id")?,
+        paid_amount: row.try_get("paid_amount")?,
+        paid_currency: row.try_get("paid_currency")?,
+    }))
+}
+
+/// Keeps what a payment took (`None`: the gateway said nothing) and, when it
+/// does not pay the order, why.
+pub async fn record_received(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    paid: Option<(Decimal, &str)>,
+    issue: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET paid_amount = coalesce($2, paid_amount), \
+           paid_currency = coalesce($3, paid_currency), payment_issue = $4, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(paid.map(|p| p.0))
+    .bind(paid.map(|p| p.1))
+    .bind(issue)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the Stripe payment paying an order now: while it is unpaid the
+/// new payment becomes the one refunds go against; once paid, the first one
+/// stays.
+pub async fn set_stripe_payment(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    payment_intent: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET \
+           gateway = CASE WHEN payment_status IN ('pending', 'failed') THEN 'stripe' ELSE coalesce(gateway, 'stripe') END, \
+           transaction_id = CASE WHEN payment_status IN ('pending', 'failed') THEN coalesce($2, transaction_id) \
+             ELSE coalesce(transaction_id, $2) END, \
+           updated_at = now() WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(payment_intent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Serialises events about one payment (the payment and its early refund)
+/// until the transaction ends.
+pub async fn lock_payment_ref(conn: &mut PgConnection, reference: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('courier.payment:' || $1, 0))")
+        .bind(reference)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The Stripe order paid by PaymentIntent `pi`.
+pub async fn order_by_payment_intent(
+    conn: &mut PgConnection,
+    pi: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM orders WHERE gateway = 'stripe' AND transaction_id = $1")
+        .bind(pi)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The order created under an idempotency key (a Checkout Session's or a
+/// generic webhook's).
+pub async fn order_by_key(conn: &mut PgConnection, key: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM orders WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The refund made under `key` for the order, with the hash of its request.
+pub async fn refund_by_key(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    key: &str,
+) -> Result<Option<(Uuid, Option<Vec<u8>>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, request_hash FROM refunds WHERE order_id = $1 AND idempotency_key = $2",
+    )
+    .bind(order_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A refund Courier asked for whose job gave up but which the gateway made
+/// after all: `succeeded` again; returns its amount if it was `failed`.
+pub async fn revive_refund(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    order_id: Uuid,
+    external_id: &str,
+) -> Result<Option<Decimal>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE refunds SET status = 'succeeded', external_id = coalesce(external_id, $3), \
+           completed_at = now() \
+         WHERE id = $1 AND order_id = $2 AND status = 'failed' RETURNING amount",
+    )
+    .bind(refund_id)
+    .bind(order_id)
+    .bind(external_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Whether a gateway refund id is recorded already.
+pub async fn refund_known(conn: &mut PgConnection, external_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunds WHERE external_id = $1)")
+        .bind(external_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// A dispute as a gateway event describes it.
+#[derive(Debug, Clone)]
+pub struct DisputeFacts<'a> {
+    pub order_id: Uuid,
+    pub external_id: &'a str,
+    pub amount: Decimal,
+    pub currency: &'a str,
+    pub reason: &'a str,
+    pub gateway_status: &'a str,
+    pub evidence_due_by: Option<DateTime<Utc>>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Stores the dispute the first time it is seen; true if it is new.
+pub async fn open_dispute(
+    conn: &mut PgConnection,
+    d: &DisputeFacts<'_>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO disputes (id, order_id, external_id, amount, currency, reason, gateway_status, evidence_due_by, last_event_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (external_id) DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .bind(d.order_id)
+    .bind(d.external_id)
+    .bind(d.amount)
+    .bind(d.currency)
+    .bind(d.reason)
+    .bind(d.gateway_status)
+    .bind(d.evidence_due_by)
+    .bind(d.occurred_at)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Closes an open dispute (once, whenever the closing event arrives); true if
+/// this call closed it.
+pub async fn close_dispute(
+    conn: &mut PgConnection,
+    d: &DisputeFacts<'_>,
+    outcome: DisputeOutcome,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE disputes SET outcome = $2, closed_at = now(), gateway_status = $3, amount = $4, \
+           evidence_due_by = coalesce($5, evidence_due_by), \
+           last_event_at = greatest(last_event_at, $6) \
+         WHERE external_id = $1 AND outcome IS NULL",
+    )
+    .bind(d.external_id)
+    .bind(outcome.as_str())
+    .bind(d.gateway_status)
+    .bind(d.amount)
+    .bind(d.evidence_due_by)
+    .bind(d.occurred_at)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Updates an open dispute, only from an event newer than the last applied.
+pub async fn update_dispute(
+    conn: &mut PgConnection,
+    d: &DisputeFacts<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE disputes SET gateway_status = $2, amount = $3, \
+           evidence_due_by = coalesce($4, evidence_due_by), last_event_at = $5 \
+         WHERE external_id = $1 AND outcome IS NULL \
+           AND (last_event_at IS NULL OR last_event_at <= $5)",
+    )
+    .bind(d.external_id)
+    .bind(d.gateway_status)
+    .bind(d.amount)
+    .bind(d.evidence_due_by)
+    .bind(d.occurred_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks events waiting over an hour as alerted (once each); returns them
+/// as (row id, event id, order ref).
+pub async fn mark_stale_waiting(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<(i64, String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE payment_events SET alerted_at = now() WHERE id IN ( \
+           SELECT id FROM payment_events WHERE status = 'pending' AND alerted_at IS NULL \
+             AND received_at < now() - interval '1 hour' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, event_id, order_ref",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// The newest waiting Stripe events of the last day (those whose payment is
+/// most likely to have just arrived), in the order they happened.
+pub async fn recent_waiting(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<(i64, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, order_ref FROM (SELECT id, order_ref, occurred_at FROM payment_events \
+           WHERE provider = 'stripe' AND status = 'pending' AND received_at > now() - interval '1 day' \
+           ORDER BY received_at DESC LIMIT $1) recent ORDER BY occurred_at, id",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// A waiting event, locked (skipped if another transaction holds it).
+pub async fn lock_waiting(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<Option<(String, Value, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT event_type, payload, occurred_at \
+         FROM payment_events WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }

@@ -200,16 +200,56 @@ pub async fn republish_overdue(
     Ok(rows.len() as u64)
 }
 
-/// Held deliveries (ambiguous after a worker died), for the admin list.
-pub async fn held(pool: &PgPool, limit: i64) -> Result<Vec<serde_json::Value>, DbError> {
+/// Where a page of held deliveries ended: `updated_at` and id of its last row.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldCursor {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub id: Uuid,
+}
+
+impl HeldCursor {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (at, id) = s.split_once('|')?;
+        Some(HeldCursor {
+            at: chrono::DateTime::parse_from_rfc3339(at).ok()?.to_utc(),
+            id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for HeldCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}|{}", self.at.to_rfc3339(), self.id)
+    }
+}
+
+/// Held deliveries (ambiguous after a worker died), newest first, after
+/// `after`; with where the page ended.
+pub async fn held(
+    pool: &PgPool,
+    limit: i64,
+    after: Option<HeldCursor>,
+) -> Result<(Vec<serde_json::Value>, Option<HeldCursor>), DbError> {
     let rows = sqlx::query(
         "SELECT d.id, d.order_id, o.order_number, d.kind, d.target, d.payload, d.attempts, d.last_error, d.updated_at \
-         FROM deliveries d JOIN orders o ON o.id = d.order_id WHERE d.status = 'held' ORDER BY d.updated_at DESC LIMIT $1",
+         FROM deliveries d JOIN orders o ON o.id = d.order_id WHERE d.status = 'held' \
+           AND ($2::timestamptz IS NULL OR (d.updated_at, d.id) < ($2, $3)) \
+         ORDER BY d.updated_at DESC, d.id DESC LIMIT $1",
     )
     .bind(limit)
+    .bind(after.map(|c| c.at))
+    .bind(after.map(|c| c.id))
     .fetch_all(pool)
     .await?;
-    rows.iter()
+    let last = match rows.last() {
+        Some(r) => Some(HeldCursor {
+            at: r.try_get("updated_at")?,
+            id: r.try_get("id")?,
+        }),
+        None => None,
+    };
+    let list = rows
+        .iter()
         .map(|r| {
             Ok(json!({
                 "delivery_id": r.try_get::<Uuid, _>("id")?,
@@ -223,5 +263,6 @@ pub async fn held(pool: &PgPool, limit: i64) -> Result<Vec<serde_json::Value>, D
                 "held_since": r.try_get::<chrono::DateTime<chrono::Utc>, _>("updated_at")?,
             }))
         })
-        .collect()
+        .collect::<Result<Vec<_>, DbError>>()?;
+    Ok((list, last))
 }

@@ -4,7 +4,9 @@
 pub mod action;
 pub mod delivery;
 pub mod ids;
+pub mod money;
 pub mod order;
+pub mod payment;
 pub mod retry;
 pub mod rollup;
 pub mod template;
@@ -16,6 +18,19 @@ pub struct IllegalTransition {
     pub machine: &'static str,
     pub from: &'static str,
     pub to: &'static str,
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (`String::truncate`
+/// panics inside a multi-byte character; a gateway's answer may hold any).
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A stored status string that is not one of the enum's values.
@@ -52,6 +67,13 @@ macro_rules! text_enum {
             }
         }
 
+        impl TryFrom<String> for $name {
+            type Error = $crate::domain::UnknownValue;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
@@ -60,3 +82,14 @@ macro_rules! text_enum {
     };
 }
 pub(crate) use text_enum;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        assert_eq!(super::clip("héllo", 2), "h");
+        assert_eq!(super::clip("héllo", 3), "hé");
+        assert_eq!(super::clip("abc", 10), "abc");
+        assert_eq!(super::clip("€", 2), "");
+    }
+}

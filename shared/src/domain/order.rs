@@ -23,12 +23,16 @@ text_enum!(
 
 text_enum!(
     /// Whether the customer has paid; kept apart from fulfilment.
+    /// `mismatched`: a payment arrived that does not pay the order (amount or
+    /// currency); it is recorded and nothing is delivered until an admin
+    /// accepts it (`paid`) or gives it back (`refunded`).
     PaymentStatus, "payment status" {
         Pending => "pending",
         Paid => "paid",
         Failed => "failed",
         Refunded => "refunded",
         PartiallyRefunded => "partially_refunded",
+        Mismatched => "mismatched",
     }
 );
 
@@ -92,8 +96,10 @@ impl PaymentStatus {
     pub fn transition(self, to: PaymentStatus) -> Result<PaymentStatus, IllegalTransition> {
         use PaymentStatus::*;
         let allowed = match self {
-            Pending => matches!(to, Paid | Failed),
-            Failed => matches!(to, Paid),
+            Pending => matches!(to, Paid | Failed | Mismatched),
+            Failed => matches!(to, Paid | Mismatched),
+            // An admin accepts the payment as it is, or it is given back.
+            Mismatched => matches!(to, Paid | Refunded),
             Paid | PartiallyRefunded | Refunded => {
                 matches!(to, Paid | PartiallyRefunded | Refunded)
             }
@@ -202,6 +208,24 @@ mod tests {
                 .transition(PaymentStatus::Paid)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_mismatched_payment_is_accepted_or_given_back_and_nothing_else() {
+        use PaymentStatus::*;
+        for from in [Pending, Failed] {
+            assert!(from.transition(Mismatched).is_ok());
+        }
+        for from in [Paid, PartiallyRefunded, Refunded] {
+            assert!(from.transition(Mismatched).is_err(), "{from}");
+        }
+        for to in PaymentStatus::ALL {
+            assert_eq!(
+                Mismatched.transition(*to).is_ok(),
+                matches!(to, Paid | Refunded),
+                "{to}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,22 @@ pub struct NewOrder {
     pub currency: String,
     #[serde(default, with = "rust_decimal::serde::str")]
     pub tax: Decimal,
+    /// Coupons and other reductions: total = items − discount + tax.
+    #[serde(
+        default,
+        with = "rust_decimal::serde::str",
+        skip_serializing_if = "Decimal::is_zero"
+    )]
+    pub discount: Decimal,
+    /// What the gateway took, in `currency`. When given with a `paid` order it
+    /// must equal the order's total: the API refuses another amount (422), a
+    /// payment webhook records it as a mismatched payment for an admin.
+    #[serde(
+        default,
+        with = "rust_decimal::serde::str_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amount_paid: Option<Decimal>,
     pub gateway: Option<String>,
     pub transaction_id: Option<String>,
     #[serde(default)]
@@ -141,6 +157,10 @@ pub fn validate(order: &NewOrder) -> Result<(), Invalid> {
         ));
     }
     money("tax", order.tax)?;
+    money("discount", order.discount)?;
+    if let Some(paid) = order.amount_paid {
+        money("amount_paid", paid)?;
+    }
     text("gateway", &order.gateway)?;
     text("transaction_id", &order.transaction_id)?;
     text("customer.name", &order.customer.name)?;
@@ -204,6 +224,18 @@ pub fn validate(order: &NewOrder) -> Result<(), Invalid> {
     Ok(())
 }
 
+impl NewOrder {
+    /// Items (unit price × quantity) − discount + tax.
+    pub fn total(&self) -> Decimal {
+        let items: Decimal = self
+            .items
+            .iter()
+            .map(|i| i.unit_price * Decimal::from(i.quantity))
+            .sum();
+        items - self.discount + self.tax
+    }
+}
+
 /// SHA-256 of the request as parsed, so formatting differences do not count as
 /// a different body but any change of content does.
 pub fn request_hash(order: &NewOrder) -> Vec<u8> {
@@ -221,6 +253,21 @@ pub async fn create_order(
     actor: &str,
 ) -> Result<Accepted, CreateOrderError> {
     validate(&order)?;
+    if order.payment_status == NewPaymentStatus::Paid
+        && let Some(paid) = order.amount_paid
+        && paid != order.total()
+    {
+        return Err(Invalid::new(
+            "amount_paid",
+            format!(
+                "{paid} {} does not pay the order's total of {} {}",
+                order.currency,
+                order.total(),
+                order.currency
+            ),
+        )
+        .into());
+    }
     let hash = request_hash(&order);
     if let Some(key) = idempotency_key
         && let Some(existing) = replay(pool, key, &hash).await?
@@ -353,13 +400,15 @@ pub enum Fulfilment {
 
 /// Marks a pending order paid and queues its deliveries, planned from the
 /// products as configured now. The caller holds the order's row lock.
+/// `accept_mismatched`: an admin accepts a payment that did not match.
 pub async fn start_fulfilment(
     conn: &mut PgConnection,
     order_id: Uuid,
     actor: &str,
+    accept_mismatched: bool,
 ) -> Result<Fulfilment, CreateOrderError> {
     let row = sqlx::query(
-        "SELECT order_number, status, payment_status, currency, tax, gateway, transaction_id, \
+        "SELECT order_number, status, payment_status, currency, tax, discount, gateway, transaction_id, \
            customer_name, customer_email, customer_phone, customer_ip, game_username, game_uuid, \
            discord_user_id FROM orders WHERE id = $1",
     )
@@ -371,7 +420,8 @@ pub async fn start_fulfilment(
         .parse()
         .map_err(DbError::from)?;
     // `failed`: an asynchronous payment failed and the customer paid again.
-    if !matches!(payment, PaymentStatus::Pending | PaymentStatus::Failed) {
+    let accepting = accept_mismatched && payment == PaymentStatus::Mismatched;
+    if !matches!(payment, PaymentStatus::Pending | PaymentStatus::Failed) && !accepting {
         return Ok(Fulfilment::AlreadyPaid);
     }
     orders::set_payment_status(conn, order_id, PaymentStatus::Paid).await?;
@@ -424,6 +474,8 @@ pub async fn start_fulfilment(
         payment_status: NewPaymentStatus::Paid,
         currency: row.try_get::<String, _>("currency")?.trim().to_owned(),
         tax: row.try_get("tax")?,
+        discount: row.try_get("discount")?,
+        amount_paid: None,
         gateway: row.try_get("gateway")?,
         transaction_id: row.try_get("transaction_id")?,
         customer: Customer {
@@ -701,7 +753,13 @@ fn plan(
         }
     }
     money("subtotal", subtotal)?;
-    let total = subtotal + order.tax;
+    if order.discount > subtotal {
+        return Err(Invalid::new(
+            "discount",
+            format!("is more than the items' subtotal {subtotal}"),
+        ));
+    }
+    let total = subtotal - order.discount + order.tax;
     Ok(Plan {
         order: OrderRow {
             id: order_id,
@@ -723,6 +781,7 @@ fn plan(
             discord_user_id: order.discord_user_id.clone(),
             currency: order.currency.clone(),
             subtotal,
+            discount: order.discount,
             tax: order.tax,
             total,
             idempotency_key: idempotency_key.map(str::to_owned),

@@ -84,8 +84,7 @@ impl PaymentDriver {
         };
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
-        let mut kept = body.clone();
-        kept.truncate(KEEP);
+        let kept = courier_shared::domain::clip(&body, KEEP).to_owned();
         if status.is_success() {
             return DriverOutcome::Succeeded { response: kept };
         }
