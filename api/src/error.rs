@@ -118,6 +118,16 @@ impl From<CreateOrderError> for ApiError {
     fn from(e: CreateOrderError) -> Self {
         match e {
             CreateOrderError::Invalid(i) => i.into(),
+            CreateOrderError::NotDeliverable(i) => ApiError {
+                code: "not_deliverable",
+                ..i.into()
+            },
+            e @ CreateOrderError::TooManyDeliveries { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_many_deliveries",
+                e.to_string(),
+            )
+            .with_field("items"),
             CreateOrderError::IdempotencyConflict => ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_reused",
@@ -132,6 +142,10 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         match e {
             CatalogError::Invalid(i) => i.into(),
+            CatalogError::NotDeliverable(i) => ApiError {
+                code: "not_deliverable",
+                ..i.into()
+            },
             CatalogError::Db(e) => e.into(),
         }
     }

@@ -33,8 +33,9 @@ pub async fn run(settings: &Settings, file: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("game server `{name}`"))?;
         println!("game server {name} saved");
     }
+    let rules = courier_shared::service::deliverable::AcceptRules::from_settings(settings);
     for (sku, product) in catalog.products {
-        save_product(&pool, &sku, product)
+        save_product(&pool, &sku, product, &rules)
             .await
             .with_context(|| format!("product `{sku}`"))?;
         println!("product {sku} saved");

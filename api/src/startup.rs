@@ -31,6 +31,9 @@ pub struct AppState {
     >,
     /// Webhook secrets and the dispute policy.
     pub payments: Arc<courier_shared::config::PaymentSettings>,
+    /// What this installation can deliver and the size cap, for saving
+    /// products and accepting orders.
+    pub rules: Arc<courier_shared::service::deliverable::AcceptRules>,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -96,6 +99,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
             .context("keys.encryption_key")?,
         suppliers: Arc::new(settings.suppliers.clone()),
         payments: Arc::new(settings.payments.clone()),
+        rules: Arc::new(courier_shared::service::deliverable::AcceptRules::from_settings(settings)),
     };
     let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)

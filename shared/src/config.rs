@@ -134,6 +134,8 @@ pub struct ApiSettings {
     /// An admin API key registered at start-up (stored hashed), for a first login.
     pub bootstrap_admin_key: Option<Secret>,
     pub body_limit_bytes: usize,
+    /// Most deliveries one order may plan (a key product plans one per unit).
+    pub max_deliveries_per_order: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -240,6 +242,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("redis.url", "redis://127.0.0.1:6379/"),
     ("api.bind", "127.0.0.1:8080"),
     ("api.body_limit_bytes", "262144"),
+    ("api.max_deliveries_per_order", "1000"),
     ("relay.sweep_interval_ms", "1000"),
     ("relay.batch_size", "200"),
     ("relay.retention_hours", "24"),
@@ -327,6 +330,12 @@ impl Settings {
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&self.api.max_deliveries_per_order) {
+            return Err(invalid(
+                "api.max_deliveries_per_order",
+                "must be between 1 and 100000",
+            ));
         }
         if self.worker.lease_seconds < 5 {
             return Err(invalid("worker.lease_seconds", "must be at least 5"));

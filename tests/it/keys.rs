@@ -225,7 +225,7 @@ async fn own_stock_is_never_given_twice_under_fifty_concurrent_orders() {
     stack
         .add_product(
             "gift",
-            json!([{ "kind": "supplier_key", "low_stock_threshold": 5 }]),
+            json!([{ "kind": "supplier_key", "stock_only": true, "low_stock_threshold": 5 }]),
         )
         .await;
     let csv: String = std::iter::once("code".to_owned())

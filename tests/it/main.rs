@@ -7,6 +7,7 @@ mod dead_letters;
 mod discord;
 mod keys;
 mod limits;
+mod money;
 mod orders;
 mod outbox;
 mod payments;

@@ -262,6 +262,51 @@ impl TestStack {
         (status, json)
     }
 
+    /// Posts `body` to `/webhooks/stripe` with `header` as `Stripe-Signature`.
+    pub async fn post_stripe(&self, body: &str, header: Option<String>) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/webhooks/stripe"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(h) = header {
+            req = req.header("Stripe-Signature", h);
+        }
+        let resp = req.send().await.expect("webhook sent");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `event` signed with the test secret by the tests' own signing
+    /// code; expects 200 and returns the answer.
+    pub async fn send_stripe(&self, event: &Value) -> Value {
+        let body = event.to_string();
+        let header = crate::signing::stripe_header(STRIPE_SECRET, crate::signing::now(), &body);
+        let (status, answer) = self.post_stripe(&body, Some(header)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+
+    /// Unacknowledged admin alerts of `kind`.
+    pub async fn alerts(&self, kind: &str) -> Vec<Value> {
+        let (status, list) = self
+            .call(reqwest::Method::GET, "/v1/admin/alerts?limit=500", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list["alerts"]
+            .as_array()
+            .map(|a| a.iter().filter(|a| a["kind"] == kind).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One number from `sql` (a count).
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
     /// A stack with a worker, a fake Minecraft server (password `pw`) registered
     /// as game server `s`, and product `p` running `command` on it.
     pub async fn with_rcon_product(command: &str) -> (Self, FakeGameServer) {

@@ -52,7 +52,7 @@ pub struct Context {
     pub supplier: crate::drivers::supplier::SupplierDriver,
     pub payment: crate::drivers::payment::PaymentDriver,
     /// For events about a payment the rescuer re-tries.
-    pub dispute_policy: courier_shared::service::payments::DisputePolicy,
+    pub payment_policy: courier_shared::service::payments::PaymentPolicy,
     pub limits: Arc<courier_shared::limits::Limits>,
     pub stats: Stats,
 }

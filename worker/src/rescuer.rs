@@ -59,7 +59,8 @@ pub async fn sweep(
     if republished > 0 {
         tracing::warn!(count = republished, "re-published overdue deliveries");
     }
-    match courier_shared::service::payments::retry_parked(&ctx.pool, ctx.dispute_policy, 50).await {
+    match courier_shared::service::payments::retry_parked(&ctx.pool, &ctx.payment_policy, 50).await
+    {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             count = n,

@@ -100,8 +100,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
             limits.clone(),
         ),
         payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
-        dispute_policy: courier_shared::service::payments::DisputePolicy {
+        payment_policy: courier_shared::service::payments::PaymentPolicy {
             revoke_on_dispute: settings.payments.revoke_on_dispute,
+            accept: Arc::new(
+                courier_shared::service::deliverable::AcceptRules::from_settings(settings),
+            ),
         },
         limits,
         stats: Stats::default(),

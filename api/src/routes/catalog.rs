@@ -40,7 +40,9 @@ pub async fn put_product(
     ValidJson(input): ValidJson<ProductInput>,
 ) -> Result<Json<Product>, ApiError> {
     caller.require(ADMIN)?;
-    Ok(Json(save_product(&state.pool, &sku, input).await?))
+    Ok(Json(
+        save_product(&state.pool, &sku, input, &state.rules).await?,
+    ))
 }
 
 pub async fn list_products(

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use courier_shared::db::orders::{self, OrderView};
+use courier_shared::db::orders::{self, OrderSummary, OrderView};
 use courier_shared::domain::ids;
 use courier_shared::service::orders::{NewOrder, create_order};
 use uuid::Uuid;
@@ -21,10 +21,10 @@ pub async fn create(
     caller: Caller,
     headers: HeaderMap,
     ValidJson(order): ValidJson<NewOrder>,
-) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+) -> Result<(StatusCode, Json<OrderSummary>), ApiError> {
     caller.require(ORDERS_WRITE)?;
     let key = idempotency_key(&headers)?;
-    let accepted = create_order(&state.pool, order, key, &caller.actor()).await?;
+    let accepted = create_order(&state.pool, order, key, &caller.actor(), &state.rules).await?;
     if accepted.created {
         state.relay_wake.notify_one();
     }

@@ -16,7 +16,7 @@ use courier_shared::config::Secret;
 use courier_shared::domain::ids;
 use courier_shared::service::orders::NewOrder;
 use courier_shared::service::payments::{
-    self, AcceptRequest, DisputePolicy, IngestStatus, Ingested, RefundRequest, StripeEvent,
+    self, AcceptRequest, IngestStatus, Ingested, PaymentPolicy, RefundRequest, StripeEvent,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -112,10 +112,11 @@ pub async fn stripe(
                 .await?;
         return Ok(answer(&state, "stripe", done));
     }
-    let policy = DisputePolicy {
+    let policy = PaymentPolicy {
         revoke_on_dispute: p.revoke_on_dispute,
+        accept: state.rules.clone(),
     };
-    let done = payments::ingest_stripe(&state.pool, &event, &raw, policy).await?;
+    let done = payments::ingest_stripe(&state.pool, &event, &raw, &policy).await?;
     Ok(answer(&state, "stripe", done))
 }
 
@@ -151,7 +152,7 @@ pub async fn generic(
     // `POST /v1/orders`, and nothing is stored.
     let order: NewOrder = parse(&body)?;
     let raw: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let done = payments::ingest_generic(&state.pool, id, &order, &raw).await?;
+    let done = payments::ingest_generic(&state.pool, id, &order, &raw, &state.rules).await?;
     Ok(answer(&state, "generic", done))
 }
 
@@ -166,7 +167,8 @@ pub async fn accept_payment(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     let id = order_id(&state, &reference).await?;
-    let done = payments::accept_payment(&state.pool, id, &req, &caller.actor()).await?;
+    let done =
+        payments::accept_payment(&state.pool, id, &req, &caller.actor(), &state.rules).await?;
     state.relay_wake.notify_one();
     Ok(Json(json!(done)))
 }

@@ -47,6 +47,34 @@ pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx
     Ok(())
 }
 
+/// Inserts a delivery parked for an admin (`held`, with the reason) instead
+/// of queued: this installation cannot run it now (a secret or supplier
+/// configuration went away since the product was saved). No job is
+/// published; an admin retries it once the configuration is back.
+pub async fn insert_held(
+    conn: &mut PgConnection,
+    d: &DeliveryRow,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status, next_attempt_at, purpose, revokes, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'held', now(), $8, $9, $10)",
+    )
+    .bind(d.id)
+    .bind(d.order_id)
+    .bind(d.item_id)
+    .bind(d.action_id)
+    .bind(d.kind.as_str())
+    .bind(&d.target)
+    .bind(&d.payload)
+    .bind(d.purpose.as_str())
+    .bind(d.revokes)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A delivery a worker now holds the lease on.
 #[derive(Debug, Clone)]
 pub struct Claimed {

@@ -35,6 +35,7 @@ pub struct OrderRow {
     pub total: Decimal,
     pub idempotency_key: Option<String>,
     pub request_hash: Vec<u8>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Inserts the order; a unique violation (order number, idempotency key) is
@@ -43,9 +44,10 @@ pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), s
     sqlx::query(
         "INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
            customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
-           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, discount) \
+           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, discount, \
+           created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-           CASE WHEN $4 = 'paid' THEN now() END, $19, $20)",
+           CASE WHEN $4 = 'paid' THEN $21 END, $19, $20, $21, $21)",
     )
     .bind(o.id)
     .bind(&o.order_number)
@@ -67,6 +69,7 @@ pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), s
     .bind(&o.request_hash)
     .bind(&o.customer_ip)
     .bind(o.discount)
+    .bind(o.created_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -105,6 +108,104 @@ pub async fn insert_item(conn: &mut PgConnection, i: &ItemRow) -> Result<(), sql
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// What `POST /v1/orders` answers: the order and a summary per item, small
+/// whatever the number of deliveries (read them with `GET /v1/orders/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderSummary {
+    pub id: Uuid,
+    pub order_number: String,
+    pub status: OrderStatus,
+    pub payment_status: PaymentStatus,
+    pub gateway: Option<String>,
+    pub transaction_id: Option<String>,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub discount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub items: Vec<ItemSummary>,
+    /// Deliveries of the whole order (none until it is paid).
+    pub deliveries_queued: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemSummary {
+    pub id: Uuid,
+    pub position: i32,
+    pub product: String,
+    pub product_name: String,
+    pub quantity: i32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub delivery_status: ItemStatus,
+    /// This item's deliveries (none until the order is paid).
+    pub deliveries: usize,
+}
+
+/// The summary of a stored order (an idempotent repeat of its request).
+pub async fn load_summary(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<OrderSummary>, DbError> {
+    let Some(o) = sqlx::query(
+        "SELECT id, order_number, status, payment_status, gateway, transaction_id, currency, \
+           subtotal, discount, tax, total, created_at FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let items = sqlx::query(
+        "SELECT i.id, i.position, i.sku, i.product_name, i.quantity, i.unit_price, i.total, \
+           i.delivery_status, (SELECT count(*) FROM deliveries d WHERE d.item_id = i.id \
+             AND d.purpose = 'deliver') AS deliveries \
+         FROM order_items i WHERE i.order_id = $1 ORDER BY i.position",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(ItemSummary {
+            id: r.try_get("id")?,
+            position: r.try_get("position")?,
+            product: r.try_get("sku")?,
+            product_name: r.try_get("product_name")?,
+            quantity: r.try_get("quantity")?,
+            unit_price: r.try_get("unit_price")?,
+            total: r.try_get("total")?,
+            delivery_status: parse(r, "delivery_status")?,
+            deliveries: usize::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
+        })
+    })
+    .collect::<Result<Vec<_>, DbError>>()?;
+    Ok(Some(OrderSummary {
+        id,
+        order_number: o.try_get("order_number")?,
+        status: parse(&o, "status")?,
+        payment_status: parse(&o, "payment_status")?,
+        gateway: o.try_get("gateway")?,
+        transaction_id: o.try_get("transaction_id")?,
+        currency: o.try_get::<String, _>("currency")?.trim().to_owned(),
+        subtotal: o.try_get("subtotal")?,
+        discount: o.try_get("discount")?,
+        tax: o.try_get("tax")?,
+        total: o.try_get("total")?,
+        created_at: o.try_get("created_at")?,
+        deliveries_queued: items.iter().map(|i| i.deliveries).sum(),
+        items,
+    }))
 }
 
 /// The id and request hash stored under an idempotency key.

@@ -56,6 +56,9 @@ pub enum ActionConfig {
         /// Alert admins when the product's own stock falls below this.
         #[serde(default)]
         low_stock_threshold: i64,
+        /// Sold only from the product's own stock (no candidates needed).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stock_only: bool,
     },
 }
 

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Invalid;
+use super::deliverable::AcceptRules;
 use crate::db::catalog::{self, GameServer, Product};
 use crate::domain::action::{ActionConfig, OnAmbiguous};
 use crate::domain::template::Template;
@@ -16,6 +17,10 @@ use crate::rcon::Dialect;
 pub enum CatalogError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
+    /// Well-formed, but this installation cannot run it (a missing secret or
+    /// supplier configuration).
+    #[error("{0}")]
+    NotDeliverable(Invalid),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -57,20 +62,59 @@ fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Most actions one product may have.
+pub const MAX_ACTIONS: usize = 20;
+/// Most supplier candidates one key action may try.
+pub const MAX_CANDIDATES: usize = 10;
+/// Longest product name.
+pub const MAX_PRODUCT_NAME: usize = 200;
+
+/// A host name (RFC 1123 labels; `_` allowed, as container networks use it)
+/// or an IP address.
+fn check_host(host: &str) -> Result<(), Invalid> {
+    let bad = || {
+        Invalid::new(
+            "host",
+            "must be an IP address or a host name (letters, digits, '-', '_' and '.', at most 253 characters)",
+        )
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.is_empty() || host.len() > 253 {
+        return Err(bad());
+    }
+    let labels_ok = host.trim_end_matches('.').split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    });
+    if labels_ok { Ok(()) } else { Err(bad()) }
+}
+
 pub async fn save_game_server(
     pool: &PgPool,
     name: &str,
     input: GameServerInput,
 ) -> Result<GameServer, CatalogError> {
     check_name("name", name)?;
-    if input.host.trim().is_empty() {
-        return Err(Invalid::new("host", "must not be empty").into());
-    }
+    check_host(&input.host)?;
     if input.port == 0 {
         return Err(Invalid::new("port", "must be between 1 and 65535").into());
     }
-    if input.password.is_empty() || input.password.len() > input.dialect.max_command_len() {
-        return Err(Invalid::new("password", "must be 1 to 1446 bytes").into());
+    let max = input.dialect.max_command_len();
+    if input.password.is_empty()
+        || input.password.len() > max
+        || input.password.chars().any(char::is_control)
+    {
+        return Err(Invalid::new(
+            "password",
+            format!("must be 1 to {max} bytes, without control characters"),
+        )
+        .into());
     }
     if !(1..=64).contains(&input.max_connections) {
         return Err(Invalid::new("max_connections", "must be between 1 and 64").into());
@@ -124,22 +168,37 @@ pub enum ActionInput {
         candidates: Vec<crate::domain::action::SupplierCandidate>,
         #[serde(default)]
         low_stock_threshold: i64,
+        /// Sold only from the product's own stock: no supplier candidate
+        /// needed (without it, at least one candidate is).
+        #[serde(default)]
+        stock_only: bool,
     },
 }
 
+/// Saves a product, refusing what this installation cannot deliver
+/// (`CatalogError::NotDeliverable`) as well as what is malformed.
 pub async fn save_product(
     pool: &PgPool,
     sku: &str,
     input: ProductInput,
+    rules: &AcceptRules,
 ) -> Result<Product, CatalogError> {
     check_name("sku", sku)?;
     if input.name.trim().is_empty() {
         return Err(Invalid::new("name", "must not be empty").into());
     }
+    super::check_text("name", &input.name, MAX_PRODUCT_NAME)?;
     if input.actions.is_empty() {
         return Err(
             Invalid::new("actions", "a product needs at least one fulfilment action").into(),
         );
+    }
+    if input.actions.len() > MAX_ACTIONS {
+        return Err(Invalid::new(
+            "actions",
+            format!("at most {MAX_ACTIONS} actions per product"),
+        )
+        .into());
     }
     let mut tx = pool.begin().await?;
     let mut actions = Vec::with_capacity(input.actions.len());
@@ -153,25 +212,30 @@ pub async fn save_product(
                 revoke_command,
                 chargeback_command,
             } => {
+                check_name(&format!("actions[{i}].game_server"), &game_server)?;
+                let server = catalog::find_game_server_by_name(&mut tx, &game_server)
+                    .await?
+                    .ok_or_else(|| {
+                        CatalogError::NotDeliverable(Invalid::new(
+                            format!("actions[{i}].game_server"),
+                            format!("no game server named `{game_server}`"),
+                        ))
+                    })?;
+                let max = server.dialect.max_command_len();
                 for (field, template) in [
                     ("command", Some(&command)),
                     ("revoke_command", revoke_command.as_ref()),
                     ("chargeback_command", chargeback_command.as_ref()),
                 ] {
                     if let Some(t) = template {
-                        Template::parse(t).map_err(|e| {
-                            Invalid::new(format!("actions[{i}].{field}"), e.to_string())
-                        })?;
+                        let field = format!("actions[{i}].{field}");
+                        if t.trim().is_empty() {
+                            return Err(Invalid::new(&field, "must not be empty").into());
+                        }
+                        super::check_text(&field, t, max)?;
+                        Template::parse(t).map_err(|e| Invalid::new(&field, e.to_string()))?;
                     }
                 }
-                let server = catalog::find_game_server_by_name(&mut tx, &game_server)
-                    .await?
-                    .ok_or_else(|| {
-                        Invalid::new(
-                            format!("actions[{i}].game_server"),
-                            format!("no game server named `{game_server}`"),
-                        )
-                    })?;
                 actions.push(ActionConfig::Rcon {
                     game_server_id: server.id,
                     command,
@@ -196,7 +260,22 @@ pub async fn save_product(
             ActionInput::SupplierKey {
                 candidates,
                 low_stock_threshold,
+                stock_only,
             } => {
+                if candidates.is_empty() && !stock_only {
+                    return Err(Invalid::new(
+                        format!("actions[{i}].candidates"),
+                        "add at least one supplier candidate, or set `stock_only: true` to sell only from the product's own stock",
+                    )
+                    .into());
+                }
+                if candidates.len() > MAX_CANDIDATES {
+                    return Err(Invalid::new(
+                        format!("actions[{i}].candidates"),
+                        format!("at most {MAX_CANDIDATES} candidates"),
+                    )
+                    .into());
+                }
                 for (j, c) in candidates.iter().enumerate() {
                     if c.supplier.is_empty() || c.supplier_product_id.is_empty() {
                         return Err(Invalid::new(
@@ -205,6 +284,15 @@ pub async fn save_product(
                         )
                         .into());
                     }
+                    check_name(
+                        &format!("actions[{i}].candidates[{j}].supplier"),
+                        &c.supplier,
+                    )?;
+                    super::check_text(
+                        &format!("actions[{i}].candidates[{j}].supplier_product_id"),
+                        &c.supplier_product_id,
+                        128,
+                    )?;
                     if c.max_price
                         .parse::<rust_decimal::Decimal>()
                         .map_or(true, |p| p.is_sign_negative())
@@ -216,19 +304,25 @@ pub async fn save_product(
                         .into());
                     }
                 }
-                if low_stock_threshold < 0 {
+                if !(0..=1_000_000).contains(&low_stock_threshold) {
                     return Err(Invalid::new(
                         format!("actions[{i}].low_stock_threshold"),
-                        "must not be negative",
+                        "must be between 0 and 1000000",
                     )
                     .into());
                 }
                 actions.push(ActionConfig::SupplierKey {
                     candidates,
                     low_stock_threshold,
+                    stock_only,
                 });
             }
         }
+    }
+    for (i, action) in actions.iter().enumerate() {
+        rules.check_action(action).map_err(|reason| {
+            CatalogError::NotDeliverable(Invalid::new(format!("actions[{i}]"), reason))
+        })?;
     }
     let product = catalog::upsert_product(&mut tx, sku, &input.name, &actions).await?;
     tx.commit().await?;

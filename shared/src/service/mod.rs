@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod deliverable;
 pub mod keys;
 pub mod orders;
 pub mod payments;

@@ -11,10 +11,11 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::Invalid;
+use super::deliverable::AcceptRules;
 use crate::db::catalog::{self, Product};
 use crate::db::deliveries::{self, DeliveryRow};
 use crate::db::events::{self, NewEvent};
-use crate::db::orders::{self, ItemRow, OrderRow, OrderView};
+use crate::db::orders::{self, ItemRow, ItemSummary, OrderRow, OrderSummary};
 use crate::db::outbox;
 use crate::domain::action::{ActionConfig, DiscordPayload, RconPayload, SupplierKeyPayload};
 use crate::domain::delivery::Purpose;
@@ -105,6 +106,14 @@ pub struct NewItem {
 pub enum CreateOrderError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
+    /// A product this installation cannot deliver any more (configuration
+    /// removed since it was saved).
+    #[error("{0}")]
+    NotDeliverable(Invalid),
+    #[error(
+        "this order plans {planned} deliveries; at most {limit} are allowed per order (api.max_deliveries_per_order)"
+    )]
+    TooManyDeliveries { planned: usize, limit: usize },
     #[error("the Idempotency-Key was already used with a different request body")]
     IdempotencyConflict,
     #[error(transparent)]
@@ -120,7 +129,7 @@ impl From<sqlx::Error> for CreateOrderError {
 /// What `create_order` did.
 #[derive(Debug)]
 pub struct Accepted {
-    pub order: OrderView,
+    pub order: OrderSummary,
     /// False when an earlier request with the same idempotency key created it.
     pub created: bool,
 }
@@ -128,6 +137,10 @@ pub struct Accepted {
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: i32 = 10_000;
 const MAX_TEXT: usize = 255;
+/// Custom fields per item: how many, and the size of each key and value.
+const MAX_CUSTOM_FIELDS: usize = 20;
+const MAX_CUSTOM_KEY: usize = 64;
+const MAX_CUSTOM_VALUE: usize = 1024;
 
 fn text(field: &str, value: &Option<String>) -> Result<(), Invalid> {
     value
@@ -207,11 +220,37 @@ pub fn validate(order: &NewOrder) -> Result<(), Invalid> {
         ));
     }
     for (i, item) in order.items.iter().enumerate() {
-        if item.product.is_empty() {
+        if item.product.is_empty() || item.product.len() > 64 {
             return Err(Invalid::new(
                 format!("items[{i}].product"),
-                "must name a product SKU",
+                "must name a product SKU (at most 64 characters)",
             ));
+        }
+        super::check_text(&format!("items[{i}].product"), &item.product, 64)?;
+        if item.custom_fields.len() > MAX_CUSTOM_FIELDS {
+            return Err(Invalid::new(
+                format!("items[{i}].custom_fields"),
+                format!("at most {MAX_CUSTOM_FIELDS} fields"),
+            ));
+        }
+        for (key, value) in &item.custom_fields {
+            let field = format!("items[{i}].custom_fields");
+            if key.is_empty() || key.chars().count() > MAX_CUSTOM_KEY {
+                return Err(Invalid::new(
+                    field,
+                    format!("keys must be 1 to {MAX_CUSTOM_KEY} characters"),
+                ));
+            }
+            let size = match value {
+                Value::String(s) => s.chars().count(),
+                other => other.to_string().len(),
+            };
+            if size > MAX_CUSTOM_VALUE {
+                return Err(Invalid::new(
+                    format!("{field}.{key}"),
+                    format!("must be at most {MAX_CUSTOM_VALUE} characters"),
+                ));
+            }
         }
         if !(1..=MAX_QUANTITY).contains(&item.quantity) {
             return Err(Invalid::new(
@@ -251,6 +290,7 @@ pub async fn create_order(
     order: NewOrder,
     idempotency_key: Option<&str>,
     actor: &str,
+    rules: &AcceptRules,
 ) -> Result<Accepted, CreateOrderError> {
     validate(&order)?;
     if order.payment_status == NewPaymentStatus::Paid
@@ -278,6 +318,8 @@ pub async fn create_order(
     let mut conn = pool.acquire().await?;
     let products = products_of(&mut conn, &order).await?;
     drop(conn);
+    deliverable(&order, &products, rules)?;
+    within_limit(&order, &products, rules)?;
 
     for _ in 0..3 {
         let plan = plan(&order, &products, idempotency_key, &hash, None)?;
@@ -295,18 +337,37 @@ pub async fn create_order(
             }
             Err(e) => return Err(e.into()),
         }
-        insert_plan(&mut tx, &plan, idempotency_key, actor).await?;
-        let o = &plan.order;
-        let view = orders::load_view(&mut tx, Some(o.id), None)
-            .await?
-            .ok_or_else(|| DbError::Corrupt("order not readable after insert".into()))?;
+        insert_plan(&mut tx, &plan, idempotency_key, actor, rules).await?;
         tx.commit().await?;
+        // Answered from what was written, not read back.
         return Ok(Accepted {
-            order: view,
+            order: plan.summary(),
             created: true,
         });
     }
     Err(DbError::Corrupt("could not allocate a unique order number".into()).into())
+}
+
+/// Refuses an order for a product this installation cannot deliver now.
+fn deliverable(
+    order: &NewOrder,
+    products: &HashMap<String, Product>,
+    rules: &AcceptRules,
+) -> Result<(), CreateOrderError> {
+    for (i, item) in order.items.iter().enumerate() {
+        let Some(product) = products.get(&item.product) else {
+            continue;
+        };
+        for action in &product.actions {
+            rules.check_action(&action.config).map_err(|reason| {
+                CreateOrderError::NotDeliverable(Invalid::new(
+                    format!("items[{i}].product"),
+                    format!("product `{}` cannot be delivered: {reason}", product.sku),
+                ))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The products an order names, by SKU (unknown SKUs are simply absent).
@@ -329,11 +390,12 @@ async fn insert_plan(
     plan: &Plan,
     idempotency_key: Option<&str>,
     actor: &str,
+    rules: &AcceptRules,
 ) -> Result<(), sqlx::Error> {
     for item in &plan.items {
         orders::insert_item(conn, item).await?;
     }
-    insert_deliveries(conn, &plan.deliveries).await?;
+    insert_deliveries(conn, &plan.order.order_number, &plan.deliveries, rules).await?;
     let o = &plan.order;
     events::record(
         conn,
@@ -355,13 +417,37 @@ async fn insert_plan(
     .await
 }
 
+/// Queues the deliveries; one this installation cannot run now is parked
+/// `held` with the reason instead (and one admin alert per order says so).
 async fn insert_deliveries(
     conn: &mut PgConnection,
+    order_number: &str,
     rows: &[DeliveryRow],
+    rules: &AcceptRules,
 ) -> Result<(), sqlx::Error> {
+    let mut held = None;
     for d in rows {
-        deliveries::insert(conn, d).await?;
-        outbox::enqueue_job(conn, d.id, d.kind).await?;
+        match rules.check_delivery(d.kind, &d.payload) {
+            Ok(()) => {
+                deliveries::insert(conn, d).await?;
+                outbox::enqueue_job(conn, d.id, d.kind).await?;
+            }
+            Err(reason) => {
+                deliveries::insert_held(conn, d, &format!("not deliverable: {reason}")).await?;
+                held.get_or_insert((d.order_id, reason));
+            }
+        }
+    }
+    if let Some((order_id, reason)) = held {
+        crate::db::keys::alert(
+            conn,
+            "undeliverable_order",
+            &format!(
+                "order {order_number} was paid, but {reason}; its deliveries are held: fix the configuration, then retry them"
+            ),
+            &order_id.to_string(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -370,18 +456,23 @@ async fn insert_deliveries(
 /// event row must commit with it). Returns the new order's id. Unlike
 /// `create_order` there is no retry on an order-number collision: the
 /// transaction fails and the gateway re-sends the event.
+///
+/// A product this installation cannot deliver does not refuse the order
+/// (it is paid): its deliveries are held for an admin, with an alert.
 pub async fn create_order_in(
     conn: &mut PgConnection,
     order: &NewOrder,
     idempotency_key: Option<&str>,
     actor: &str,
+    rules: &AcceptRules,
 ) -> Result<Uuid, CreateOrderError> {
     validate(order)?;
     let hash = request_hash(order);
     let products = products_of(conn, order).await?;
+    within_limit(order, &products, rules)?;
     let plan = plan(order, &products, idempotency_key, &hash, None)?;
     orders::insert_order(conn, &plan.order).await?;
-    insert_plan(conn, &plan, idempotency_key, actor).await?;
+    insert_plan(conn, &plan, idempotency_key, actor, rules).await?;
     Ok(plan.order.id)
 }
 
@@ -406,6 +497,7 @@ pub async fn start_fulfilment(
     order_id: Uuid,
     actor: &str,
     accept_mismatched: bool,
+    rules: &AcceptRules,
 ) -> Result<Fulfilment, CreateOrderError> {
     let row = sqlx::query(
         "SELECT order_number, status, payment_status, currency, tax, discount, gateway, transaction_id, \
@@ -493,15 +585,20 @@ pub async fn start_fulfilment(
     };
     let products = products_of(conn, &order).await?;
     let number: String = row.try_get("order_number")?;
-    match plan(
-        &order,
-        &products,
-        None,
-        &[],
-        Some((order_id, number, item_ids)),
-    ) {
+    let planned = within_limit(&order, &products, rules)
+        .map_err(|e| Invalid::new("items", e.to_string()))
+        .and_then(|()| {
+            plan(
+                &order,
+                &products,
+                None,
+                &[],
+                Some((order_id, number.clone(), item_ids)),
+            )
+        });
+    match planned {
         Ok(plan) => {
-            insert_deliveries(conn, &plan.deliveries).await?;
+            insert_deliveries(conn, &number, &plan.deliveries, rules).await?;
             events::record(
                 conn,
                 NewEvent {
@@ -551,7 +648,7 @@ async fn replay(
     if stored != hash {
         return Err(CreateOrderError::IdempotencyConflict);
     }
-    let order = orders::load_view(&mut conn, Some(id), None)
+    let order = orders::load_summary(&mut conn, id)
         .await?
         .ok_or_else(|| DbError::Corrupt("idempotent order vanished".into()))?;
     Ok(Some(Accepted {
@@ -564,6 +661,84 @@ struct Plan {
     order: OrderRow,
     items: Vec<ItemRow>,
     deliveries: Vec<DeliveryRow>,
+}
+
+/// How many deliveries `quantity` units of `product` plan: a key product
+/// one per unit per key action, any other action one per item.
+fn deliveries_of(product: &Product, quantity: i32) -> usize {
+    product
+        .actions
+        .iter()
+        .map(|a| match a.config {
+            ActionConfig::SupplierKey { .. } => usize::try_from(quantity).unwrap_or(0),
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Refuses an order over `api.max_deliveries_per_order`, counted before
+/// anything is rendered (so a huge order never builds its rows).
+fn within_limit(
+    order: &NewOrder,
+    products: &HashMap<String, Product>,
+    rules: &AcceptRules,
+) -> Result<(), CreateOrderError> {
+    let planned = order
+        .items
+        .iter()
+        .filter_map(|i| {
+            products
+                .get(&i.product)
+                .map(|p| deliveries_of(p, i.quantity))
+        })
+        .sum();
+    if planned > rules.max_deliveries {
+        return Err(CreateOrderError::TooManyDeliveries {
+            planned,
+            limit: rules.max_deliveries,
+        });
+    }
+    Ok(())
+}
+
+impl Plan {
+    fn summary(&self) -> OrderSummary {
+        let o = &self.order;
+        OrderSummary {
+            id: o.id,
+            order_number: o.order_number.clone(),
+            status: o.status,
+            payment_status: o.payment_status,
+            gateway: o.gateway.clone(),
+            transaction_id: o.transaction_id.clone(),
+            currency: o.currency.clone(),
+            subtotal: o.subtotal,
+            discount: o.discount,
+            tax: o.tax,
+            total: o.total,
+            created_at: o.created_at,
+            deliveries_queued: self.deliveries.len(),
+            items: self
+                .items
+                .iter()
+                .map(|i| ItemSummary {
+                    id: i.id,
+                    position: i.position,
+                    product: i.sku.clone(),
+                    product_name: i.product_name.clone(),
+                    quantity: i.quantity,
+                    unit_price: i.unit_price,
+                    total: i.total,
+                    delivery_status: crate::domain::order::ItemStatus::Pending,
+                    deliveries: self
+                        .deliveries
+                        .iter()
+                        .filter(|d| d.item_id == Some(i.id))
+                        .count(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Builds every row in memory, rendering each action; fails with the field at
@@ -723,6 +898,7 @@ fn plan(
                     ActionConfig::SupplierKey {
                         candidates,
                         low_stock_threshold,
+                        ..
                     } => {
                         let payload = SupplierKeyPayload {
                             product_id: product.id,
@@ -786,6 +962,7 @@ fn plan(
             total,
             idempotency_key: idempotency_key.map(str::to_owned),
             request_hash: hash.to_vec(),
+            created_at: chrono::Utc::now(),
         },
         items,
         deliveries: rows,

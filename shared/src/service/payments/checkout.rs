@@ -15,6 +15,7 @@ use crate::db::{keys, orders as order_rows, outbox};
 use crate::domain::money::{Received, from_minor, mismatch};
 use crate::domain::order::PaymentStatus;
 use crate::service::Invalid;
+use crate::service::deliverable::AcceptRules;
 use crate::service::orders::{
     CreateOrderError, Customer, Fulfilment, Game, NewItem, NewOrder, NewPaymentStatus,
     create_order_in, start_fulfilment,
@@ -30,6 +31,7 @@ pub(super) async fn paid(
     session: &CheckoutSession,
     refs: &Refs,
     actor: &str,
+    rules: &AcceptRules,
 ) -> Result<Ingested, PaymentError> {
     // `no_payment_required`: a free checkout (a 100 % coupon) is paid too.
     if !matches!(
@@ -51,7 +53,7 @@ pub(super) async fn paid(
                 "metadata.order_id names no order".to_owned(),
             ));
         }
-        return create_from_session(conn, session, received.as_ref(), actor).await;
+        return create_from_session(conn, session, received.as_ref(), actor, rules).await;
     };
     let before = lock_order(conn, order_id).await?;
     // The payment that is paying now is the one to refund against.
@@ -72,7 +74,7 @@ pub(super) async fn paid(
         }
         record_paid(conn, order_id, received.as_ref()).await?;
     }
-    let note_text = match start_fulfilment(conn, order_id, actor, false).await? {
+    let note_text = match start_fulfilment(conn, order_id, actor, false, rules).await? {
         Fulfilment::Started(n) => format!("paid; {n} deliveries queued"),
         Fulfilment::AlreadyPaid => {
             let pi = session.payment_intent();
@@ -120,6 +122,7 @@ async fn create_from_session(
     session: &CheckoutSession,
     received: Option<&Received>,
     actor: &str,
+    rules: &AcceptRules,
 ) -> Result<Ingested, PaymentError> {
     let (mut order, issue) = match order_from_session(session) {
         Ok(o) => o,
@@ -129,17 +132,22 @@ async fn create_from_session(
     if issue.is_some() {
         order.payment_status = NewPaymentStatus::Pending;
     }
-    let id = match create_order_in(conn, &order, Some(&session_key(&session.id)), actor).await {
-        Ok(id) => id,
-        Err(CreateOrderError::Invalid(e)) => {
-            return Ok(Ingested::new(
-                IngestStatus::Failed,
-                None,
-                format!("the session does not make a valid order: {e}"),
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let id =
+        match create_order_in(conn, &order, Some(&session_key(&session.id)), actor, rules).await {
+            Ok(id) => id,
+            Err(
+                e @ (CreateOrderError::Invalid(_)
+                | CreateOrderError::NotDeliverable(_)
+                | CreateOrderError::TooManyDeliveries { .. }),
+            ) => {
+                return Ok(Ingested::new(
+                    IngestStatus::Failed,
+                    None,
+                    format!("the session does not make a valid order: {e}"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
     match issue {
         Some(issue) => {
             record_mismatch(conn, id, received, &issue, actor).await?;
@@ -415,6 +423,7 @@ pub async fn accept_payment(
     order_id: Uuid,
     req: &AcceptRequest,
     actor: &str,
+    rules: &AcceptRules,
 ) -> Result<Accepted, PaymentError> {
     let reason = req.reason.trim();
     if reason.is_empty() {
@@ -444,7 +453,7 @@ pub async fn accept_payment(
     )
     .await?;
     payments::record_received(&mut tx, order_id, None, None).await?;
-    let (queued, note_text) = match start_fulfilment(&mut tx, order_id, actor, true).await? {
+    let (queued, note_text) = match start_fulfilment(&mut tx, order_id, actor, true, rules).await? {
         Fulfilment::Started(n) => (n, None),
         Fulfilment::AlreadyPaid => (0, Some("the order was already paid".to_owned())),
         Fulfilment::Cancelled => (

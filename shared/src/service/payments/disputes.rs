@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::ingest::note;
 use super::stripe::Dispute;
-use super::{DisputePolicy, IngestStatus, Ingested, PaymentError};
+use super::{IngestStatus, Ingested, PaymentError};
 use crate::db::payments::{self, DisputeFacts, LockedOrder};
 use crate::db::{deliveries, outbox};
 use crate::domain::money::from_minor;
@@ -41,7 +41,7 @@ pub(super) async fn apply(
     kind: &str,
     dispute: &Dispute,
     occurred: DateTime<Utc>,
-    policy: DisputePolicy,
+    revoke_on_dispute: bool,
     actor: &str,
 ) -> Result<Ingested, PaymentError> {
     let order_id = order.id;
@@ -90,7 +90,7 @@ pub(super) async fn apply(
             json!({ "dispute": dispute.id, "status": status }),
         )
         .await?;
-        if policy.revoke_on_dispute {
+        if revoke_on_dispute {
             let why = format!("dispute {}", dispute.id);
             revoke::withdraw(conn, order_id, Cause::Chargeback, &why, actor).await?;
         } else {

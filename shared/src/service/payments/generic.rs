@@ -10,6 +10,7 @@ use super::{IngestStatus, Ingested, PaymentError};
 use crate::db::payments::{self, InboxEvent};
 use crate::domain::money::{Received, mismatch, to_minor};
 use crate::domain::payment::EventStatus;
+use crate::service::deliverable::AcceptRules;
 use crate::service::orders::{NewOrder, NewPaymentStatus, create_order_in};
 
 /// Applies a verified generic webhook once, deduplicated on `webhook-id`.
@@ -21,6 +22,7 @@ pub async fn ingest_generic(
     webhook_id: &str,
     order: &NewOrder,
     raw: &Value,
+    rules: &AcceptRules,
 ) -> Result<Ingested, PaymentError> {
     let mut tx = pool.begin().await?;
     let Some(row) = payments::receive(
@@ -59,7 +61,7 @@ pub async fn ingest_generic(
     if issue.is_some() {
         order.payment_status = NewPaymentStatus::Pending;
     }
-    let id = create_order_in(&mut tx, &order, Some(&key), &actor).await?;
+    let id = create_order_in(&mut tx, &order, Some(&key), &actor, rules).await?;
     let note = match &issue {
         Some(issue) => {
             record_mismatch(&mut tx, id, received.as_ref(), issue, &actor).await?;

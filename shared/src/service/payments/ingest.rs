@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::stripe::{self, Refs, StripeEvent};
 use super::{
-    DisputePolicy, IngestStatus, Ingested, PaymentError, checkout, disputes, lock_order, refunds,
+    IngestStatus, Ingested, PaymentError, PaymentPolicy, checkout, disputes, lock_order, refunds,
 };
 use crate::db::events::{self, NewEvent};
 use crate::db::keys;
@@ -23,7 +23,7 @@ pub async fn ingest_stripe(
     pool: &PgPool,
     event: &StripeEvent,
     raw: &Value,
-    policy: DisputePolicy,
+    policy: &PaymentPolicy,
 ) -> Result<Ingested, PaymentError> {
     let mut tx = pool.begin().await?;
     let occurred = Utc
@@ -143,7 +143,7 @@ async fn release_parked(
     order_id: Uuid,
     order_ref: Option<String>,
     occurred: DateTime<Utc>,
-    policy: DisputePolicy,
+    policy: &PaymentPolicy,
 ) -> Result<(), PaymentError> {
     let order = lock_order(conn, order_id).await?;
     let mut refs = vec![order_id.to_string(), order.order_number.clone()];
@@ -182,7 +182,7 @@ async fn release_parked(
 /// after an hour. Returns how many were applied.
 pub async fn retry_parked(
     pool: &PgPool,
-    policy: DisputePolicy,
+    policy: &PaymentPolicy,
     limit: i64,
 ) -> Result<usize, PaymentError> {
     let mut conn = pool.acquire().await?;
@@ -218,7 +218,7 @@ pub async fn retry_parked(
 /// Applies one waiting event if its payment is known now; true if it was.
 async fn retry_one(
     pool: &PgPool,
-    policy: DisputePolicy,
+    policy: &PaymentPolicy,
     id: i64,
     order_ref: Option<&str>,
 ) -> Result<bool, PaymentError> {
@@ -288,7 +288,7 @@ async fn apply(
     kind: &str,
     object: &Value,
     occurred: DateTime<Utc>,
-    policy: DisputePolicy,
+    policy: &PaymentPolicy,
     actor: &str,
 ) -> Result<Ingested, PaymentError> {
     let refs = Refs::from_object(object);
@@ -298,7 +298,7 @@ async fn apply(
                 Ok(s) => s,
                 Err(failed) => return Ok(failed),
             };
-            checkout::paid(conn, &session, &refs, actor).await
+            checkout::paid(conn, &session, &refs, actor, &policy.accept).await
         }
         "checkout.session.async_payment_failed" => checkout::async_failed(conn, &refs, actor).await,
         "charge.refunded" => {
@@ -321,7 +321,16 @@ async fn apply(
                 Target::Waiting => Ok(park(&refs)),
                 Target::Other(ignored) => Ok(ignored),
                 Target::Order(order) => {
-                    disputes::apply(conn, &order, kind, &dispute, occurred, policy, actor).await
+                    disputes::apply(
+                        conn,
+                        &order,
+                        kind,
+                        &dispute,
+                        occurred,
+                        policy.revoke_on_dispute,
+                        actor,
+                    )
+                    .await
                 }
             }
         }

@@ -56,6 +56,7 @@ pub use self::ingest::{ingest_stripe, ingest_unusable, retry_parked};
 pub use self::refunds::{RefundRequest, Refunded, refund};
 pub use self::stripe::StripeEvent;
 use super::Invalid;
+use super::deliverable::AcceptRules;
 use super::orders::CreateOrderError;
 use crate::db;
 pub use crate::domain::money::{from_minor, minor_unit_exponent, to_minor};
@@ -98,7 +99,12 @@ impl From<sqlx::Error> for PaymentError {
 impl From<CreateOrderError> for PaymentError {
     fn from(e: CreateOrderError) -> Self {
         match e {
-            CreateOrderError::Invalid(i) => PaymentError::Invalid(i),
+            CreateOrderError::Invalid(i) | CreateOrderError::NotDeliverable(i) => {
+                PaymentError::Invalid(i)
+            }
+            e @ CreateOrderError::TooManyDeliveries { .. } => {
+                PaymentError::Invalid(Invalid::new("items", e.to_string()))
+            }
             CreateOrderError::IdempotencyConflict => PaymentError::Db(DbError::Corrupt(
                 "idempotency conflict on a payment event".into(),
             )),
@@ -162,10 +168,12 @@ impl Ingested {
     }
 }
 
-/// What the operator decided about disputes.
-#[derive(Debug, Clone, Copy)]
-pub struct DisputePolicy {
+/// What the operator decided: disputes, and the rules orders are accepted
+/// under (what this installation can deliver, the size cap).
+#[derive(Debug, Clone)]
+pub struct PaymentPolicy {
     pub revoke_on_dispute: bool,
+    pub accept: std::sync::Arc<AcceptRules>,
 }
 
 /// Locks the order's row and reads what the money rules need.

@@ -1,0 +1,106 @@
+//! What this installation can deliver, checked when a product is saved and
+//! again when an order is accepted — never discovered by a worker as a
+//! thousand dead letters.
+//!
+//! The API decides from its own configuration, so the API and the workers
+//! must be given the same `keys.encryption_key`, `discord.bot_token` and
+//! `suppliers.*` (the Helm chart shares one secret between them).
+
+use std::collections::BTreeSet;
+
+use crate::config::Settings;
+use crate::domain::action::{ActionConfig, SupplierCandidate, SupplierKeyPayload};
+use crate::domain::delivery::DeliveryKind;
+
+/// The limits and capabilities an order is accepted under.
+#[derive(Debug, Clone)]
+pub struct AcceptRules {
+    /// `keys.encryption_key` is set: CD keys can be stored.
+    pub keys: bool,
+    /// `discord.bot_token` is set.
+    pub discord: bool,
+    /// Suppliers configured under `suppliers.*`.
+    pub suppliers: BTreeSet<String>,
+    /// `api.max_deliveries_per_order`.
+    pub max_deliveries: usize,
+}
+
+impl AcceptRules {
+    pub fn from_settings(s: &Settings) -> Self {
+        AcceptRules {
+            keys: s
+                .keys
+                .encryption_key
+                .as_ref()
+                .is_some_and(|k| !k.expose().is_empty()),
+            discord: s
+                .discord
+                .bot_token
+                .as_ref()
+                .is_some_and(|t| !t.expose().is_empty()),
+            suppliers: s.suppliers.keys().cloned().collect(),
+            max_deliveries: s.api.max_deliveries_per_order,
+        }
+    }
+
+    /// Everything allowed (unit tests and tools that only plan).
+    pub fn permissive() -> Self {
+        AcceptRules {
+            keys: true,
+            discord: true,
+            suppliers: BTreeSet::new(),
+            max_deliveries: usize::MAX,
+        }
+    }
+
+    fn candidates(&self, candidates: &[SupplierCandidate]) -> Result<(), String> {
+        if !self.keys {
+            return Err(
+                "CD keys need keys.encryption_key, which this installation does not have".into(),
+            );
+        }
+        match candidates
+            .iter()
+            .find(|c| !self.suppliers.contains(&c.supplier))
+        {
+            Some(c) => Err(format!(
+                "supplier `{}` has no configuration (suppliers.{}.*)",
+                c.supplier, c.supplier
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this installation cannot run `action`, if it cannot.
+    pub fn check_action(&self, action: &ActionConfig) -> Result<(), String> {
+        match action {
+            ActionConfig::Rcon { .. } => Ok(()),
+            ActionConfig::DiscordRole { .. } if !self.discord => Err(
+                "Discord roles need discord.bot_token, which this installation does not have"
+                    .into(),
+            ),
+            ActionConfig::DiscordRole { .. } => Ok(()),
+            ActionConfig::SupplierKey { candidates, .. } => self.candidates(candidates),
+        }
+    }
+
+    /// The same check on a planned delivery (its payload fixed at accept time).
+    pub fn check_delivery(
+        &self,
+        kind: DeliveryKind,
+        payload: &serde_json::Value,
+    ) -> Result<(), String> {
+        match kind {
+            DeliveryKind::DiscordRole if !self.discord => Err(
+                "Discord roles need discord.bot_token, which this installation does not have"
+                    .into(),
+            ),
+            DeliveryKind::SupplierKey => {
+                let p: SupplierKeyPayload = serde_json::from_value(payload.clone())
+                    .map_err(|e| format!("the key delivery's payload is unreadable: {e}"))?;
+                self.candidates(&p.candidates)
+            }
+            _ => Ok(()),
+        }
+    }
+}
