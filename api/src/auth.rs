@@ -47,6 +47,61 @@ impl Caller {
     }
 }
 
+/// The caller behind the request's `Authorization` header.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Caller, ApiError> {
+    let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg);
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <api key>` header"))?;
+    // The scheme is case-insensitive (RFC 7235); only `Bearer` is taken.
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+    let found = api_keys::find(&state.pool, key).await?;
+    let key = found.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+    Ok(Caller {
+        name: key.name,
+        scopes: key.scopes,
+    })
+}
+
+/// Who may call a route; the router checks it before any body is read, so a
+/// caller without the scope learns nothing from the body's validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Webhooks (signed) and health checks.
+    Public,
+    /// An API key with this scope (or `admin`).
+    Scope(&'static str),
+}
+
+/// The route layer enforcing [`Access::Scope`]: authenticates, checks the
+/// scope, and leaves the caller in the request for the handler.
+pub async fn authorize(
+    axum::extract::State((state, scope)): axum::extract::State<(AppState, &'static str)>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let caller = match authenticate(&state, req.headers()).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = caller.require(scope) {
+        return e.into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -54,26 +109,10 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg);
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing `Authorization: Bearer <api key>` header"))?;
-        // The scheme is case-insensitive (RFC 7235); only `Bearer` is taken.
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, k)| k.trim())
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
-        let found = api_keys::find(&state.pool, key).await?;
-        let key = found.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
-        Ok(Caller {
-            name: key.name,
-            scopes: key.scopes,
-        })
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        authenticate(state, &parts.headers).await
     }
 }
 

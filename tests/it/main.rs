@@ -5,6 +5,7 @@
 mod bench;
 mod dead_letters;
 mod discord;
+mod hostile;
 mod keys;
 mod limits;
 mod money;

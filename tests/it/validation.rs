@@ -252,3 +252,147 @@ async fn products_with_unknown_placeholders_or_servers_are_rejected_when_saved()
     assert_eq!(products, json!([]), "nothing was saved");
     stack.teardown().await;
 }
+
+/// A product that became undeliverable (here: the API lost its Discord bot
+/// token after the product was saved) is refused at accept time on the API,
+/// and a paid webhook's deliveries are held with one alert instead of
+/// dying; an admin retries them once the configuration is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeliverable_product_is_refused_or_held_never_dead() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack
+        .add_product(
+            "vip",
+            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
+        )
+        .await;
+    // Saving one needs the token, too.
+    let mut tokenless = stack.settings.clone();
+    tokenless.discord.bot_token = None;
+    tokenless.database.migrate_on_start = false;
+    let other = courier_api::startup::start(&tokenless)
+        .await
+        .expect("second api starts");
+    let base = format!("http://{}", other.addr);
+    let put = stack
+        .http
+        .put(format!("{base}/v1/products/vip2"))
+        .bearer_auth(&stack.admin_key)
+        .json(&json!({ "name": "VIP", "actions": [{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }] }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(put.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let err: Value = put.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "not_deliverable", "{err}");
+    assert_eq!(err["error"]["field"], "actions[0]");
+
+    let mut order = sample_order("vip", "steve");
+    order["discord_user_id"] = json!("333");
+    let resp = stack
+        .http
+        .post(format!("{base}/v1/orders"))
+        .bearer_auth(&stack.admin_key)
+        .json(&order)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let err: Value = resp.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "not_deliverable", "{err}");
+    assert_eq!(err["error"]["field"], "items[0].product");
+
+    // Paid through Stripe, on the API without the token: held, alerted.
+    let event = courier_tests::signing::stripe_event(
+        "evt_held",
+        "checkout.session.completed",
+        courier_tests::signing::checkout_session(
+            "cs_held",
+            "pi_held",
+            json!({ "courier_items": "vip:1", "discord_user_id": "333" }),
+        ),
+    );
+    let body = event.to_string();
+    let header = courier_tests::signing::stripe_header(
+        courier_tests::stack::STRIPE_SECRET,
+        courier_tests::signing::now(),
+        &body,
+    );
+    let resp = stack
+        .http
+        .post(format!("{base}/webhooks/stripe"))
+        .header("Stripe-Signature", header)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: Value = resp.json().await.expect("json");
+    let id = answer["order_id"].as_str().expect("order id").to_owned();
+    let o = stack.order(&id).await;
+    assert_eq!(o["payment_status"], "paid", "{o:#}");
+    let delivery = &o["deliveries"][0];
+    assert_eq!(delivery["status"], "held", "{o:#}");
+    assert!(
+        delivery["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("discord.bot_token")),
+        "{delivery}"
+    );
+    assert_eq!(stack.count("SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(stack.count("SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(stack.alerts("undeliverable_order").await.len(), 1);
+    other.stop().await;
+
+    // With the configuration back, an admin retries it.
+    let (status, retried) = stack
+        .call(
+            Method::POST,
+            &format!(
+                "/v1/admin/deliveries/{}/retry",
+                delivery["id"].as_str().expect("id")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(stack.count("SELECT count(*) FROM outbox").await, 1);
+    stack.teardown().await;
+}
+
+/// Every admin list pages the same way and refuses the same things.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_lists_take_limit_and_cursor_the_same_way() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    for list in [
+        "/v1/admin/dead-letters",
+        "/v1/admin/held",
+        "/v1/admin/payment-events",
+        "/v1/admin/alerts",
+    ] {
+        for (query, code, field) in [
+            ("limit=0", "invalid_query", Some("limit")),
+            ("limit=-1", "invalid_query", Some("limit")),
+            ("limit=501", "invalid_query", Some("limit")),
+            ("limit=ten", "invalid_query", None),
+            ("cursor=%21%21", "invalid_query", Some("cursor")),
+            ("colour=red", "invalid_query", None),
+        ] {
+            let (status, err) = stack
+                .call(Method::GET, &format!("{list}?{query}"), None)
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{list}?{query}: {err}");
+            assert_eq!(err["error"]["code"], code, "{list}?{query}: {err}");
+            if let Some(f) = field {
+                assert_eq!(err["error"]["field"], f, "{list}?{query}: {err}");
+            }
+        }
+        let (status, page) = stack
+            .call(Method::GET, &format!("{list}?limit=500"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}: {page}");
+        assert!(page["next_cursor"].is_null(), "{list}: {page}");
+    }
+    stack.teardown().await;
+}

@@ -16,96 +16,179 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{MethodFilter, on};
 
+use crate::auth::{self, Access};
 use crate::error::ApiError;
 use crate::extract;
 use crate::startup::AppState;
 
-/// The router being built, and the (method, path) of every route in it.
+/// One route: method, path and who may call it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// The router being built (when there is a state to build it with), and
+/// every route in it.
 struct Table {
+    state: Option<AppState>,
     router: Router<AppState>,
-    list: Vec<(Method, &'static str)>,
+    list: Vec<Route>,
 }
 
 impl Table {
-    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    fn add<H, T>(mut self, method: Method, path: &'static str, access: Access, handler: H) -> Self
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
-        self.router = self.router.route(path, on(filter, handler));
-        self.list.push((method, path));
+        if let Some(state) = &self.state {
+            let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+            let mut route = on(filter, handler);
+            if let Access::Scope(scope) = access {
+                route = route.route_layer(axum::middleware::from_fn_with_state(
+                    (state.clone(), scope),
+                    auth::authorize,
+                ));
+            }
+            self.router = self.router.route(path, route);
+        }
+        self.list.push(Route {
+            method,
+            path,
+            access,
+        });
         self
     }
 }
 
-fn table() -> Table {
+fn table(state: Option<AppState>) -> Table {
     use Method as M;
+    const PUBLIC: Access = Access::Public;
+    const ADMIN: Access = Access::Scope(auth::ADMIN);
     Table {
+        state,
         router: Router::new(),
         list: Vec::new(),
     }
-    .add(M::POST, "/v1/orders", orders::create)
-    .add(M::GET, "/v1/orders/{reference}", orders::get)
-    .add(M::POST, "/v1/orders/{reference}/refunds", payments::refund)
-    .add(M::POST, "/v1/orders/{reference}/cancel", payments::cancel)
+    .add(
+        M::POST,
+        "/v1/orders",
+        Access::Scope(auth::ORDERS_WRITE),
+        orders::create,
+    )
+    .add(
+        M::GET,
+        "/v1/orders/{reference}",
+        Access::Scope(auth::ORDERS_READ),
+        orders::get,
+    )
+    .add(
+        M::POST,
+        "/v1/orders/{reference}/refunds",
+        Access::Scope(auth::ORDERS_REFUND),
+        payments::refund,
+    )
+    .add(
+        M::POST,
+        "/v1/orders/{reference}/cancel",
+        Access::Scope(auth::ORDERS_WRITE),
+        payments::cancel,
+    )
     .add(
         M::POST,
         "/v1/orders/{reference}/payment/accept",
+        ADMIN,
         payments::accept_payment,
     )
-    .add(M::POST, "/webhooks/stripe", payments::stripe)
-    .add(M::POST, "/webhooks/generic", payments::generic)
-    .add(M::GET, "/v1/game-servers", catalog::list_game_servers)
-    .add(M::PUT, "/v1/game-servers/{name}", catalog::put_game_server)
-    .add(M::GET, "/v1/products", catalog::list_products)
-    .add(M::PUT, "/v1/products/{sku}", catalog::put_product)
+    .add(M::POST, "/webhooks/stripe", PUBLIC, payments::stripe)
+    .add(M::POST, "/webhooks/generic", PUBLIC, payments::generic)
+    .add(
+        M::GET,
+        "/v1/game-servers",
+        ADMIN,
+        catalog::list_game_servers,
+    )
+    .add(
+        M::PUT,
+        "/v1/game-servers/{name}",
+        ADMIN,
+        catalog::put_game_server,
+    )
+    .add(M::GET, "/v1/products", ADMIN, catalog::list_products)
+    .add(M::PUT, "/v1/products/{sku}", ADMIN, catalog::put_product)
     .add(
         M::POST,
         "/v1/orders/{order_id}/items/{item_id}/retry",
+        ADMIN,
         admin::retry_item,
     )
-    .add(M::GET, "/v1/admin/dead-letters", admin::list)
-    .add(M::POST, "/v1/admin/dead-letters/retry", admin::retry_bulk)
-    .add(M::GET, "/v1/admin/dead-letters/{id}", admin::show)
-    .add(M::POST, "/v1/admin/dead-letters/{id}/retry", admin::retry)
+    .add(M::GET, "/v1/admin/dead-letters", ADMIN, admin::list)
+    .add(
+        M::POST,
+        "/v1/admin/dead-letters/retry",
+        ADMIN,
+        admin::retry_bulk,
+    )
+    .add(M::GET, "/v1/admin/dead-letters/{id}", ADMIN, admin::show)
+    .add(
+        M::POST,
+        "/v1/admin/dead-letters/{id}/retry",
+        ADMIN,
+        admin::retry,
+    )
     .add(
         M::POST,
         "/v1/admin/dead-letters/{id}/discard",
+        ADMIN,
         admin::discard,
     )
-    .add(M::GET, "/v1/admin/held", admin::held)
-    .add(M::GET, "/v1/admin/payment-events", admin::payment_events)
+    .add(M::GET, "/v1/admin/held", ADMIN, admin::held)
+    .add(
+        M::GET,
+        "/v1/admin/payment-events",
+        ADMIN,
+        admin::payment_events,
+    )
     .add(
         M::GET,
         "/v1/admin/payment-events/{id}",
+        ADMIN,
         admin::payment_event,
     )
     .add(
         M::POST,
         "/v1/admin/deliveries/{id}/retry",
+        ADMIN,
         admin::retry_delivery,
     )
     .add(
         M::POST,
         "/v1/admin/deliveries/{id}/discard",
+        ADMIN,
         admin::discard_delivery,
     )
-    .add(M::POST, "/v1/products/{sku}/keys", keys::upload)
-    .add(M::POST, "/v1/admin/items/{item_id}/key", keys::enter)
-    .add(M::GET, "/v1/admin/alerts", keys::alerts)
-    .add(M::POST, "/webhooks/supplier/{name}", keys::supplier_webhook)
-    .add(M::GET, "/healthz", health::alive)
-    .add(M::GET, "/readyz", health::ready)
+    .add(M::POST, "/v1/products/{sku}/keys", ADMIN, keys::upload)
+    .add(M::POST, "/v1/admin/items/{item_id}/key", ADMIN, keys::enter)
+    .add(M::GET, "/v1/admin/alerts", ADMIN, keys::alerts)
+    .add(
+        M::POST,
+        "/webhooks/supplier/{name}",
+        PUBLIC,
+        keys::supplier_webhook,
+    )
+    .add(M::GET, "/healthz", PUBLIC, health::alive)
+    .add(M::GET, "/readyz", PUBLIC, health::ready)
 }
 
-/// Every route's method and path, in the order they were added.
-pub fn route_table() -> Vec<(Method, &'static str)> {
-    table().list
+/// Every route, in the order they were added.
+pub fn route_table() -> Vec<Route> {
+    table(None).list
 }
 
 pub fn router(state: AppState) -> Router {
-    table()
+    table(Some(state.clone()))
         .router
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn(extract::json_errors))
