@@ -15,5 +15,7 @@ ALTER TABLE orders
     -- Why the last payment was not applied; cleared when an admin accepts it.
     ADD COLUMN payment_issue text;
 
--- Stock-only key products say so; a supplier_key action otherwise needs a
--- supplier candidate (checked at save time, not stored in a column).
+-- A refund of a payment that was never applied (mismatched, given back
+-- whole): its failure puts the payment back to `mismatched` instead of
+-- touching the order's refunded amount.
+ALTER TABLE refunds ADD COLUMN of_unapplied boolean NOT NULL DEFAULT false;

@@ -177,6 +177,9 @@ impl From<PaymentError> for ApiError {
             PaymentError::NotCancellable(_) => {
                 ApiError::new(StatusCode::CONFLICT, "order_not_cancellable", message)
             }
+            PaymentError::OrderClosed(_) => {
+                ApiError::new(StatusCode::CONFLICT, "order_closed", message)
+            }
             PaymentError::NoMismatchedPayment(_) => {
                 ApiError::new(StatusCode::CONFLICT, "no_mismatched_payment", message)
             }

@@ -22,6 +22,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_json_type(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -31,6 +32,30 @@ where
         })?;
         parse(&bytes).map(ValidJson)
     }
+}
+
+/// A body declared as something other than JSON is 415 (no `Content-Type`
+/// is taken as JSON, for curl and friends).
+pub fn check_json_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as application/json",
+    ))
 }
 
 /// Parses `bytes` as `T`: malformed JSON is 400 `malformed_json`, a string

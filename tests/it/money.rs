@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use courier_shared::rcon::Dialect;
+use courier_tests::fakes::rcon::FakeGameServer;
+use courier_tests::fakes::stripe::{FakeStripe, StripeBehaviour};
 use courier_tests::signing::{self, now};
 use courier_tests::stack::{GENERIC_SECRET, TestStack, sample_order};
 use reqwest::{Method, StatusCode};
@@ -24,6 +27,22 @@ async fn pending_order(stack: &TestStack, user: &str) -> (String, String) {
     )
 }
 
+/// Polls the order until `check` holds (20 s at most).
+async fn wait_order(stack: &TestStack, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = stack.order(id).await;
+        if check(&o) {
+            return o;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {o:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A paid Checkout Session for order `number` taking `amount` minor units of `currency`.
 fn paying(session: &str, number: &str, amount: i64, currency: &str) -> Value {
     let mut s = signing::checkout_session(
@@ -38,7 +57,16 @@ fn paying(session: &str, number: &str, amount: i64, currency: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_amount_or_currency_delivers_nothing_until_an_admin_accepts_or_refunds() {
-    let (stack, game) = TestStack::with_rcon_product("give {username} diamond").await;
+    let stripe = FakeStripe::start().await.expect("fake stripe");
+    let stripe_base = stripe.base.clone();
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake game server");
+    let stack = TestStack::start_with(|s| s.payments.stripe_api_base = stripe_base, true).await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} diamond")
+        .await;
     let cases = [
         ("under", 1, "usd", "underpaid"),
         ("over", 5000, "usd", "overpaid"),
@@ -158,7 +186,37 @@ async fn a_wrong_amount_or_currency_delivers_nothing_until_an_admin_accepts_or_r
     let o = stack.order(over_id).await;
     assert_eq!(o["payment_status"], "refunded");
     assert_eq!(o["status"], "refunded");
-    // The euro payment goes back in euros.
+    let o = wait_order(&stack, over_id, |o| {
+        o["refunds"][0]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(o["payment_status"], "refunded");
+    let call = stripe.calls().pop().expect("Stripe was asked");
+    assert_eq!(call.form.get("amount").map(String::as_str), Some("5000"));
+    assert_eq!(
+        call.form.get("payment_intent").map(String::as_str),
+        Some("pi_cs_over")
+    );
+    // Stripe's own word on that refund is the same refund, not a second one.
+    let charge =
+        signing::refunded_charge("pi_cs_over", 5000, 5000, json!({ "order_id": held[1].1 }));
+    let answer = stack
+        .send_stripe(&signing::stripe_event(
+            "evt_over_refunded",
+            "charge.refunded",
+            charge,
+        ))
+        .await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+    let o = stack.order(over_id).await;
+    assert_eq!(o["refunds"].as_array().map(Vec::len), Some(1), "{o:#}");
+    assert!(stack.alerts("refunded_over_total").await.is_empty());
+    // The euro payment goes back in euros; Stripe refuses it, so the
+    // payment is the admin's to decide again (the order stays refunded).
+    stripe.set(StripeBehaviour {
+        refuse: true,
+        ..StripeBehaviour::default()
+    });
     let (status, refund) = stack
         .call(
             Method::POST,
@@ -168,6 +226,21 @@ async fn a_wrong_amount_or_currency_delivers_nothing_until_an_admin_accepts_or_r
         .await;
     assert_eq!(status, StatusCode::CREATED, "{refund}");
     assert_eq!(refund["currency"], "EUR");
+    let o = wait_order(&stack, &held[2].0, |o| {
+        o["refunds"][0]["status"] == "failed"
+    })
+    .await;
+    assert_eq!(o["payment_status"], "mismatched", "{o:#}");
+    assert_eq!(o["status"], "refunded");
+    let (status, e) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{}/payment/accept", held[2].0),
+            Some(&json!({ "reason": "deliver anyway" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "order_closed");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut commands = game.commands();

@@ -192,6 +192,8 @@ pub async fn retry_bulk(
     ValidJson(filter): ValidJson<Filter>,
 ) -> Result<Json<BulkRetry>, ApiError> {
     caller.require(ADMIN)?;
+    filter_text("target", &filter.target)?;
+    filter_text("error", &filter.error)?;
     let result = admin::retry_matching(&state.pool, &filter, &caller.actor()).await?;
     state.relay_wake.notify_one();
     Ok(Json(result))

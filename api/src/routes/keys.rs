@@ -76,6 +76,10 @@ pub async fn upload(
     let codes = if is_csv {
         parse_csv(&body)?
     } else {
+        crate::json::check_json_type(&headers).map_err(|e| ApiError {
+            message: "send the keys as application/json or text/csv".into(),
+            ..e
+        })?;
         parse::<KeyList>(&body)?.keys
     };
     let (added, duplicates) = keys::add_stock(&state.pool, cipher(&state)?, &sku, &codes).await?;

@@ -217,12 +217,14 @@ pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ORDERS_WRITE)?;
     let req: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {
+        crate::json::check_json_type(&headers)?;
         parse(&body)?
     };
     let reason = req.reason.unwrap_or_else(|| "cancelled".into());

@@ -52,14 +52,17 @@ pub struct NewRefund<'a> {
     pub requested_by: &'a str,
     pub idempotency_key: Option<&'a str>,
     pub request_hash: Option<&'a [u8]>,
+    /// Gives back a payment that was never applied (`mismatched`).
+    pub of_unapplied: bool,
 }
 
 pub async fn insert_refund(conn: &mut PgConnection, r: &NewRefund<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO refunds (id, order_id, amount, currency, reason, reason_text, source, status, \
-           external_id, delivery_id, revoke, requested_by, completed_at, idempotency_key, request_hash) \
+           external_id, delivery_id, revoke, requested_by, completed_at, idempotency_key, request_hash, \
+           of_unapplied) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-           CASE WHEN $8 IN ('succeeded', 'recorded') THEN now() END, $13, $14)",
+           CASE WHEN $8 IN ('succeeded', 'recorded') THEN now() END, $13, $14, $15)",
     )
     .bind(r.id)
     .bind(r.order_id)
@@ -75,6 +78,7 @@ pub async fn insert_refund(conn: &mut PgConnection, r: &NewRefund<'_>) -> Result
     .bind(r.requested_by)
     .bind(r.idempotency_key)
     .bind(r.request_hash)
+    .bind(r.of_unapplied)
     .execute(conn)
     .await?;
     Ok(())
@@ -140,7 +144,7 @@ pub async fn settle_refund(
              THEN $3 ELSE r.external_id END, \
            completed_at = CASE WHEN $2 = 'succeeded' THEN now() END \
          FROM prev WHERE r.id = prev.id \
-         RETURNING r.order_id, r.amount, r.currency, prev.status AS prev_status",
+         RETURNING r.order_id, r.amount, r.currency, r.of_unapplied, prev.status AS prev_status",
     )
     .bind(delivery_id)
     .bind(status.as_str())
@@ -160,7 +164,20 @@ pub async fn settle_refund(
         (RefundStatus::Pending, RefundStatus::Failed) => -amount,
         _ => Decimal::ZERO,
     };
-    if delta != Decimal::ZERO {
+    if row.try_get::<bool, _>("of_unapplied")? {
+        // A payment that was never applied: it is back with the admin, or
+        // given back after all.
+        match (prev, status) {
+            (RefundStatus::Pending, RefundStatus::Failed) => {
+                super::orders::set_payment_status(conn, order_id, PaymentStatus::Mismatched)
+                    .await?;
+            }
+            (RefundStatus::Failed, RefundStatus::Succeeded) => {
+                super::orders::set_payment_status(conn, order_id, PaymentStatus::Refunded).await?;
+            }
+            _ => {}
+        }
+    } else if delta != Decimal::ZERO {
         adjust_refunded(conn, order_id, delta).await?;
     }
     if status == RefundStatus::Failed && prev != RefundStatus::Failed {
@@ -469,6 +486,9 @@ pub struct LockedOrder {
     /// What the last payment took, as the gateway said.
     pub paid_amount: Option<Decimal>,
     pub paid_currency: Option<String>,
+    /// Why the payment was not applied (set while `mismatched`, and after a
+    /// mismatched payment was given back).
+    pub payment_issue: Option<String>,
 }
 
 pub async fn lock_order(
@@ -477,7 +497,7 @@ pub async fn lock_order(
 ) -> Result<Option<LockedOrder>, DbError> {
     let Some(row) = sqlx::query(
         "SELECT order_number, status, payment_status, total, refunded_amount, currency, gateway, \
-           transaction_id, paid_amount, paid_currency FROM orders WHERE id = $1 FOR UPDATE",
+           transaction_id, paid_amount, paid_currency, payment_issue FROM orders WHERE id = $1 FOR UPDATE",
     )
     .bind(order_id)
     .fetch_optional(&mut *conn)
@@ -497,6 +517,7 @@ pub async fn lock_order(
         transaction_id: row.try_get("transaction_id")?,
         paid_amount: row.try_get("paid_amount")?,
         paid_currency: row.try_get("paid_currency")?,
+        payment_issue: row.try_get("payment_issue")?,
     }))
 }
 
@@ -590,17 +611,18 @@ pub async fn refund_by_key(
 }
 
 /// A refund Courier asked for whose job gave up but which the gateway made
-/// after all: `succeeded` again; returns its amount if it was `failed`.
+/// after all: `succeeded` again; returns its amount (and whether it gave back
+/// a payment never applied) if it was `failed`.
 pub async fn revive_refund(
     conn: &mut PgConnection,
     refund_id: Uuid,
     order_id: Uuid,
     external_id: &str,
-) -> Result<Option<Decimal>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Option<(Decimal, bool)>, sqlx::Error> {
+    sqlx::query_as(
         "UPDATE refunds SET status = 'succeeded', external_id = coalesce(external_id, $3), \
            completed_at = now() \
-         WHERE id = $1 AND order_id = $2 AND status = 'failed' RETURNING amount",
+         WHERE id = $1 AND order_id = $2 AND status = 'failed' RETURNING amount, of_unapplied",
     )
     .bind(refund_id)
     .bind(order_id)

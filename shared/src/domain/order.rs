@@ -100,7 +100,10 @@ impl PaymentStatus {
             Failed => matches!(to, Paid | Mismatched),
             // An admin accepts the payment as it is, or it is given back.
             Mismatched => matches!(to, Paid | Refunded),
-            Paid | PartiallyRefunded | Refunded => {
+            // The gateway refused to give back a payment that was never
+            // applied: it is the admin's to decide again.
+            Refunded => matches!(to, Paid | PartiallyRefunded | Refunded | Mismatched),
+            Paid | PartiallyRefunded => {
                 matches!(to, Paid | PartiallyRefunded | Refunded)
             }
         };
@@ -216,7 +219,7 @@ mod tests {
         for from in [Pending, Failed] {
             assert!(from.transition(Mismatched).is_ok());
         }
-        for from in [Paid, PartiallyRefunded, Refunded] {
+        for from in [Paid, PartiallyRefunded] {
             assert!(from.transition(Mismatched).is_err(), "{from}");
         }
         for to in PaymentStatus::ALL {

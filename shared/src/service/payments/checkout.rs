@@ -435,6 +435,11 @@ pub async fn accept_payment(
     if order.payment != PaymentStatus::Mismatched {
         return Err(PaymentError::NoMismatchedPayment(order.payment));
     }
+    // Refunded (the gateway refused to give the payment back) or cancelled:
+    // nothing is delivered any more; refund again instead.
+    if order.status.is_final() {
+        return Err(PaymentError::OrderClosed(order.status));
+    }
     note(
         &mut tx,
         order_id,

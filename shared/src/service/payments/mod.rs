@@ -84,6 +84,8 @@ pub enum PaymentError {
     IdempotencyConflict,
     #[error("an order that is `{0}` cannot be cancelled (only pending, processing or failed)")]
     NotCancellable(OrderStatus),
+    #[error("the order is `{0}`: nothing is delivered any more (refund the payment instead)")]
+    OrderClosed(OrderStatus),
     #[error("the order has no payment waiting for a decision (payment status `{0}`)")]
     NoMismatchedPayment(PaymentStatus),
     #[error(transparent)]

@@ -140,6 +140,7 @@ async fn record_refund(
             requested_by: spec.actor,
             idempotency_key: spec.idempotency.map(|(k, _)| k),
             request_hash: spec.idempotency.map(|(_, h)| h),
+            of_unapplied: order.payment == PaymentStatus::Mismatched,
         },
     )
     .await?;
@@ -329,8 +330,15 @@ pub(super) async fn charge_refunded(
         else {
             continue;
         };
-        if let Some(amount) = payments::revive_refund(conn, ours, order_id, &r.id).await? {
-            payments::adjust_refunded(conn, order_id, amount).await?;
+        if let Some((amount, of_unapplied)) =
+            payments::revive_refund(conn, ours, order_id, &r.id).await?
+        {
+            if of_unapplied {
+                crate::db::orders::set_payment_status(conn, order_id, PaymentStatus::Refunded)
+                    .await?;
+            } else {
+                payments::adjust_refunded(conn, order_id, amount).await?;
+            }
             events::record(
                 conn,
                 NewEvent {
@@ -354,6 +362,29 @@ pub(super) async fn charge_refunded(
         .as_deref()
         .map(str::to_ascii_uppercase)
         .unwrap_or_else(|| order.currency.clone());
+    // A payment that did not pay the order and was given back whole through
+    // Courier: Stripe's refund of it is that refund, not a new one.
+    if order.payment == PaymentStatus::Refunded && order.payment_issue.is_some() {
+        let paid = order.paid_amount.unwrap_or(order.total);
+        let refunded = from_minor(charge.amount_refunded, &currency);
+        if refunded > paid {
+            keys::alert(
+                conn,
+                "refunded_over_total",
+                &format!(
+                    "Stripe has refunded {refunded} {currency} of order {}, more than the {paid} paid: check the gateway",
+                    order.order_number
+                ),
+                &order_id.to_string(),
+            )
+            .await?;
+        }
+        return Ok(Ingested::new(
+            IngestStatus::Applied,
+            Some(order_id),
+            "the payment that did not match was already given back whole".to_owned(),
+        ));
+    }
     if currency != order.currency {
         keys::alert(
             conn,
