@@ -27,22 +27,6 @@ async fn pending_order(stack: &TestStack, user: &str) -> (String, String) {
     )
 }
 
-/// Polls the order until `check` holds (20 s at most).
-async fn wait_order(stack: &TestStack, id: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = stack.order(id).await;
-        if check(&o) {
-            return o;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {o:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A paid Checkout Session for order `number` taking `amount` minor units of `currency`.
 fn paying(session: &str, number: &str, amount: i64, currency: &str) -> Value {
     let mut s = signing::checkout_session(
@@ -186,10 +170,11 @@ async fn a_wrong_amount_or_currency_delivers_nothing_until_an_admin_accepts_or_r
     let o = stack.order(over_id).await;
     assert_eq!(o["payment_status"], "refunded");
     assert_eq!(o["status"], "refunded");
-    let o = wait_order(&stack, over_id, |o| {
-        o["refunds"][0]["status"] == "succeeded"
-    })
-    .await;
+    let o = stack
+        .wait_order_until(over_id, "the refund succeeded", |o| {
+            o["refunds"][0]["status"] == "succeeded"
+        })
+        .await;
     assert_eq!(o["payment_status"], "refunded");
     let call = stripe.calls().pop().expect("Stripe was asked");
     assert_eq!(call.form.get("amount").map(String::as_str), Some("5000"));
@@ -226,10 +211,11 @@ async fn a_wrong_amount_or_currency_delivers_nothing_until_an_admin_accepts_or_r
         .await;
     assert_eq!(status, StatusCode::CREATED, "{refund}");
     assert_eq!(refund["currency"], "EUR");
-    let o = wait_order(&stack, &held[2].0, |o| {
-        o["refunds"][0]["status"] == "failed"
-    })
-    .await;
+    let o = stack
+        .wait_order_until(&held[2].0, "the refund failed", |o| {
+            o["refunds"][0]["status"] == "failed"
+        })
+        .await;
     assert_eq!(o["payment_status"], "mismatched", "{o:#}");
     assert_eq!(o["status"], "refunded");
     let (status, e) = stack
@@ -340,12 +326,7 @@ async fn an_order_made_from_a_session_is_priced_by_stripe_not_by_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_past_the_total_raise_one_alert_and_a_foreign_currency_refund_is_not_applied() {
     let stack = TestStack::start_with(|_| {}, false).await;
-    stack
-        .add_product(
-            "p",
-            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
-        )
-        .await;
+    stack.add_discord_product("p").await;
     let mut body = sample_order("p", "steve");
     body["gateway"] = json!("stripe");
     body["transaction_id"] = json!("pi_over");
@@ -380,12 +361,7 @@ async fn refunds_past_the_total_raise_one_alert_and_a_foreign_currency_refund_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amount_paid_must_pay_the_order_on_the_api_and_the_generic_webhook() {
     let stack = TestStack::start_with(|_| {}, false).await;
-    stack
-        .add_product(
-            "p",
-            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
-        )
-        .await;
+    stack.add_discord_product("p").await;
     let mut body = sample_order("p", "steve");
     body["discord_user_id"] = json!("333");
     body["amount_paid"] = json!("1.00");
@@ -397,19 +373,8 @@ async fn amount_paid_must_pay_the_order_on_the_api_and_the_generic_webhook() {
     let text = body.to_string();
     let ts = now();
     let sig = signing::standard_signature(GENERIC_SECRET, "msg_under", ts, &text);
-    let resp = stack
-        .http
-        .post(stack.url("/webhooks/generic"))
-        .header("content-type", "application/json")
-        .header("webhook-id", "msg_under")
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sig)
-        .body(text)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let answer: Value = resp.json().await.expect("json");
+    let (status, answer) = stack.post_generic("msg_under", ts, &text, &sig).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     let o = stack.order(answer["order_id"].as_str().expect("id")).await;
     assert_eq!(o["payment_status"], "mismatched", "{o:#}");
     assert!(o["deliveries"].as_array().is_some_and(Vec::is_empty));

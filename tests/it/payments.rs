@@ -27,19 +27,7 @@ async fn post_generic(
     body: &str,
     signature: &str,
 ) -> (StatusCode, Value) {
-    let resp = stack
-        .http
-        .post(stack.url("/webhooks/generic"))
-        .header("content-type", "application/json")
-        .header("webhook-id", id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", signature)
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("webhook sent");
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    stack.post_generic(id, ts, body, signature).await
 }
 
 /// A stack (settings adjusted by `tweak`, with or without a worker) and a fake
@@ -82,36 +70,20 @@ async fn refund(stack: &TestStack, id: &str, body: Value) -> (StatusCode, Value)
         .await
 }
 
-/// Polls until `check` holds for the order; panics with the order after `limit`.
+/// Polls until `check` holds for the order; panics with the order after 20 s.
 async fn wait_order(
     stack: &TestStack,
     id: &str,
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = stack.order(id).await;
-        if check(&o) {
-            return o;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order never showed {what}: {o:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.wait_order_until(id, what, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripe_signatures_are_checked_on_the_raw_body_before_anything_happens() {
     let stack = TestStack::start_with(|_| {}, false).await;
-    stack
-        .add_product(
-            "vip",
-            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
-        )
-        .await;
+    stack.add_discord_product("vip").await;
     let event = signing::stripe_event(
         "evt_sig",
         "checkout.session.completed",
@@ -448,12 +420,7 @@ async fn a_full_refund_removes_the_role_runs_the_revoke_command_and_refunds_at_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_add_up_to_the_total_and_no_further_and_need_a_paid_order() {
     let stack = TestStack::start_with(|_| {}, false).await;
-    stack
-        .add_product(
-            "vip",
-            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
-        )
-        .await;
+    stack.add_discord_product("vip").await;
     let mut body = json!({
         "currency": "USD", "discord_user_id": "333",
         "items": [{ "product": "vip", "quantity": 1, "unit_price": "10.00" }],
@@ -744,12 +711,7 @@ async fn a_refund_returns_an_unseen_stock_key_but_not_a_revealed_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failed_asynchronous_payment_the_customer_can_pay_again() {
     let stack = TestStack::start_with(|_| {}, false).await;
-    stack
-        .add_product(
-            "vip",
-            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
-        )
-        .await;
+    stack.add_discord_product("vip").await;
     let body = json!({
         "currency": "USD", "payment_status": "pending", "discord_user_id": "333",
         "items": [{ "product": "vip", "quantity": 1, "unit_price": "10.00" }],

@@ -260,12 +260,7 @@ async fn products_with_unknown_placeholders_or_servers_are_rejected_when_saved()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undeliverable_product_is_refused_or_held_never_dead() {
     let stack = TestStack::start_with(|_| {}, false).await;
-    stack
-        .add_product(
-            "vip",
-            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
-        )
-        .await;
+    stack.add_discord_product("vip").await;
     // Saving one needs the token, too.
     let mut tokenless = stack.settings.clone();
     tokenless.discord.bot_token = None;

@@ -287,6 +287,59 @@ impl TestStack {
         answer
     }
 
+    /// Posts `body` to `/webhooks/generic` with Standard Webhooks headers.
+    pub async fn post_generic(
+        &self,
+        id: &str,
+        ts: i64,
+        body: &str,
+        signature: &str,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.url("/webhooks/generic"))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("webhook sent");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the order until `check` holds; panics with the order after 20 s.
+    pub async fn wait_order_until(
+        &self,
+        id: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let o = self.order(id).await;
+            if check(&o) {
+                return o;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order never showed {what}: {o:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A product `sku` giving Discord role 222 in guild 111.
+    pub async fn add_discord_product(&self, sku: &str) {
+        self.add_product(
+            sku,
+            json!([{ "kind": "discord_role", "guild_id": "111", "role_id": "222" }]),
+        )
+        .await;
+    }
+
     /// Unacknowledged admin alerts of `kind`.
     pub async fn alerts(&self, kind: &str) -> Vec<Value> {
         let (status, list) = self

@@ -75,41 +75,33 @@ pub mod page {
         Ok(limit)
     }
 
-    /// The key a cursor stands for.
-    pub fn decode(cursor: Option<&str>) -> Result<Option<String>, ApiError> {
-        let invalid = || {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "cursor: pass the next_cursor of the previous page unchanged",
-            )
-            .with_field("cursor")
-        };
+    /// The key a cursor stands for, read by `parse`.
+    pub fn decode<T>(
+        cursor: Option<&str>,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
         cursor
             .map(|c| {
                 URL_SAFE_NO_PAD
                     .decode(c)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(invalid)
+                    .and_then(|k| parse(&k))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_query",
+                            "cursor: pass the next_cursor of the previous page unchanged",
+                        )
+                        .with_field("cursor")
+                    })
             })
             .transpose()
     }
 
     /// An id cursor.
     pub fn decode_id(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
-        decode(cursor)?
-            .map(|k| {
-                k.parse().map_err(|_| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_query",
-                        "cursor: pass the next_cursor of the previous page unchanged",
-                    )
-                    .with_field("cursor")
-                })
-            })
-            .transpose()
+        decode(cursor, |k| k.parse().ok())
     }
 
     /// The next page's cursor: present only when this page was full.
@@ -251,18 +243,7 @@ pub async fn held(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     let limit = page::limit(q.limit)?;
-    let after = page::decode(q.cursor.as_deref())?
-        .map(|k| {
-            rescue::HeldCursor::parse(&k).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    "cursor: pass the next_cursor of the previous page unchanged",
-                )
-                .with_field("cursor")
-            })
-        })
-        .transpose()?;
+    let after = page::decode(q.cursor.as_deref(), rescue::HeldCursor::parse)?;
     let (rows, last) = rescue::held(&state.pool, limit, after).await?;
     let next = page::next(rows.len(), limit, last.map(|c| c.to_string()));
     Ok(Json(json!({ "held": rows, "next_cursor": next })))

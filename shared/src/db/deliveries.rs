@@ -29,22 +29,7 @@ pub struct DeliveryRow {
 }
 
 pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status, next_attempt_at, purpose, revokes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', now(), $8, $9)",
-    )
-    .bind(d.id)
-    .bind(d.order_id)
-    .bind(d.item_id)
-    .bind(d.action_id)
-    .bind(d.kind.as_str())
-    .bind(&d.target)
-    .bind(&d.payload)
-    .bind(d.purpose.as_str())
-    .bind(d.revokes)
-    .execute(conn)
-    .await?;
-    Ok(())
+    insert_as(conn, d, DeliveryStatus::Queued, None).await
 }
 
 /// Inserts a delivery parked for an admin (`held`, with the reason) instead
@@ -56,9 +41,18 @@ pub async fn insert_held(
     d: &DeliveryRow,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
+    insert_as(conn, d, DeliveryStatus::Held, Some(reason)).await
+}
+
+async fn insert_as(
+    conn: &mut PgConnection,
+    d: &DeliveryRow,
+    status: DeliveryStatus,
+    last_error: Option<&str>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, status, next_attempt_at, purpose, revokes, last_error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'held', now(), $8, $9, $10)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9, $10, $11)",
     )
     .bind(d.id)
     .bind(d.order_id)
@@ -67,9 +61,10 @@ pub async fn insert_held(
     .bind(d.kind.as_str())
     .bind(&d.target)
     .bind(&d.payload)
+    .bind(status.as_str())
     .bind(d.purpose.as_str())
     .bind(d.revokes)
-    .bind(reason)
+    .bind(last_error)
     .execute(conn)
     .await?;
     Ok(())
