@@ -9,6 +9,10 @@ pub enum ErrorClass {
     Permanent,
     /// Not a failure: the target is not ready (player offline, out of stock).
     Waiting,
+    /// Not a failure either: a limit Courier itself keeps (a game server's
+    /// connection slots across workers) had no room; tried again shortly,
+    /// without spending the retry budget.
+    Busy,
 }
 
 /// A database error, or a stored value the domain does not know.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_shared::error::ErrorClass;
-use courier_shared::rcon::{Dialect, RconConnection, RconError, RconPool, RconTarget, Timeouts};
+use courier_shared::rcon::{Framing, Dialect, RconConnection, RconError, RconPool, RconTarget, Timeouts};
 use courier_tests::fakes::rcon::{Behaviour, FakeGameServer};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +23,8 @@ fn target(server: &FakeGameServer) -> RconTarget {
         port: server.addr.port(),
         password: server.password.clone(),
         dialect: server.dialect,
+        framing: Framing::Auto,
+        quiet: Duration::from_millis(200),
     }
 }
 
@@ -198,6 +200,8 @@ async fn arbitrary_server_bytes_never_panic_the_client() {
         port: addr.port(),
         password: "pw".into(),
         dialect: Dialect::Source,
+        framing: Framing::Auto,
+        quiet: Duration::from_millis(200),
     };
     let quick = Timeouts {
         connect: Duration::from_millis(300),

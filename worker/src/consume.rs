@@ -336,7 +336,8 @@ pub fn decide(
         None => AttemptOutcome::Succeeded,
         Some(ErrorClass::Transient) => AttemptOutcome::Transient,
         Some(ErrorClass::Permanent) => AttemptOutcome::Permanent,
-        Some(ErrorClass::Waiting) => AttemptOutcome::Waiting,
+        // Recorded as a wait: not a failure, the budget is untouched.
+        Some(ErrorClass::Waiting | ErrorClass::Busy) => AttemptOutcome::Waiting,
     };
     let error = class.map(|_| error);
     let (next, requeue, dead_reason) = match step {
@@ -354,23 +355,30 @@ pub fn decide(
         NextStep::Dead { reason } => (DeliveryStatus::Dead, None, Some(reason)),
     };
     // An RCON command that may have reached the server is ambiguous: retrying
-    // could run it twice, so the action's `on_ambiguous` decides (hold by default),
-    // exactly as for a worker that died mid-command.
-    let hold = next == DeliveryStatus::Retrying
-        && maybe_sent
+    // could run it twice, so the action's `on_ambiguous` decides (hold by
+    // default), exactly as for a worker that died mid-command. Whatever the
+    // attempt number, it is never `dead` — a bulk retry of dead letters must
+    // not run it again: with `retry`, an ambiguous attempt that exhausted the
+    // budget is held too.
+    let ambiguous = maybe_sent
         && claimed.kind == DeliveryKind::Rcon
-        && serde_json::from_value::<courier_shared::domain::action::RconPayload>(
-            claimed.payload.clone(),
-        )
-        .map_or(true, |p| {
-            p.on_ambiguous == courier_shared::domain::action::OnAmbiguous::Hold
-        });
+        && matches!(next, DeliveryStatus::Retrying | DeliveryStatus::Dead);
+    let retry_ambiguous = serde_json::from_value::<courier_shared::domain::action::RconPayload>(
+        claimed.payload.clone(),
+    )
+    .is_ok_and(|p| p.on_ambiguous == courier_shared::domain::action::OnAmbiguous::Retry);
+    let hold = ambiguous && !(retry_ambiguous && next == DeliveryStatus::Retrying);
     let (next, requeue, dead_reason) = if hold {
+        let why = if retry_ambiguous {
+            "the retry budget is spent (on_ambiguous = retry)"
+        } else {
+            "on_ambiguous = hold"
+        };
         (
             DeliveryStatus::Held,
             None,
             Some(format!(
-                "ambiguous: {}; held for an admin (on_ambiguous = hold)",
+                "ambiguous: {}; held for an admin ({why})",
                 error.clone().unwrap_or_default()
             )),
         )

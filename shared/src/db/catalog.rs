@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::action::ActionConfig;
 use crate::error::DbError;
-use crate::rcon::Dialect;
+use crate::rcon::{Dialect, Framing};
 
 /// A game server as stored. The password is never serialised.
 #[derive(Debug, Clone, Serialize)]
@@ -19,12 +19,22 @@ pub struct GameServer {
     pub password: String,
     pub dialect: Dialect,
     pub max_connections: u16,
+    /// How answers end (`auto`: by dialect); see `rcon::client`.
+    pub framing: Framing,
+    /// The quiet time of `exec_only` framing, in milliseconds.
+    pub quiet_ms: u32,
+    /// Answer starts that mean "refused", beyond the dialect's own.
+    pub error_patterns: Vec<String>,
+    /// What lists the players for `require_online` (default: `list` or `status`).
+    pub online_command: Option<String>,
 }
 
 fn game_server_from_row(row: &sqlx::postgres::PgRow) -> Result<GameServer, DbError> {
     let port: i32 = row.try_get("port")?;
     let max: i32 = row.try_get("max_connections")?;
     let dialect: String = row.try_get("dialect")?;
+    let framing: String = row.try_get("framing")?;
+    let quiet: i32 = row.try_get("quiet_ms")?;
     Ok(GameServer {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -34,12 +44,16 @@ fn game_server_from_row(row: &sqlx::postgres::PgRow) -> Result<GameServer, DbErr
         dialect: dialect.parse()?,
         max_connections: u16::try_from(max)
             .map_err(|_| DbError::Corrupt(format!("max_connections {max}")))?,
+        framing: framing.parse()?,
+        quiet_ms: u32::try_from(quiet).map_err(|_| DbError::Corrupt(format!("quiet_ms {quiet}")))?,
+        error_patterns: row.try_get("error_patterns")?,
+        online_command: row.try_get("online_command")?,
     })
 }
 
 macro_rules! game_server_columns {
     () => {
-        "id, name, host, port, password, dialect, max_connections"
+        "id, name, host, port, password, dialect, max_connections, framing, quiet_ms, error_patterns, online_command"
     };
 }
 
@@ -49,11 +63,14 @@ pub async fn upsert_game_server(
     server: &GameServer,
 ) -> Result<GameServer, DbError> {
     let row = sqlx::query(concat!(
-        "INSERT INTO game_servers (id, name, host, port, password, dialect, max_connections) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+        "INSERT INTO game_servers (id, name, host, port, password, dialect, max_connections, \
+           framing, quiet_ms, error_patterns, online_command) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, \
            password = EXCLUDED.password, dialect = EXCLUDED.dialect, \
-           max_connections = EXCLUDED.max_connections, updated_at = now() \
+           max_connections = EXCLUDED.max_connections, framing = EXCLUDED.framing, \
+           quiet_ms = EXCLUDED.quiet_ms, error_patterns = EXCLUDED.error_patterns, \
+           online_command = EXCLUDED.online_command, updated_at = now() \
          RETURNING ",
         game_server_columns!()
     ))
@@ -64,6 +81,10 @@ pub async fn upsert_game_server(
     .bind(&server.password)
     .bind(server.dialect.as_str())
     .bind(i32::from(server.max_connections))
+    .bind(server.framing.as_str())
+    .bind(i32::try_from(server.quiet_ms).unwrap_or(i32::MAX))
+    .bind(&server.error_patterns)
+    .bind(&server.online_command)
     .fetch_one(conn)
     .await?;
     game_server_from_row(&row)

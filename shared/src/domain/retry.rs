@@ -88,6 +88,15 @@ pub fn next_step(
                 delay_ms: jittered(tier_ms, jitter),
             }
         }
+        // Courier's own limit had no room: again after the first tier's delay,
+        // whatever the failures so far (the caller does not count this one).
+        Some(ErrorClass::Busy) => {
+            let tier_ms = schedule.tier_ms(1);
+            NextStep::Retry {
+                tier_ms,
+                delay_ms: jittered(tier_ms, jitter),
+            }
+        }
         Some(ErrorClass::Waiting) => {
             let since = waiting_since.unwrap_or(now);
             if now - since >= Duration::hours(i64::from(waiting.max_wait_hours)) {

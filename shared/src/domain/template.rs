@@ -73,6 +73,21 @@ fn known_list() -> String {
         .join(", ")
 }
 
+/// The longest value order validation lets through for each placeholder.
+pub fn max_value_len(placeholder: &str) -> usize {
+    match placeholder {
+        "username" => 32,
+        "uuid" | "order_id" | "delivery_id" => 36,
+        // At most 10,000.
+        "quantity" => 5,
+        "order_number" => 14,
+        "email" => 255,
+        "discord_user_id" => 20,
+        "sku" => 64,
+        _ => 255,
+    }
+}
+
 fn lookup(name: &str) -> Option<(&'static str, &'static str)> {
     PLACEHOLDERS.iter().copied().find(|(n, _)| *n == name)
 }
@@ -114,6 +129,20 @@ impl Template {
             parts.push(Part::Literal(literal));
         }
         Ok(Template { parts })
+    }
+
+    /// The longest command this template can render: its text plus, for each
+    /// placeholder, the longest value accepted for that field (a username is
+    /// at most 32 bytes, an e-mail 255, …). A product whose template can
+    /// render longer than its game server accepts is refused when saved.
+    pub fn max_rendered_len(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(text) => text.len(),
+                Part::Var(name) => max_value_len(name),
+            })
+            .sum()
     }
 
     /// Placeholders the template uses, in order of first use.
@@ -163,6 +192,15 @@ impl Template {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_longest_rendering_counts_each_placeholder_at_its_longest() {
+        let t = Template::parse("give {username} diamond {quantity}").expect("parses");
+        assert_eq!(t.max_rendered_len(), "give  diamond ".len() + 32 + 5);
+        let t = Template::parse("mail {email}").expect("parses");
+        assert_eq!(t.max_rendered_len(), 5 + 255);
+    }
+
     use super::*;
 
     fn values() -> HashMap<&'static str, String> {

@@ -1,11 +1,28 @@
 //! One RCON connection: connect, log in, run commands.
 //!
-//! Multi-packet responses are collected by sending, right after the command, an
-//! empty `RESPONSE` packet with a second id: Source mirrors it back after the
-//! whole answer and Minecraft answers it with "Unknown request 0", in both cases
-//! after every packet of the command's output. Packets with other ids (a Source
-//! server's extra packet after the mirror, answers to a timed-out earlier call)
-//! are stale and skipped, since ids only grow on a connection.
+//! Servers differ in how an answer ends, so the framing is a setting of the
+//! game server ([`Framing`]):
+//! - `exec_only` (the default for Minecraft): only the command packet is
+//!   sent, and an answer is expected. Minecraft splits output into packets of
+//!   [`SPLIT`] bytes, so a packet shorter than that is the last one and the
+//!   answer is complete at once; after a full-size packet the answer is
+//!   settled after the server's quiet time. Nothing but EXEC packets is ever
+//!   sent after the login, so servers that take any other packet for a
+//!   login, or that read one request per TCP read, work too.
+//! - `exec_quiet`: the same, for servers that send nothing at all for a
+//!   command without output: silence for the quiet time settles the command
+//!   with an empty answer. The price: an answer slower than the quiet time
+//!   is taken for silence (the command ran; its late answer is not kept).
+//! - `sentinel` (the default for Source): right after the command an empty
+//!   `RESPONSE` packet with a second id is written; Source mirrors it after
+//!   the whole answer (however it splits, or does not), Minecraft answers it
+//!   "Unknown request". The answer is complete when the mirror arrives.
+//!
+//! Packets with other ids (a Source server's extra packet after the mirror,
+//! a late answer to a command settled by its quiet time) are stale and
+//! skipped, since ids only grow on a connection. Detection is not attempted:
+//! the only safe probe of a server's habits is a command, and a probe must
+//! not run one.
 
 use std::fmt;
 use std::time::Duration;
@@ -27,12 +44,47 @@ text_enum!(
 );
 
 impl Dialect {
-    /// Longest command body the server accepts. Minecraft reads requests into a
-    /// 1460-byte buffer (1446 bytes of body); Source allows 4096-byte packets.
+    /// Longest command body the server accepts — the one place these limits
+    /// live. Minecraft servers read requests into a 1460-byte buffer (1446
+    /// bytes of body; some drop the connection past it); Source allows
+    /// 4096-byte packets.
     pub fn max_command_len(self) -> usize {
         match self {
             Dialect::Minecraft => 1446,
             Dialect::Source => 4086,
+        }
+    }
+}
+
+/// The size at which Minecraft splits an answer into several packets: a
+/// shorter packet is the last one.
+pub const SPLIT: usize = 4096;
+
+text_enum!(
+    /// How the end of an answer is found (see the module documentation).
+    Framing, "RCON framing" {
+        Auto => "auto",
+        ExecOnly => "exec_only",
+        ExecQuiet => "exec_quiet",
+        Sentinel => "sentinel",
+    }
+);
+
+// `text_enum!` cannot mark a `#[default]` variant.
+#[allow(clippy::derivable_impls)]
+impl Default for Framing {
+    fn default() -> Self {
+        Framing::Auto
+    }
+}
+
+impl Framing {
+    /// `auto` is `exec_only` for Minecraft and `sentinel` for Source.
+    pub fn resolve(self, dialect: Dialect) -> Framing {
+        match (self, dialect) {
+            (Framing::Auto, Dialect::Minecraft) => Framing::ExecOnly,
+            (Framing::Auto, Dialect::Source) => Framing::Sentinel,
+            (f, _) => f,
         }
     }
 }
@@ -44,6 +96,10 @@ pub struct RconTarget {
     pub port: u16,
     pub password: String,
     pub dialect: Dialect,
+    pub framing: Framing,
+    /// How long an answer may pause before it is taken as complete (and how
+    /// long a command without output is waited for) under `exec_only`.
+    pub quiet: Duration,
 }
 
 impl fmt::Debug for RconTarget {
@@ -52,6 +108,8 @@ impl fmt::Debug for RconTarget {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("dialect", &self.dialect)
+            .field("framing", &self.framing)
+            .field("quiet", &self.quiet)
             .finish_non_exhaustive()
     }
 }
@@ -83,13 +141,21 @@ pub enum RconError {
     ResponseTooLarge(usize),
     #[error("all {0} connections to this server are in use across the workers")]
     Busy(usize),
+    #[error(
+        "the server answered id -1 after a successful login: it took a request for a new login attempt (servers that treat any packet but EXEC as a login do this under framing `sentinel`; set the game server's framing to `exec_only`)"
+    )]
+    Refused,
 }
 
 impl RconError {
     /// Whether trying again later can help.
     pub fn class(&self) -> ErrorClass {
         match self {
-            RconError::AuthFailed | RconError::CommandTooLong { .. } => ErrorClass::Permanent,
+            RconError::AuthFailed | RconError::CommandTooLong { .. } | RconError::Refused => {
+                ErrorClass::Permanent
+            }
+            // Waiting for a slot Courier itself limits is not a failure.
+            RconError::Busy(_) => ErrorClass::Busy,
             _ => ErrorClass::Transient,
         }
     }
@@ -103,6 +169,18 @@ pub struct ExecError {
     #[source]
     pub error: RconError,
     pub maybe_sent: bool,
+    /// What the server had answered before the failure, if anything.
+    pub partial: Option<String>,
+}
+
+impl ExecError {
+    pub fn before_sending(error: RconError) -> Self {
+        ExecError {
+            error,
+            maybe_sent: false,
+            partial: None,
+        }
+    }
 }
 
 /// An authenticated connection. Not `Clone`: one command at a time.
@@ -112,6 +190,8 @@ pub struct RconConnection {
     buf: Vec<u8>,
     next_id: i32,
     dialect: Dialect,
+    framing: Framing,
+    quiet: Duration,
     timeouts: Timeouts,
 }
 
@@ -129,6 +209,8 @@ impl RconConnection {
             buf: Vec::with_capacity(4096),
             next_id: 1,
             dialect: target.dialect,
+            framing: target.framing.resolve(target.dialect),
+            quiet: target.quiet,
             timeouts,
         };
         timeout(timeouts.connect, conn.login(&target.password))
@@ -164,58 +246,89 @@ impl RconConnection {
         }
     }
 
-    /// Runs one command and returns its whole output, within the command timeout.
+    /// Runs one command and returns its whole output, within the command
+    /// timeout (an empty string: the server answered nothing).
     pub async fn exec(&mut self, command: &str) -> Result<String, ExecError> {
         let max = self.dialect.max_command_len();
         if command.len() > max {
-            return Err(ExecError {
-                error: RconError::CommandTooLong {
-                    len: command.len(),
-                    max,
-                },
-                maybe_sent: false,
-            });
+            return Err(ExecError::before_sending(RconError::CommandTooLong {
+                len: command.len(),
+                max,
+            }));
         }
         let limit = self.timeouts.command;
         let mut written = false;
-        let result = timeout(limit, self.exec_inner(command, &mut written)).await;
+        let mut output = Vec::new();
+        let result = timeout(limit, self.exec_inner(command, &mut written, &mut output)).await;
+        let partial = || (!output.is_empty()).then(|| String::from_utf8_lossy(&output).into_owned());
         match result {
-            Ok(Ok(out)) => Ok(out),
+            Ok(Ok(())) => Ok(String::from_utf8_lossy(&output).into_owned()),
             Ok(Err(error)) => Err(ExecError {
                 error,
                 maybe_sent: written,
+                partial: partial(),
             }),
             Err(_) => Err(ExecError {
                 error: RconError::Timeout(limit, "waiting for the command's response"),
                 maybe_sent: written,
+                partial: partial(),
             }),
         }
     }
 
-    async fn exec_inner(&mut self, command: &str, written: &mut bool) -> Result<String, RconError> {
+    fn append(&self, output: &mut Vec<u8>, body: &[u8]) -> Result<(), RconError> {
+        if output.len() + body.len() > self.timeouts.max_response_bytes {
+            return Err(RconError::ResponseTooLarge(self.timeouts.max_response_bytes));
+        }
+        output.extend_from_slice(body);
+        Ok(())
+    }
+
+    async fn exec_inner(
+        &mut self,
+        command: &str,
+        written: &mut bool,
+        output: &mut Vec<u8>,
+    ) -> Result<(), RconError> {
         let id = self.take_id();
-        let sentinel = self.take_id();
         let mut request = codec::encode(id, TYPE_EXEC, command.as_bytes());
-        request.extend_from_slice(&codec::encode(sentinel, TYPE_RESPONSE, b""));
+        let sentinel = match self.framing {
+            Framing::Sentinel => {
+                let sentinel = self.take_id();
+                request.extend_from_slice(&codec::encode(sentinel, TYPE_RESPONSE, b""));
+                Some(sentinel)
+            }
+            _ => None,
+        };
         // From the first byte on, the server may have the command.
         *written = true;
         self.stream.write_all(&request).await?;
-        let mut output = Vec::new();
+        let mut answered = false;
         loop {
-            let packet = self.read_packet().await?;
+            // Without a sentinel, a pause of the quiet time ends an answer
+            // that has begun (after a full-size packet) — or, under
+            // `exec_quiet`, says there is none.
+            let quiet = sentinel.is_none() && (answered || self.framing == Framing::ExecQuiet);
+            let packet = if quiet {
+                match timeout(self.quiet, self.read_packet()).await {
+                    Ok(packet) => packet?,
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                self.read_packet().await?
+            };
             if packet.id == -1 {
-                return Err(RconError::AuthFailed);
+                return Err(RconError::Refused);
             }
-            if packet.id == sentinel {
-                return Ok(String::from_utf8_lossy(&output).into_owned());
+            if Some(packet.id) == sentinel {
+                return Ok(());
             }
             if packet.id == id {
-                if output.len() + packet.body.len() > self.timeouts.max_response_bytes {
-                    return Err(RconError::ResponseTooLarge(
-                        self.timeouts.max_response_bytes,
-                    ));
+                answered = true;
+                self.append(output, &packet.body)?;
+                if sentinel.is_none() && packet.body.len() < SPLIT {
+                    return Ok(());
                 }
-                output.extend_from_slice(&packet.body);
             }
         }
     }

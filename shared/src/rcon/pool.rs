@@ -138,10 +138,9 @@ impl RconPool {
                 }
                 Ok(Some(permit))
             }
-            None => Err(ExecError {
-                error: super::RconError::Busy(self.max_connections),
-                maybe_sent: false,
-            }),
+            None => Err(ExecError::before_sending(super::RconError::Busy(
+                self.max_connections,
+            ))),
         }
     }
 
@@ -182,10 +181,9 @@ impl RconPool {
         {
             Ok(Ok(permit)) => permit,
             _ => {
-                return Err(ExecError {
-                    error: super::RconError::Busy(self.max_connections),
-                    maybe_sent: false,
-                });
+                return Err(ExecError::before_sending(super::RconError::Busy(
+                    self.max_connections,
+                )));
             }
         };
         let (mut conn, permit) = match self.take_idle() {
@@ -196,10 +194,7 @@ impl RconPool {
                     Ok(conn) => (conn, permit),
                     Err(error) => {
                         self.release_later(permit);
-                        return Err(ExecError {
-                            error,
-                            maybe_sent: false,
-                        });
+                        return Err(ExecError::before_sending(error));
                     }
                 }
             }

@@ -11,7 +11,7 @@ use crate::db::catalog::{self, GameServer, Product};
 use crate::domain::action::{ActionConfig, OnAmbiguous};
 use crate::domain::template::Template;
 use crate::error::DbError;
-use crate::rcon::Dialect;
+use crate::rcon::{Dialect, Framing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -41,6 +41,27 @@ pub struct GameServerInput {
     pub dialect: Dialect,
     #[serde(default = "default_max_connections")]
     pub max_connections: u16,
+    /// `auto` (default: `exec_only` for Minecraft, `sentinel` for Source),
+    /// `exec_only`, `exec_quiet` or `sentinel`; README says which server
+    /// families need which.
+    #[serde(default)]
+    pub framing: Framing,
+    /// How long an answer may pause before it counts as complete (and, under
+    /// `exec_quiet`, how long a command without output is waited for).
+    #[serde(default = "default_quiet_ms")]
+    pub quiet_ms: u32,
+    /// Answer starts (case-insensitive) that mean the server refused the
+    /// command, beyond the dialect's own.
+    #[serde(default)]
+    pub error_patterns: Vec<String>,
+    /// The command that lists online players for `require_online`
+    /// (default `list` on Minecraft, `status` on Source).
+    #[serde(default)]
+    pub online_command: Option<String>,
+}
+
+fn default_quiet_ms() -> u32 {
+    500
 }
 
 fn default_max_connections() -> u16 {
@@ -119,6 +140,25 @@ pub async fn save_game_server(
     if !(1..=64).contains(&input.max_connections) {
         return Err(Invalid::new("max_connections", "must be between 1 and 64").into());
     }
+    if !(20..=10_000).contains(&input.quiet_ms) {
+        return Err(Invalid::new("quiet_ms", "must be between 20 and 10000").into());
+    }
+    if input.error_patterns.len() > 20 {
+        return Err(Invalid::new("error_patterns", "at most 20 patterns").into());
+    }
+    for (i, p) in input.error_patterns.iter().enumerate() {
+        let field = format!("error_patterns[{i}]");
+        if p.trim().is_empty() {
+            return Err(Invalid::new(field, "must not be empty").into());
+        }
+        super::check_text(&field, p, 100)?;
+    }
+    if let Some(c) = &input.online_command {
+        if c.trim().is_empty() {
+            return Err(Invalid::new("online_command", "must not be empty").into());
+        }
+        super::check_text("online_command", c, 64)?;
+    }
     let mut conn = pool.acquire().await?;
     let server = GameServer {
         id: Uuid::new_v4(),
@@ -128,6 +168,10 @@ pub async fn save_game_server(
         password: input.password,
         dialect: input.dialect,
         max_connections: input.max_connections,
+        framing: input.framing,
+        quiet_ms: input.quiet_ms,
+        error_patterns: input.error_patterns,
+        online_command: input.online_command,
     };
     Ok(catalog::upsert_game_server(&mut conn, &server).await?)
 }
@@ -233,7 +277,19 @@ pub async fn save_product(
                             return Err(Invalid::new(&field, "must not be empty").into());
                         }
                         super::check_text(&field, t, max)?;
-                        Template::parse(t).map_err(|e| Invalid::new(&field, e.to_string()))?;
+                        let parsed =
+                            Template::parse(t).map_err(|e| Invalid::new(&field, e.to_string()))?;
+                        let longest = parsed.max_rendered_len();
+                        if longest > max {
+                            return Err(Invalid::new(
+                                &field,
+                                format!(
+                                    "can render up to {longest} bytes (with the longest value of each placeholder); game server `{}` accepts at most {max}",
+                                    server.name
+                                ),
+                            )
+                            .into());
+                        }
                     }
                 }
                 actions.push(ActionConfig::Rcon {

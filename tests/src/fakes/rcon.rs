@@ -1,7 +1,11 @@
 //! A fake game server speaking RCON over TCP. It records every command it
 //! runs, counts concurrent sessions, and can misbehave on demand: answer
 //! slowly, refuse the password, drop the connection after reading a command,
-//! send its answers one byte at a time, or send a malformed packet.
+//! send its answers one byte at a time, or send a malformed packet — and has
+//! the habits of real third-party servers: one request handled per TCP read,
+//! any non-EXEC packet taken as a login, no reply to commands without output,
+//! requests over 1,460 bytes dropping the connection, their error texts and
+//! player listings, Source servers that never split.
 //!
 //! Commands it understands: `big <n>` answers with `n` bytes (split into
 //! 4096-byte packets, as real servers do); anything else answers
@@ -39,6 +43,23 @@ pub struct Behaviour {
     pub players: Option<Vec<String>>,
     /// Answer every command "Unknown or incomplete command".
     pub unknown_command: bool,
+    /// Handle one request per TCP read: a second packet in the same read
+    /// sits unread until more bytes arrive.
+    pub one_request_per_read: bool,
+    /// After the login, take any packet but EXEC for a login attempt: answer
+    /// id -1 and close the connection.
+    pub non_exec_is_login: bool,
+    /// Send nothing at all for a command (as many servers do for `say` and
+    /// plugin commands without output).
+    pub silent: bool,
+    /// Close the connection when one read brings more than this many bytes.
+    pub max_request_bytes: Option<usize>,
+    /// Answer every command with this text (a server's own error message).
+    pub error_answer: Option<String>,
+    /// Answer `list`/`status` with exactly this text (not recorded as a command).
+    pub list_answer: Option<String>,
+    /// Source servers that never split: an answer of any size in one packet.
+    pub never_split: bool,
 }
 
 #[derive(Default)]
@@ -175,23 +196,42 @@ async fn session(
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 8192];
     let mut authed = false;
+    // Bytes arrived since the last request was handled.
+    let mut fresh = false;
     loop {
         let packet = loop {
-            match codec::decode(&buf) {
-                Ok(Some((p, used))) => {
-                    buf.drain(..used);
-                    break p;
+            let one_per_read = st
+                .behaviour
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .one_request_per_read;
+            if fresh || !one_per_read {
+                match codec::decode(&buf) {
+                    Ok(Some((p, used))) => {
+                        buf.drain(..used);
+                        fresh = false;
+                        break p;
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Ok(()),
                 }
-                Ok(None) => {}
-                Err(_) => return Ok(()),
             }
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
                 return Ok(());
             }
+            let max = st
+                .behaviour
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .max_request_bytes;
+            if max.is_some_and(|m| n > m) {
+                return Ok(());
+            }
             buf.extend_from_slice(&chunk[..n]);
+            fresh = true;
         };
         let b = st
             .behaviour
@@ -216,6 +256,17 @@ async fn session(
             }
             TYPE_EXEC if authed => {
                 let command = String::from_utf8_lossy(&packet.body).into_owned();
+                if let Some(answer) = &b.list_answer
+                    && (command == "list" || command == "status")
+                {
+                    send(
+                        &mut stream,
+                        &codec::encode(packet.id, TYPE_RESPONSE, answer.as_bytes()),
+                        b.fragment,
+                    )
+                    .await?;
+                    continue;
+                }
                 if let Some(players) = &b.players
                     && (command == "list" || command == "status")
                 {
@@ -259,6 +310,9 @@ async fn session(
                     send(&mut stream, &[3, 0, 0, 0, 1, 2, 3], b.fragment).await?;
                     continue;
                 }
+                if b.silent {
+                    continue;
+                }
                 let body = match command
                     .strip_prefix("big ")
                     .and_then(|n| n.parse::<usize>().ok())
@@ -266,17 +320,25 @@ async fn session(
                     _ if b.unknown_command => {
                         b"Unknown or incomplete command, see below for error".to_vec()
                     }
+                    _ if b.error_answer.is_some() => {
+                        b.error_answer.clone().unwrap_or_default().into_bytes()
+                    }
                     Some(n) => vec![b'x'; n],
                     None => format!("ok: {command}").into_bytes(),
                 };
                 let mut out = Vec::new();
-                for part in body.chunks(4096) {
+                let split = if b.never_split { usize::MAX } else { 4096 };
+                for part in body.chunks(split) {
                     out.extend(codec::encode(packet.id, TYPE_RESPONSE, part));
                 }
                 if body.is_empty() {
                     out.extend(codec::encode(packet.id, TYPE_RESPONSE, b""));
                 }
                 send(&mut stream, &out, b.fragment).await?;
+            }
+            _ if authed && b.non_exec_is_login => {
+                send(&mut stream, &codec::encode(-1, TYPE_EXEC, b""), false).await?;
+                return Ok(());
             }
             TYPE_RESPONSE if authed => {
                 // The client's end-of-response marker.

@@ -7,7 +7,7 @@ use courier_shared::config::RconSettings;
 use courier_shared::db::catalog;
 use courier_shared::domain::action::RconPayload;
 use courier_shared::error::ErrorClass;
-use courier_shared::rcon::{Dialect, RconPools, RconTarget, Timeouts};
+use courier_shared::rcon::{RconPools, RconTarget, Timeouts, answers};
 use sqlx::PgPool;
 
 use super::DriverOutcome;
@@ -69,6 +69,8 @@ impl RconDriver {
             port: server.port,
             password: server.password.clone(),
             dialect: server.dialect,
+            framing: server.framing,
+            quiet: Duration::from_millis(u64::from(server.quiet_ms)),
         };
         let pool = self.pools.get(
             server.id,
@@ -85,20 +87,32 @@ impl RconDriver {
             format!("{} ({}:{}): {e}", server.name, server.host, server.port)
         };
         if let Some(player) = &payload.require_online {
-            let probe = match server.dialect {
-                Dialect::Minecraft => "list",
-                Dialect::Source => "status",
-            };
-            match pool.exec(probe).await {
-                Ok(listing) if is_online(server.dialect, &listing, player) => {}
-                Ok(_) => {
-                    return DriverOutcome::Failed {
-                        class: ErrorClass::Waiting,
-                        error: format!("player {player} is not online on {}", server.name),
-                        response: None,
-                        maybe_sent: false,
-                    };
-                }
+            let probe = server
+                .online_command
+                .clone()
+                .unwrap_or_else(|| answers::default_online_command(server.dialect).to_owned());
+            match pool.exec(&probe).await {
+                Ok(listing) => match answers::players_online(server.dialect, &listing) {
+                    Some(names) if names.iter().any(|n| n.eq_ignore_ascii_case(player)) => {}
+                    Some(_) => {
+                        return DriverOutcome::Failed {
+                            class: ErrorClass::Waiting,
+                            error: format!("player {player} is not online on {}", server.name),
+                            response: Some(listing),
+                            maybe_sent: false,
+                        };
+                    }
+                    None => {
+                        return DriverOutcome::Failed {
+                            class: ErrorClass::Permanent,
+                            error: describe(&format!(
+                                "cannot tell whether {player} is online: the answer to `{probe}` is not a player listing Courier knows; set the game server's `online_command` to one that lists players, or turn off `require_online` on the product"
+                            )),
+                            response: Some(listing),
+                            maybe_sent: false,
+                        };
+                    }
+                },
                 Err(e) => {
                     return DriverOutcome::Failed {
                         class: e.error.class(),
@@ -106,7 +120,7 @@ impl RconDriver {
                             "checking whether {player} is online: {}",
                             e.error
                         )),
-                        response: None,
+                        response: e.partial,
                         // Only the harmless probe may have been sent.
                         maybe_sent: false,
                     };
@@ -114,76 +128,25 @@ impl RconDriver {
             }
         }
         match pool.exec(&payload.command).await {
-            Ok(response) if is_unknown_command(&response) => DriverOutcome::Failed {
-                class: ErrorClass::Permanent,
-                error: describe(&"the server does not know this command"),
-                response: Some(response),
-                maybe_sent: false,
-            },
+            Ok(response) if answers::is_refusal(server.dialect, &server.error_patterns, &response) => {
+                DriverOutcome::Failed {
+                    class: ErrorClass::Permanent,
+                    error: describe(&format!(
+                        "the server refused the command: {}",
+                        courier_shared::domain::clip(response.trim(), 300)
+                    )),
+                    response: Some(response),
+                    maybe_sent: false,
+                }
+            }
             Ok(response) => DriverOutcome::Succeeded { response },
             Err(e) => DriverOutcome::Failed {
                 class: e.error.class(),
                 error: describe(&e.error),
-                response: None,
+                response: e.partial,
                 maybe_sent: e.maybe_sent,
             },
         }
     }
 }
 
-/// Minecraft answers `Unknown or incomplete command…` (older: `Unknown command`),
-/// Source `Unknown command "…"`: running it again will not help.
-pub fn is_unknown_command(response: &str) -> bool {
-    let r = response.trim_start();
-    r.starts_with("Unknown or incomplete command") || r.starts_with("Unknown command")
-}
-
-/// Whether `player` appears in the answer to `list` (Minecraft:
-/// `There are 1 of a max of 20 players online: Alex, Sam`) or `status`
-/// (Source: one line per player with the name in double quotes).
-pub fn is_online(dialect: Dialect, listing: &str, player: &str) -> bool {
-    match dialect {
-        Dialect::Minecraft => listing
-            .rsplit_once(':')
-            .map(|(_, names)| {
-                names
-                    .split(',')
-                    .any(|n| n.trim().eq_ignore_ascii_case(player))
-            })
-            .unwrap_or(false),
-        Dialect::Source => {
-            let quoted = format!("\"{}\"", player.to_ascii_lowercase());
-            listing.to_ascii_lowercase().contains(&quoted)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_players_in_both_listings() {
-        let mc = "There are 2 of a max of 20 players online: Alex, Sam";
-        assert!(is_online(Dialect::Minecraft, mc, "alex"));
-        assert!(!is_online(Dialect::Minecraft, mc, "Ale"));
-        assert!(!is_online(
-            Dialect::Minecraft,
-            "There are 0 of a max of 20 players online:",
-            "Alex"
-        ));
-        let src =
-            "hostname: x\n# userid name uniqueid\n#  2 \"Alex\" STEAM_1:0:1 00:10 50 0 active";
-        assert!(is_online(Dialect::Source, src, "Alex"));
-        assert!(!is_online(Dialect::Source, src, "Sam"));
-    }
-
-    #[test]
-    fn recognises_unknown_commands() {
-        assert!(is_unknown_command(
-            "Unknown or incomplete command, see below for error"
-        ));
-        assert!(is_unknown_command("Unknown command \"sm_foo\""));
-        assert!(!is_unknown_command("Gave 3 diamond to Alex"));
-    }
-}
