@@ -168,6 +168,10 @@ pub struct RconSettings {
     pub max_response_bytes: usize,
     /// Pooled connections unused for longer than this are closed.
     pub idle_timeout_ms: u64,
+    /// How long a command may wait for a free connection slot of its game
+    /// server (across the workers) before it is re-queued — without
+    /// spending an attempt.
+    pub slot_wait_ms: u64,
 }
 
 /// Retry schedules per delivery kind, and the re-check schedule of waiting deliveries.
@@ -269,6 +273,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("rcon.command_timeout_ms", "10000"),
     ("rcon.max_response_bytes", "1048576"),
     ("rcon.idle_timeout_ms", "30000"),
+    ("rcon.slot_wait_ms", "15000"),
     ("discord.api_base", "https://discord.com"),
     ("discord.global_per_second", "50"),
     ("discord.timeout_ms", "10000"),
@@ -341,11 +346,13 @@ impl Settings {
             return Err(invalid("worker.lease_seconds", "must be at least 5"));
         }
         if u64::from(self.worker.lease_seconds) * 1000
-            <= 2 * self.rcon.connect_timeout_ms + self.rcon.command_timeout_ms
+            <= self.rcon.slot_wait_ms
+                + 2 * self.rcon.connect_timeout_ms
+                + self.rcon.command_timeout_ms
         {
             return Err(invalid(
                 "worker.lease_seconds",
-                "must be longer than 2 × rcon.connect_timeout_ms + rcon.command_timeout_ms (waiting for a slot, connecting, running), or a slow command would lose its lease",
+                "must be longer than rcon.slot_wait_ms + 2 × rcon.connect_timeout_ms + rcon.command_timeout_ms (waiting for a slot, connecting, running), or a slow command would lose its lease",
             ));
         }
         for (key, schedule) in [

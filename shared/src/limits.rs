@@ -28,6 +28,7 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
   return 1
 end
+redis.call('SET', KEYS[1] .. ':wanted', '1', 'PX', 1000)
 return 0
 ";
 
@@ -173,6 +174,20 @@ impl Limits {
         tokio::time::timeout(wait, self.acquire(name, max, ttl))
             .await
             .ok()
+    }
+
+    /// Whether some replica waited for a slot of `name` within the last
+    /// second (holders then give back idle slots instead of keeping them).
+    pub async fn wanted(&self, name: &str) -> bool {
+        let Some(mut conn) = self.redis().await else {
+            return false;
+        };
+        let key = self.key(&format!("sem:{name}:wanted"));
+        redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async::<i64>(&mut conn)
+            .await
+            .is_ok_and(|n| n > 0)
     }
 
     /// Pushes the expiry of held slots `tokens` of `name` to `ttl` from now; a

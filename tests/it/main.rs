@@ -13,6 +13,7 @@ mod orders;
 mod outbox;
 mod payments;
 mod rcon_client;
+mod rcon_habits;
 mod redelivery;
 mod rescuer;
 mod retries;

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_shared::error::ErrorClass;
-use courier_shared::rcon::{Framing, Dialect, RconConnection, RconError, RconPool, RconTarget, Timeouts};
+use courier_shared::rcon::{
+    Dialect, Framing, RconConnection, RconError, RconPool, RconTarget, Timeouts,
+};
 use courier_tests::fakes::rcon::{Behaviour, FakeGameServer};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +16,7 @@ fn timeouts() -> Timeouts {
         connect: Duration::from_secs(2),
         command: Duration::from_millis(500),
         max_response_bytes: 1 << 20,
+        slot_wait: Duration::from_secs(2),
     }
 }
 
@@ -207,6 +210,7 @@ async fn arbitrary_server_bytes_never_panic_the_client() {
         connect: Duration::from_millis(300),
         command: Duration::from_millis(300),
         max_response_bytes: 4096,
+        slot_wait: Duration::from_millis(300),
     };
     for _ in 0..rounds {
         let started = std::time::Instant::now();

@@ -24,6 +24,7 @@ async fn killed_mid_command(on_ambiguous: &str) -> (TestStack, FakeGameServer, S
             s.worker.lease_seconds = 5;
             s.rcon.connect_timeout_ms = 1000;
             s.rcon.command_timeout_ms = 2000;
+            s.rcon.slot_wait_ms = 500;
         },
         false,
     )

@@ -55,6 +55,8 @@ pub fn test_settings() -> (Settings, String) {
     settings.worker.lease_seconds = 15;
     settings.rcon.command_timeout_ms = 3000;
     settings.rcon.connect_timeout_ms = 2000;
+    // Within the 15 s lease: 6 + 2 × 2 + 3.
+    settings.rcon.slot_wait_ms = 6000;
     // A short schedule, so retries are seen within a test: 200, 400, 800 ms.
     for schedule in [
         &mut settings.retry.rcon,
@@ -637,6 +639,7 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
             "RCON__CONNECT_TIMEOUT_MS",
             s.rcon.connect_timeout_ms.to_string(),
         ),
+        ("RCON__SLOT_WAIT_MS", s.rcon.slot_wait_ms.to_string()),
         (
             "RETRY__WAITING__INTERVAL_MS",
             s.retry.waiting.interval_ms.to_string(),

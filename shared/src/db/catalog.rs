@@ -45,7 +45,8 @@ fn game_server_from_row(row: &sqlx::postgres::PgRow) -> Result<GameServer, DbErr
         max_connections: u16::try_from(max)
             .map_err(|_| DbError::Corrupt(format!("max_connections {max}")))?,
         framing: framing.parse()?,
-        quiet_ms: u32::try_from(quiet).map_err(|_| DbError::Corrupt(format!("quiet_ms {quiet}")))?,
+        quiet_ms: u32::try_from(quiet)
+            .map_err(|_| DbError::Corrupt(format!("quiet_ms {quiet}")))?,
         error_patterns: row.try_get("error_patterns")?,
         online_command: row.try_get("online_command")?,
     })

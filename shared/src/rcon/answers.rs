@@ -66,7 +66,7 @@ pub fn players_online(dialect: Dialect, listing: &str) -> Option<Vec<String>> {
                 names
                     .split([',', '\n'])
                     .filter_map(|n| n.split_whitespace().last())
-                    .map(|n| n.trim_start_matches(|c| c == '[' || c == ']').to_owned())
+                    .map(|n| n.trim_start_matches(['[', ']']).to_owned())
                     .filter(|n| !n.is_empty())
                     .collect(),
             )
@@ -108,8 +108,16 @@ mod tests {
         ] {
             assert!(is_refusal(Dialect::Minecraft, &[], a), "{a}");
         }
-        assert!(is_refusal(Dialect::Source, &[], "Unknown command \"sm_foo\""));
-        assert!(!is_refusal(Dialect::Minecraft, &[], "Gave 3 [Diamond] to Alex"));
+        assert!(is_refusal(
+            Dialect::Source,
+            &[],
+            "Unknown command \"sm_foo\""
+        ));
+        assert!(!is_refusal(
+            Dialect::Minecraft,
+            &[],
+            "Gave 3 [Diamond] to Alex"
+        ));
         assert!(!is_refusal(Dialect::Minecraft, &[], ""));
         assert!(is_refusal(
             Dialect::Minecraft,
@@ -125,7 +133,10 @@ mod tests {
             mc("There are 2 of a max of 20 players online: Alex, Steve"),
             Some(vec!["Alex".into(), "Steve".into()])
         );
-        assert_eq!(mc("There are 0 of a max of 20 players online:"), Some(vec![]));
+        assert_eq!(
+            mc("There are 0 of a max of 20 players online:"),
+            Some(vec![])
+        );
         assert_eq!(mc("There are no players online."), Some(vec![]));
         assert_eq!(
             mc("There are 1/20 players online:\n[Admin] Notch"),
@@ -133,13 +144,17 @@ mod tests {
         );
         assert_eq!(mc(""), None, "a silent server cannot tell");
         assert_eq!(mc("Players: none"), None);
-        let src = "hostname: x\n# userid name uniqueid\n#  2 \"Alex\" STEAM_1:0:1 00:10 50 0 active";
+        let src =
+            "hostname: x\n# userid name uniqueid\n#  2 \"Alex\" STEAM_1:0:1 00:10 50 0 active";
         assert_eq!(
             players_online(Dialect::Source, src),
             Some(vec!["Alex".into()])
         );
         assert_eq!(
-            players_online(Dialect::Source, "<slot:userid:\"name\">\n0:2:\"Sam\"\n1 users"),
+            players_online(
+                Dialect::Source,
+                "<slot:userid:\"name\">\n0:2:\"Sam\"\n1 users"
+            ),
             Some(vec!["Sam".into()])
         );
         assert_eq!(players_online(Dialect::Source, "Unknown command"), None);

@@ -119,6 +119,9 @@ pub struct Timeouts {
     pub connect: Duration,
     pub command: Duration,
     pub max_response_bytes: usize,
+    /// How long a command may wait for a free connection slot (backpressure,
+    /// within the lease) before it is reported `Busy`.
+    pub slot_wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +263,8 @@ impl RconConnection {
         let mut written = false;
         let mut output = Vec::new();
         let result = timeout(limit, self.exec_inner(command, &mut written, &mut output)).await;
-        let partial = || (!output.is_empty()).then(|| String::from_utf8_lossy(&output).into_owned());
+        let partial =
+            || (!output.is_empty()).then(|| String::from_utf8_lossy(&output).into_owned());
         match result {
             Ok(Ok(())) => Ok(String::from_utf8_lossy(&output).into_owned()),
             Ok(Err(error)) => Err(ExecError {
@@ -278,7 +282,9 @@ impl RconConnection {
 
     fn append(&self, output: &mut Vec<u8>, body: &[u8]) -> Result<(), RconError> {
         if output.len() + body.len() > self.timeouts.max_response_bytes {
-            return Err(RconError::ResponseTooLarge(self.timeouts.max_response_bytes));
+            return Err(RconError::ResponseTooLarge(
+                self.timeouts.max_response_bytes,
+            ));
         }
         output.extend_from_slice(body);
         Ok(())
@@ -347,6 +353,23 @@ impl RconConnection {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// Closes the connection and waits (up to `wait`) until the server has
+    /// closed its side too, so that a slot handed on after this never means
+    /// one session more at the server than its limit.
+    pub async fn close(mut self, wait: Duration) {
+        let _ = self.stream.shutdown().await;
+        let mut sink = [0u8; 512];
+        let _ = timeout(wait, async {
+            loop {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
     }
 
     /// Whether the server has closed (or broken) an idle connection. A pooled

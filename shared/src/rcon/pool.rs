@@ -1,11 +1,19 @@
 //! Connection pools per game server, bounded by the server's `max_connections`
 //! in this process and, through a Redis semaphore (`Limits`), across every
 //! worker: each open connection holds one slot for its whole life (an idle
-//! pooled connection is a session the game server sees), refreshed on every
-//! use and released when the connection closes; a dead worker's slots expire.
+//! pooled connection is a session the game server sees), refreshed while it
+//! lives and released when the connection closes; a dead worker's slots expire.
+//!
+//! Waiting for a slot is backpressure, not failure: a command waits up to
+//! `Timeouts::slot_wait` (within the lease), and only then is reported
+//! `Busy`, which costs no attempt. So that idle connections of one worker do
+//! not starve another, a worker that finds no free slot marks the semaphore
+//! wanted; while it is, holders close their idle connections and hand a
+//! connection back after each command instead of keeping it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -28,6 +36,18 @@ impl std::fmt::Debug for GlobalSlots {
     }
 }
 
+type Idle = Vec<(RconConnection, Instant, Option<Permit>)>;
+
+/// What the pool and its background task share.
+#[derive(Debug, Default)]
+struct Shared {
+    idle: Mutex<Idle>,
+    /// Tokens of the global slots this pool holds, refreshed by the task.
+    held: Mutex<Vec<String>>,
+    /// Another worker is waiting for a slot of this server.
+    contended: AtomicBool,
+}
+
 /// Connections to one server. At most `max_connections` exist at once; a
 /// connection that failed in any way is dropped rather than reused.
 #[derive(Debug)]
@@ -38,15 +58,15 @@ pub struct RconPool {
     permits: Semaphore,
     max_connections: usize,
     global: Option<GlobalSlots>,
-    idle: Mutex<Vec<(RconConnection, Instant, Option<Permit>)>>,
-    /// Tokens of the global slots this pool holds, refreshed by a background task.
-    held: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Shared>,
     refresher: std::sync::Once,
 }
 
 /// A global slot lives this long unless refreshed; the holder refreshes it
 /// every third of that, so a dead worker's slots free up within seconds.
 const SLOT_TTL: Duration = Duration::from_secs(6);
+/// How often a pool looks whether another worker wants a slot.
+const CONTENTION_CHECK: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,6 +75,36 @@ impl std::fmt::Debug for Permit {
             Permit::Local(_) => "Permit::Local",
         })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long closing waits for the server to close its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Retires a connection in the background: closes it (waiting for the
+/// server's side), then gives back its global slot — in that order, so no
+/// other worker opens a connection before this one is gone at the server.
+fn retire(
+    shared: &Shared,
+    global: Option<&GlobalSlots>,
+    conn: Option<RconConnection>,
+    permit: Option<Permit>,
+) {
+    if let Some(Permit::Redis { token, .. }) = &permit {
+        lock(&shared.held).retain(|t| t != token);
+    }
+    let limits = global.map(|g| g.limits.clone());
+    tokio::spawn(async move {
+        if let Some(conn) = conn {
+            conn.close(CLOSE_WAIT).await;
+        }
+        if let (Some(limits), Some(permit)) = (limits, permit) {
+            limits.release(permit).await;
+        }
+    });
 }
 
 impl RconPool {
@@ -71,8 +121,7 @@ impl RconPool {
             permits: Semaphore::new(max_connections.max(1)),
             max_connections: max_connections.max(1),
             global: None,
-            idle: Mutex::new(Vec::new()),
-            held: Arc::new(Mutex::new(Vec::new())),
+            shared: Arc::new(Shared::default()),
             refresher: std::sync::Once::new(),
         }
     }
@@ -83,38 +132,43 @@ impl RconPool {
         self
     }
 
-    fn release_later(&self, permit: Option<Permit>) {
-        if let (Some(permit), Some(global)) = (permit, &self.global) {
-            if let Permit::Redis { token, .. } = &permit {
-                self.held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|t| t != token);
-            }
-            let limits = global.limits.clone();
-            tokio::spawn(async move { limits.release(permit).await });
-        }
-    }
-
-    /// Starts (once) the task that keeps this pool's slots alive; it ends when
-    /// the pool is dropped.
+    /// Starts (once) the task that keeps this pool's slots alive and gives
+    /// idle ones back while another worker wants them; it ends when the pool
+    /// is dropped.
     fn start_refresher(&self, global: &GlobalSlots) {
         self.refresher.call_once(|| {
-            let held = Arc::downgrade(&self.held);
-            let (limits, name) = (global.limits.clone(), global.name.clone());
+            let shared: Weak<Shared> = Arc::downgrade(&self.shared);
+            let global = global.clone();
             tokio::spawn(async move {
+                let mut ticks: u32 = 0;
                 loop {
-                    tokio::time::sleep(SLOT_TTL / 3).await;
-                    let Some(held) = held.upgrade() else { return };
-                    let tokens = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    limits.refresh(&name, &tokens, SLOT_TTL).await;
+                    tokio::time::sleep(CONTENTION_CHECK).await;
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    ticks = ticks.wrapping_add(1);
+                    let wanted = global.limits.wanted(&global.name).await;
+                    shared.contended.store(wanted, Ordering::Relaxed);
+                    if wanted {
+                        let idle: Idle = std::mem::take(&mut *lock(&shared.idle));
+                        for (conn, _, permit) in idle {
+                            retire(&shared, Some(&global), Some(conn), permit);
+                        }
+                    }
+                    if ticks.is_multiple_of(8) {
+                        let tokens = lock(&shared.held).clone();
+                        global.limits.refresh(&global.name, &tokens, SLOT_TTL).await;
+                    }
                 }
             });
         });
     }
 
-    /// A global slot, waiting at most the connect timeout for one.
-    async fn global_slot(&self) -> Result<Option<Permit>, ExecError> {
+    /// A global slot, waiting until `deadline` at most.
+    async fn global_slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Permit>, ExecError> {
         let Some(g) = &self.global else {
             return Ok(None);
         };
@@ -125,16 +179,13 @@ impl RconPool {
                 &g.name,
                 self.max_connections,
                 SLOT_TTL,
-                self.timeouts.connect,
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
             )
             .await
         {
             Some(permit) => {
                 if let Permit::Redis { token, .. } = &permit {
-                    self.held
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(token.clone());
+                    lock(&self.shared.held).push(token.clone());
                 }
                 Ok(Some(permit))
             }
@@ -151,7 +202,7 @@ impl RconPool {
     fn take_idle(&self) -> Option<(RconConnection, Option<Permit>)> {
         let mut expired = Vec::new();
         let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = lock(&self.shared.idle);
             // Close every expired or dead connection, not only those above the
             // first live one, so their slots go back to the other workers.
             let mut live = Vec::with_capacity(idle.len());
@@ -159,15 +210,15 @@ impl RconPool {
                 if since.elapsed() < self.idle_timeout && !conn.is_closed() {
                     live.push((conn, since, permit));
                 } else {
-                    expired.push(permit);
+                    expired.push((conn, permit));
                 }
             }
             let found = live.pop().map(|(conn, _, permit)| (conn, permit));
             *idle = live;
             found
         };
-        for permit in expired {
-            self.release_later(permit);
+        for (conn, permit) in expired {
+            retire(&self.shared, self.global.as_ref(), Some(conn), permit);
         }
         found
     }
@@ -175,10 +226,12 @@ impl RconPool {
     /// Runs `command` on a pooled (or new) connection.
     pub async fn exec(&self, command: &str) -> Result<String, ExecError> {
         // The semaphore is never closed, so acquire only fails if it were.
-        // Bounded wait: a job queued behind a slow server reports it busy (and is
-        // retried) rather than outliving its lease and sending late.
-        let _local = match tokio::time::timeout(self.timeouts.connect, self.permits.acquire()).await
-        {
+        // Bounded wait: a job queued behind a slow server reports it busy
+        // (re-queued without spending an attempt) rather than outliving its
+        // lease and sending late.
+        // One deadline for the local permit and the global slot together.
+        let deadline = tokio::time::Instant::now() + self.timeouts.slot_wait;
+        let _local = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             _ => {
                 return Err(ExecError::before_sending(super::RconError::Busy(
@@ -189,11 +242,11 @@ impl RconPool {
         let (mut conn, permit) = match self.take_idle() {
             Some(pair) => pair,
             None => {
-                let permit = self.global_slot().await?;
+                let permit = self.global_slot(deadline).await?;
                 match RconConnection::connect(&self.target, self.timeouts).await {
                     Ok(conn) => (conn, permit),
                     Err(error) => {
-                        self.release_later(permit);
+                        retire(&self.shared, self.global.as_ref(), None, permit);
                         return Err(ExecError::before_sending(error));
                     }
                 }
@@ -201,15 +254,16 @@ impl RconPool {
         };
         match conn.exec(command).await {
             Ok(out) => {
-                self.idle.lock().unwrap_or_else(|e| e.into_inner()).push((
-                    conn,
-                    Instant::now(),
-                    permit,
-                ));
+                if self.shared.contended.load(Ordering::Relaxed) {
+                    // Another worker waits for this server: the slot goes back.
+                    retire(&self.shared, self.global.as_ref(), Some(conn), permit);
+                } else {
+                    lock(&self.shared.idle).push((conn, Instant::now(), permit));
+                }
                 Ok(out)
             }
             Err(e) => {
-                self.release_later(permit);
+                retire(&self.shared, self.global.as_ref(), Some(conn), permit);
                 Err(e)
             }
         }
@@ -236,7 +290,7 @@ impl RconPools {
         idle_timeout: Duration,
         global: Option<GlobalSlots>,
     ) -> Arc<RconPool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = lock(&self.pools);
         if let Some((t, max, pool)) = pools.get(&server_id)
             && *t == target
             && *max == max_connections

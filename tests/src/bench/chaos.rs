@@ -147,6 +147,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         s.worker.lease_seconds = 10;
         s.database.max_connections = args.db_pool;
         s.rcon.command_timeout_ms = 3000;
+        // Within the lease: 2 + 2 × 2 + 3 s.
+        s.rcon.slot_wait_ms = 2000;
         s.rescuer.interval_ms = 1000;
         s.rescuer.overdue_after_secs = 20;
         s.relay.sweep_interval_ms = 500;

@@ -30,6 +30,7 @@ impl RconDriver {
             connect: Duration::from_millis(self.settings.connect_timeout_ms),
             command: Duration::from_millis(self.settings.command_timeout_ms),
             max_response_bytes: self.settings.max_response_bytes,
+            slot_wait: Duration::from_millis(self.settings.slot_wait_ms),
         }
     }
 
@@ -128,7 +129,9 @@ impl RconDriver {
             }
         }
         match pool.exec(&payload.command).await {
-            Ok(response) if answers::is_refusal(server.dialect, &server.error_patterns, &response) => {
+            Ok(response)
+                if answers::is_refusal(server.dialect, &server.error_patterns, &response) =>
+            {
                 DriverOutcome::Failed {
                     class: ErrorClass::Permanent,
                     error: describe(&format!(
@@ -149,4 +152,3 @@ impl RconDriver {
         }
     }
 }
-
