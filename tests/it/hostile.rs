@@ -464,6 +464,13 @@ async fn named_fields_refuse_nul_and_over_long_values() {
         ),
         (
             "PUT /v1/products/vip",
+            // 4 + 1,200 + an e-mail of up to 255 bytes > 1,446 for Minecraft.
+            json!({ "name": "VIP", "actions": [{ "kind": "rcon", "game_server": "s", "command": format!("say {}{{email}}", "x".repeat(1200)) }] }),
+            "validation_failed",
+            "actions[0].command",
+        ),
+        (
+            "PUT /v1/products/vip",
             json!({ "name": "VIP", "actions": [{ "kind": "rcon", "game_server": "nowhere", "command": "say hi" }] }),
             "not_deliverable",
             "actions[0].game_server",

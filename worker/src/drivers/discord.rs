@@ -177,8 +177,10 @@ impl DiscordDriver {
                 };
                 self.limits.block(scope, wait).await;
                 if wait > MAX_INLINE_WAIT {
+                    // A pause Courier keeps for every replica: backpressure,
+                    // re-queued without spending the retry budget.
                     return failed(
-                        ErrorClass::Transient,
+                        ErrorClass::Busy,
                         format!(
                             "Discord rate limit: retry after {:.1} s",
                             wait.as_secs_f64()
