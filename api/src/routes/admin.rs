@@ -307,7 +307,7 @@ pub async fn payment_events(
     let before = page::decode_id(q.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await?;
     let events =
-        courier_shared::db::payments::list_events(&mut conn, q.status, before, limit).await?;
+        courier_shared::db::payment_events::list_events(&mut conn, q.status, before, limit).await?;
     let next = page::next(events.len(), limit, events.last().map(|e| e.id.to_string()));
     Ok(Json(json!({ "events": events, "next_cursor": next })))
 }
@@ -320,7 +320,7 @@ pub async fn payment_event(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     let mut conn = state.pool.acquire().await?;
-    let payload = courier_shared::db::payments::event_payload(&mut conn, id)
+    let payload = courier_shared::db::payment_events::event_payload(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment event"))?;
     Ok(Json(json!({ "id": id, "payload": payload })))

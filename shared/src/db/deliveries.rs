@@ -401,7 +401,7 @@ pub async fn record(
             roll_up(conn, claimed.order_id, item_id, &actor).await?;
         }
         (Purpose::Refund, _) => {
-            super::payments::settle_refund(conn, claimed.id, rec.next, rec.response.as_deref())
+            super::refunds::settle_refund(conn, claimed.id, rec.next, rec.response.as_deref())
                 .await?;
         }
         _ => {}

@@ -5,11 +5,14 @@ pub mod api_keys;
 pub mod catalog;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod disputes;
 pub mod events;
 pub mod keys;
 pub mod orders;
 pub mod outbox;
+pub mod payment_events;
 pub mod payments;
+pub mod refunds;
 pub mod rescue;
 
 use std::time::Duration;

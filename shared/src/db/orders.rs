@@ -263,8 +263,8 @@ pub struct OrderView {
     pub revoked_at: Option<DateTime<Utc>>,
     pub items: Vec<ItemView>,
     pub deliveries: Vec<DeliveryView>,
-    pub refunds: Vec<crate::db::payments::RefundView>,
-    pub disputes: Vec<crate::db::payments::DisputeView>,
+    pub refunds: Vec<crate::db::refunds::RefundView>,
+    pub disputes: Vec<crate::db::disputes::DisputeView>,
     /// Proof of delivery for a dispute; present once the order has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
@@ -483,8 +483,8 @@ pub async fn load_view(
         })
         .collect::<Result<Vec<_>, DbError>>()?;
 
-    let refunds = crate::db::payments::refunds_of(conn, order_id).await?;
-    let disputes = crate::db::payments::disputes_of(conn, order_id).await?;
+    let refunds = crate::db::refunds::refunds_of(conn, order_id).await?;
+    let disputes = crate::db::disputes::disputes_of(conn, order_id).await?;
     let evidence = if disputes.is_empty() {
         None
     } else {

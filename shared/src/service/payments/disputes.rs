@@ -8,7 +8,8 @@ use sqlx::PgConnection;
 use super::ingest::note;
 use super::stripe::Dispute;
 use super::{IngestStatus, Ingested, PaymentError};
-use crate::db::payments::{self, DisputeFacts, LockedOrder};
+use crate::db::disputes::{self, DisputeFacts};
+use crate::db::payments::LockedOrder;
 use crate::db::{deliveries, outbox};
 use crate::domain::money::from_minor;
 use crate::domain::order::{OrderStatus, PaymentStatus};
@@ -73,7 +74,7 @@ pub(super) async fn apply(
         evidence_due_by: due,
         occurred_at: occurred,
     };
-    let created = payments::open_dispute(conn, &facts).await?;
+    let created = disputes::open_dispute(conn, &facts).await?;
     // (A dispute first seen closed as won never withdrew anything.)
     if created && closing != Some(DisputeOutcome::Won) {
         note(
@@ -100,9 +101,9 @@ pub(super) async fn apply(
     // The closing event always closes (once), whenever it arrives; other
     // events update an open dispute only if newer than what was applied.
     let closed_now = match closing {
-        Some(o) => payments::close_dispute(conn, &facts, o).await?,
+        Some(o) => disputes::close_dispute(conn, &facts, o).await?,
         None => {
-            payments::update_dispute(conn, &facts).await?;
+            disputes::update_dispute(conn, &facts).await?;
             false
         }
     };

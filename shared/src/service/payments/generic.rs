@@ -7,7 +7,8 @@ use sqlx::PgPool;
 
 use super::checkout::record_mismatch;
 use super::{IngestStatus, Ingested, PaymentError};
-use crate::db::payments::{self, InboxEvent};
+use crate::db::payment_events::{self, InboxEvent};
+use crate::db::payments;
 use crate::domain::money::{Received, mismatch, to_minor};
 use crate::domain::payment::EventStatus;
 use crate::service::deliverable::AcceptRules;
@@ -25,7 +26,7 @@ pub async fn ingest_generic(
     rules: &AcceptRules,
 ) -> Result<Ingested, PaymentError> {
     let mut tx = pool.begin().await?;
-    let Some(row) = payments::receive(
+    let Some(row) = payment_events::receive(
         &mut tx,
         &InboxEvent {
             provider: "generic",
@@ -69,7 +70,7 @@ pub async fn ingest_generic(
         }
         None => None,
     };
-    payments::settle_event(
+    payment_events::settle_event(
         &mut tx,
         row,
         EventStatus::Applied,

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::db::events::{self, NewEvent};
 use crate::db::keys;
-use crate::db::payments::{self, InboxEvent, LockedOrder};
+use crate::db::payment_events::{self, InboxEvent};
+use crate::db::payments::{self, LockedOrder};
 use crate::domain::order::PaymentStatus;
 use crate::domain::payment::EventStatus;
 
@@ -32,7 +33,7 @@ pub async fn ingest_stripe(
         .unwrap_or_else(Utc::now);
     let refs = Refs::from_object(&event.data.object);
     let order_ref = refs.payment_ref().map(str::to_owned);
-    let Some(row) = payments::receive(
+    let Some(row) = payment_events::receive(
         &mut tx,
         &InboxEvent {
             provider: "stripe",
@@ -51,7 +52,7 @@ pub async fn ingest_stripe(
     if let Some(r) = &order_ref {
         // Two events of one payment (the payment and its early refund) are
         // applied one after the other, so neither misses the other.
-        payments::lock_payment_ref(&mut tx, r).await?;
+        payment_events::lock_payment_ref(&mut tx, r).await?;
     }
     let actor = format!("stripe:{}", event.id);
     let outcome = apply(
@@ -63,7 +64,7 @@ pub async fn ingest_stripe(
         &actor,
     )
     .await?;
-    payments::settle_event(
+    payment_events::settle_event(
         &mut tx,
         row,
         outcome.status.stored(),
@@ -116,7 +117,7 @@ pub async fn ingest_unusable(
     reason: &str,
 ) -> Result<Ingested, PaymentError> {
     let mut tx = pool.begin().await?;
-    let Some(row) = payments::receive(
+    let Some(row) = payment_events::receive(
         &mut tx,
         &InboxEvent {
             provider,
@@ -132,7 +133,7 @@ pub async fn ingest_unusable(
         tx.commit().await?;
         return Ok(Ingested::new(IngestStatus::Duplicate, None, None));
     };
-    payments::settle_event(&mut tx, row, EventStatus::Failed, None, Some(reason)).await?;
+    payment_events::settle_event(&mut tx, row, EventStatus::Failed, None, Some(reason)).await?;
     alert_failed(&mut tx, event_id, event_type, Some(reason)).await?;
     tx.commit().await?;
     Ok(Ingested::new(IngestStatus::Failed, None, reason.to_owned()))
@@ -148,7 +149,7 @@ async fn release_parked(
     let order = lock_order(conn, order_id).await?;
     let mut refs = vec![order_id.to_string(), order.order_number.clone()];
     refs.extend(order_ref);
-    for parked in payments::parked(conn, "stripe", &refs).await? {
+    for parked in payment_events::parked(conn, "stripe", &refs).await? {
         let object = &parked.payload["data"]["object"];
         let actor = format!(
             "stripe:{}",
@@ -161,7 +162,7 @@ async fn release_parked(
         let later = apply(conn, &parked.event_type, object, at, policy, &actor).await?;
         // Still unpaid (a failed payment, say): it stays parked.
         if later.status != IngestStatus::Pending {
-            payments::settle_event(
+            payment_events::settle_event(
                 conn,
                 parked.id,
                 later.status.stored(),
@@ -187,7 +188,7 @@ pub async fn retry_parked(
 ) -> Result<usize, PaymentError> {
     let mut conn = pool.acquire().await?;
     // Events still waiting after an hour are worth an admin's look, once.
-    for (id, event, order_ref) in payments::mark_stale_waiting(&mut conn, limit).await? {
+    for (id, event, order_ref) in payment_events::mark_stale_waiting(&mut conn, limit).await? {
         keys::alert(
             &mut conn,
             "payment_event_waiting",
@@ -199,7 +200,7 @@ pub async fn retry_parked(
         )
         .await?;
     }
-    let waiting = payments::recent_waiting(&mut conn, limit).await?;
+    let waiting = payment_events::recent_waiting(&mut conn, limit).await?;
     drop(conn);
     let mut applied = 0;
     for (id, order_ref) in waiting {
@@ -226,9 +227,9 @@ async fn retry_one(
     // The payment's lock first, as `ingest_stripe` takes it; the row is
     // skipped if an ingest holds it.
     if let Some(r) = order_ref {
-        payments::lock_payment_ref(&mut tx, r).await?;
+        payment_events::lock_payment_ref(&mut tx, r).await?;
     }
-    let Some((kind, payload, occurred)) = payments::lock_waiting(&mut tx, id).await? else {
+    let Some((kind, payload, occurred)) = payment_events::lock_waiting(&mut tx, id).await? else {
         return Ok(false);
     };
     let actor = format!("stripe:{}", payload["id"].as_str().unwrap_or_default());
@@ -244,7 +245,7 @@ async fn retry_one(
     if done.status == IngestStatus::Pending {
         return Ok(false);
     }
-    payments::settle_event(
+    payment_events::settle_event(
         &mut tx,
         id,
         done.status.stored(),

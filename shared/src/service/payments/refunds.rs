@@ -13,7 +13,8 @@ use super::stripe::Charge;
 use super::{IngestStatus, Ingested, MAX_REASON, PaymentError, lock_order};
 use crate::db::deliveries::{self, DeliveryRow};
 use crate::db::events::{self, NewEvent};
-use crate::db::payments::{self, LockedOrder, NewRefund, RefundView};
+use crate::db::payments::LockedOrder;
+use crate::db::refunds::{self, NewRefund, RefundView};
 use crate::db::{keys, outbox};
 use crate::domain::action::GatewayRefundPayload;
 use crate::domain::delivery::{DeliveryKind, Purpose};
@@ -76,7 +77,7 @@ async fn record_refund(
         crate::db::orders::set_payment_status(conn, order_id, PaymentStatus::Refunded).await?;
         true
     } else {
-        payments::adjust_refunded(conn, order_id, spec.amount).await? == PaymentStatus::Refunded
+        refunds::adjust_refunded(conn, order_id, spec.amount).await? == PaymentStatus::Refunded
     };
     let order_to = if full {
         OrderStatus::Refunded
@@ -119,7 +120,7 @@ async fn record_refund(
         job = Some(row.id);
     }
     let revoke = spec.revoke.unwrap_or(full);
-    payments::insert_refund(
+    refunds::insert_refund(
         conn,
         &NewRefund {
             id: refund_id,
@@ -195,7 +196,7 @@ async fn refund_view(
     order_id: Uuid,
     id: Uuid,
 ) -> Result<RefundView, PaymentError> {
-    Ok(payments::refunds_of(conn, order_id)
+    Ok(refunds::refunds_of(conn, order_id)
         .await?
         .into_iter()
         .find(|r| r.id == id)
@@ -237,7 +238,7 @@ pub async fn refund(
     let mut tx = pool.begin().await?;
     let order = lock_order(&mut tx, order_id).await?;
     if let Some(key) = idempotency_key
-        && let Some((id, stored)) = payments::refund_by_key(&mut tx, order_id, key).await?
+        && let Some((id, stored)) = refunds::refund_by_key(&mut tx, order_id, key).await?
     {
         if stored.as_deref() != Some(hash.as_slice()) {
             return Err(PaymentError::IdempotencyConflict);
@@ -331,13 +332,13 @@ pub(super) async fn charge_refunded(
             continue;
         };
         if let Some((amount, of_unapplied)) =
-            payments::revive_refund(conn, ours, order_id, &r.id).await?
+            refunds::revive_refund(conn, ours, order_id, &r.id).await?
         {
             if of_unapplied {
                 crate::db::orders::set_payment_status(conn, order_id, PaymentStatus::Refunded)
                     .await?;
             } else {
-                payments::adjust_refunded(conn, order_id, amount).await?;
+                refunds::adjust_refunded(conn, order_id, amount).await?;
             }
             events::record(
                 conn,
@@ -437,7 +438,7 @@ pub(super) async fn charge_refunded(
         if r.metadata.contains_key("courier_refund_id") {
             continue;
         }
-        if !payments::refund_known(conn, &r.id).await? {
+        if !refunds::refund_known(conn, &r.id).await? {
             external = Some(r.id.clone());
             reason = r
                 .reason

@@ -1,0 +1,355 @@
+//! Accepting an order: validate, render every fulfilment action, and write the
+//! order, items, deliveries, timeline and outbox rows in one transaction.
+//!
+//! - `validate`: the checks that need no database, the order's total.
+//! - `plan`: every row of an order built in memory, each action rendered.
+//! - `fulfil`: a pending order paid later (a webhook, an admin's acceptance).
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+mod fulfil;
+mod plan;
+mod validate;
+
+pub use self::fulfil::{Fulfilment, start_fulfilment};
+use self::plan::{Plan, plan, within_limit};
+pub use self::validate::{request_hash, validate};
+use super::Invalid;
+use super::deliverable::AcceptRules;
+use crate::db::catalog::{self, Product};
+use crate::db::deliveries::{self, DeliveryRow};
+use crate::db::events::{self, NewEvent};
+use crate::db::orders::{self, OrderSummary};
+use crate::db::outbox;
+use crate::error::{DbError, violated_constraint};
+
+/// Body of `POST /v1/orders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    /// `paid` (fulfilment starts now) or `pending` (awaiting payment).
+    #[serde(default = "paid")]
+    pub payment_status: NewPaymentStatus,
+    /// ISO 4217, e.g. `USD`.
+    pub currency: String,
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    /// Coupons and other reductions: total = items − discount + tax.
+    #[serde(
+        default,
+        with = "rust_decimal::serde::str",
+        skip_serializing_if = "Decimal::is_zero"
+    )]
+    pub discount: Decimal,
+    /// What the gateway took, in `currency`. When given with a `paid` order it
+    /// must equal the order's total: the API refuses another amount (422), a
+    /// payment webhook records it as a mismatched payment for an admin.
+    #[serde(
+        default,
+        with = "rust_decimal::serde::str_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amount_paid: Option<Decimal>,
+    pub gateway: Option<String>,
+    pub transaction_id: Option<String>,
+    #[serde(default)]
+    pub customer: Customer,
+    #[serde(default)]
+    pub game: Game,
+    pub discord_user_id: Option<String>,
+    pub items: Vec<NewItem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NewPaymentStatus {
+    Paid,
+    Pending,
+}
+
+fn paid() -> NewPaymentStatus {
+    NewPaymentStatus::Paid
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// The buyer's IP address as the store saw it (kept as dispute evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Game {
+    pub username: Option<String>,
+    pub uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    /// The product's SKU.
+    pub product: String,
+    pub quantity: i32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+    #[serde(default)]
+    pub custom_fields: Map<String, Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateOrderError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// A product this installation cannot deliver any more (configuration
+    /// removed since it was saved).
+    #[error("{0}")]
+    NotDeliverable(Invalid),
+    #[error(
+        "this order plans {planned} deliveries; at most {limit} are allowed per order (api.max_deliveries_per_order)"
+    )]
+    TooManyDeliveries { planned: usize, limit: usize },
+    #[error("the Idempotency-Key was already used with a different request body")]
+    IdempotencyConflict,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for CreateOrderError {
+    fn from(e: sqlx::Error) -> Self {
+        CreateOrderError::Db(e.into())
+    }
+}
+
+/// What `create_order` did.
+#[derive(Debug)]
+pub struct Accepted {
+    pub order: OrderSummary,
+    /// False when an earlier request with the same idempotency key created it.
+    pub created: bool,
+}
+
+/// Accepts an order. With an idempotency key, a repeat of the same request
+/// returns the order it created (`created = false`); another body under the
+/// same key is `IdempotencyConflict`. `actor` names the caller for the timeline.
+pub async fn create_order(
+    pool: &PgPool,
+    order: NewOrder,
+    idempotency_key: Option<&str>,
+    actor: &str,
+    rules: &AcceptRules,
+) -> Result<Accepted, CreateOrderError> {
+    validate(&order)?;
+    if order.payment_status == NewPaymentStatus::Paid
+        && let Some(paid) = order.amount_paid
+        && paid != order.total()
+    {
+        return Err(Invalid::new(
+            "amount_paid",
+            format!(
+                "{paid} {} does not pay the order's total of {} {}",
+                order.currency,
+                order.total(),
+                order.currency
+            ),
+        )
+        .into());
+    }
+    let hash = request_hash(&order);
+    if let Some(key) = idempotency_key
+        && let Some(existing) = replay(pool, key, &hash).await?
+    {
+        return Ok(existing);
+    }
+
+    let mut conn = pool.acquire().await?;
+    let products = products_of(&mut conn, &order).await?;
+    drop(conn);
+    deliverable(&order, &products, rules)?;
+    within_limit(&order, &products, rules)?;
+
+    for _ in 0..3 {
+        let plan = plan(&order, &products, idempotency_key, &hash, None)?;
+        let mut tx = pool.begin().await?;
+        match orders::insert_order(&mut tx, &plan.order).await {
+            Ok(()) => {}
+            Err(e) if violated_constraint(&e) == Some("orders_order_number_key") => continue,
+            Err(e) if violated_constraint(&e) == Some("orders_idempotency_key_key") => {
+                drop(tx);
+                // A concurrent request with the same key won the race.
+                let key = idempotency_key.unwrap_or_default();
+                return replay(pool, key, &hash)
+                    .await?
+                    .ok_or_else(|| DbError::Corrupt("idempotent order vanished".into()).into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        insert_plan(&mut tx, &plan, idempotency_key, actor, rules).await?;
+        tx.commit().await?;
+        // Answered from what was written, not read back.
+        return Ok(Accepted {
+            order: plan.summary(),
+            created: true,
+        });
+    }
+    Err(DbError::Corrupt("could not allocate a unique order number".into()).into())
+}
+
+/// Refuses an order for a product this installation cannot deliver now.
+fn deliverable(
+    order: &NewOrder,
+    products: &HashMap<String, Product>,
+    rules: &AcceptRules,
+) -> Result<(), CreateOrderError> {
+    for (i, item) in order.items.iter().enumerate() {
+        let Some(product) = products.get(&item.product) else {
+            continue;
+        };
+        for action in &product.actions {
+            rules.check_action(&action.config).map_err(|reason| {
+                CreateOrderError::NotDeliverable(Invalid::new(
+                    format!("items[{i}].product"),
+                    format!("product `{}` cannot be delivered: {reason}", product.sku),
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The products an order names, by SKU (unknown SKUs are simply absent).
+pub(super) async fn products_of(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+) -> Result<HashMap<String, Product>, DbError> {
+    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
+    Ok(catalog::products_by_sku(conn, &skus)
+        .await?
+        .into_iter()
+        .map(|p| (p.sku.clone(), p))
+        .collect())
+}
+
+/// Writes the items, deliveries, outbox rows and the timeline entry of a
+/// planned order whose order row is already inserted.
+async fn insert_plan(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    idempotency_key: Option<&str>,
+    actor: &str,
+    rules: &AcceptRules,
+) -> Result<(), sqlx::Error> {
+    for item in &plan.items {
+        orders::insert_item(conn, item).await?;
+    }
+    insert_deliveries(conn, &plan.order.order_number, &plan.deliveries, rules).await?;
+    let o = &plan.order;
+    events::record(
+        conn,
+        NewEvent {
+            order_id: o.id,
+            delivery_id: None,
+            kind: "order.created",
+            message: format!(
+                "order accepted ({} {}, payment {}), {} deliveries queued",
+                o.total,
+                o.currency,
+                o.payment_status,
+                plan.deliveries.len()
+            ),
+            actor,
+            data: json!({ "idempotency_key": idempotency_key }),
+        },
+    )
+    .await
+}
+
+/// Queues the deliveries; one this installation cannot run now is parked
+/// `held` with the reason instead (and one admin alert per order says so).
+pub(super) async fn insert_deliveries(
+    conn: &mut PgConnection,
+    order_number: &str,
+    rows: &[DeliveryRow],
+    rules: &AcceptRules,
+) -> Result<(), sqlx::Error> {
+    let mut held = None;
+    for d in rows {
+        match rules.check_delivery(d.kind, &d.payload) {
+            Ok(()) => {
+                deliveries::insert(conn, d).await?;
+                outbox::enqueue_job(conn, d.id, d.kind).await?;
+            }
+            Err(reason) => {
+                deliveries::insert_held(conn, d, &format!("not deliverable: {reason}")).await?;
+                held.get_or_insert((d.order_id, reason));
+            }
+        }
+    }
+    if let Some((order_id, reason)) = held {
+        crate::db::keys::alert(
+            conn,
+            "undeliverable_order",
+            &format!(
+                "order {order_number} was paid, but {reason}; its deliveries are held: fix the configuration, then retry them"
+            ),
+            &order_id.to_string(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Accepts an order inside the caller's transaction (a payment webhook, whose
+/// event row must commit with it). Returns the new order's id. Unlike
+/// `create_order` there is no retry on an order-number collision: the
+/// transaction fails and the gateway re-sends the event.
+///
+/// A product this installation cannot deliver does not refuse the order
+/// (it is paid): its deliveries are held for an admin, with an alert.
+pub async fn create_order_in(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+    idempotency_key: Option<&str>,
+    actor: &str,
+    rules: &AcceptRules,
+) -> Result<Uuid, CreateOrderError> {
+    validate(order)?;
+    let hash = request_hash(order);
+    let products = products_of(conn, order).await?;
+    within_limit(order, &products, rules)?;
+    let plan = plan(order, &products, idempotency_key, &hash, None)?;
+    orders::insert_order(conn, &plan.order).await?;
+    insert_plan(conn, &plan, idempotency_key, actor, rules).await?;
+    Ok(plan.order.id)
+}
+
+async fn replay(
+    pool: &PgPool,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<Accepted>, CreateOrderError> {
+    let mut conn = pool.acquire().await?;
+    let Some((id, stored)) = orders::find_by_idempotency_key(&mut conn, key).await? else {
+        return Ok(None);
+    };
+    if stored != hash {
+        return Err(CreateOrderError::IdempotencyConflict);
+    }
+    let order = orders::load_summary(&mut conn, id)
+        .await?
+        .ok_or_else(|| DbError::Corrupt("idempotent order vanished".into()))?;
+    Ok(Some(Accepted {
+        order,
+        created: false,
+    }))
+}
