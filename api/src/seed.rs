@@ -27,13 +27,13 @@ pub async fn run(settings: &Settings, file: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {} ({})", file.display(), e.message, e.code))?;
     let pool = db::connect_lazy(&settings.database)?;
     db::migrate(&pool).await.context("running migrations")?;
+    let rules = courier_shared::service::deliverable::AcceptRules::from_settings(settings);
     for (name, server) in catalog.game_servers {
-        save_game_server(&pool, &name, server)
+        save_game_server(&pool, &name, server, &rules)
             .await
             .with_context(|| format!("game server `{name}`"))?;
         println!("game server {name} saved");
     }
-    let rules = courier_shared::service::deliverable::AcceptRules::from_settings(settings);
     for (sku, product) in catalog.products {
         save_product(&pool, &sku, product, &rules)
             .await

@@ -228,7 +228,7 @@ async fn a_wrong_amount_or_currency_delivers_nothing_until_an_admin_accepts_or_r
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
     assert_eq!(e["error"]["code"], "order_closed");
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Only two deliveries exist and both completed: nothing else can run.
     let mut commands = game.commands();
     commands.sort();
     assert_eq!(
@@ -384,5 +384,81 @@ async fn amount_paid_must_pay_the_order_on_the_api_and_the_generic_webhook() {
     let (status, created) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["payment_status"], "paid");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_payment_reprices_the_order_and_releases_what_waited_for_it() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} diamond").await;
+    // One cent for 10.48; Stripe then refunds that cent while it waits.
+    let (id, number) = pending_order(&stack, "cent").await;
+    let paid = signing::stripe_event(
+        "evt_cent",
+        "checkout.session.completed",
+        paying("cs_cent", &number, 1, "usd"),
+    );
+    stack.send_stripe(&paid).await;
+    let refund = signing::stripe_event(
+        "evt_cent_refund",
+        "charge.refunded",
+        signing::refunded_charge("pi_cs_cent", 1, 1, json!({ "order_id": number })),
+    );
+    assert_eq!(stack.send_stripe(&refund).await["status"], "pending");
+    let (status, accepted) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{id}/payment/accept"),
+            Some(&json!({ "reason": "a friend of the shop" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{accepted}");
+    let o = stack.order(&id).await;
+    assert_eq!(o["total"], "0.01", "re-priced to what was paid: {o:#}");
+    // The refund that waited is applied against the cent: full, withdrawn.
+    assert_eq!(o["payment_status"], "refunded", "{o:#}");
+    assert_eq!(o["refunded_amount"], "0.01");
+    assert_eq!(o["status"], "refunded");
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM payment_events WHERE status = 'pending'")
+            .await,
+        0
+    );
+
+    // Underpaid, then paid again correctly by another session: the second
+    // payment is the order's, the first is left to refund, with an alert.
+    let (id, number) = pending_order(&stack, "again").await;
+    stack
+        .send_stripe(&signing::stripe_event(
+            "evt_again_1",
+            "checkout.session.completed",
+            paying("cs_again_1", &number, 1, "usd"),
+        ))
+        .await;
+    let answer = stack
+        .send_stripe(&signing::stripe_event(
+            "evt_again_2",
+            "checkout.session.completed",
+            paying("cs_again_2", &number, 1048, "usd"),
+        ))
+        .await;
+    assert_eq!(answer["status"], "applied", "{answer}");
+    let o = stack
+        .wait_for_order(&id, "completed", Duration::from_secs(20))
+        .await;
+    assert_eq!(o["transaction_id"], "pi_cs_again_2");
+    assert_eq!(o["payment_status"], "paid");
+    assert_eq!(o["payment_received"]["amount"], "10.48");
+    assert!(
+        stack
+            .alerts("superseded_payment")
+            .await
+            .iter()
+            .any(|a| a["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("pi_cs_again_1"))),
+        "the first payment is named for a refund"
+    );
+    assert_eq!(game.commands(), vec!["give again diamond".to_owned()]);
     stack.teardown().await;
 }

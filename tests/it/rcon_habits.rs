@@ -196,6 +196,30 @@ async fn each_server_habit_delivers_with_its_answer_kept_and_no_timeout_waited()
             Some("Unknown command \"sm_x\"".into()),
         ),
         (
+            "a NUL in the answer",
+            Dialect::Minecraft,
+            Behaviour {
+                error_answer: Some("Gave 1 [Apple]\u{0} to u".into()),
+                ..Behaviour::default()
+            },
+            json!({}),
+            "give u apple".into(),
+            "succeeded",
+            Some("Gave 1 [Apple]\u{FFFD} to u".into()),
+        ),
+        (
+            "the player is offline",
+            Dialect::Minecraft,
+            Behaviour {
+                error_answer: Some("No player was found".into()),
+                ..Behaviour::default()
+            },
+            json!({}),
+            "give u apple".into(),
+            "waiting",
+            Some("No player was found".into()),
+        ),
+        (
             "split over 4,096 bytes",
             Dialect::Minecraft,
             Behaviour::default(),

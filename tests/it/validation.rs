@@ -389,5 +389,54 @@ async fn admin_lists_take_limit_and_cursor_the_same_way() {
         assert_eq!(status, StatusCode::OK, "{list}: {page}");
         assert!(page["next_cursor"].is_null(), "{list}: {page}");
     }
+    // Three failed events (each raises an alert): pages of two, then one,
+    // newest first, none twice.
+    for n in 0..3 {
+        let event = courier_tests::signing::stripe_event(
+            &format!("evt_page_{n}"),
+            "checkout.session.completed",
+            courier_tests::signing::checkout_session(
+                &format!("cs_page_{n}"),
+                &format!("pi_page_{n}"),
+                json!({ "courier_items": "nope:1" }),
+            ),
+        );
+        stack.send_stripe(&event).await;
+    }
+    for list in ["/v1/admin/payment-events", "/v1/admin/alerts"] {
+        let (_, first) = stack
+            .call(Method::GET, &format!("{list}?limit=2"), None)
+            .await;
+        let key = if list.ends_with("alerts") {
+            "alerts"
+        } else {
+            "events"
+        };
+        let cursor = first["next_cursor"]
+            .as_str()
+            .expect("a next page")
+            .to_owned();
+        let (status, second) = stack
+            .call(
+                Method::GET,
+                &format!("{list}?limit=2&cursor={cursor}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{second}");
+        let ids = |page: &Value| -> Vec<i64> {
+            page[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(|r| r["id"].as_i64()).collect())
+                .unwrap_or_default()
+        };
+        let (a, b) = (ids(&first), ids(&second));
+        assert_eq!((a.len(), b.len()), (2, 1), "{first} {second}");
+        assert!(
+            a[0] > a[1] && a[1] > b[0],
+            "newest first, no overlap: {a:?} {b:?}"
+        );
+        assert!(second["next_cursor"].is_null());
+    }
     stack.teardown().await;
 }

@@ -385,14 +385,17 @@ pub fn decide(
     } else {
         (next, requeue, dead_reason)
     };
+    // Whatever a server answered is kept, in a form Postgres can store (a NUL
+    // would make the record fail, and the attempt be re-run after its lease).
+    let keep = |s: Option<String>| s.map(|s| courier_shared::domain::storable(&s).into_owned());
     AttemptRecord {
         outcome,
         next,
-        error,
-        response,
+        error: keep(error),
+        response: keep(response),
         failed,
         requeue,
-        dead_reason,
+        dead_reason: keep(dead_reason),
         ambiguous: maybe_sent && claimed.kind == DeliveryKind::Rcon && class.is_some(),
     }
 }

@@ -89,7 +89,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         )),
         retry: settings.retry.clone(),
         topology: Topology::new(&settings.amqp.prefix, &settings.retry),
-        rcon: RconDriver::new(settings.rcon.clone()),
+        rcon: RconDriver::new(
+            settings.rcon.clone(),
+            std::time::Duration::from_secs(u64::from(settings.worker.lease_seconds)),
+        ),
         discord: crate::drivers::discord::DiscordDriver::new(
             settings.discord.clone(),
             limits.clone(),

@@ -21,7 +21,9 @@ pub async fn put_game_server(
     ValidJson(input): ValidJson<GameServerInput>,
 ) -> Result<Json<GameServer>, ApiError> {
     caller.require(ADMIN)?;
-    Ok(Json(save_game_server(&state.pool, &name, input).await?))
+    Ok(Json(
+        save_game_server(&state.pool, &name, input, &state.rules).await?,
+    ))
 }
 
 pub async fn list_game_servers(

@@ -167,8 +167,11 @@ pub async fn accept_payment(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
     let id = order_id(&state, &reference).await?;
-    let done =
-        payments::accept_payment(&state.pool, id, &req, &caller.actor(), &state.rules).await?;
+    let policy = PaymentPolicy {
+        revoke_on_dispute: state.payments.revoke_on_dispute,
+        accept: state.rules.clone(),
+    };
+    let done = payments::accept_payment(&state.pool, id, &req, &caller.actor(), &policy).await?;
     state.relay_wake.notify_one();
     Ok(Json(json!(done)))
 }

@@ -100,6 +100,57 @@ pub async fn record_received(
     Ok(())
 }
 
+/// An admin accepted a payment that did not match: the order is now worth
+/// what was paid, in the currency it was paid in (refunds and disputes are
+/// then measured against that).
+pub async fn reprice(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    total: Decimal,
+    currency: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET total = $2, currency = $3, updated_at = now() WHERE id = $1")
+        .bind(order_id)
+        .bind(total)
+        .bind(currency)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes `payment_intent` the order's payment (a correct payment after one
+/// that did not match).
+pub async fn replace_payment(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    payment_intent: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET gateway = 'stripe', transaction_id = coalesce($2, transaction_id), \
+           updated_at = now() WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(payment_intent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The order's recorded payment reference, read without a lock (to take the
+/// payment's advisory lock before the order's row lock, as ingest does).
+pub async fn transaction_id(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT transaction_id FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(conn)
+            .await?
+            .flatten(),
+    )
+}
+
 /// Records the Stripe payment paying an order now: while it is unpaid the
 /// new payment becomes the one refunds go against; once paid, the first one
 /// stays.

@@ -33,6 +33,23 @@ pub fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// `s` with what Postgres cannot store in `text`/`jsonb` (NUL) and other
+/// control characters but tab and line breaks replaced by U+FFFD. For text
+/// from the outside world that must be kept as it came — a game server's or
+/// an API's answer — where refusing is not an option.
+pub fn storable(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+    if s.chars().any(bad) {
+        std::borrow::Cow::Owned(
+            s.chars()
+                .map(|c| if bad(c) { '\u{FFFD}' } else { c })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// A stored status string that is not one of the enum's values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} `{value}`")]
@@ -85,6 +102,15 @@ pub(crate) use text_enum;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn storable_text_has_no_nul() {
+        assert_eq!(super::storable("ok\0x\u{1}\n"), "ok\u{FFFD}x\u{FFFD}\n");
+        assert!(matches!(
+            super::storable("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
     #[test]
     fn clip_cuts_at_a_character_boundary() {
         assert_eq!(super::clip("héllo", 2), "h");

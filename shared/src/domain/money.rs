@@ -66,8 +66,13 @@ pub fn mismatch(total: Decimal, currency: &str, paid: Option<&Received>) -> Opti
             currency.trim()
         ));
     }
-    let expected = to_minor(total, currency);
-    match expected {
+    let Some(expected) = to_minor(total, currency) else {
+        return Some(format!(
+            "the order's total {total} {} is finer than the currency's minor unit and cannot be paid exactly",
+            currency.trim()
+        ));
+    };
+    match Some(expected) {
         Some(e) if e == paid.amount_minor => None,
         Some(e) if paid.amount_minor < e => Some(format!(
             "underpaid: {} {} paid for a total of {total} {}",

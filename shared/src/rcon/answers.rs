@@ -12,6 +12,7 @@ pub fn refusals(dialect: Dialect) -> &'static [&'static str] {
             // Vanilla 1.13+.
             "Unknown or incomplete command",
             "Incorrect argument for command",
+            "Unknown item",
             // Bukkit/Spigot and older vanilla.
             "Unknown command",
             // Third-party servers.
@@ -30,6 +31,30 @@ pub fn is_refusal(dialect: Dialect, extra: &[String], answer: &str) -> bool {
         .map(|p| p.to_lowercase())
         .chain(extra.iter().map(|p| p.to_lowercase()))
         .any(|p| !p.is_empty() && a.starts_with(&p))
+}
+
+/// Answers that mean the command's target player is not there (offline):
+/// the delivery waits and is tried again, as for `require_online`.
+pub fn player_missing(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::Minecraft => &[
+            // Vanilla 1.13+.
+            "No player was found",
+            // Bukkit/Spigot and plugins.
+            "That player cannot be found",
+            "Player not found",
+            "Can't find player",
+        ],
+        Dialect::Source => &[],
+    }
+}
+
+/// Whether `answer` says the player the command is for is not online.
+pub fn is_player_missing(dialect: Dialect, answer: &str) -> bool {
+    let a = answer.trim_start().to_lowercase();
+    player_missing(dialect)
+        .iter()
+        .any(|p| a.starts_with(&p.to_lowercase()))
 }
 
 /// The command that lists players when the game server names none.
@@ -78,9 +103,20 @@ pub fn players_online(dialect: Dialect, listing: &str) -> Option<Vec<String>> {
             if !listing_like {
                 return None;
             }
+            // `status`: player lines start with `#` (the `# userid name …`
+            // header does not name one); `users`: `slot:userid:"name"` lines.
+            // Other lines (`hostname: "…"`) may quote text too.
+            let player_line = |l: &str| {
+                let l = l.trim_start();
+                let users_line = l.matches(':').count() >= 2
+                    && l.split(':')
+                        .take(2)
+                        .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+                (l.starts_with('#') && !l.to_lowercase().starts_with("# userid")) || users_line
+            };
             Some(
                 text.lines()
-                    .filter(|l| !l.trim_start().starts_with("<slot:"))
+                    .filter(|l| player_line(l))
                     .filter_map(|l| {
                         let start = l.find('"')?;
                         let rest = &l[start + 1..];
@@ -121,6 +157,16 @@ mod tests {
         assert!(!is_refusal(Dialect::Minecraft, &[], ""));
         assert!(is_refusal(
             Dialect::Minecraft,
+            &[],
+            "Unknown item 'minecraft:diamnd'"
+        ));
+        assert!(is_player_missing(Dialect::Minecraft, "No player was found"));
+        assert!(!is_player_missing(
+            Dialect::Minecraft,
+            "Gave 1 [Apple] to Alex"
+        ));
+        assert!(is_refusal(
+            Dialect::Minecraft,
             &["That player is not online".into()],
             "that player is not online!"
         ));
@@ -144,8 +190,7 @@ mod tests {
         );
         assert_eq!(mc(""), None, "a silent server cannot tell");
         assert_eq!(mc("Players: none"), None);
-        let src =
-            "hostname: x\n# userid name uniqueid\n#  2 \"Alex\" STEAM_1:0:1 00:10 50 0 active";
+        let src = "hostname: \"Alex's server\"\n# userid name uniqueid\n#  2 \"Alex\" STEAM_1:0:1 00:10 50 0 active";
         assert_eq!(
             players_online(Dialect::Source, src),
             Some(vec!["Alex".into()])

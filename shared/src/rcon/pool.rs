@@ -164,6 +164,36 @@ impl RconPool {
         });
     }
 
+    /// An idle connection, or a new one once a slot is free — looking at the
+    /// idle ones again every so often while waiting, since a connection of
+    /// this process may be handed back meanwhile (it keeps its slot).
+    async fn connection(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(RconConnection, Option<Permit>), ExecError> {
+        const LOOK_AGAIN: Duration = Duration::from_millis(50);
+        loop {
+            if let Some(found) = self.take_idle() {
+                return Ok(found);
+            }
+            let now = tokio::time::Instant::now();
+            let step = (now + LOOK_AGAIN).min(deadline);
+            match self.global_slot(step).await {
+                Ok(permit) => {
+                    return match RconConnection::connect(&self.target, self.timeouts).await {
+                        Ok(conn) => Ok((conn, permit)),
+                        Err(error) => {
+                            retire(&self.shared, self.global.as_ref(), None, permit);
+                            Err(ExecError::before_sending(error))
+                        }
+                    };
+                }
+                Err(busy) if step >= deadline => return Err(busy),
+                Err(_) => {}
+            }
+        }
+    }
+
     /// A global slot, waiting until `deadline` at most.
     async fn global_slot(
         &self,
@@ -225,12 +255,34 @@ impl RconPool {
 
     /// Runs `command` on a pooled (or new) connection.
     pub async fn exec(&self, command: &str) -> Result<String, ExecError> {
+        self.exec_by(
+            command,
+            tokio::time::Instant::now() + self.timeouts.slot_wait + self.budget(),
+        )
+        .await
+    }
+
+    /// What one command may take once it has a slot: connecting, logging
+    /// in, then the command (its quiet time included).
+    fn budget(&self) -> Duration {
+        self.timeouts.connect * 2 + self.timeouts.command
+    }
+
+    /// Runs `command`, waiting for a slot only as long as leaves time to
+    /// connect and run it before `deadline` (then it is `Busy`: no attempt
+    /// spent, re-queued).
+    pub async fn exec_by(
+        &self,
+        command: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, ExecError> {
         // The semaphore is never closed, so acquire only fails if it were.
         // Bounded wait: a job queued behind a slow server reports it busy
         // (re-queued without spending an attempt) rather than outliving its
         // lease and sending late.
         // One deadline for the local permit and the global slot together.
-        let deadline = tokio::time::Instant::now() + self.timeouts.slot_wait;
+        let deadline = (tokio::time::Instant::now() + self.timeouts.slot_wait)
+            .min(deadline.checked_sub(self.budget()).unwrap_or(deadline));
         let _local = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             _ => {
@@ -239,19 +291,7 @@ impl RconPool {
                 )));
             }
         };
-        let (mut conn, permit) = match self.take_idle() {
-            Some(pair) => pair,
-            None => {
-                let permit = self.global_slot(deadline).await?;
-                match RconConnection::connect(&self.target, self.timeouts).await {
-                    Ok(conn) => (conn, permit),
-                    Err(error) => {
-                        retire(&self.shared, self.global.as_ref(), None, permit);
-                        return Err(ExecError::before_sending(error));
-                    }
-                }
-            }
-        };
+        let (mut conn, permit) = self.connection(deadline).await?;
         match conn.exec(command).await {
             Ok(out) => {
                 if self.shared.contended.load(Ordering::Relaxed) {

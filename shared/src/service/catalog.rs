@@ -120,6 +120,7 @@ pub async fn save_game_server(
     pool: &PgPool,
     name: &str,
     input: GameServerInput,
+    rules: &AcceptRules,
 ) -> Result<GameServer, CatalogError> {
     check_name("name", name)?;
     check_host(&input.host)?;
@@ -142,6 +143,17 @@ pub async fn save_game_server(
     }
     if !(20..=10_000).contains(&input.quiet_ms) {
         return Err(Invalid::new("quiet_ms", "must be between 20 and 10000").into());
+    }
+    // A silent command must settle before the command timeout calls it lost.
+    if u64::from(input.quiet_ms) >= rules.rcon_command_timeout_ms {
+        return Err(Invalid::new(
+            "quiet_ms",
+            format!(
+                "must be shorter than rcon.command_timeout_ms ({} ms)",
+                rules.rcon_command_timeout_ms
+            ),
+        )
+        .into());
     }
     if input.error_patterns.len() > 20 {
         return Err(Invalid::new("error_patterns", "at most 20 patterns").into());

@@ -23,6 +23,8 @@ pub struct AcceptRules {
     pub suppliers: BTreeSet<String>,
     /// `api.max_deliveries_per_order`.
     pub max_deliveries: usize,
+    /// `rcon.command_timeout_ms`: a game server's quiet time must be shorter.
+    pub rcon_command_timeout_ms: u64,
 }
 
 impl AcceptRules {
@@ -40,6 +42,7 @@ impl AcceptRules {
                 .is_some_and(|t| !t.expose().is_empty()),
             suppliers: s.suppliers.keys().cloned().collect(),
             max_deliveries: s.api.max_deliveries_per_order,
+            rcon_command_timeout_ms: s.rcon.command_timeout_ms,
         }
     }
 
@@ -50,6 +53,7 @@ impl AcceptRules {
             discord: true,
             suppliers: BTreeSet::new(),
             max_deliveries: usize::MAX,
+            rcon_command_timeout_ms: u64::MAX,
         }
     }
 

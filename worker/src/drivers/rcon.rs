@@ -15,13 +15,17 @@ use super::DriverOutcome;
 pub struct RconDriver {
     pub pools: RconPools,
     pub settings: RconSettings,
+    /// The worker's lease: one attempt (the online check and the command
+    /// together) stays well within it.
+    pub lease: Duration,
 }
 
 impl RconDriver {
-    pub fn new(settings: RconSettings) -> Self {
+    pub fn new(settings: RconSettings, lease: Duration) -> Self {
         RconDriver {
             pools: RconPools::default(),
             settings,
+            lease,
         }
     }
 
@@ -40,6 +44,10 @@ impl RconDriver {
         limits: &std::sync::Arc<courier_shared::limits::Limits>,
         payload: &serde_json::Value,
     ) -> DriverOutcome {
+        // The whole attempt — waiting for a slot, the online check, the
+        // command — ends within the lease (less a margin to record it).
+        let deadline =
+            tokio::time::Instant::now() + self.lease.saturating_sub(Duration::from_millis(250));
         let payload: RconPayload = match serde_json::from_value(payload.clone()) {
             Ok(p) => p,
             Err(e) => return DriverOutcome::permanent(format!("invalid RCON payload: {e}")),
@@ -92,7 +100,7 @@ impl RconDriver {
                 .online_command
                 .clone()
                 .unwrap_or_else(|| answers::default_online_command(server.dialect).to_owned());
-            match pool.exec(&probe).await {
+            match pool.exec_by(&probe, deadline).await {
                 Ok(listing) => match answers::players_online(server.dialect, &listing) {
                     Some(names) if names.iter().any(|n| n.eq_ignore_ascii_case(player)) => {}
                     Some(_) => {
@@ -128,7 +136,7 @@ impl RconDriver {
                 }
             }
         }
-        match pool.exec(&payload.command).await {
+        match pool.exec_by(&payload.command, deadline).await {
             Ok(response)
                 if answers::is_refusal(server.dialect, &server.error_patterns, &response) =>
             {
@@ -136,6 +144,17 @@ impl RconDriver {
                     class: ErrorClass::Permanent,
                     error: describe(&format!(
                         "the server refused the command: {}",
+                        courier_shared::domain::clip(response.trim(), 300)
+                    )),
+                    response: Some(response),
+                    maybe_sent: false,
+                }
+            }
+            Ok(response) if answers::is_player_missing(server.dialect, &response) => {
+                DriverOutcome::Failed {
+                    class: ErrorClass::Waiting,
+                    error: describe(&format!(
+                        "the player is not on the server: {}",
                         courier_shared::domain::clip(response.trim(), 300)
                     )),
                     response: Some(response),

@@ -299,6 +299,19 @@ pub(super) fn plan(
         ));
     }
     let total = subtotal - order.discount + order.tax;
+    // A total finer than the currency's minor unit could never be paid
+    // exactly (gateways count in minor units), so no payment would match it.
+    if crate::domain::money::to_minor(total, &order.currency).is_none() {
+        return Err(Invalid::new(
+            "items",
+            format!(
+                "the order's total {total} {} has more decimal places than {} allows ({}); round the prices",
+                order.currency,
+                order.currency,
+                crate::domain::money::minor_unit_exponent(&order.currency)
+            ),
+        ));
+    }
     Ok(Plan {
         order: OrderRow {
             id: order_id,

@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::ingest::{find_order, note};
 use super::stripe::{CheckoutSession, Refs};
-use super::{IngestStatus, Ingested, MAX_REASON, PaymentError, lock_order};
-use crate::db::payments;
+use super::{IngestStatus, Ingested, MAX_REASON, PaymentError, PaymentPolicy, lock_order};
 use crate::db::{keys, orders as order_rows, outbox};
+use crate::db::{payment_events, payments};
 use crate::domain::money::{Received, from_minor, mismatch};
 use crate::domain::order::PaymentStatus;
 use crate::service::Invalid;
@@ -56,6 +56,12 @@ pub(super) async fn paid(
         return create_from_session(conn, session, received.as_ref(), actor, rules).await;
     };
     let before = lock_order(conn, order_id).await?;
+    if before.payment == PaymentStatus::Mismatched
+        && let Some(pi) = session.payment_intent()
+        && before.transaction_id.as_deref() != Some(pi)
+    {
+        return another_payment(conn, &before, pi, received.as_ref(), actor, rules).await;
+    }
     // The payment that is paying now is the one to refund against.
     payments::set_stripe_payment(conn, order_id, session.payment_intent()).await?;
     if matches!(
@@ -108,6 +114,71 @@ pub(super) async fn paid(
             }
         }
         Fulfilment::Cancelled => "paid after it was cancelled; nothing delivered".to_owned(),
+        Fulfilment::Unplannable(e) => format!("paid, but cannot be fulfilled: {e}"),
+    };
+    Ok(Ingested::new(
+        IngestStatus::Applied,
+        Some(order_id),
+        note_text,
+    ))
+}
+
+/// A second payment for an order whose first did not match (the customer
+/// paid again, correctly this time): if it pays the order it becomes the
+/// order's payment and fulfilment starts; either way the first payment is
+/// left for an admin to give back, and an alert says so.
+async fn another_payment(
+    conn: &mut PgConnection,
+    before: &crate::db::payments::LockedOrder,
+    pi: &str,
+    received: Option<&Received>,
+    actor: &str,
+    rules: &AcceptRules,
+) -> Result<Ingested, PaymentError> {
+    let order_id = before.id;
+    let first = before.transaction_id.as_deref().unwrap_or("?");
+    if let Some(issue) = mismatch(before.total, &before.currency, received) {
+        keys::alert(
+            conn,
+            "paid_twice",
+            &format!(
+                "order {} got a second payment {pi} that does not match either ({issue}); the first, {first}, waits too: refund what is not wanted",
+                before.order_number
+            ),
+            pi,
+        )
+        .await?;
+        return Ok(Ingested::new(
+            IngestStatus::Applied,
+            Some(order_id),
+            format!("a second payment that does not match either: {issue}"),
+        ));
+    }
+    payments::replace_payment(conn, order_id, Some(pi)).await?;
+    record_paid(conn, order_id, received).await?;
+    note(
+        conn,
+        order_id,
+        "payment.superseded",
+        format!("payment {pi} pays the order; the earlier payment {first}, which did not, must be refunded at the gateway"),
+        actor,
+        json!({ "payment_intent": pi, "superseded": first }),
+    )
+    .await?;
+    keys::alert(
+        conn,
+        "superseded_payment",
+        &format!(
+            "order {} was paid correctly by {pi}; the earlier payment {first} did not match and is still with you: refund it at Stripe",
+            before.order_number
+        ),
+        pi,
+    )
+    .await?;
+    let note_text = match start_fulfilment(conn, order_id, actor, true, rules).await? {
+        Fulfilment::Started(n) => format!("paid by a second payment; {n} deliveries queued"),
+        Fulfilment::Cancelled => "paid after it was cancelled; nothing delivered".to_owned(),
+        Fulfilment::AlreadyPaid => "the order was already paid".to_owned(),
         Fulfilment::Unplannable(e) => format!("paid, but cannot be fulfilled: {e}"),
     };
     Ok(Ingested::new(
@@ -306,12 +377,27 @@ pub fn order_from_session(
         let quantity: i32 = bits
             .next()
             .and_then(|q| q.trim().parse().ok())
-            .ok_or_else(|| Invalid::new(&field, "expected `sku:quantity[:unit_price]`"))?;
-        let price = bits
-            .next()
-            .map(|p| p.trim().parse::<Decimal>())
-            .transpose()
-            .map_err(|_| Invalid::new(&field, "the unit price is not a decimal"))?;
+            .filter(|q| (1..=10_000).contains(q))
+            .ok_or_else(|| {
+                Invalid::new(
+                    &field,
+                    "expected `sku:quantity[:unit_price]`, quantity 1 to 10000",
+                )
+            })?;
+        // Bounded before any arithmetic: Decimal multiplication panics on overflow.
+        let price = match bits.next() {
+            None => None,
+            Some(p) => {
+                let p: Decimal = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| Invalid::new(&field, "the unit price is not a decimal"))?;
+                if p.is_sign_negative() || p > Decimal::from(1_000_000_000) || p.scale() > 4 {
+                    return Err(Invalid::new(&field, "the unit price is not a valid amount"));
+                }
+                Some(p)
+            }
+        };
         items.push((sku.to_owned(), quantity, price));
     }
     let subtotal = session.amount_subtotal.map(|s| from_minor(s, &currency));
@@ -418,12 +504,17 @@ pub struct Accepted {
 
 /// An admin accepts a `mismatched` payment as it is: the payment becomes
 /// `paid` and the order is fulfilled, with who and why in the timeline.
+///
+/// The order is re-priced to what was paid (its total and currency become
+/// the payment's, the old ones stay in the timeline), so later refunds and
+/// disputes are measured against the money that came in; events about the
+/// payment that waited for the decision are applied in the same transaction.
 pub async fn accept_payment(
     pool: &PgPool,
     order_id: Uuid,
     req: &AcceptRequest,
     actor: &str,
-    rules: &AcceptRules,
+    policy: &PaymentPolicy,
 ) -> Result<Accepted, PaymentError> {
     let reason = req.reason.trim();
     if reason.is_empty() {
@@ -431,6 +522,11 @@ pub async fn accept_payment(
     }
     crate::service::check_text("reason", reason, MAX_REASON)?;
     let mut tx = pool.begin().await?;
+    // The payment's lock before the order's, in the order ingest takes them.
+    let payment_ref = payments::transaction_id(&mut tx, order_id).await?;
+    if let Some(r) = &payment_ref {
+        payment_events::lock_payment_ref(&mut tx, r).await?;
+    }
     let order = lock_order(&mut tx, order_id).await?;
     if order.payment != PaymentStatus::Mismatched {
         return Err(PaymentError::NoMismatchedPayment(order.payment));
@@ -445,28 +541,43 @@ pub async fn accept_payment(
         order_id,
         "payment.accepted",
         format!(
-            "the payment of {} {} was accepted for the order's total {} {}: {reason}",
+            "the payment of {} {} was accepted for the order's total {} {}{}: {reason}",
             order
                 .paid_amount
                 .map_or_else(|| "?".to_owned(), |a| a.to_string()),
             order.paid_currency.as_deref().unwrap_or("?"),
             order.total,
-            order.currency
+            order.currency,
+            if order.paid_amount.is_some() {
+                "; the order is now worth what was paid"
+            } else {
+                ""
+            }
         ),
         actor,
-        json!({ "reason": reason }),
+        json!({
+            "reason": reason,
+            "total_before": order.total.to_string(),
+            "currency_before": order.currency,
+        }),
     )
     .await?;
+    if let (Some(amount), Some(currency)) = (order.paid_amount, &order.paid_currency) {
+        payments::reprice(&mut tx, order_id, amount, currency).await?;
+    }
     payments::record_received(&mut tx, order_id, None, None).await?;
-    let (queued, note_text) = match start_fulfilment(&mut tx, order_id, actor, true, rules).await? {
-        Fulfilment::Started(n) => (n, None),
-        Fulfilment::AlreadyPaid => (0, Some("the order was already paid".to_owned())),
-        Fulfilment::Cancelled => (
-            0,
-            Some("the order was cancelled: nothing is delivered (refund it)".to_owned()),
-        ),
-        Fulfilment::Unplannable(e) => (0, Some(format!("the order cannot be fulfilled: {e}"))),
-    };
+    let (queued, note_text) =
+        match start_fulfilment(&mut tx, order_id, actor, true, &policy.accept).await? {
+            Fulfilment::Started(n) => (n, None),
+            Fulfilment::AlreadyPaid => (0, Some("the order was already paid".to_owned())),
+            Fulfilment::Cancelled => (
+                0,
+                Some("the order was cancelled: nothing is delivered (refund it)".to_owned()),
+            ),
+            Fulfilment::Unplannable(e) => (0, Some(format!("the order cannot be fulfilled: {e}"))),
+        };
+    super::ingest::release_parked(&mut tx, order_id, payment_ref, chrono::Utc::now(), policy)
+        .await?;
     outbox::notify_relays(&mut tx).await?;
     tx.commit().await?;
     Ok(Accepted {

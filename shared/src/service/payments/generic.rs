@@ -44,6 +44,8 @@ pub async fn ingest_generic(
         let id = payments::order_by_key(&mut conn, &format!("generic:{webhook_id}")).await?;
         return Ok(Ingested::new(IngestStatus::Duplicate, id, None));
     };
+    // Validated before its total is computed (bounded amounts cannot overflow).
+    crate::service::orders::validate(order)?;
     let actor = format!("webhook:{webhook_id}");
     let key = format!("generic:{webhook_id}");
     let received = order.amount_paid.and_then(|a| {

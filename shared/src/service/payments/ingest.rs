@@ -139,7 +139,9 @@ pub async fn ingest_unusable(
     Ok(Ingested::new(IngestStatus::Failed, None, reason.to_owned()))
 }
 
-async fn release_parked(
+/// Applies the events that waited for the order's payment (a refund or
+/// dispute that came first, or while the payment waited for an admin).
+pub(super) async fn release_parked(
     conn: &mut PgConnection,
     order_id: Uuid,
     order_ref: Option<String>,

