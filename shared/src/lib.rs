@@ -2,15 +2,19 @@
 //!
 //! # Layout
 //! - `config`, `telemetry`, `error`: start-up and cross-cutting types.
-//! - `domain/`: pure types and state machines (orders, items, deliveries),
-//!   order numbers, command templates and fulfilment actions.
+//! - `domain/`: pure types and state machines (orders, items, deliveries,
+//!   refunds, payment events, disputes), money in minor units and the rule
+//!   that a payment pays an order, order numbers, command templates and
+//!   fulfilment actions.
 //! - `db/`: sqlx access; every status change is a guarded UPDATE that names the
 //!   status it expects, and writes its timeline event in the same transaction.
 //! - `queue/`: RabbitMQ topology (one definition, declared by both binaries),
 //!   message types, connections and the publisher.
-//! - `service/`: the use cases (accept an order, claim and record a delivery)
-//!   that the API handlers and the worker consumers call.
-//! - `rcon/`: the RCON client and connection pools.
+//! - `service/`: the use cases (accept an order, claim and record a delivery,
+//!   payments and refunds, what this installation can deliver) that the API
+//!   handlers and the worker consumers call.
+//! - `rcon/`: the RCON client (framing per server), what servers answer, and
+//!   connection pools with slots across workers.
 //! - `redis`, `limits`: Redis coordination across replicas (semaphores, rates, pauses).
 //! - `crypto`: CD keys encrypted at rest.
 //! - `shutdown`: SIGTERM/SIGINT.
