@@ -291,6 +291,7 @@ async fn each_server_habit_delivers_with_its_answer_kept_and_no_timeout_waited()
                 "{habit}: {delivery:#}"
             );
         }
+        eprintln!("habit {habit}: {want} in {took:?}");
         // Far below the 3 s command timeout of the test stack.
         assert!(
             took < Duration::from_millis(2500),
