@@ -159,37 +159,20 @@ async fn every_route_refuses_hostile_input_in_the_error_shape_and_writes_nothing
         );
 
         // A query value that is not text, and one that is not UTF-8.
-        let (status, _, body) = send(
-            &stack,
-            route.method.clone(),
-            &format!("{path}?q=a%00b"),
-            Some(&admin),
-            None,
-        )
-        .await;
-        shape(
-            &what,
-            status,
-            &body,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-        );
-        assert_eq!(body["error"]["field"], "q", "{what}");
-        let (status, _, body) = send(
-            &stack,
-            route.method.clone(),
-            &format!("{path}?q=%ff"),
-            Some(&admin),
-            None,
-        )
-        .await;
-        shape(
-            &what,
-            status,
-            &body,
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-        );
+        for (query, want, code) in [
+            (
+                "q=a%00b",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            ),
+            ("q=%ff", StatusCode::BAD_REQUEST, "invalid_query"),
+        ] {
+            let url = format!("{path}?{query}");
+            let (status, _, body) =
+                send(&stack, route.method.clone(), &url, Some(&admin), None).await;
+            shape(&what, status, &body, want, code);
+            assert_eq!(body["error"]["field"], "q", "{what}");
+        }
 
         // Path segments: NUL, invalid UTF-8, and a value of the wrong type.
         for param in params(route) {
