@@ -43,15 +43,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// A code point that is not text: C0 controls, DEL, C1 controls and the
-/// noncharacters U+FFFE/U+FFFF. `lines` lets tab, LF and CR through (free
-/// text in a JSON body may hold line breaks; a URI never does).
-pub fn is_non_text(c: char, lines: bool) -> bool {
-    if lines && matches!(c, '\t' | '\n' | '\r') {
-        return false;
-    }
-    c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}')
-}
+pub use courier_shared::domain::is_non_text;
 
 /// Refuses a request whose path or query is not text before it is routed.
 pub async fn check_uri(req: Request, next: Next) -> Response {

@@ -193,11 +193,7 @@ fn may_hold_non_text(b: &[u8]) -> bool {
 /// U+FFFD, so a verified webhook that holds one can still be stored as
 /// `failed` for an admin to read.
 pub fn sanitized(value: &Value) -> Value {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| if is_non_text(c, true) { '\u{FFFD}' } else { c })
-            .collect()
-    };
+    let clean = |s: &str| courier_shared::domain::storable(s).into_owned();
     match value {
         Value::String(s) => Value::String(clean(s)),
         Value::Array(a) => Value::Array(a.iter().map(sanitized).collect()),

@@ -83,7 +83,7 @@ pub async fn lock_order(
 pub async fn record_received(
     conn: &mut PgConnection,
     order_id: Uuid,
-    paid: Option<(Decimal, &str)>,
+    paid: Option<&crate::domain::money::Received>,
     issue: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -92,8 +92,8 @@ pub async fn record_received(
          WHERE id = $1",
     )
     .bind(order_id)
-    .bind(paid.map(|p| p.0))
-    .bind(paid.map(|p| p.1))
+    .bind(paid.map(|p| p.amount()))
+    .bind(paid.map(|p| p.currency()))
     .bind(issue)
     .execute(conn)
     .await?;

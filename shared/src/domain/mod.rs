@@ -33,12 +33,23 @@ pub fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// `s` with what Postgres cannot store in `text`/`jsonb` (NUL) and other
-/// control characters but tab and line breaks replaced by U+FFFD. For text
-/// from the outside world that must be kept as it came — a game server's or
-/// an API's answer — where refusing is not an option.
+/// A code point that is not text: C0 controls, DEL, C1 controls and the
+/// noncharacters U+FFFE/U+FFFF. `lines` lets tab, LF and CR through (free
+/// text may hold line breaks; a URI or a name never does).
+pub fn is_non_text(c: char, lines: bool) -> bool {
+    if lines && matches!(c, '\t' | '\n' | '\r') {
+        return false;
+    }
+    c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+}
+
+/// `s` with every non-text code point (NUL, which Postgres cannot store in
+/// `text`/`jsonb`, among them) but tab and line breaks replaced by U+FFFD.
+/// For text from the outside world that must be kept as it came — a game
+/// server's or an API's answer, a verified webhook — where refusing is not
+/// an option.
 pub fn storable(s: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+    let bad = |c: char| is_non_text(c, true);
     if s.chars().any(bad) {
         std::borrow::Cow::Owned(
             s.chars()

@@ -9,8 +9,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::Settings;
-use crate::domain::action::{ActionConfig, SupplierCandidate, SupplierKeyPayload};
-use crate::domain::delivery::DeliveryKind;
+use crate::domain::action::{ActionConfig, SupplierCandidate};
 
 /// The limits and capabilities an order is accepted under.
 #[derive(Debug, Clone)]
@@ -85,26 +84,6 @@ impl AcceptRules {
             ),
             ActionConfig::DiscordRole { .. } => Ok(()),
             ActionConfig::SupplierKey { candidates, .. } => self.candidates(candidates),
-        }
-    }
-
-    /// The same check on a planned delivery (its payload fixed at accept time).
-    pub fn check_delivery(
-        &self,
-        kind: DeliveryKind,
-        payload: &serde_json::Value,
-    ) -> Result<(), String> {
-        match kind {
-            DeliveryKind::DiscordRole if !self.discord => Err(
-                "Discord roles need discord.bot_token, which this installation does not have"
-                    .into(),
-            ),
-            DeliveryKind::SupplierKey => {
-                let p: SupplierKeyPayload = serde_json::from_value(payload.clone())
-                    .map_err(|e| format!("the key delivery's payload is unreadable: {e}"))?;
-                self.candidates(&p.candidates)
-            }
-            _ => Ok(()),
         }
     }
 }

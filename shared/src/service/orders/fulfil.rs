@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::plan::{plan, within_limit};
 use super::{
     CreateOrderError, Customer, Game, NewItem, NewOrder, NewPaymentStatus, insert_deliveries,
-    products_of,
+    products_of, undeliverable,
 };
 use crate::db::events::{self, NewEvent};
 use crate::db::orders;
@@ -139,7 +139,8 @@ pub async fn start_fulfilment(
         });
     match planned {
         Ok(plan) => {
-            insert_deliveries(conn, &number, &plan.deliveries, rules).await?;
+            let held = undeliverable(&products, rules);
+            insert_deliveries(conn, &number, &plan.deliveries, &held).await?;
             events::record(
                 conn,
                 NewEvent {

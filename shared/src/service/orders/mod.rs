@@ -194,7 +194,8 @@ pub async fn create_order(
             }
             Err(e) => return Err(e.into()),
         }
-        insert_plan(&mut tx, &plan, idempotency_key, actor, rules).await?;
+        // Refused above if anything could not be delivered: nothing is held.
+        insert_plan(&mut tx, &plan, idempotency_key, actor, &HashMap::new()).await?;
         tx.commit().await?;
         // Answered from what was written, not read back.
         return Ok(Accepted {
@@ -211,20 +212,32 @@ fn deliverable(
     products: &HashMap<String, Product>,
     rules: &AcceptRules,
 ) -> Result<(), CreateOrderError> {
+    let cannot = undeliverable(products, rules);
     for (i, item) in order.items.iter().enumerate() {
         let Some(product) = products.get(&item.product) else {
             continue;
         };
-        for action in &product.actions {
-            rules.check_action(&action.config).map_err(|reason| {
-                CreateOrderError::NotDeliverable(Invalid::new(
-                    format!("items[{i}].product"),
-                    format!("product `{}` cannot be delivered: {reason}", product.sku),
-                ))
-            })?;
+        if let Some(reason) = product.actions.iter().find_map(|a| cannot.get(&a.id)) {
+            return Err(CreateOrderError::NotDeliverable(Invalid::new(
+                format!("items[{i}].product"),
+                format!("product `{}` cannot be delivered: {reason}", product.sku),
+            )));
         }
     }
     Ok(())
+}
+
+/// The actions of these products this installation cannot run now (by
+/// action id, with why): checked once per action, not per delivery.
+pub(super) fn undeliverable(
+    products: &HashMap<String, Product>,
+    rules: &AcceptRules,
+) -> HashMap<Uuid, String> {
+    products
+        .values()
+        .flat_map(|p| &p.actions)
+        .filter_map(|a| rules.check_action(&a.config).err().map(|why| (a.id, why)))
+        .collect()
 }
 
 /// The products an order names, by SKU (unknown SKUs are simply absent).
@@ -247,12 +260,12 @@ async fn insert_plan(
     plan: &Plan,
     idempotency_key: Option<&str>,
     actor: &str,
-    rules: &AcceptRules,
+    held: &HashMap<Uuid, String>,
 ) -> Result<(), sqlx::Error> {
     for item in &plan.items {
         orders::insert_item(conn, item).await?;
     }
-    insert_deliveries(conn, &plan.order.order_number, &plan.deliveries, rules).await?;
+    insert_deliveries(conn, &plan.order.order_number, &plan.deliveries, held).await?;
     let o = &plan.order;
     events::record(
         conn,
@@ -274,28 +287,29 @@ async fn insert_plan(
     .await
 }
 
-/// Queues the deliveries; one this installation cannot run now is parked
-/// `held` with the reason instead (and one admin alert per order says so).
+/// Queues the deliveries; one of an action in `held` (this installation
+/// cannot run it now, see `undeliverable`) is parked `held` with the reason
+/// instead, and one admin alert per order says so.
 pub(super) async fn insert_deliveries(
     conn: &mut PgConnection,
     order_number: &str,
     rows: &[DeliveryRow],
-    rules: &AcceptRules,
+    held: &HashMap<Uuid, String>,
 ) -> Result<(), sqlx::Error> {
-    let mut held = None;
+    let mut first_held = None;
     for d in rows {
-        match rules.check_delivery(d.kind, &d.payload) {
-            Ok(()) => {
+        match d.action_id.and_then(|a| held.get(&a)) {
+            None => {
                 deliveries::insert(conn, d).await?;
                 outbox::enqueue_job(conn, d.id, d.kind).await?;
             }
-            Err(reason) => {
+            Some(reason) => {
                 deliveries::insert_held(conn, d, &format!("not deliverable: {reason}")).await?;
-                held.get_or_insert((d.order_id, reason));
+                first_held.get_or_insert((d.order_id, reason));
             }
         }
     }
-    if let Some((order_id, reason)) = held {
+    if let Some((order_id, reason)) = first_held {
         crate::db::keys::alert(
             conn,
             "undeliverable_order",
@@ -329,7 +343,8 @@ pub async fn create_order_in(
     within_limit(order, &products, rules)?;
     let plan = plan(order, &products, idempotency_key, &hash, None)?;
     orders::insert_order(conn, &plan.order).await?;
-    insert_plan(conn, &plan, idempotency_key, actor, rules).await?;
+    let held = undeliverable(&products, rules);
+    insert_plan(conn, &plan, idempotency_key, actor, &held).await?;
     Ok(plan.order.id)
 }
 

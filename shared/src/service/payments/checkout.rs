@@ -246,11 +246,7 @@ async fn record_paid(
     order_id: Uuid,
     received: Option<&Received>,
 ) -> Result<(), sqlx::Error> {
-    let currency = received.map(Received::currency);
-    let paid = received
-        .zip(currency.as_deref())
-        .map(|(r, c)| (r.amount(), c));
-    payments::record_received(conn, order_id, paid, None).await
+    payments::record_received(conn, order_id, received, None).await
 }
 
 /// Records a payment that does not pay its order: its figures and why, the
@@ -263,11 +259,7 @@ pub(crate) async fn record_mismatch(
     issue: &str,
     actor: &str,
 ) -> Result<(), PaymentError> {
-    let currency = received.map(Received::currency);
-    let paid = received
-        .zip(currency.as_deref())
-        .map(|(r, c)| (r.amount(), c));
-    payments::record_received(conn, order_id, paid, Some(issue)).await?;
+    payments::record_received(conn, order_id, received, Some(issue)).await?;
     order_rows::set_payment_status(conn, order_id, PaymentStatus::Mismatched).await?;
     let order = lock_order(conn, order_id).await?;
     note(
@@ -280,8 +272,8 @@ pub(crate) async fn record_mismatch(
         actor,
         json!({
             "issue": issue,
-            "paid_amount": paid.map(|p| p.0.to_string()),
-            "paid_currency": paid.map(|p| p.1),
+            "paid_amount": received.map(|r| r.amount().to_string()),
+            "paid_currency": received.map(Received::currency),
         }),
     )
     .await?;

@@ -59,6 +59,7 @@ use super::Invalid;
 use super::deliverable::AcceptRules;
 use super::orders::CreateOrderError;
 use crate::db;
+pub use crate::db::payments::resolve_order;
 pub use crate::domain::money::{from_minor, minor_unit_exponent, to_minor};
 use crate::domain::order::{OrderStatus, PaymentStatus};
 use crate::domain::payment::EventStatus;
@@ -117,14 +118,6 @@ impl From<CreateOrderError> for PaymentError {
 
 /// Longest reason an admin may give for a refund, cancel or acceptance.
 const MAX_REASON: usize = 500;
-
-/// The order's id from its id or order number.
-pub async fn resolve_order(
-    conn: &mut PgConnection,
-    reference: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    db::payments::resolve_order(conn, reference).await
-}
 
 /// What becomes of a webhook event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -57,7 +57,8 @@ pub struct Refs {
 
 impl Refs {
     pub fn from_object(object: &Value) -> Refs {
-        serde_json::from_value(object.clone()).unwrap_or_default()
+        // Read from the borrowed value: no copy of the whole object.
+        Refs::deserialize(object).unwrap_or_default()
     }
 
     pub fn payment_intent(&self) -> Option<&str> {
