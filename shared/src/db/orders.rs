@@ -135,10 +135,11 @@ pub struct OrderSummary {
     pub deliveries_queued: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ItemSummary {
     pub id: Uuid,
     pub position: i32,
+    #[sqlx(rename = "sku")]
     pub product: String,
     pub product_name: String,
     pub quantity: i32,
@@ -146,9 +147,10 @@ pub struct ItemSummary {
     pub unit_price: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
+    #[sqlx(try_from = "String")]
     pub delivery_status: ItemStatus,
     /// This item's deliveries (none until the order is paid).
-    pub deliveries: usize,
+    pub deliveries: i64,
 }
 
 /// The summary of a stored order (an idempotent repeat of its request).
@@ -166,7 +168,7 @@ pub async fn load_summary(
     else {
         return Ok(None);
     };
-    let items = sqlx::query(
+    let items: Vec<ItemSummary> = sqlx::query_as(
         "SELECT i.id, i.position, i.sku, i.product_name, i.quantity, i.unit_price, i.total, \
            i.delivery_status, (SELECT count(*) FROM deliveries d WHERE d.item_id = i.id \
              AND d.purpose = 'deliver') AS deliveries \
@@ -174,22 +176,7 @@ pub async fn load_summary(
     )
     .bind(id)
     .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(ItemSummary {
-            id: r.try_get("id")?,
-            position: r.try_get("position")?,
-            product: r.try_get("sku")?,
-            product_name: r.try_get("product_name")?,
-            quantity: r.try_get("quantity")?,
-            unit_price: r.try_get("unit_price")?,
-            total: r.try_get("total")?,
-            delivery_status: parse(r, "delivery_status")?,
-            deliveries: usize::try_from(r.try_get::<i64, _>("deliveries")?).unwrap_or(0),
-        })
-    })
-    .collect::<Result<Vec<_>, DbError>>()?;
+    .await?;
     Ok(Some(OrderSummary {
         id,
         order_number: o.try_get("order_number")?,
@@ -203,7 +190,10 @@ pub async fn load_summary(
         tax: o.try_get("tax")?,
         total: o.try_get("total")?,
         created_at: o.try_get("created_at")?,
-        deliveries_queued: items.iter().map(|i| i.deliveries).sum(),
+        deliveries_queued: items
+            .iter()
+            .map(|i| usize::try_from(i.deliveries).unwrap_or(0))
+            .sum(),
         items,
     }))
 }

@@ -93,11 +93,13 @@ impl Plan {
                     unit_price: i.unit_price,
                     total: i.total,
                     delivery_status: crate::domain::order::ItemStatus::Pending,
-                    deliveries: self
-                        .deliveries
-                        .iter()
-                        .filter(|d| d.item_id == Some(i.id))
-                        .count(),
+                    deliveries: i64::try_from(
+                        self.deliveries
+                            .iter()
+                            .filter(|d| d.item_id == Some(i.id))
+                            .count(),
+                    )
+                    .unwrap_or(i64::MAX),
                 })
                 .collect(),
         }
