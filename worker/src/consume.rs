@@ -9,19 +9,20 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use courier_shared::config::RetrySettings;
-use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed, Recorded};
-use courier_shared::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus};
+use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed, Recorded, Success};
+use courier_shared::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus, Purpose};
 use courier_shared::domain::retry::{NextStep, delay_queue, next_step};
 use courier_shared::error::{DbError, ErrorClass};
 use courier_shared::queue::messages::JobMessage;
 use courier_shared::queue::topology::Topology;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use uuid::Uuid;
 
 use crate::drivers::DriverOutcome;
 use crate::drivers::rcon::RconDriver;
@@ -55,6 +56,8 @@ pub struct Context {
     pub payment_policy: courier_shared::service::payments::PaymentPolicy,
     pub limits: Arc<courier_shared::limits::Limits>,
     pub stats: Stats,
+    /// Writes succeeded attempts in batches.
+    pub completer: crate::completer::Completer,
 }
 
 /// What to do with the message once the outcome is committed.
@@ -113,9 +116,30 @@ pub async fn run(
         loop {
             tokio::select! {
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
+                    Some(Ok(first)) => {
+                        // Messages that arrived together are claimed together.
+                        let mut batch = vec![first];
+                        let mut broken = None;
+                        while batch.len() < usize::from(concurrency) {
+                            match consumer.next().now_or_never() {
+                                Some(Some(Ok(d))) => batch.push(d),
+                                Some(Some(Err(e))) => {
+                                    broken = Some(e.to_string());
+                                    break;
+                                }
+                                Some(None) => {
+                                    broken = Some("consumer closed".into());
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
                         let ctx = ctx.clone();
-                        jobs.spawn(async move { handle(ctx, kind, delivery).await });
+                        jobs.spawn(async move { handle_batch(ctx, kind, batch).await });
+                        if let Some(e) = broken {
+                            tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
+                            break;
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
@@ -151,18 +175,82 @@ pub async fn run(
     while jobs.join_next().await.is_some() {}
 }
 
-async fn handle(ctx: Arc<Context>, kind: DeliveryKind, delivery: Delivery) {
-    let message: JobMessage = match serde_json::from_slice(&delivery.data) {
-        Ok(m) => m,
-        Err(e) => {
-            // Poison: never requeue; the queue dead-letters it to `courier.dead`.
-            tracing::error!(error = %e, "undecodable job message; dead-lettering it");
-            ctx.stats.poison.fetch_add(1, Ordering::Relaxed);
-            courier_shared::queue::nack(&delivery.acker, false).await;
-            return;
+/// Decodes, claims and runs the messages that arrived together: one claim
+/// for the batch, then every claimed job concurrently; each message is acked
+/// once its outcome is committed.
+async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Delivery>) {
+    let mut jobs = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match serde_json::from_slice::<JobMessage>(&delivery.data) {
+            Ok(m) => {
+                if m.kind != kind {
+                    tracing::warn!(delivery_id = %m.delivery_id, expected = %kind, got = %m.kind, "message on the wrong queue");
+                }
+                jobs.push((m, delivery));
+            }
+            Err(e) => {
+                // Poison: never requeue; the queue dead-letters it to `courier.dead`.
+                tracing::error!(error = %e, "undecodable job message; dead-lettering it");
+                ctx.stats.poison.fetch_add(1, Ordering::Relaxed);
+                courier_shared::queue::nack(&delivery.acker, false).await;
+            }
         }
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    let ids: Vec<Uuid> = jobs.iter().map(|(m, _)| m.delivery_id).collect();
+    let claims = match claim_all(&ctx, &ids).await {
+        Ok(claims) => claims.into_iter().map(|(_, c)| Ok(c)).collect(),
+        Err(e) if jobs.len() > 1 => {
+            // One bad row must not hold up the rest: claim them one by one.
+            tracing::warn!(error = %e, batch = jobs.len(), "batch claim failed; claiming one by one");
+            let mut each = Vec::with_capacity(ids.len());
+            for id in &ids {
+                each.push(
+                    claim_all(&ctx, std::slice::from_ref(id))
+                        .await
+                        .map(|mut c| c.pop().map_or(Err(NotClaimed::Missing), |(_, c)| c)),
+                );
+            }
+            each
+        }
+        Err(e) => vec![Err(e)],
     };
-    match process(&ctx, kind, &message).await {
+    let runs = jobs
+        .into_iter()
+        .zip(claims)
+        .map(|((message, delivery), claim)| {
+            let ctx = ctx.clone();
+            async move {
+                let disposition = match claim {
+                    Ok(claim) => run_claimed(&ctx, &message, claim).await,
+                    Err(e) => Err(e),
+                };
+                settle(&message, &delivery, disposition).await;
+            }
+        });
+    futures_util::future::join_all(runs).await;
+}
+
+/// One transaction claiming `ids` (see `deliveries::claim_batch`).
+async fn claim_all(
+    ctx: &Context,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Result<Claimed, NotClaimed>)>, DbError> {
+    let mut tx = ctx.pool.begin().await?;
+    let claims = deliveries::claim_batch(&mut tx, ids, &ctx.worker_id, ctx.lease_seconds).await?;
+    tx.commit().await?;
+    Ok(claims)
+}
+
+/// Acks, dead-letters or requeues a message once its outcome is known.
+async fn settle(
+    message: &JobMessage,
+    delivery: &Delivery,
+    disposition: Result<Disposition, DbError>,
+) {
+    match disposition {
         Ok(Disposition::DeadLetter) => {
             courier_shared::queue::nack(&delivery.acker, false).await;
         }
@@ -182,27 +270,12 @@ async fn handle(ctx: Arc<Context>, kind: DeliveryKind, delivery: Delivery) {
     }
 }
 
-async fn process(
+async fn run_claimed(
     ctx: &Arc<Context>,
-    kind: DeliveryKind,
     message: &JobMessage,
+    claim: Result<Claimed, NotClaimed>,
 ) -> Result<Disposition, DbError> {
-    if message.kind != kind {
-        tracing::warn!(delivery_id = %message.delivery_id, expected = %kind, got = %message.kind, "message on the wrong queue");
-    }
-    let claimed = {
-        let mut tx = ctx.pool.begin().await?;
-        let claimed = deliveries::claim(
-            &mut tx,
-            message.delivery_id,
-            &ctx.worker_id,
-            ctx.lease_seconds,
-        )
-        .await?;
-        tx.commit().await?;
-        claimed
-    };
-    let claimed = match claimed {
+    let claimed = match claim {
         Ok(c) => c,
         Err(reason) => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +299,22 @@ async fn process(
         (schedule, &ctx.retry.waiting),
         rand::random(),
     );
-    tracing::info!(delivery_id = %claimed.id, attempt = claimed.attempt, outcome = %record.outcome, next = %record.next, "attempt finished");
+    tracing::debug!(delivery_id = %claimed.id, attempt = claimed.attempt, outcome = %record.outcome, next = %record.next, "attempt finished");
+
+    // The common case goes through the batch completer; whatever it declines
+    // (or a batch that failed) is recorded one by one below.
+    if record.next == DeliveryStatus::Succeeded && claimed.purpose == Purpose::Deliver {
+        let success = Success {
+            id: claimed.id,
+            order_id: claimed.order_id,
+            attempt: claimed.attempt,
+            response: record.response.clone(),
+        };
+        if ctx.completer.complete(success).await == Ok(true) {
+            ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            return Ok(Disposition::Ack);
+        }
+    }
 
     // The action has happened (or not); the record must reach the database.
     // Retry it through short outages, within the lease.

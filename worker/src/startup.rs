@@ -80,9 +80,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         .map(|k| courier_shared::crypto::KeyCipher::from_base64(k.expose()))
         .transpose()
         .context("keys.encryption_key")?;
+    let completer = crate::completer::Completer::start(pool.clone(), worker_id.clone());
     let ctx = Arc::new(Context {
         pool,
         worker_id,
+        completer,
         lease_seconds: settings.worker.lease_seconds,
         shutdown_grace: std::time::Duration::from_secs(u64::from(
             settings.worker.shutdown_grace_seconds,

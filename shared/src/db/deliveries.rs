@@ -8,6 +8,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::events::{self, NewEvent};
+use super::statuses::{self, Change};
 use crate::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus, Purpose};
 use crate::domain::order::{ItemStatus, OrderStatus};
 use crate::domain::rollup;
@@ -30,18 +31,6 @@ pub struct DeliveryRow {
 
 pub async fn insert(conn: &mut PgConnection, d: &DeliveryRow) -> Result<(), sqlx::Error> {
     insert_as(conn, d, DeliveryStatus::Queued, None).await
-}
-
-/// Inserts a delivery parked for an admin (`held`, with the reason) instead
-/// of queued: this installation cannot run it now (a secret or supplier
-/// configuration went away since the product was saved). No job is
-/// published; an admin retries it once the configuration is back.
-pub async fn insert_held(
-    conn: &mut PgConnection,
-    d: &DeliveryRow,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    insert_as(conn, d, DeliveryStatus::Held, Some(reason)).await
 }
 
 async fn insert_as(
@@ -96,105 +85,132 @@ pub enum NotClaimed {
     NotClaimable(DeliveryStatus),
 }
 
-/// Claims `id` for `worker`: queued/retrying/waiting → running, attempt + 1,
-/// lease set, in one conditional UPDATE; then opens the attempt row and moves
-/// the item and order to processing. Anything else is `NotClaimed`, and the
-/// caller acks the message: a redelivered message can never run a job twice.
+/// Claims `id` for `worker` (`claim_batch` of one).
 pub async fn claim(
     conn: &mut PgConnection,
     id: Uuid,
     worker: &str,
     lease_seconds: u32,
 ) -> Result<Result<Claimed, NotClaimed>, DbError> {
+    let mut claimed = claim_batch(conn, &[id], worker, lease_seconds).await?;
+    Ok(claimed
+        .pop()
+        .map_or(Err(NotClaimed::Missing), |(_, claim)| claim))
+}
+
+/// Claims every delivery of `ids` that is claimable for `worker`:
+/// queued/retrying/waiting → running, attempt + 1, lease set, its attempt row
+/// opened — one guarded UPDATE for all of them — then moves their items and
+/// orders to processing through `statuses::write`. Anything else is
+/// `NotClaimed`, and the caller acks its message: a redelivered message can
+/// never run a job twice. Answers one entry per id, in the order given.
+pub async fn claim_batch(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    worker: &str,
+    lease_seconds: u32,
+) -> Result<Vec<(Uuid, Result<Claimed, NotClaimed>)>, DbError> {
     for from in DeliveryStatus::CLAIMABLE {
         from.transition(DeliveryStatus::Running)?;
     }
-    // Lock order: the order row first, as `record`, the rescuer and the admin
-    // actions do, so a claim never deadlocks with them.
-    let order_id: Option<Uuid> =
-        sqlx::query_scalar("SELECT order_id FROM deliveries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(order_id) = order_id else {
-        return Ok(Err(NotClaimed::Missing));
-    };
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
+    // Lock order: the orders' rows first, as `record`, the rescuer and the
+    // admin actions do, so a claim never deadlocks with them.
+    let orders = statuses::lock_orders_of(conn, ids).await?;
     let claimable: Vec<&str> = DeliveryStatus::CLAIMABLE
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let row = sqlx::query(
-        "WITH prev AS (SELECT id, status FROM deliveries WHERE id = $1 FOR UPDATE) \
-         UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
-           lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
-         FROM prev WHERE d.id = prev.id AND prev.status = ANY($4) \
-         RETURNING d.order_id, d.item_id, d.kind, d.purpose, d.payload, d.attempts, d.failures, d.waiting_since, d.target, prev.status AS prev_status",
+    let rows = sqlx::query(
+        "WITH c AS (UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
+             lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
+           WHERE d.id = ANY($1) AND d.status = ANY($4) \
+           RETURNING d.id, d.order_id, d.item_id, d.kind, d.purpose, d.payload, d.attempts, \
+             d.failures, d.waiting_since, d.target), \
+         a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
+           SELECT id, attempts, $2 FROM c) \
+         SELECT c.*, i.delivery_status AS item_status FROM c \
+           LEFT JOIN order_items i ON i.id = c.item_id",
     )
-    .bind(id)
+    .bind(ids)
     .bind(worker)
     .bind(f64::from(lease_seconds))
     .bind(&claimable)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(row) = row else {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        return Ok(Err(match status {
-            None => NotClaimed::Missing,
-            Some(s) => NotClaimed::NotClaimable(s.parse()?),
-        }));
-    };
-    let kind: String = row.try_get("kind")?;
-    let claimed = Claimed {
-        id,
-        order_id: row.try_get("order_id")?,
-        item_id: row.try_get("item_id")?,
-        kind: kind.parse()?,
-        purpose: row.try_get::<String, _>("purpose")?.parse()?,
-        payload: row.try_get("payload")?,
-        attempt: row.try_get("attempts")?,
-        failures: row.try_get("failures")?,
-        waiting_since: row.try_get("waiting_since")?,
-        target: row.try_get("target")?,
-    };
-    sqlx::query("INSERT INTO delivery_attempts (delivery_id, attempt, worker) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(claimed.attempt)
-        .bind(worker)
-        .execute(&mut *conn)
-        .await?;
-    let actor = format!("worker:{worker}");
-    if let (Purpose::Deliver, Some(item_id)) = (claimed.purpose, claimed.item_id) {
-        set_item_status(
-            conn,
-            claimed.order_id,
-            item_id,
-            ItemStatus::Processing,
-            &actor,
-        )
-        .await?;
-        set_order_status(conn, claimed.order_id, OrderStatus::Processing, &actor).await?;
+    let mut claimed = std::collections::HashMap::with_capacity(rows.len());
+    let mut items = Vec::new();
+    let mut moved_orders = std::collections::HashSet::new();
+    for row in &rows {
+        let c = Claimed {
+            id: row.try_get("id")?,
+            order_id: row.try_get("order_id")?,
+            item_id: row.try_get("item_id")?,
+            kind: row.try_get::<String, _>("kind")?.parse()?,
+            purpose: row.try_get::<String, _>("purpose")?.parse()?,
+            payload: row.try_get("payload")?,
+            attempt: row.try_get("attempts")?,
+            failures: row.try_get("failures")?,
+            waiting_since: row.try_get("waiting_since")?,
+            target: row.try_get("target")?,
+        };
+        if let (Purpose::Deliver, Some(item_id)) = (c.purpose, c.item_id) {
+            let from: ItemStatus = row.try_get::<String, _>("item_status")?.parse()?;
+            if let Some(to) = rollup::item_move(from, ItemStatus::Processing)?
+                && !items.iter().any(|i: &Change<ItemStatus>| i.id == item_id)
+            {
+                items.push(Change { id: item_id, from, to });
+            }
+            moved_orders.insert(c.order_id);
+        }
+        claimed.insert(c.id, c);
     }
-    events::record(
-        conn,
-        NewEvent {
-            order_id: claimed.order_id,
-            delivery_id: Some(id),
-            kind: "delivery.started",
-            message: format!("attempt {} started", claimed.attempt),
-            actor: &actor,
-            data: json!({ "attempt": claimed.attempt }),
-        },
-    )
-    .await?;
-    Ok(Ok(claimed))
+    let mut order_changes = Vec::new();
+    for (order_id, from, _) in &orders {
+        if moved_orders.contains(order_id)
+            && let Some(to) = rollup::order_move(*from, OrderStatus::Processing)?
+        {
+            order_changes.push(Change {
+                id: *order_id,
+                from: *from,
+                to,
+            });
+        }
+    }
+    statuses::write(conn, &items, &order_changes, &format!("worker:{worker}")).await?;
+    let missing: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !claimed.contains_key(id))
+        .copied()
+        .collect();
+    let mut status_of = std::collections::HashMap::new();
+    if !missing.is_empty() {
+        let rows = sqlx::query("SELECT id, status FROM deliveries WHERE id = ANY($1)")
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await?;
+        for r in rows {
+            status_of.insert(
+                r.try_get::<Uuid, _>("id")?,
+                r.try_get::<String, _>("status")?.parse::<DeliveryStatus>()?,
+            );
+        }
+    }
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let claim = match claimed.remove(id) {
+                Some(c) => {
+                    // The same id twice in one batch: the second is a duplicate.
+                    status_of.insert(*id, DeliveryStatus::Running);
+                    Ok(c)
+                }
+                None => Err(status_of
+                    .get(id)
+                    .map_or(NotClaimed::Missing, |s| NotClaimed::NotClaimable(*s))),
+            };
+            (*id, claim)
+        })
+        .collect())
 }
 
 /// The end of one attempt, as the worker reports it.
@@ -237,11 +253,10 @@ pub async fn record(
 ) -> Result<Recorded, DbError> {
     DeliveryStatus::Running.transition(rec.next)?;
     // Serialise roll-ups per order (see the module comment).
-    let revoked: bool =
-        sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(claimed.order_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let revoked = statuses::lock_orders(conn, &[claimed.order_id])
+        .await?
+        .first()
+        .is_some_and(|(_, _, revoked)| *revoked);
     let withdrawn = revoked && claimed.purpose == Purpose::Deliver;
     let adjusted;
     let rec = if withdrawn && rec.next != DeliveryStatus::Succeeded {
@@ -377,18 +392,22 @@ pub async fn record(
         (Some(e), next) => format!("attempt {} failed: {e} (now {next})", claimed.attempt),
         (None, next) => format!("attempt {} ended ({next})", claimed.attempt),
     };
-    events::record(
-        conn,
-        NewEvent {
-            order_id: claimed.order_id,
-            delivery_id: Some(claimed.id),
-            kind: &format!("delivery.{}", rec.next),
-            message,
-            actor: &actor,
-            data: json!({ "attempt": claimed.attempt, "outcome": rec.outcome, "response": rec.response }),
-        },
-    )
-    .await?;
+    // A success is its attempt row (the execution log); every other outcome
+    // changes what happens next, and the timeline says so.
+    if rec.next != DeliveryStatus::Succeeded {
+        events::record(
+            conn,
+            NewEvent {
+                order_id: claimed.order_id,
+                delivery_id: Some(claimed.id),
+                kind: &format!("delivery.{}", rec.next),
+                message,
+                actor: &actor,
+                data: json!({ "attempt": claimed.attempt, "outcome": rec.outcome, "response": rec.response }),
+            },
+        )
+        .await?;
+    }
     if withdrawn {
         // Done, or maybe done (an RCON command written before the error).
         if rec.next == DeliveryStatus::Succeeded || rec.ambiguous {
@@ -407,6 +426,78 @@ pub async fn record(
         _ => {}
     }
     Ok(Recorded::Applied)
+}
+
+/// A succeeded attempt for `record_successes`.
+#[derive(Debug, Clone)]
+pub struct Success {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub attempt: i32,
+    pub response: Option<String>,
+}
+
+/// Records succeeded attempts of `deliver` deliveries in set-based
+/// statements: the orders locked in id order, every delivery and attempt
+/// written by one guarded UPDATE, then one roll-up of their items and orders.
+/// Returns the ids it applied; the others — the lease was lost, or the order
+/// was withdrawn while the attempt ran — are left untouched for `record`,
+/// which handles those cases one by one. The caller's transaction holds it all.
+pub async fn record_successes(
+    conn: &mut PgConnection,
+    worker: &str,
+    done: &[Success],
+) -> Result<Vec<Uuid>, DbError> {
+    DeliveryStatus::Running.transition(DeliveryStatus::Succeeded)?;
+    let mut order_ids: Vec<Uuid> = done.iter().map(|s| s.order_id).collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    let live: Vec<Uuid> = statuses::lock_orders(conn, &order_ids)
+        .await?
+        .into_iter()
+        .filter(|(_, _, revoked)| !revoked)
+        .map(|(id, _, _)| id)
+        .collect();
+    let batch: Vec<&Success> = done.iter().filter(|s| live.contains(&s.order_id)).collect();
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[]) AS u(id, attempt, response)), \
+         done AS (UPDATE deliveries d SET status = 'succeeded', lease_until = NULL, leased_by = NULL, \
+             last_error = NULL, updated_at = now(), completed_at = now(), next_attempt_at = NULL, \
+             waiting_since = NULL \
+           FROM u WHERE d.id = u.id AND d.status = 'running' AND d.leased_by = $4 \
+             AND d.attempts = u.attempt AND d.purpose = 'deliver' \
+           RETURNING d.id, d.item_id, u.attempt, u.response), \
+         a AS (UPDATE delivery_attempts a SET finished_at = now(), outcome = 'succeeded', \
+             error = NULL, response = done.response \
+           FROM done WHERE a.delivery_id = done.id AND a.attempt = done.attempt) \
+         SELECT id, item_id FROM done",
+    )
+    .bind(batch.iter().map(|s| s.id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|s| s.attempt).collect::<Vec<_>>())
+    .bind(batch.iter().map(|s| s.response.as_deref()).collect::<Vec<_>>())
+    .bind(worker)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut applied = Vec::with_capacity(rows.len());
+    let mut items = Vec::with_capacity(rows.len());
+    for r in &rows {
+        applied.push(r.try_get::<Uuid, _>("id")?);
+        if let Some(item) = r.try_get::<Option<Uuid>, _>("item_id")? {
+            items.push(item);
+        }
+    }
+    let touched: Vec<Uuid> = batch
+        .iter()
+        .filter(|s| applied.contains(&s.id))
+        .map(|s| s.order_id)
+        .collect();
+    if !touched.is_empty() {
+        roll_up_orders(conn, &touched, &items, &format!("worker:{worker}")).await?;
+    }
+    Ok(applied)
 }
 
 /// Gives up on a delivery that is not running (an admin discard, a refund or
@@ -447,7 +538,7 @@ pub async fn cancel(
 }
 
 /// Recomputes the item's status from its deliveries, then the order's from its
-/// items, writing each change through the guarded setters. The caller holds the
+/// items, writing each change through `statuses::write`. The caller holds the
 /// order's row lock.
 pub async fn roll_up(
     conn: &mut PgConnection,
@@ -455,93 +546,90 @@ pub async fn roll_up(
     item_id: Uuid,
     actor: &str,
 ) -> Result<(), DbError> {
-    let statuses: Vec<String> = sqlx::query_scalar(
-        "SELECT status FROM deliveries WHERE item_id = $1 AND purpose = 'deliver'",
+    roll_up_orders(conn, &[order_id], &[item_id], actor).await
+}
+
+/// `roll_up` for several orders at once: the items of `item_ids` follow their
+/// deliveries, then each order of `order_ids` follows its items. One read of
+/// every item of those orders with its deliveries' statuses, one write of
+/// what changed. The caller holds the orders' row locks (`statuses::lock_orders`).
+pub async fn roll_up_orders(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+    item_ids: &[Uuid],
+    actor: &str,
+) -> Result<(), DbError> {
+    let rows = sqlx::query(
+        "SELECT i.order_id, i.id, i.delivery_status, o.status AS order_status, \
+           EXISTS (SELECT 1 FROM item_keys k WHERE k.item_id = i.id) AS has_keys, \
+           coalesce(array_agg(d.status) FILTER (WHERE d.id IS NOT NULL), '{}') AS deliveries \
+         FROM order_items i JOIN orders o ON o.id = i.order_id \
+           LEFT JOIN deliveries d ON d.item_id = i.id AND d.purpose = 'deliver' \
+         WHERE i.order_id = ANY($1) GROUP BY i.id, o.status",
     )
-    .bind(item_id)
+    .bind(order_ids)
     .fetch_all(&mut *conn)
     .await?;
-    let statuses = statuses
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<Vec<DeliveryStatus>, _>>()?;
-    let item_status = rollup::item_status(&statuses);
-    if item_status == ItemStatus::Delivered {
-        // A key item passes through `fulfilled` (key obtained) on its way to
-        // `delivered` (key available to the customer).
-        let has_keys: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM item_keys WHERE item_id = $1) \
-               AND (SELECT delivery_status FROM order_items WHERE id = $1) NOT IN ('delivered', 'fulfilled')",
-        )
-            .bind(item_id)
-            .fetch_one(&mut *conn)
-            .await?;
-        if has_keys {
-            set_item_status(conn, order_id, item_id, ItemStatus::Fulfilled, actor).await?;
+    let mut item_changes = Vec::new();
+    let mut by_order: std::collections::HashMap<Uuid, (OrderStatus, Vec<ItemStatus>)> =
+        std::collections::HashMap::new();
+    for r in &rows {
+        let id: Uuid = r.try_get("id")?;
+        let order_id: Uuid = r.try_get("order_id")?;
+        let mut status: ItemStatus = r.try_get::<String, _>("delivery_status")?.parse()?;
+        if item_ids.contains(&id) {
+            let deliveries = r
+                .try_get::<Vec<String>, _>("deliveries")?
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<DeliveryStatus>, _>>()?;
+            let implied = rollup::item_status(&deliveries);
+            if let Some(to) = rollup::item_rollup(status, implied, r.try_get("has_keys")?)? {
+                item_changes.push(Change {
+                    id,
+                    from: status,
+                    to,
+                });
+                status = to;
+            }
+        }
+        let order_status: OrderStatus = r.try_get::<String, _>("order_status")?.parse()?;
+        by_order
+            .entry(order_id)
+            .or_insert_with(|| (order_status, Vec::new()))
+            .1
+            .push(status);
+    }
+    let mut order_changes = Vec::new();
+    for (id, (from, items)) in by_order {
+        if let Some(implied) = rollup::order_status(&items)
+            && let Some(to) = rollup::order_move(from, implied)?
+        {
+            order_changes.push(Change { id, from, to });
         }
     }
-    set_item_status(
-        conn,
-        order_id,
-        item_id,
-        rollup::item_status(&statuses),
-        actor,
-    )
-    .await?;
-    let items: Vec<String> =
-        sqlx::query_scalar("SELECT delivery_status FROM order_items WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let items = items
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<Vec<ItemStatus>, _>>()?;
-    if let Some(status) = rollup::order_status(&items) {
-        set_order_status(conn, order_id, status, actor).await?;
-    }
-    Ok(())
+    statuses::write(conn, &item_changes, &order_changes, actor).await
 }
 
 /// Moves an item to `to` if its state machine allows it from the current
-/// status; no-op when already there or revoked. Writes the timeline event.
+/// status; no-op when already there or revoked. The caller holds the order's
+/// row lock.
 pub async fn set_item_status(
     conn: &mut PgConnection,
-    order_id: Uuid,
     item_id: Uuid,
     to: ItemStatus,
     actor: &str,
 ) -> Result<bool, DbError> {
     let current: String =
-        sqlx::query_scalar("SELECT delivery_status FROM order_items WHERE id = $1 FOR UPDATE")
+        sqlx::query_scalar("SELECT delivery_status FROM order_items WHERE id = $1")
             .bind(item_id)
             .fetch_one(&mut *conn)
             .await?;
     let from: ItemStatus = current.parse()?;
-    // A revoked item stays so: what its deliveries do after a withdrawal
-    // (a roll-up, a late success) no longer moves it.
-    if from == to || from == ItemStatus::Revoked {
+    let Some(to) = rollup::item_move(from, to)? else {
         return Ok(false);
-    }
-    from.transition(to)?;
-    sqlx::query("UPDATE order_items SET delivery_status = $3, updated_at = now() WHERE id = $1 AND delivery_status = $2")
-        .bind(item_id)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .execute(&mut *conn)
-        .await?;
-    events::record(
-        conn,
-        NewEvent {
-            order_id,
-            delivery_id: None,
-            kind: "item.status",
-            message: format!("item {from} → {to}"),
-            actor,
-            data: json!({ "item_id": item_id, "from": from, "to": to }),
-        },
-    )
-    .await?;
+    };
+    statuses::write(conn, &[Change { id: item_id, from, to }], &[], actor).await?;
     Ok(true)
 }
 
@@ -559,33 +647,9 @@ pub async fn set_order_status(
         .fetch_one(&mut *conn)
         .await?;
     let from: OrderStatus = current.parse()?;
-    // A refund or cancel has the last word: delivery progress (a claim, a
-    // roll-up, an admin retry) no longer moves the order's status.
-    if from == to || from.is_final() || (!from.follows_deliveries() && to.follows_deliveries()) {
+    let Some(to) = rollup::order_move(from, to)? else {
         return Ok(false);
-    }
-    from.transition(to)?;
-    sqlx::query(
-        "UPDATE orders SET status = $3, updated_at = now(), \
-           completed_at = CASE WHEN $3 = 'completed' THEN now() ELSE completed_at END \
-         WHERE id = $1 AND status = $2",
-    )
-    .bind(order_id)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .execute(&mut *conn)
-    .await?;
-    events::record(
-        conn,
-        NewEvent {
-            order_id,
-            delivery_id: None,
-            kind: &format!("order.{to}"),
-            message: format!("order {from} → {to}"),
-            actor,
-            data: json!({ "from": from, "to": to }),
-        },
-    )
-    .await?;
+    };
+    statuses::write(conn, &[], &[Change { id: order_id, from, to }], actor).await?;
     Ok(true)
 }

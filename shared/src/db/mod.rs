@@ -1,6 +1,7 @@
 //! Database access. Functions take `&mut PgConnection` so callers compose them
 //! inside one transaction; status changes are guarded by the expected status.
 
+pub mod accept;
 pub mod api_keys;
 pub mod catalog;
 pub mod dead_letters;
@@ -14,6 +15,7 @@ pub mod payment_events;
 pub mod payments;
 pub mod refunds;
 pub mod rescue;
+pub mod statuses;
 
 use std::time::Duration;
 

@@ -38,43 +38,6 @@ pub struct OrderRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Inserts the order; a unique violation (order number, idempotency key) is
-/// returned as is for the caller to interpret.
-pub async fn insert_order(conn: &mut PgConnection, o: &OrderRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
-           customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
-           currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, discount, \
-           created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-           CASE WHEN $4 = 'paid' THEN $21 END, $19, $20, $21, $21)",
-    )
-    .bind(o.id)
-    .bind(&o.order_number)
-    .bind(o.status.as_str())
-    .bind(o.payment_status.as_str())
-    .bind(&o.gateway)
-    .bind(&o.transaction_id)
-    .bind(&o.customer_name)
-    .bind(&o.customer_email)
-    .bind(&o.customer_phone)
-    .bind(&o.game_username)
-    .bind(&o.game_uuid)
-    .bind(&o.discord_user_id)
-    .bind(&o.currency)
-    .bind(o.subtotal)
-    .bind(o.tax)
-    .bind(o.total)
-    .bind(&o.idempotency_key)
-    .bind(&o.request_hash)
-    .bind(&o.customer_ip)
-    .bind(o.discount)
-    .bind(o.created_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 #[derive(Debug, Clone)]
 pub struct ItemRow {
     pub id: Uuid,
@@ -87,27 +50,6 @@ pub struct ItemRow {
     pub unit_price: Decimal,
     pub total: Decimal,
     pub custom_fields: Value,
-}
-
-pub async fn insert_item(conn: &mut PgConnection, i: &ItemRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO order_items (id, order_id, position, product_id, sku, product_name, quantity, \
-           unit_price, total, delivery_status, custom_fields) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
-    )
-    .bind(i.id)
-    .bind(i.order_id)
-    .bind(i.position)
-    .bind(i.product_id)
-    .bind(&i.sku)
-    .bind(&i.product_name)
-    .bind(i.quantity)
-    .bind(i.unit_price)
-    .bind(i.total)
-    .bind(&i.custom_fields)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// What `POST /v1/orders` answers: the order and a summary per item, small
@@ -456,7 +398,7 @@ pub async fn load_view(
         }
     }
 
-    let timeline = sqlx::query("SELECT * FROM order_events WHERE order_id = $1 ORDER BY id")
+    let stored = sqlx::query("SELECT * FROM order_events WHERE order_id = $1 ORDER BY id")
         .bind(order_id)
         .fetch_all(&mut *conn)
         .await?
@@ -472,6 +414,7 @@ pub async fn load_view(
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
+    let timeline = with_attempts(stored, &deliveries);
 
     let refunds = crate::db::refunds::refunds_of(conn, order_id).await?;
     let disputes = crate::db::disputes::disputes_of(conn, order_id).await?;
@@ -546,6 +489,44 @@ pub async fn load_view(
         evidence,
         timeline,
     }))
+}
+
+/// The timeline as the API shows it: the stored events (one per state change
+/// of the order, and each delivery outcome other than success) merged, by
+/// time, with an entry per attempt started and per attempt succeeded, read
+/// from the attempts — the execution log — rather than stored twice.
+fn with_attempts(stored: Vec<EventView>, deliveries: &[DeliveryView]) -> Vec<EventView> {
+    let mut timeline = Vec::with_capacity(stored.len() + deliveries.len() * 2);
+    for d in deliveries {
+        for a in &d.attempt_history {
+            let actor = format!("worker:{}", a.worker);
+            timeline.push(EventView {
+                at: a.started_at,
+                kind: "delivery.started".into(),
+                message: format!("attempt {} started", a.attempt),
+                actor: actor.clone(),
+                delivery_id: Some(d.id),
+                data: serde_json::json!({ "attempt": a.attempt }),
+            });
+            if let (Some(AttemptOutcome::Succeeded), Some(at)) = (a.outcome, a.finished_at) {
+                timeline.push(EventView {
+                    at,
+                    kind: "delivery.succeeded".into(),
+                    message: format!("attempt {} succeeded", a.attempt),
+                    actor,
+                    delivery_id: Some(d.id),
+                    data: serde_json::json!({
+                        "attempt": a.attempt, "outcome": a.outcome, "response": a.response,
+                    }),
+                });
+            }
+        }
+    }
+    // Stable: at the same instant (one transaction), an attempt comes before
+    // the order status change it caused, and stored entries keep their order.
+    timeline.extend(stored);
+    timeline.sort_by_key(|e| e.at);
+    timeline
 }
 
 /// The part of a delivery's payload that says what was done.

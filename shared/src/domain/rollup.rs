@@ -1,7 +1,49 @@
 //! How an item's status follows from its deliveries, and an order's from its items.
 
+use super::IllegalTransition;
 use super::delivery::DeliveryStatus;
 use super::order::{ItemStatus, OrderStatus};
+
+/// Whether an item at `from` moves to `to`: `None` when it stays (already
+/// there, or revoked — what its deliveries do after a withdrawal no longer
+/// moves it), an error when the state machine forbids the move.
+pub fn item_move(from: ItemStatus, to: ItemStatus) -> Result<Option<ItemStatus>, IllegalTransition> {
+    if from == to || from == ItemStatus::Revoked {
+        return Ok(None);
+    }
+    from.transition(to).map(Some)
+}
+
+/// The status an item takes when its deliveries say `to`. A key item passes
+/// through `fulfilled` (key obtained) on its way to `delivered` (key available
+/// to the customer): both steps are checked, the final one is written.
+pub fn item_rollup(
+    from: ItemStatus,
+    to: ItemStatus,
+    has_keys: bool,
+) -> Result<Option<ItemStatus>, IllegalTransition> {
+    if to == ItemStatus::Delivered
+        && has_keys
+        && !matches!(from, ItemStatus::Delivered | ItemStatus::Fulfilled | ItemStatus::Revoked)
+    {
+        from.transition(ItemStatus::Fulfilled)?;
+        return item_move(ItemStatus::Fulfilled, to).map(|_| Some(to));
+    }
+    item_move(from, to)
+}
+
+/// Whether an order at `from` moves to `to` because of delivery progress:
+/// `None` when it stays — already there, final (refunded, cancelled), or set
+/// by a refund (partially refunded is not moved back by a delivery).
+pub fn order_move(
+    from: OrderStatus,
+    to: OrderStatus,
+) -> Result<Option<OrderStatus>, IllegalTransition> {
+    if from == to || from.is_final() || (!from.follows_deliveries() && to.follows_deliveries()) {
+        return Ok(None);
+    }
+    from.transition(to).map(Some)
+}
 
 /// The item status implied by the statuses of all its deliveries.
 pub fn item_status(deliveries: &[DeliveryStatus]) -> ItemStatus {

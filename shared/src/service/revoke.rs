@@ -127,7 +127,7 @@ pub async fn withdraw(
         .fetch_all(&mut *conn)
         .await?;
         for item in items {
-            deliveries::set_item_status(conn, order_id, item, ItemStatus::Revoked, actor).await?;
+            deliveries::set_item_status(conn, item, ItemStatus::Revoked, actor).await?;
         }
     }
     events::record(

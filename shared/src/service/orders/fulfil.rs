@@ -7,9 +7,10 @@ use uuid::Uuid;
 
 use super::plan::{plan, within_limit};
 use super::{
-    CreateOrderError, Customer, Game, NewItem, NewOrder, NewPaymentStatus, insert_deliveries,
-    products_of, undeliverable,
+    CreateOrderError, Customer, Game, NewItem, NewOrder, NewPaymentStatus, alert_held, products_of,
+    undeliverable,
 };
+use crate::db::accept::{self, AcceptRows};
 use crate::db::events::{self, NewEvent};
 use crate::db::orders;
 use crate::domain::order::{OrderStatus, PaymentStatus};
@@ -140,10 +141,13 @@ pub async fn start_fulfilment(
     match planned {
         Ok(plan) => {
             let held = undeliverable(&products, rules);
-            insert_deliveries(conn, &number, &plan.deliveries, &held).await?;
-            events::record(
-                conn,
-                NewEvent {
+            let rows = AcceptRows {
+                order: None,
+                order_id,
+                items: &[],
+                deliveries: &plan.deliveries,
+                held: &held,
+                event: NewEvent {
                     order_id,
                     delivery_id: None,
                     kind: "payment.received",
@@ -154,8 +158,9 @@ pub async fn start_fulfilment(
                     actor,
                     data: json!({}),
                 },
-            )
-            .await?;
+            };
+            let held_count = accept::write(&mut *conn, rows).await?;
+            alert_held(conn, order_id, &number, &plan.deliveries, &held, held_count).await?;
             Ok(Fulfilment::Started(plan.deliveries.len()))
         }
         Err(e) => {

@@ -23,10 +23,10 @@ pub use self::validate::{request_hash, validate};
 use super::Invalid;
 use super::deliverable::AcceptRules;
 use crate::db::catalog::{self, Product};
-use crate::db::deliveries::{self, DeliveryRow};
-use crate::db::events::{self, NewEvent};
+use crate::db::accept::{self, AcceptRows};
+use crate::db::deliveries::DeliveryRow;
+use crate::db::events::NewEvent;
 use crate::db::orders::{self, OrderSummary};
-use crate::db::outbox;
 use crate::error::{DbError, violated_constraint};
 
 /// Body of `POST /v1/orders`.
@@ -178,14 +178,16 @@ pub async fn create_order(
     deliverable(&order, &products, rules)?;
     within_limit(&order, &products, rules)?;
 
+    let mut conn = pool.acquire().await?;
     for _ in 0..3 {
         let plan = plan(&order, &products, idempotency_key, &hash, None)?;
-        let mut tx = pool.begin().await?;
-        match orders::insert_order(&mut tx, &plan.order).await {
+        // One statement, so no explicit transaction: it commits or not as a whole.
+        // Refused above if anything could not be delivered: nothing is held.
+        match write_plan(&mut conn, &plan, idempotency_key, actor, &HashMap::new()).await {
             Ok(()) => {}
             Err(e) if violated_constraint(&e) == Some("orders_order_number_key") => continue,
             Err(e) if violated_constraint(&e) == Some("orders_idempotency_key_key") => {
-                drop(tx);
+                drop(conn);
                 // A concurrent request with the same key won the race.
                 let key = idempotency_key.unwrap_or_default();
                 return replay(pool, key, &hash)
@@ -194,9 +196,6 @@ pub async fn create_order(
             }
             Err(e) => return Err(e.into()),
         }
-        // Refused above if anything could not be delivered: nothing is held.
-        insert_plan(&mut tx, &plan, idempotency_key, actor, &HashMap::new()).await?;
-        tx.commit().await?;
         // Answered from what was written, not read back.
         return Ok(Accepted {
             order: plan.summary(),
@@ -253,23 +252,23 @@ pub(super) async fn products_of(
         .collect())
 }
 
-/// Writes the items, deliveries, outbox rows and the timeline entry of a
-/// planned order whose order row is already inserted.
-async fn insert_plan(
+/// Writes a planned order — the order, items, deliveries, outbox rows and
+/// the timeline entry — in one statement (`db::accept`).
+async fn write_plan(
     conn: &mut PgConnection,
     plan: &Plan,
     idempotency_key: Option<&str>,
     actor: &str,
     held: &HashMap<Uuid, String>,
 ) -> Result<(), sqlx::Error> {
-    for item in &plan.items {
-        orders::insert_item(conn, item).await?;
-    }
-    insert_deliveries(conn, &plan.order.order_number, &plan.deliveries, held).await?;
     let o = &plan.order;
-    events::record(
-        conn,
-        NewEvent {
+    let rows = AcceptRows {
+        order: Some(o),
+        order_id: o.id,
+        items: &plan.items,
+        deliveries: &plan.deliveries,
+        held,
+        event: NewEvent {
             order_id: o.id,
             delivery_id: None,
             kind: "order.created",
@@ -283,44 +282,36 @@ async fn insert_plan(
             actor,
             data: json!({ "idempotency_key": idempotency_key }),
         },
-    )
-    .await
+    };
+    let held_count = accept::write(&mut *conn, rows).await?;
+    alert_held(conn, o.id, &o.order_number, &plan.deliveries, held, held_count).await
 }
 
-/// Queues the deliveries; one of an action in `held` (this installation
-/// cannot run it now, see `undeliverable`) is parked `held` with the reason
-/// instead, and one admin alert per order says so.
-pub(super) async fn insert_deliveries(
+/// One admin alert per order whose deliveries were held at accept (see
+/// `undeliverable`).
+pub(super) async fn alert_held(
     conn: &mut PgConnection,
+    order_id: Uuid,
     order_number: &str,
     rows: &[DeliveryRow],
     held: &HashMap<Uuid, String>,
+    held_count: usize,
 ) -> Result<(), sqlx::Error> {
-    let mut first_held = None;
-    for d in rows {
-        match d.action_id.and_then(|a| held.get(&a)) {
-            None => {
-                deliveries::insert(conn, d).await?;
-                outbox::enqueue_job(conn, d.id, d.kind).await?;
-            }
-            Some(reason) => {
-                deliveries::insert_held(conn, d, &format!("not deliverable: {reason}")).await?;
-                first_held.get_or_insert((d.order_id, reason));
-            }
-        }
+    if held_count == 0 {
+        return Ok(());
     }
-    if let Some((order_id, reason)) = first_held {
-        crate::db::keys::alert(
-            conn,
-            "undeliverable_order",
-            &format!(
-                "order {order_number} was paid, but {reason}; its deliveries are held: fix the configuration, then retry them"
-            ),
-            &order_id.to_string(),
-        )
-        .await?;
-    }
-    Ok(())
+    let Some(reason) = rows.iter().find_map(|d| d.action_id.and_then(|a| held.get(&a))) else {
+        return Ok(());
+    };
+    crate::db::keys::alert(
+        conn,
+        "undeliverable_order",
+        &format!(
+            "order {order_number} was paid, but {reason}; its deliveries are held: fix the configuration, then retry them"
+        ),
+        &order_id.to_string(),
+    )
+    .await
 }
 
 /// Accepts an order inside the caller's transaction (a payment webhook, whose
@@ -342,9 +333,8 @@ pub async fn create_order_in(
     let products = products_of(conn, order).await?;
     within_limit(order, &products, rules)?;
     let plan = plan(order, &products, idempotency_key, &hash, None)?;
-    orders::insert_order(conn, &plan.order).await?;
     let held = undeliverable(&products, rules);
-    insert_plan(conn, &plan, idempotency_key, actor, &held).await?;
+    write_plan(conn, &plan, idempotency_key, actor, &held).await?;
     Ok(plan.order.id)
 }
 

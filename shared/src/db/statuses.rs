@@ -1,0 +1,114 @@
+//! The one writer of `order_items.delivery_status` and `orders.status` after
+//! an order is accepted. Every change carries the status it expects to
+//! replace; a row that is no longer there is an error (the caller's
+//! transaction rolls back), never a silent overwrite. Each order status
+//! change writes its timeline entry; item changes are not timeline entries
+//! (an item follows its deliveries, whose attempts are the execution log).
+//!
+//! Callers hold the orders' row locks (see `lock_orders`), so the statuses
+//! they read and the changes they write cannot interleave with another
+//! writer's.
+
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::order::{ItemStatus, OrderStatus};
+use crate::error::DbError;
+
+/// One status change: `id` from `from` to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change<S> {
+    pub id: Uuid,
+    pub from: S,
+    pub to: S,
+}
+
+/// Locks the rows of these orders in id order — every writer that locks more
+/// than one order does it this way, so two batches cannot deadlock — and
+/// returns each order's status and whether it was withdrawn (`revoked_at`).
+pub async fn lock_orders(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, status, revoked_at IS NOT NULL AS revoked FROM orders \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    locked(&rows)
+}
+
+/// `lock_orders` for the orders of these deliveries.
+pub async fn lock_orders_of(
+    conn: &mut PgConnection,
+    delivery_ids: &[Uuid],
+) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, status, revoked_at IS NOT NULL AS revoked FROM orders \
+         WHERE id IN (SELECT order_id FROM deliveries WHERE id = ANY($1)) ORDER BY id FOR UPDATE",
+    )
+    .bind(delivery_ids)
+    .fetch_all(conn)
+    .await?;
+    locked(&rows)
+}
+
+fn locked(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                r.try_get::<String, _>("status")?.parse()?,
+                r.try_get("revoked")?,
+            ))
+        })
+        .collect()
+}
+
+/// Writes item and order status changes in one statement, checking that
+/// every row changed; the order changes get their timeline entries
+/// (`order.<to>`, by `actor`).
+pub async fn write(
+    conn: &mut PgConnection,
+    items: &[Change<ItemStatus>],
+    orders: &[Change<OrderStatus>],
+    actor: &str,
+) -> Result<(), DbError> {
+    if items.is_empty() && orders.is_empty() {
+        return Ok(());
+    }
+    let row = sqlx::query(
+        "WITH iu AS (UPDATE order_items i SET delivery_status = u.to_s, updated_at = now() \
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, from_s, to_s) \
+           WHERE i.id = u.id AND i.delivery_status = u.from_s RETURNING i.id), \
+         ou AS (UPDATE orders o SET status = u.to_s, updated_at = now(), \
+             completed_at = CASE WHEN u.to_s = 'completed' THEN now() ELSE o.completed_at END \
+           FROM UNNEST($4::uuid[], $5::text[], $6::text[]) AS u(id, from_s, to_s) \
+           WHERE o.id = u.id AND o.status = u.from_s RETURNING o.id, u.from_s, u.to_s), \
+         ev AS (INSERT INTO order_events (order_id, kind, message, actor, data) \
+           SELECT id, 'order.' || to_s, 'order ' || from_s || ' → ' || to_s, $7, \
+             jsonb_build_object('from', from_s, 'to', to_s) FROM ou) \
+         SELECT (SELECT count(*) FROM iu) AS items, (SELECT count(*) FROM ou) AS orders",
+    )
+    .bind(items.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(items.iter().map(|c| c.from.as_str()).collect::<Vec<_>>())
+    .bind(items.iter().map(|c| c.to.as_str()).collect::<Vec<_>>())
+    .bind(orders.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|c| c.from.as_str()).collect::<Vec<_>>())
+    .bind(orders.iter().map(|c| c.to.as_str()).collect::<Vec<_>>())
+    .bind(actor)
+    .fetch_one(conn)
+    .await?;
+    let (changed_items, changed_orders): (i64, i64) =
+        (row.try_get("items")?, row.try_get("orders")?);
+    if changed_items != items.len() as i64 || changed_orders != orders.len() as i64 {
+        return Err(DbError::Corrupt(format!(
+            "status changed under a lock: {changed_items} of {} items, {changed_orders} of {} orders moved",
+            items.len(),
+            orders.len()
+        )));
+    }
+    Ok(())
+}
