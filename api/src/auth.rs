@@ -65,12 +65,66 @@ pub async fn authenticate(
         .map(|(_, k)| k.trim())
         .filter(|k| !k.is_empty())
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+    if let Some(caller) = state.keys.get(key) {
+        return Ok(caller);
+    }
     let found = api_keys::find(&state.pool, key).await?;
-    let key = found.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
-    Ok(Caller {
-        name: key.name,
-        scopes: key.scopes,
-    })
+    let found = found.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+    let caller = Caller {
+        name: found.name,
+        scopes: found.scopes,
+    };
+    state.keys.put(key, &caller);
+    Ok(caller)
+}
+
+/// API keys this process looked up recently (`api.key_cache_seconds`), by
+/// the SHA-256 of the key, so a request costs no query for its key. Only
+/// keys that exist are kept (unknown keys are read every time: a client
+/// guessing keys cannot fill it), at most `KeyCache::MAX` of them.
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    entries: std::sync::RwLock<std::collections::HashMap<Vec<u8>, (Caller, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    const MAX: usize = 10_000;
+
+    pub fn new(ttl: std::time::Duration) -> Self {
+        KeyCache {
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Caller> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&api_keys::hash(key))
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(caller, _)| caller.clone())
+    }
+
+    fn put(&self, key: &str, caller: &Caller) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::MAX {
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            if entries.len() >= Self::MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            api_keys::hash(key),
+            (caller.clone(), std::time::Instant::now()),
+        );
+    }
 }
 
 /// Who may call a route; the router checks it before any body is read, so a

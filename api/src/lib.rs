@@ -22,3 +22,4 @@ pub mod routes;
 pub mod seed;
 pub mod signature;
 pub mod startup;
+pub mod waiters;

@@ -34,6 +34,10 @@ pub struct AppState {
     /// What this installation can deliver and the size cap, for saving
     /// products and accepting orders.
     pub rules: Arc<courier_shared::service::deliverable::AcceptRules>,
+    /// API keys looked up recently.
+    pub keys: Arc<crate::auth::KeyCache>,
+    /// Wakes requests waiting for an order's status to change.
+    pub waiters: Arc<crate::waiters::Waiters>,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -100,6 +104,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         suppliers: Arc::new(settings.suppliers.clone()),
         payments: Arc::new(settings.payments.clone()),
         rules: Arc::new(courier_shared::service::deliverable::AcceptRules::from_settings(settings)),
+        keys: Arc::new(crate::auth::KeyCache::new(std::time::Duration::from_secs(
+            settings.api.key_cache_seconds,
+        ))),
+        waiters: crate::waiters::Waiters::start(pool.clone()),
     };
     let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)

@@ -136,6 +136,10 @@ pub struct ApiSettings {
     pub body_limit_bytes: usize,
     /// Most deliveries one order may plan (a key product plans one per unit).
     pub max_deliveries_per_order: usize,
+    /// How long an API process trusts an API key it looked up (0: every
+    /// request reads `api_keys`). A key revoked in the database stops working
+    /// on a running process within this time.
+    pub key_cache_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -247,6 +251,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("api.bind", "127.0.0.1:8080"),
     ("api.body_limit_bytes", "262144"),
     ("api.max_deliveries_per_order", "1000"),
+    ("api.key_cache_seconds", "10"),
     ("relay.sweep_interval_ms", "1000"),
     ("relay.batch_size", "200"),
     ("relay.retention_hours", "24"),

@@ -16,6 +16,8 @@ async fn quick_throughput_run_completes_every_order_and_reports_ratios() {
         timeout_secs: 120,
         probe_jobs: 500,
         db_pool: 4,
+        worker_concurrency: 4,
+        game_connections: 8,
     })
     .await
     .expect("throughput run");
@@ -27,6 +29,13 @@ async fn quick_throughput_run_completes_every_order_and_reports_ratios() {
             && report.rabbitmq_ceiling_msgs_per_s > 0.0
     );
     assert!(report.end_to_end_vs_postgres.is_finite() && report.end_to_end_vs_rabbitmq.is_finite());
+    assert!(report.pipeline_ceiling_per_s > 0.0 && report.end_to_end_vs_pipeline.is_finite());
+    // Every order at least committed its accept and its completion.
+    assert!(
+        report.cost.transactions_per_order >= 1.0,
+        "{:?}",
+        report.cost
+    );
     assert!(
         report.api_peak_rss_mib > 1.0 && report.worker_peak_rss_mib > 1.0,
         "RSS read from /proc"

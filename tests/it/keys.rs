@@ -91,7 +91,9 @@ async fn falls_back_to_the_second_supplier_and_buys_once() {
         .filter_map(|e| e["message"].as_str())
         .collect();
     let succeeded = messages.iter().position(|m| *m == "attempt 1 succeeded");
-    let completed = messages.iter().position(|m| *m == "order processing → completed");
+    let completed = messages
+        .iter()
+        .position(|m| *m == "order processing → completed");
     assert!(
         succeeded.is_some() && succeeded < completed,
         "the attempt, then the completion: {messages:?}"
@@ -136,8 +138,18 @@ async fn falls_back_to_the_second_supplier_and_buys_once() {
     .await
     .expect("key");
     let (_, seen) = stack
-        .call_as(reader, Method::GET, &format!("/v1/orders/{id}"), None, &[])
+        .call_as(
+            reader,
+            Method::GET,
+            &format!("/v1/orders/{id}?expand=full"),
+            None,
+            &[],
+        )
         .await;
+    assert!(
+        seen["items"][0]["keys"][0]["source"].is_string(),
+        "the key is listed: {seen}"
+    );
     assert!(seen["items"][0]["keys"][0]["code"].is_null(), "{seen}");
     assert!(
         seen["items"][0]["keys"][0]["cost"].is_null(),

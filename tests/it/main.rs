@@ -17,6 +17,7 @@ mod rcon_habits;
 mod redelivery;
 mod rescuer;
 mod retries;
+mod status;
 mod validation;
 
 /// A `courier-worker` process joining `stack` (killed when dropped).

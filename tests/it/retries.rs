@@ -317,7 +317,10 @@ async fn a_command_that_timed_out_after_sending_is_held_not_run_again() {
     let (_, o) = stack
         .call(
             Method::GET,
-            &format!("/v1/orders/{}", order["id"].as_str().expect("id")),
+            &format!(
+                "/v1/orders/{}?expand=full",
+                order["id"].as_str().expect("id")
+            ),
             None,
         )
         .await;

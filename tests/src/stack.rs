@@ -85,7 +85,7 @@ pub fn test_settings() -> (Settings, String) {
 }
 
 /// `url` with its database name replaced.
-fn replace_db(url: &str, db: &str) -> String {
+pub fn replace_db(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, format!("?{q}")),
         None => (url, String::new()),
@@ -439,7 +439,11 @@ impl TestStack {
     /// `GET /v1/orders/{id}` with the admin key (which reveals CD keys); panics unless 200.
     pub async fn order(&self, id: &str) -> Value {
         let (code, order) = self
-            .call(reqwest::Method::GET, &format!("/v1/orders/{id}"), None)
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/orders/{id}?expand=full"),
+                None,
+            )
             .await;
         assert_eq!(code, StatusCode::OK, "{order}");
         order

@@ -57,7 +57,11 @@ async fn run(pool: PgPool, worker_id: String, mut rx: mpsc::Receiver<(Success, R
         let written = write(&pool, &worker_id, &successes).await;
         match &written {
             Ok(applied) => {
-                tracing::debug!(batch = successes.len(), applied = applied.len(), "batch completed")
+                tracing::debug!(
+                    batch = successes.len(),
+                    applied = applied.len(),
+                    "batch completed"
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, batch = successes.len(), "batch completion failed; recording one by one")
@@ -73,7 +77,11 @@ async fn run(pool: PgPool, worker_id: String, mut rx: mpsc::Receiver<(Success, R
     }
 }
 
-async fn write(pool: &PgPool, worker_id: &str, batch: &[Success]) -> Result<Vec<uuid::Uuid>, DbError> {
+async fn write(
+    pool: &PgPool,
+    worker_id: &str,
+    batch: &[Success],
+) -> Result<Vec<uuid::Uuid>, DbError> {
     let mut tx = pool.begin().await?;
     let applied = deliveries::record_successes(&mut tx, worker_id, batch).await?;
     tx.commit().await?;

@@ -1,16 +1,20 @@
 //! `POST /v1/orders` and `GET /v1/orders/{id or order number}`.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use courier_shared::db::orders::{self, OrderSummary, OrderView};
+use axum::response::{IntoResponse, Response};
+use courier_shared::db::orders::{self, OrderStatusView, OrderSummary};
 use courier_shared::domain::ids;
+use courier_shared::domain::order::OrderStatus;
 use courier_shared::service::orders::{NewOrder, create_order};
 use uuid::Uuid;
 
 use crate::auth::{Caller, ORDERS_KEYS, ORDERS_READ, ORDERS_WRITE};
 use crate::error::ApiError;
-use crate::extract::ApiPath;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::json::ValidJson;
 use crate::startup::AppState;
 
@@ -56,22 +60,135 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .transpose()
 }
 
-/// The order with its items, deliveries (with every attempt) and timeline.
+/// Query of `GET /v1/orders/{id}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// `full`: items (with keys), deliveries with every attempt, refunds,
+    /// disputes and the timeline. Without it: the order's own row.
+    pub expand: Option<String>,
+    /// Answer once the order's status is one of these (comma-separated), or
+    /// settled (completed, failed, refunded, partially refunded, cancelled),
+    /// or `timeout` passed — whichever is first.
+    pub wait_for: Option<String>,
+    /// How long to wait: `30s`, `1500ms` or seconds; at most 60 s (default 30 s).
+    pub timeout: Option<String>,
+}
+
+/// Longest `timeout` of a waiting read.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+impl GetQuery {
+    fn full(&self) -> Result<bool, ApiError> {
+        match self.expand.as_deref() {
+            None => Ok(false),
+            Some("full") => Ok(true),
+            Some(other) => Err(invalid(
+                "expand",
+                format!(
+                    "unknown expansion `{}`; the one there is: full",
+                    clip(other)
+                ),
+            )),
+        }
+    }
+
+    /// The statuses to wait for and until when, if the client waits.
+    fn wait(&self) -> Result<Option<(Vec<OrderStatus>, Duration)>, ApiError> {
+        let Some(list) = &self.wait_for else {
+            if self.timeout.is_some() {
+                return Err(invalid("timeout", "timeout needs wait_for"));
+            }
+            return Ok(None);
+        };
+        let statuses = list
+            .split(',')
+            .map(|s| {
+                s.trim().parse::<OrderStatus>().map_err(|_| {
+                    invalid(
+                        "wait_for",
+                        format!(
+                            "`{}` is not an order status; known: {}",
+                            clip(s),
+                            OrderStatus::ALL
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout = match self.timeout.as_deref() {
+            None => Duration::from_secs(30),
+            Some(t) => parse_timeout(t).filter(|d| *d <= MAX_WAIT).ok_or_else(|| {
+                invalid(
+                    "timeout",
+                    format!(
+                        "`{}` is not a duration of at most 60s (e.g. 30s, 1500ms)",
+                        clip(t)
+                    ),
+                )
+            })?,
+        };
+        Ok(Some((statuses, timeout)))
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    courier_shared::service::Invalid::new(field, message).into()
+}
+
+fn clip(s: &str) -> String {
+    courier_shared::domain::clip(s, 40).to_owned()
+}
+
+fn parse_timeout(t: &str) -> Option<Duration> {
+    let t = t.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    let secs = t.strip_suffix('s').unwrap_or(t);
+    secs.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// An order: by default its own row (status, payment, amounts, times — one
+/// indexed read); `?expand=full` for everything. `?wait_for=completed` holds
+/// the request until the status is reached (see `GetQuery`). Answers carry an
+/// `ETag`; `If-None-Match` with the same tag answers `304`.
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
-) -> Result<Json<OrderView>, ApiError> {
+    ApiQuery(query): ApiQuery<GetQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(ORDERS_READ)?;
-    let mut conn = state.pool.acquire().await?;
-    let view = if let Ok(id) = Uuid::parse_str(&reference) {
-        orders::load_view(&mut conn, Some(id), None).await?
+    let full = query.full()?;
+    let wait = query.wait()?;
+    let (id, number) = if let Ok(id) = Uuid::parse_str(&reference) {
+        (Some(id), None)
     } else if ids::looks_like_order_number(&reference) {
-        orders::load_view(&mut conn, None, Some(&reference)).await?
+        (None, Some(reference.as_str()))
     } else {
         return Err(ApiError::invalid_reference());
     };
-    let mut view = view.ok_or_else(|| ApiError::not_found("order"))?;
+    let mut status = {
+        let mut conn = state.pool.acquire().await?;
+        orders::load_status(&mut conn, id, number)
+            .await?
+            .ok_or_else(|| ApiError::not_found("order"))?
+    };
+    if let Some((wanted, timeout)) = wait {
+        status = wait_for(&state, status, &wanted, timeout).await?;
+    }
+    if !full {
+        return Ok(with_etag(&headers, &status));
+    }
     // Codes are decrypted only for callers allowed to see them.
     let cipher = if caller.has(ORDERS_KEYS) {
         state.cipher.as_ref()
@@ -79,8 +196,18 @@ pub async fn get(
         None
     };
     if cipher.is_some() {
-        courier_shared::db::keys::mark_revealed(&mut conn, view.id).await?;
+        let mut conn = state.pool.acquire().await?;
+        courier_shared::db::keys::mark_revealed(&mut conn, status.id).await?;
     }
+    // One snapshot for the whole view: read statement by statement, a
+    // delivery could be seen succeeded without the attempt that did it.
+    let mut conn = state.pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    let mut view = orders::load_view(&mut conn, Some(status.id), None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
     for item in &mut view.items {
         item.keys = courier_shared::db::keys::item_keys(&mut conn, item.id, cipher).await?;
         if !caller.has(crate::auth::ADMIN) {
@@ -89,5 +216,90 @@ pub async fn get(
             }
         }
     }
-    Ok(Json(view))
+    conn.commit().await?;
+    Ok(with_etag(&headers, &view))
+}
+
+/// Holds until the order's status is one of `wanted` or settled, or until
+/// `timeout`; answers its latest row. Woken by the process's one LISTEN
+/// (`waiters`): one read per change of this order, none while nothing changes.
+async fn wait_for(
+    state: &AppState,
+    mut status: OrderStatusView,
+    wanted: &[OrderStatus],
+    timeout: Duration,
+) -> Result<OrderStatusView, ApiError> {
+    let done = |s: &OrderStatusView| {
+        wanted.contains(&s.status)
+            || !matches!(s.status, OrderStatus::Pending | OrderStatus::Processing)
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let waiting = state.waiters.watch(status.id);
+    loop {
+        if done(&status) {
+            return Ok(status);
+        }
+        let notified = waiting.notify.notified();
+        tokio::pin!(notified);
+        // Enabled before the read: a change committed after it still wakes us.
+        notified.as_mut().enable();
+        let mut conn = state.pool.acquire().await?;
+        status = orders::load_status(&mut conn, Some(status.id), None)
+            .await?
+            .ok_or_else(|| ApiError::not_found("order"))?;
+        drop(conn);
+        if done(&status) {
+            return Ok(status);
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => return Ok(status),
+        }
+    }
+}
+
+/// `value` as JSON with a strong `ETag` of its bytes; `304 Not Modified` when
+/// `If-None-Match` names that tag (or `*`).
+fn with_etag<T: serde::Serialize>(headers: &HeaderMap, value: &T) -> Response {
+    use std::hash::{Hash, Hasher};
+    let body = match serde_json::to_vec(value) {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("could not encode the answer: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    let tag = format!("\"{:016x}{:08x}\"", hasher.finish(), body.len());
+    let matches = headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == tag || t == "*");
+    let etag = [
+        (axum::http::header::ETAG, tag),
+        (
+            axum::http::header::CACHE_CONTROL,
+            "private, no-cache".to_owned(),
+        ),
+    ];
+    if matches {
+        return (StatusCode::NOT_MODIFIED, etag).into_response();
+    }
+    (
+        etag,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/json".to_owned(),
+        )],
+        body,
+    )
+        .into_response()
 }

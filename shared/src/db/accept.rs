@@ -102,7 +102,12 @@ pub async fn write(conn: &mut PgConnection, rows: AcceptRows<'_>) -> Result<usiz
         .bind(items.iter().map(|i| i.position).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.product_id).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.sku.as_str()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.product_name.as_str()).collect::<Vec<_>>())
+        .bind(
+            items
+                .iter()
+                .map(|i| i.product_name.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(items.iter().map(|i| i.quantity).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.unit_price).collect::<Vec<Decimal>>())
         .bind(items.iter().map(|i| i.total).collect::<Vec<Decimal>>())

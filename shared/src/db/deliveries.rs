@@ -158,7 +158,11 @@ pub async fn claim_batch(
             if let Some(to) = rollup::item_move(from, ItemStatus::Processing)?
                 && !items.iter().any(|i: &Change<ItemStatus>| i.id == item_id)
             {
-                items.push(Change { id: item_id, from, to });
+                items.push(Change {
+                    id: item_id,
+                    from,
+                    to,
+                });
             }
             moved_orders.insert(c.order_id);
         }
@@ -191,7 +195,8 @@ pub async fn claim_batch(
         for r in rows {
             status_of.insert(
                 r.try_get::<Uuid, _>("id")?,
-                r.try_get::<String, _>("status")?.parse::<DeliveryStatus>()?,
+                r.try_get::<String, _>("status")?
+                    .parse::<DeliveryStatus>()?,
             );
         }
     }
@@ -629,7 +634,17 @@ pub async fn set_item_status(
     let Some(to) = rollup::item_move(from, to)? else {
         return Ok(false);
     };
-    statuses::write(conn, &[Change { id: item_id, from, to }], &[], actor).await?;
+    statuses::write(
+        conn,
+        &[Change {
+            id: item_id,
+            from,
+            to,
+        }],
+        &[],
+        actor,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -650,6 +665,16 @@ pub async fn set_order_status(
     let Some(to) = rollup::order_move(from, to)? else {
         return Ok(false);
     };
-    statuses::write(conn, &[], &[Change { id: order_id, from, to }], actor).await?;
+    statuses::write(
+        conn,
+        &[],
+        &[Change {
+            id: order_id,
+            from,
+            to,
+        }],
+        actor,
+    )
+    .await?;
     Ok(true)
 }

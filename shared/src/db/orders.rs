@@ -159,6 +159,68 @@ pub async fn find_by_idempotency_key(
     .transpose()
 }
 
+/// What a client polling an order reads: the order's own row, nothing
+/// joined (`GET /v1/orders/{id}`; `?expand=full` gives the whole `OrderView`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OrderStatusView {
+    pub id: Uuid,
+    pub order_number: String,
+    #[sqlx(try_from = "String")]
+    pub status: OrderStatus,
+    #[sqlx(try_from = "String")]
+    pub payment_status: PaymentStatus,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub discount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub refunded_amount: Decimal,
+    /// Why the payment was not applied (`payment_status: mismatched`).
+    pub payment_issue: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One indexed read of an order's own row, by id or by order number.
+pub async fn load_status(
+    conn: &mut PgConnection,
+    id: Option<Uuid>,
+    number: Option<&str>,
+) -> Result<Option<OrderStatusView>, DbError> {
+    let row = match (id, number) {
+        (Some(id), _) => {
+            sqlx::query_as(
+                "SELECT id, order_number, status, payment_status, trim(currency) AS currency, \
+                   subtotal, discount, tax, total, refunded_amount, payment_issue, created_at, \
+                   updated_at, paid_at, completed_at, revoked_at FROM orders WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+        }
+        (None, Some(number)) => {
+            sqlx::query_as(
+                "SELECT id, order_number, status, payment_status, trim(currency) AS currency, \
+                   subtotal, discount, tax, total, refunded_amount, payment_issue, created_at, \
+                   updated_at, paid_at, completed_at, revoked_at FROM orders WHERE order_number = $1",
+            )
+            .bind(number)
+            .fetch_optional(conn)
+            .await?
+        }
+        (None, None) => None,
+    };
+    Ok(row)
+}
+
 /// An order as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct OrderView {

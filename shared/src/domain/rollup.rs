@@ -7,7 +7,10 @@ use super::order::{ItemStatus, OrderStatus};
 /// Whether an item at `from` moves to `to`: `None` when it stays (already
 /// there, or revoked — what its deliveries do after a withdrawal no longer
 /// moves it), an error when the state machine forbids the move.
-pub fn item_move(from: ItemStatus, to: ItemStatus) -> Result<Option<ItemStatus>, IllegalTransition> {
+pub fn item_move(
+    from: ItemStatus,
+    to: ItemStatus,
+) -> Result<Option<ItemStatus>, IllegalTransition> {
     if from == to || from == ItemStatus::Revoked {
         return Ok(None);
     }
@@ -24,7 +27,10 @@ pub fn item_rollup(
 ) -> Result<Option<ItemStatus>, IllegalTransition> {
     if to == ItemStatus::Delivered
         && has_keys
-        && !matches!(from, ItemStatus::Delivered | ItemStatus::Fulfilled | ItemStatus::Revoked)
+        && !matches!(
+            from,
+            ItemStatus::Delivered | ItemStatus::Fulfilled | ItemStatus::Revoked
+        )
     {
         from.transition(ItemStatus::Fulfilled)?;
         return item_move(ItemStatus::Fulfilled, to).map(|_| Some(to));

@@ -130,3 +130,165 @@ pub async fn rabbitmq(url: &str, queue: &str, messages: usize) -> anyhow::Result
     let _ = conn.close(200, "probe done".into()).await;
     Ok(rate)
 }
+
+/// The pipeline ceiling: the bare durable work of a job, with none of
+/// Courier's business logic, `in_flight` jobs at a time. Per job: INSERT and
+/// commit, publish (persistent, quorum queue) with a confirm, consume, one
+/// RCON command to `game` on one of `rcon_connections` pooled connections,
+/// UPDATE and commit, ack. Jobs per second.
+pub async fn pipeline(
+    db_url: &str,
+    amqp_url: &str,
+    queue: &str,
+    game: &crate::fakes::rcon::FakeGameServer,
+    rcon_connections: usize,
+    jobs: usize,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
+    use std::sync::Arc;
+
+    use courier_shared::rcon::client::{Framing, RconTarget, Timeouts};
+    use courier_shared::rcon::pool::RconPool;
+
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(db_url)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_pipeline (id bigserial PRIMARY KEY, state text NOT NULL, answer text, at timestamptz NOT NULL DEFAULT now())")
+        .execute(&pool)
+        .await?;
+    let rcon = Arc::new(RconPool::new(
+        RconTarget {
+            host: game.addr.ip().to_string(),
+            port: game.addr.port(),
+            password: "bench".into(),
+            dialect: courier_shared::rcon::Dialect::Minecraft,
+            framing: Framing::ExecOnly,
+            quiet: Duration::from_millis(500),
+        },
+        rcon_connections,
+        Timeouts {
+            connect: Duration::from_secs(2),
+            command: Duration::from_secs(5),
+            max_response_bytes: 64 * 1024,
+            slot_wait: Duration::from_secs(30),
+        },
+        Duration::from_secs(60),
+    ));
+    let conn = courier_shared::queue::connect(amqp_url).await?;
+    let publish = conn.create_channel().await?;
+    let consume = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+    );
+    publish
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    consume
+        .basic_qos(in_flight as u16, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume
+        .basic_consume(
+            queue.into(),
+            "pipeline-probe".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let started = Instant::now();
+    let reader = {
+        let pool = pool.clone();
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            let mut handles = tokio::task::JoinSet::new();
+            let mut seen = 0;
+            while seen < jobs {
+                let d = match tokio::time::timeout(Duration::from_secs(30), consumer.next()).await {
+                    Ok(Some(Ok(d))) => d,
+                    _ => anyhow::bail!("the pipeline probe's consumer stopped after {seen} jobs"),
+                };
+                seen += 1;
+                let (pool, rcon, slots) = (pool.clone(), rcon.clone(), slots.clone());
+                handles.spawn(async move {
+                    let id: i64 = std::str::from_utf8(&d.data)?.parse()?;
+                    let answer = rcon
+                        .exec(&format!("give probe diamond 1 {id}"))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("rcon: {}", e.error))?;
+                    sqlx::query(
+                        "UPDATE bench_pipeline SET state = 'done', answer = $2 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(answer)
+                    .execute(&pool)
+                    .await?;
+                    d.acker.ack(BasicAckOptions::default()).await?;
+                    slots.add_permits(1);
+                    Ok::<_, anyhow::Error>(())
+                });
+                while let Some(done) = handles.try_join_next() {
+                    done??;
+                }
+            }
+            while let Some(done) = handles.join_next().await {
+                done??;
+            }
+            Ok(())
+        })
+    };
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..jobs {
+        slots.acquire().await?.forget();
+        let (pool, publish, queue) = (pool.clone(), publish.clone(), queue.to_owned());
+        writers.spawn(async move {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO bench_pipeline (state) VALUES ('queued') RETURNING id",
+            )
+            .fetch_one(&pool)
+            .await?;
+            let confirm = publish
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    id.to_string().as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?
+                .await?;
+            anyhow::ensure!(confirm.is_ack(), "the probe's publish was nacked");
+            Ok::<_, anyhow::Error>(())
+        });
+        while let Some(done) = writers.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    reader.await??;
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    let _ = consume.close(200, "probe done".into()).await;
+    publish
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = conn.close(200, "probe done".into()).await;
+    sqlx::query("DROP TABLE bench_pipeline")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(rate)
+}

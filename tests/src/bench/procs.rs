@@ -214,9 +214,18 @@ impl ProcessStack {
 
     /// One game server and one product `bench` whose command embeds the delivery id.
     pub async fn seed(&self, on_ambiguous: &str) -> anyhow::Result<()> {
+        self.seed_with(on_ambiguous, 8).await
+    }
+
+    /// `seed` with the game server allowing `max_connections` (across workers).
+    pub async fn seed_with(
+        &self,
+        on_ambiguous: &str,
+        max_connections: usize,
+    ) -> anyhow::Result<()> {
         let server = json!({
             "host": "127.0.0.1", "port": self.game.addr.port(), "password": "bench",
-            "dialect": "minecraft", "max_connections": 8,
+            "dialect": "minecraft", "max_connections": max_connections,
         });
         let (s, b) = self
             .call(Method::PUT, "/v1/game-servers/bench", Some(&server))

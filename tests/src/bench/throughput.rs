@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use super::probes;
 use super::procs::{ApiClient, ProcessStack, peak_rss_kib};
@@ -24,6 +24,11 @@ pub struct ThroughputArgs {
     pub probe_jobs: usize,
     /// Database connections per process.
     pub db_pool: u32,
+    /// Jobs each worker runs at once (`worker.concurrency`).
+    pub worker_concurrency: u16,
+    /// The game server's `max_connections`, across all workers (and the
+    /// pipeline probe's RCON connections).
+    pub game_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +45,90 @@ pub struct ThroughputReport {
     pub rabbitmq_ceiling_msgs_per_s: f64,
     pub end_to_end_vs_postgres: f64,
     pub end_to_end_vs_rabbitmq: f64,
+    /// The bare durable work per job, 64 in flight (`probes::pipeline`).
+    pub pipeline_ceiling_per_s: f64,
+    pub end_to_end_vs_pipeline: f64,
+    pub cost: Cost,
+}
+
+/// What Postgres did per order, accept to completed: transactions from
+/// `pg_stat_database`, statements from `pg_stat_statements` when it is
+/// loaded (and its extension exists in the `courier` database). Includes the
+/// harness's own polling for completion (a few hundred statements a run).
+#[derive(Debug, Clone, Serialize)]
+pub struct Cost {
+    pub transactions_per_order: f64,
+    pub statements_per_order: Option<f64>,
+    /// The statements that ran most per order, when known.
+    pub top_statements: Vec<(f64, String)>,
+}
+
+/// Counters of one database at one moment.
+struct Counters {
+    transactions: i64,
+    statements: Option<(i64, Vec<(i64, String)>)>,
+}
+
+/// Reads the counters of the stack's database. `pg_stat_statements` is read
+/// through the `courier` database, where README's set-up creates the
+/// extension (a fresh bench database cannot: creating it needs a superuser).
+async fn counters(stack: &ProcessStack) -> anyhow::Result<Counters> {
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+    let db: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&stack.pool)
+        .await?;
+    let url = crate::stack::replace_db(stack.settings.database.url.expose(), "courier");
+    let statements = match sqlx::PgConnection::connect(&url).await {
+        Ok(mut conn) => sqlx::query(
+            "SELECT calls::int8 AS calls, query FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)",
+        )
+        .bind(&db)
+        .fetch_all(&mut conn)
+        .await
+        .ok()
+        .map(|rows| {
+            let per: Vec<(i64, String)> = rows
+                .iter()
+                .map(|r| (r.get::<i64, _>("calls"), r.get::<String, _>("query")))
+                .collect();
+            (per.iter().map(|(c, _)| c).sum(), per)
+        }),
+        Err(_) => None,
+    };
+    Ok(Counters {
+        transactions,
+        statements,
+    })
+}
+
+fn cost(before: &Counters, after: &Counters, orders: i64) -> Cost {
+    let n = orders.max(1) as f64;
+    let (statements_per_order, top_statements) = match (&before.statements, &after.statements) {
+        (Some((b, bq)), Some((a, aq))) => {
+            let mut top: Vec<(f64, String)> = aq
+                .iter()
+                .map(|(calls, q)| {
+                    let earlier = bq.iter().find(|(_, bqq)| bqq == q).map_or(0, |(c, _)| *c);
+                    ((calls - earlier) as f64 / n, q.chars().take(90).collect())
+                })
+                .filter(|(per, _)| *per > 0.0)
+                .collect();
+            top.sort_by(|x, y| y.0.total_cmp(&x.0));
+            top.truncate(12);
+            (Some((a - b) as f64 / n), top)
+        }
+        _ => (None, Vec::new()),
+    };
+    Cost {
+        transactions_per_order: (after.transactions - before.transactions) as f64 / n,
+        statements_per_order,
+        top_statements,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,10 +248,16 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
     let stack = ProcessStack::start(
         args.workers,
         Duration::from_millis(args.command_delay_ms),
-        |s| s.database.max_connections = args.db_pool,
+        |s| {
+            s.database.max_connections = args.db_pool;
+            s.worker.concurrency = args.worker_concurrency;
+        },
     )
     .await?;
-    stack.seed("hold").await?;
+    stack.seed_with("hold", args.game_connections).await?;
+    // Statistics reach the shared counters when a backend goes idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = counters(&stack).await?;
     let accepted = send_orders(
         &stack.client(),
         args.orders,
@@ -174,6 +269,9 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
     .await;
     let completed =
         wait_completed(&stack, accepted, Duration::from_secs(args.timeout_secs)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = counters(&stack).await?;
+    let cost = cost(&before, &after, completed);
 
     let row = sqlx::query(
         "SELECT extract(epoch FROM max(created_at) - min(created_at))::float8 AS ingest_s, \
@@ -223,7 +321,29 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
         args.probe_jobs,
     )
     .await;
-    let (pg, rabbit) = (pg?, rabbit?);
+    let game = crate::fakes::rcon::FakeGameServer::start(
+        "bench",
+        courier_shared::rcon::Dialect::Minecraft,
+    )
+    .await?;
+    game.set(crate::fakes::rcon::Behaviour {
+        delay: Duration::from_millis(args.command_delay_ms),
+        ..Default::default()
+    });
+    let (settings_for_db, db) = crate::stack::test_settings();
+    let mut cleanup_db = crate::stack::create_database(&settings_for_db, &db).await?;
+    let pipeline = probes::pipeline(
+        settings_for_db.database.url.expose(),
+        settings.amqp.url.expose(),
+        &format!("{}bench.pipeline", settings.amqp.prefix),
+        &game,
+        args.game_connections,
+        args.probe_jobs,
+        64,
+    )
+    .await;
+    cleanup_db.run().await;
+    let (pg, rabbit, pipeline) = (pg?, rabbit?, pipeline?);
     Ok(ThroughputReport {
         params: args,
         accepted,
@@ -237,6 +357,9 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
         rabbitmq_ceiling_msgs_per_s: rabbit,
         end_to_end_vs_postgres: end_to_end_per_s / pg,
         end_to_end_vs_rabbitmq: end_to_end_per_s / rabbit,
+        pipeline_ceiling_per_s: pipeline,
+        end_to_end_vs_pipeline: end_to_end_per_s / pipeline,
+        cost,
     })
 }
 
@@ -279,8 +402,24 @@ impl ThroughputReport {
             self.postgres_ceiling_jobs_per_s, self.rabbitmq_ceiling_msgs_per_s
         );
         println!(
-            "  end to end as a fraction    {:.3} of Postgres, {:.3} of RabbitMQ",
-            self.end_to_end_vs_postgres, self.end_to_end_vs_rabbitmq
+            "  pipeline ceiling            {:.0} jobs/s (insert, publish+confirm, consume, RCON, update, ack; 64 in flight)",
+            self.pipeline_ceiling_per_s
         );
+        println!(
+            "  end to end as a fraction    {:.3} of the pipeline, {:.3} of Postgres, {:.3} of RabbitMQ",
+            self.end_to_end_vs_pipeline, self.end_to_end_vs_postgres, self.end_to_end_vs_rabbitmq
+        );
+        let c = &self.cost;
+        println!(
+            "  per order                   {:.2} transactions, {}",
+            c.transactions_per_order,
+            c.statements_per_order.map_or(
+                "statements n/a (pg_stat_statements not loaded; see README)".to_owned(),
+                |s| format!("{s:.2} statements")
+            )
+        );
+        for (per, q) in &c.top_statements {
+            println!("    {per:>6.2}  {q}");
+        }
     }
 }

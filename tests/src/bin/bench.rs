@@ -45,6 +45,12 @@ enum Command {
         command_delay_ms: u64,
         #[arg(long, default_value_t = 900)]
         timeout_secs: u64,
+        /// Jobs each worker runs at once.
+        #[arg(long, default_value_t = 16)]
+        worker_concurrency: u16,
+        /// The game server's connection limit (across workers).
+        #[arg(long, default_value_t = 64)]
+        game_connections: usize,
         /// About a minute: 300 orders, small probes.
         #[arg(long)]
         quick: bool,
@@ -95,10 +101,14 @@ async fn main() -> anyhow::Result<()> {
             workers,
             command_delay_ms,
             timeout_secs,
+            worker_concurrency,
+            game_connections,
             quick,
             json,
         } => {
             let args = ThroughputArgs {
+                worker_concurrency,
+                game_connections,
                 orders: if quick { 300 } else { orders },
                 concurrency,
                 rate,

@@ -22,8 +22,8 @@ use self::plan::{Plan, plan, within_limit};
 pub use self::validate::{request_hash, validate};
 use super::Invalid;
 use super::deliverable::AcceptRules;
-use crate::db::catalog::{self, Product};
 use crate::db::accept::{self, AcceptRows};
+use crate::db::catalog::{self, Product};
 use crate::db::deliveries::DeliveryRow;
 use crate::db::events::NewEvent;
 use crate::db::orders::{self, OrderSummary};
@@ -284,7 +284,15 @@ async fn write_plan(
         },
     };
     let held_count = accept::write(&mut *conn, rows).await?;
-    alert_held(conn, o.id, &o.order_number, &plan.deliveries, held, held_count).await
+    alert_held(
+        conn,
+        o.id,
+        &o.order_number,
+        &plan.deliveries,
+        held,
+        held_count,
+    )
+    .await
 }
 
 /// One admin alert per order whose deliveries were held at accept (see
@@ -300,7 +308,10 @@ pub(super) async fn alert_held(
     if held_count == 0 {
         return Ok(());
     }
-    let Some(reason) = rows.iter().find_map(|d| d.action_id.and_then(|a| held.get(&a))) else {
+    let Some(reason) = rows
+        .iter()
+        .find_map(|d| d.action_id.and_then(|a| held.get(&a)))
+    else {
         return Ok(());
     };
     crate::db::keys::alert(

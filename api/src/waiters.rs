@@ -1,0 +1,124 @@
+//! Requests waiting for an order to change (`GET /v1/orders/{id}?wait_for=…`).
+//!
+//! One `LISTEN courier_orders` per API process (a trigger announces every
+//! change of an order's status at commit); each notification wakes only the
+//! requests waiting on that order, which then read its row once. Nothing
+//! polls: an idle waiter costs no query. If the listening connection is lost,
+//! every waiter is woken to read again (a notification may have been missed
+//! while it was down).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// The channel the `orders_status_notify` trigger announces on.
+pub const CHANNEL: &str = "courier_orders";
+
+#[derive(Default)]
+pub struct Waiters {
+    /// Per order being waited on: its wake-up and how many wait.
+    orders: Mutex<HashMap<Uuid, (Arc<Notify>, usize)>>,
+}
+
+/// A registration; waiting ends (and the order is forgotten once nobody
+/// waits on it) when it is dropped.
+pub struct Waiting {
+    waiters: Arc<Waiters>,
+    order_id: Uuid,
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut orders = self.waiters.lock();
+        if let Some((_, count)) = orders.get_mut(&self.order_id) {
+            *count -= 1;
+            if *count == 0 {
+                orders.remove(&self.order_id);
+            }
+        }
+    }
+}
+
+impl Waiters {
+    /// Starts the process's listener.
+    pub fn start(pool: PgPool) -> Arc<Self> {
+        let waiters = Arc::new(Waiters::default());
+        tokio::spawn(listen(pool, waiters.clone()));
+        waiters
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Arc<Notify>, usize)>> {
+        self.orders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers interest in `order_id`. Enable a `notified()` future of
+    /// `notify` before reading the order, so a change between the read and
+    /// the wait is not missed.
+    pub fn watch(self: &Arc<Self>, order_id: Uuid) -> Waiting {
+        let mut orders = self.lock();
+        let entry = orders
+            .entry(order_id)
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        Waiting {
+            waiters: self.clone(),
+            order_id,
+            notify: entry.0.clone(),
+        }
+    }
+
+    fn wake(&self, order_id: Uuid) {
+        if let Some((notify, _)) = self.lock().get(&order_id) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for (notify, _) in self.lock().values() {
+            notify.notify_waiters();
+        }
+    }
+
+    /// How many orders are being waited on (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+async fn listen(pool: PgPool, waiters: Arc<Waiters>) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen(CHANNEL).await {
+                    tracing::warn!(error = %e, "cannot LISTEN for order changes; retrying");
+                } else {
+                    // Anything missed before this LISTEN: read again.
+                    waiters.wake_all();
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(n)) => {
+                                if let Ok(id) = n.payload().parse() {
+                                    waiters.wake(id);
+                                }
+                            }
+                            // The connection was lost (and will be re-made).
+                            Ok(None) => waiters.wake_all(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "order change listener failed; reconnecting");
+                                waiters.wake_all();
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot connect to LISTEN for order changes"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
