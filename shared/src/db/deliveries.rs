@@ -128,8 +128,8 @@ pub async fn claim_batch(
              d.failures, d.waiting_since, d.target), \
          a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
            SELECT id, attempts, $2 FROM c) \
-         SELECT c.*, i.delivery_status AS item_status FROM c \
-           LEFT JOIN order_items i ON i.id = c.item_id",
+         SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status \
+         FROM c",
     )
     .bind(ids)
     .bind(worker)
@@ -472,12 +472,13 @@ pub async fn record_successes(
          done AS (UPDATE deliveries d SET status = 'succeeded', lease_until = NULL, leased_by = NULL, \
              last_error = NULL, updated_at = now(), completed_at = now(), next_attempt_at = NULL, \
              waiting_since = NULL \
-           FROM u WHERE d.id = u.id AND d.status = 'running' AND d.leased_by = $4 \
+           FROM u WHERE d.id = ANY($1) AND d.id = u.id AND d.status = 'running' AND d.leased_by = $4 \
              AND d.attempts = u.attempt AND d.purpose = 'deliver' \
            RETURNING d.id, d.item_id, u.attempt, u.response), \
          a AS (UPDATE delivery_attempts a SET finished_at = now(), outcome = 'succeeded', \
              error = NULL, response = done.response \
-           FROM done WHERE a.delivery_id = done.id AND a.attempt = done.attempt) \
+           FROM done WHERE a.delivery_id = ANY($1) AND a.delivery_id = done.id \
+             AND a.attempt = done.attempt) \
          SELECT id, item_id FROM done",
     )
     .bind(batch.iter().map(|s| s.id).collect::<Vec<_>>())
@@ -568,8 +569,9 @@ pub async fn roll_up_orders(
         "SELECT i.order_id, i.id, i.delivery_status, o.status AS order_status, \
            EXISTS (SELECT 1 FROM item_keys k WHERE k.item_id = i.id) AS has_keys, \
            coalesce(array_agg(d.status) FILTER (WHERE d.id IS NOT NULL), '{}') AS deliveries \
-         FROM order_items i JOIN orders o ON o.id = i.order_id \
+         FROM order_items i JOIN orders o ON o.id = i.order_id AND o.id = ANY($1) \
            LEFT JOIN deliveries d ON d.item_id = i.id AND d.purpose = 'deliver' \
+             AND d.order_id = ANY($1) \
          WHERE i.order_id = ANY($1) GROUP BY i.id, o.status",
     )
     .bind(order_ids)

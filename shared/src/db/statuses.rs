@@ -8,6 +8,12 @@
 //! Callers hold the orders' row locks (see `lock_orders`), so the statuses
 //! they read and the changes they write cannot interleave with another
 //! writer's.
+//!
+//! Set-based statements here and in `deliveries` name their rows with
+//! `= ANY($ids)` on an indexed column even where a join to `UNNEST` already
+//! says which: a prepared statement's generic plan is fixed while a table is
+//! still small (a fresh database), and without an index condition it keeps
+//! scanning the whole table as it grows.
 
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -47,7 +53,8 @@ pub async fn lock_orders_of(
 ) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
     let rows = sqlx::query(
         "SELECT id, status, revoked_at IS NOT NULL AS revoked FROM orders \
-         WHERE id IN (SELECT order_id FROM deliveries WHERE id = ANY($1)) ORDER BY id FOR UPDATE",
+         WHERE id = ANY(ARRAY(SELECT order_id FROM deliveries WHERE id = ANY($1))) \
+         ORDER BY id FOR UPDATE",
     )
     .bind(delivery_ids)
     .fetch_all(conn)
@@ -82,11 +89,12 @@ pub async fn write(
     let row = sqlx::query(
         "WITH iu AS (UPDATE order_items i SET delivery_status = u.to_s, updated_at = now() \
            FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, from_s, to_s) \
-           WHERE i.id = u.id AND i.delivery_status = u.from_s RETURNING i.id), \
+           WHERE i.id = ANY($1) AND i.id = u.id AND i.delivery_status = u.from_s RETURNING i.id), \
          ou AS (UPDATE orders o SET status = u.to_s, updated_at = now(), \
              completed_at = CASE WHEN u.to_s = 'completed' THEN now() ELSE o.completed_at END \
            FROM UNNEST($4::uuid[], $5::text[], $6::text[]) AS u(id, from_s, to_s) \
-           WHERE o.id = u.id AND o.status = u.from_s RETURNING o.id, u.from_s, u.to_s), \
+           WHERE o.id = ANY($4) AND o.id = u.id AND o.status = u.from_s \
+           RETURNING o.id, u.from_s, u.to_s), \
          ev AS (INSERT INTO order_events (order_id, kind, message, actor, data) \
            SELECT id, 'order.' || to_s, 'order ' || from_s || ' → ' || to_s, $7, \
              jsonb_build_object('from', from_s, 'to', to_s) FROM ou) \

@@ -166,29 +166,39 @@ pub async fn create_order(
         .into());
     }
     let hash = request_hash(&order);
-    if let Some(key) = idempotency_key
-        && let Some(existing) = replay(pool, key, &hash).await?
-    {
-        return Ok(existing);
-    }
-
+    // A repeat of an accepted request is found by the insert's unique
+    // violation, not by a read before every insert; a repeat that no longer
+    // plans (the product changed since) still gets the order it created.
     let mut conn = pool.acquire().await?;
     let products = products_of(&mut conn, &order).await?;
-    drop(conn);
-    deliverable(&order, &products, rules)?;
-    within_limit(&order, &products, rules)?;
-
-    let mut conn = pool.acquire().await?;
+    let plan_it = || plan(&order, &products, idempotency_key, &hash, None).map_err(Into::into);
+    let mut planned = deliverable(&order, &products, rules)
+        .and_then(|()| within_limit(&order, &products, rules))
+        .and_then(|()| plan_it());
     for _ in 0..3 {
-        let plan = plan(&order, &products, idempotency_key, &hash, None)?;
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                drop(conn);
+                if let Some(key) = idempotency_key
+                    && let Some(existing) = replay(pool, key, &hash).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(e);
+            }
+        };
         // One statement, so no explicit transaction: it commits or not as a whole.
         // Refused above if anything could not be delivered: nothing is held.
         match write_plan(&mut conn, &plan, idempotency_key, actor, &HashMap::new()).await {
             Ok(()) => {}
-            Err(e) if violated_constraint(&e) == Some("orders_order_number_key") => continue,
+            Err(e) if violated_constraint(&e) == Some("orders_order_number_key") => {
+                planned = plan_it();
+                continue;
+            }
             Err(e) if violated_constraint(&e) == Some("orders_idempotency_key_key") => {
                 drop(conn);
-                // A concurrent request with the same key won the race.
+                // Accepted before (a retry), or a concurrent request with the same key won.
                 let key = idempotency_key.unwrap_or_default();
                 return replay(pool, key, &hash)
                     .await?
