@@ -280,7 +280,11 @@ async fn each_server_habit_delivers_with_its_answer_kept_and_no_timeout_waited()
             Some(a) => assert_eq!(stored, &json!(a), "{habit}: the answer is kept"),
             None => {
                 let n: usize = command["big ".len()..].parse().expect("size");
-                assert_eq!(stored.as_str().map(str::len), Some(n), "{habit}: {delivery:#}");
+                assert_eq!(
+                    stored.as_str().map(str::len),
+                    Some(n),
+                    "{habit}: {delivery:#}"
+                );
             }
         }
         if want == "dead" {

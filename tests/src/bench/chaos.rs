@@ -201,7 +201,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             .fetch_one(&stack.pool)
             .await
             .unwrap_or(0);
-        if !rabbit_done && done as usize > args.orders / 3 {
+        if !rabbit_done && done as usize > args.orders / 4 {
             rabbit_done = true;
             tokio::task::spawn_blocking(restart_rabbitmq).await??;
             restarts.push(format!(
@@ -209,7 +209,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
                 started.elapsed().as_secs_f64()
             ));
         }
-        if !pg_done && done as usize > 2 * args.orders / 3 {
+        if !pg_done && rabbit_done && done as usize > args.orders / 2 {
             pg_done = true;
             tokio::task::spawn_blocking(restart_postgres).await??;
             restarts.push(format!(
@@ -217,6 +217,35 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
                 started.elapsed().as_secs_f64()
             ));
         }
+    }
+    // Sending may end before a restart's turn came (a RabbitMQ restart takes
+    // a while): then it happens now, while the deliveries are still in flight.
+    let in_flight = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM deliveries WHERE status IN ('queued', 'running', 'retrying')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+        }
+    };
+    if !rabbit_done {
+        let busy = in_flight(&stack.pool).await;
+        tokio::task::spawn_blocking(restart_rabbitmq).await??;
+        restarts.push(format!(
+            "RabbitMQ at {:.0} s ({busy} deliveries in flight)",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    if !pg_done {
+        let busy = in_flight(&stack.pool).await;
+        tokio::task::spawn_blocking(restart_postgres).await??;
+        restarts.push(format!(
+            "Postgres at {:.0} s ({busy} deliveries in flight)",
+            started.elapsed().as_secs_f64()
+        ));
     }
     let accepted = sender.await?;
 

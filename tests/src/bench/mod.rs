@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod probes;
 pub mod procs;
+pub mod reads;
 pub mod throughput;
 
 /// `p` (0–1) of sorted values.

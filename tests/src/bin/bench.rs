@@ -1,4 +1,4 @@
-//! `courier-bench throughput | chaos | latency` — see README "Benchmarks".
+//! `courier-bench throughput | chaos | reads | latency` — see README "Benchmarks".
 //!
 //! `latency`: time from `POST /v1/orders` to `completed` for
 //! orders posted one after another, on an isolated in-process stack (api +
@@ -76,6 +76,18 @@ enum Command {
         quiesce_timeout_secs: u64,
         #[arg(long)]
         quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// `GET /v1/orders/{id}` against `/healthz` on the same API process,
+    /// idle and while orders are ingested.
+    Reads {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 500.0)]
+        ingest_rate: f64,
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +169,25 @@ async fn main() -> anyhow::Result<()> {
             }
             if !report.ok() {
                 std::process::exit(1);
+            }
+            return Ok(());
+        }
+        Command::Reads {
+            connections,
+            seconds,
+            ingest_rate,
+            json,
+        } => {
+            let report = courier_tests::bench::reads::run(courier_tests::bench::reads::ReadsArgs {
+                connections,
+                seconds,
+                ingest_rate,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print();
             }
             return Ok(());
         }
