@@ -85,5 +85,15 @@ async fn write(
     let mut tx = pool.begin().await?;
     let applied = deliveries::record_successes(&mut tx, worker_id, batch).await?;
     tx.commit().await?;
+    let mut orders: Vec<uuid::Uuid> = batch
+        .iter()
+        .filter(|s| applied.contains(&s.id))
+        .map(|s| s.order_id)
+        .collect();
+    orders.sort_unstable();
+    orders.dedup();
+    if let Err(e) = courier_shared::db::statuses::announce(pool, &orders).await {
+        tracing::warn!(error = %e, "could not announce completed orders; waiting reads answer at their timeout");
+    }
     Ok(applied)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use courier_shared::config::RetrySettings;
 use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed, Recorded, Success};
+use courier_shared::db::statuses;
 use courier_shared::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus, Purpose};
 use courier_shared::domain::retry::{NextStep, delay_queue, next_step};
 use courier_shared::error::{DbError, ErrorClass};
@@ -241,6 +242,15 @@ async fn claim_all(
     let mut tx = ctx.pool.begin().await?;
     let claims = deliveries::claim_batch(&mut tx, ids, &ctx.worker_id, ctx.lease_seconds).await?;
     tx.commit().await?;
+    let mut orders: Vec<Uuid> = claims
+        .iter()
+        .filter_map(|(_, c)| c.as_ref().ok().map(|c| c.order_id))
+        .collect();
+    orders.sort_unstable();
+    orders.dedup();
+    if let Err(e) = statuses::announce(&ctx.pool, &orders).await {
+        tracing::warn!(error = %e, "could not announce claimed orders; waiting reads answer at their timeout");
+    }
     Ok(claims)
 }
 

@@ -85,25 +85,14 @@ pub enum NotClaimed {
     NotClaimable(DeliveryStatus),
 }
 
-/// Claims `id` for `worker` (`claim_batch` of one).
-pub async fn claim(
-    conn: &mut PgConnection,
-    id: Uuid,
-    worker: &str,
-    lease_seconds: u32,
-) -> Result<Result<Claimed, NotClaimed>, DbError> {
-    let mut claimed = claim_batch(conn, &[id], worker, lease_seconds).await?;
-    Ok(claimed
-        .pop()
-        .map_or(Err(NotClaimed::Missing), |(_, claim)| claim))
-}
-
 /// Claims every delivery of `ids` that is claimable for `worker`:
 /// queued/retrying/waiting → running, attempt + 1, lease set, its attempt row
 /// opened — one guarded UPDATE for all of them — then moves their items and
 /// orders to processing through `statuses::write`. Anything else is
 /// `NotClaimed`, and the caller acks its message: a redelivered message can
-/// never run a job twice. Answers one entry per id, in the order given.
+/// never run a job twice. Answers one entry per id, in the order given. The
+/// caller announces the claimed deliveries' orders after commit
+/// (`statuses::announce`).
 pub async fn claim_batch(
     conn: &mut PgConnection,
     ids: &[Uuid],
@@ -442,6 +431,8 @@ pub struct Success {
     pub response: Option<String>,
 }
 
+/// The caller announces the orders after commit (`statuses::announce`).
+///
 /// Records succeeded attempts of `deliver` deliveries in set-based
 /// statements: the orders locked in id order, every delivery and attempt
 /// written by one guarded UPDATE, then one roll-up of their items and orders.
@@ -457,7 +448,7 @@ pub async fn record_successes(
     let mut order_ids: Vec<Uuid> = done.iter().map(|s| s.order_id).collect();
     order_ids.sort_unstable();
     order_ids.dedup();
-    let live: Vec<Uuid> = statuses::lock_orders(conn, &order_ids)
+    let live: Vec<Uuid> = statuses::lock_orders_quietly(conn, &order_ids)
         .await?
         .into_iter()
         .filter(|(_, _, revoked)| !revoked)

@@ -46,13 +46,49 @@ pub async fn lock_orders(
     locked(&rows)
 }
 
-/// `lock_orders` for the orders of these deliveries.
+/// `lock_orders` for a batch whose caller announces the orders' changes
+/// itself after commit (`announce`): the transaction is marked so the
+/// `orders_status_notify` trigger stays quiet (see its migration: a NOTIFY
+/// makes commits queue behind each other).
+pub async fn lock_orders_quietly(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, status, revoked_at IS NOT NULL AS revoked, \
+           set_config('courier.announce', 'after_commit', true) FROM orders \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    locked(&rows)
+}
+
+/// Tells waiting readers (`LISTEN courier_orders`) that these orders may have
+/// changed: after the commit of a batch locked with `lock_orders_quietly`, in
+/// its own statement (no transaction of its own to flush). A change that is
+/// not announced (a crash between commit and this) only makes a waiting read
+/// answer at its timeout.
+pub async fn announce(pool: &sqlx::PgPool, order_ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify('courier_orders', id::text) FROM UNNEST($1::uuid[]) AS id")
+        .bind(order_ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// `lock_orders_quietly` for the orders of these deliveries.
 pub async fn lock_orders_of(
     conn: &mut PgConnection,
     delivery_ids: &[Uuid],
 ) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
     let rows = sqlx::query(
-        "SELECT id, status, revoked_at IS NOT NULL AS revoked FROM orders \
+        "SELECT id, status, revoked_at IS NOT NULL AS revoked, \
+           set_config('courier.announce', 'after_commit', true) FROM orders \
          WHERE id = ANY(ARRAY(SELECT order_id FROM deliveries WHERE id = ANY($1))) \
          ORDER BY id FOR UPDATE",
     )
