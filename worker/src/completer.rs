@@ -14,7 +14,7 @@
 //! the batch declines (a lease lost, an order withdrawn while the attempt
 //! ran) are recorded one by one by `deliveries::record`.
 
-use courier_shared::db::deliveries::{self, Success};
+use courier_shared::db::deliveries::Success;
 use courier_shared::error::DbError;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -82,18 +82,5 @@ async fn write(
     worker_id: &str,
     batch: &[Success],
 ) -> Result<Vec<uuid::Uuid>, DbError> {
-    let mut tx = pool.begin().await?;
-    let applied = deliveries::record_successes(&mut tx, worker_id, batch).await?;
-    tx.commit().await?;
-    let mut orders: Vec<uuid::Uuid> = batch
-        .iter()
-        .filter(|s| applied.contains(&s.id))
-        .map(|s| s.order_id)
-        .collect();
-    orders.sort_unstable();
-    orders.dedup();
-    if let Err(e) = courier_shared::db::statuses::announce(pool, &orders).await {
-        tracing::warn!(error = %e, "could not announce completed orders; waiting reads answer at their timeout");
-    }
-    Ok(applied)
+    courier_shared::service::fulfilment::complete(pool, worker_id, batch).await
 }

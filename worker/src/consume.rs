@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use courier_shared::config::RetrySettings;
-use courier_shared::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed, Recorded, Success};
-use courier_shared::db::statuses;
-use courier_shared::domain::delivery::{AttemptOutcome, DeliveryKind, DeliveryStatus, Purpose};
-use courier_shared::domain::retry::{NextStep, delay_queue, next_step};
+use courier_shared::db::deliveries::{Claimed, NotClaimed, Recorded, Success};
+use courier_shared::domain::delivery::{DeliveryKind, DeliveryStatus, Purpose};
 use courier_shared::error::{DbError, ErrorClass};
 use courier_shared::queue::messages::JobMessage;
 use courier_shared::queue::topology::Topology;
+use courier_shared::service::fulfilment;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -25,8 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::drivers::DriverOutcome;
 use crate::drivers::rcon::RconDriver;
+use courier_shared::domain::fulfilment::{DriverOutcome, decide};
 
 /// Counters a test or `/metrics` can read.
 #[derive(Debug, Default)]
@@ -234,24 +233,12 @@ async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Del
     futures_util::future::join_all(runs).await;
 }
 
-/// One transaction claiming `ids` (see `deliveries::claim_batch`).
+/// One transaction claiming `ids` (see `service::fulfilment::claim`).
 async fn claim_all(
     ctx: &Context,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, Result<Claimed, NotClaimed>)>, DbError> {
-    let mut tx = ctx.pool.begin().await?;
-    let claims = deliveries::claim_batch(&mut tx, ids, &ctx.worker_id, ctx.lease_seconds).await?;
-    tx.commit().await?;
-    let mut orders: Vec<Uuid> = claims
-        .iter()
-        .filter_map(|(_, c)| c.as_ref().ok().map(|c| c.order_id))
-        .collect();
-    orders.sort_unstable();
-    orders.dedup();
-    if let Err(e) = statuses::announce(&ctx.pool, &orders).await {
-        tracing::warn!(error = %e, "could not announce claimed orders; waiting reads answer at their timeout");
-    }
-    Ok(claims)
+    fulfilment::claim(&ctx.pool, ids, &ctx.worker_id, ctx.lease_seconds).await
 }
 
 /// Acks, dead-letters or requeues a message once its outcome is known.
@@ -328,12 +315,7 @@ async fn run_claimed(
 
     // The action has happened (or not); the record must reach the database.
     // Retry it through short outages, within the lease.
-    let write = || async {
-        let mut tx = ctx.pool.begin().await?;
-        let recorded = deliveries::record(&mut tx, &claimed, &ctx.worker_id, &record).await?;
-        tx.commit().await?;
-        Ok::<_, DbError>(recorded)
-    };
+    let write = || fulfilment::record(&ctx.pool, &claimed, &ctx.worker_id, &record);
     let recorded = write
         .retry(
             ExponentialBuilder::default()
@@ -390,110 +372,5 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
                 maybe_sent: true,
             }
         }
-    }
-}
-
-/// Turns a driver outcome into the delivery's next status (see `domain::retry`).
-pub fn decide(
-    outcome: &DriverOutcome,
-    claimed: &Claimed,
-    policy: (
-        &courier_shared::config::Schedule,
-        &courier_shared::config::WaitingSchedule,
-    ),
-    jitter: f64,
-) -> AttemptRecord {
-    let (class, error, response, maybe_sent) = match outcome {
-        DriverOutcome::Succeeded { response } => {
-            (None, String::new(), Some(response.clone()), false)
-        }
-        DriverOutcome::Failed {
-            class,
-            error,
-            response,
-            maybe_sent,
-        } => (Some(*class), error.clone(), response.clone(), *maybe_sent),
-    };
-    let failed = class == Some(ErrorClass::Transient);
-    let failures = u32::try_from(claimed.failures).unwrap_or(0) + u32::from(failed);
-    let error = if maybe_sent {
-        format!("{error} (the command may have reached the server)")
-    } else {
-        error
-    };
-    let step = next_step(
-        class,
-        &error,
-        failures,
-        policy,
-        claimed.waiting_since,
-        chrono::Utc::now(),
-        jitter,
-    );
-    let outcome = match class {
-        None => AttemptOutcome::Succeeded,
-        Some(ErrorClass::Transient) => AttemptOutcome::Transient,
-        Some(ErrorClass::Permanent) => AttemptOutcome::Permanent,
-        // Recorded as a wait: not a failure, the budget is untouched.
-        Some(ErrorClass::Waiting | ErrorClass::Busy) => AttemptOutcome::Waiting,
-    };
-    let error = class.map(|_| error);
-    let (next, requeue, dead_reason) = match step {
-        NextStep::Succeeded => (DeliveryStatus::Succeeded, None, None),
-        NextStep::Retry { tier_ms, delay_ms } => (
-            DeliveryStatus::Retrying,
-            Some((delay_queue(claimed.kind, tier_ms), delay_ms)),
-            None,
-        ),
-        NextStep::Wait { tier_ms, delay_ms } => (
-            DeliveryStatus::Waiting,
-            Some((delay_queue(claimed.kind, tier_ms), delay_ms)),
-            None,
-        ),
-        NextStep::Dead { reason } => (DeliveryStatus::Dead, None, Some(reason)),
-    };
-    // An RCON command that may have reached the server is ambiguous: retrying
-    // could run it twice, so the action's `on_ambiguous` decides (hold by
-    // default), exactly as for a worker that died mid-command. Whatever the
-    // attempt number, it is never `dead` — a bulk retry of dead letters must
-    // not run it again: with `retry`, an ambiguous attempt that exhausted the
-    // budget is held too.
-    let ambiguous = maybe_sent
-        && claimed.kind == DeliveryKind::Rcon
-        && matches!(next, DeliveryStatus::Retrying | DeliveryStatus::Dead);
-    let retry_ambiguous = serde_json::from_value::<courier_shared::domain::action::RconPayload>(
-        claimed.payload.clone(),
-    )
-    .is_ok_and(|p| p.on_ambiguous == courier_shared::domain::action::OnAmbiguous::Retry);
-    let hold = ambiguous && !(retry_ambiguous && next == DeliveryStatus::Retrying);
-    let (next, requeue, dead_reason) = if hold {
-        let why = if retry_ambiguous {
-            "the retry budget is spent (on_ambiguous = retry)"
-        } else {
-            "on_ambiguous = hold"
-        };
-        (
-            DeliveryStatus::Held,
-            None,
-            Some(format!(
-                "ambiguous: {}; held for an admin ({why})",
-                error.clone().unwrap_or_default()
-            )),
-        )
-    } else {
-        (next, requeue, dead_reason)
-    };
-    // Whatever a server answered is kept, in a form Postgres can store (a NUL
-    // would make the record fail, and the attempt be re-run after its lease).
-    let keep = |s: Option<String>| s.map(|s| courier_shared::domain::storable(&s).into_owned());
-    AttemptRecord {
-        outcome,
-        next,
-        error: keep(error),
-        response: keep(response),
-        failed,
-        requeue,
-        dead_reason: keep(dead_reason),
-        ambiguous: maybe_sent && claimed.kind == DeliveryKind::Rcon && class.is_some(),
     }
 }

@@ -38,13 +38,7 @@ pub async fn sweep(
     let mut rescued = Vec::new();
     for id in rescue::expired_leases(&ctx.pool, 50).await? {
         // One delivery that cannot be rescued must not block the others.
-        let attempt = async {
-            let mut tx = ctx.pool.begin().await?;
-            let r = rescue::rescue_one(&mut tx, id, actor).await?;
-            tx.commit().await?;
-            Ok::<_, courier_shared::error::DbError>(r)
-        };
-        match attempt.await {
+        match courier_shared::service::fulfilment::rescue(&ctx.pool, id, actor).await {
             Ok(Some(r)) => {
                 tracing::warn!(delivery_id = %id, outcome = ?r, "rescued a delivery whose lease expired");
                 rescued.push(r);

@@ -1,4 +1,6 @@
-//! Delivery rows: insert at accept time, claim by a worker, record an attempt.
+//! Delivery rows: claim by a worker, record an attempt — guarded SQL only;
+//! the policy (what an outcome means) is `domain::fulfilment`, the
+//! transactions and what follows a commit are `service::fulfilment`.
 //! Item and order statuses are rolled up here, under the order's row lock, so
 //! two workers finishing the last two deliveries of an order cannot both miss
 //! the completion.
@@ -238,13 +240,16 @@ pub enum Recorded {
     Withdrawn,
 }
 
-/// Writes the attempt and the statuses it implies, in the caller's transaction.
+/// Writes the attempt and the statuses it implies, in the caller's
+/// transaction. The flag says the action must be taken back (it happened, or
+/// may have, on an order withdrawn meanwhile): `service::fulfilment::record`
+/// does that in the same transaction.
 pub async fn record(
     conn: &mut PgConnection,
     claimed: &Claimed,
     worker: &str,
     rec: &AttemptRecord,
-) -> Result<Recorded, DbError> {
+) -> Result<(Recorded, bool), DbError> {
     DeliveryStatus::Running.transition(rec.next)?;
     // Serialise roll-ups per order (see the module comment).
     let revoked = statuses::lock_orders(conn, &[claimed.order_id])
@@ -315,10 +320,8 @@ pub async fn record(
         )
         .await?;
         // The rescuer cancelled it because the order was withdrawn, yet it ran.
-        if withdrawn && (rec.next == DeliveryStatus::Succeeded || rec.ambiguous) {
-            crate::service::revoke::revoke_delivery(conn, claimed.id, false, &actor).await?;
-        }
-        return Ok(Recorded::LeaseLost);
+        let revoke = withdrawn && (rec.next == DeliveryStatus::Succeeded || rec.ambiguous);
+        return Ok((Recorded::LeaseLost, revoke));
     }
     if let Some((queue, delay)) = &rec.requeue {
         let message = crate::queue::messages::JobMessage {
@@ -404,10 +407,8 @@ pub async fn record(
     }
     if withdrawn {
         // Done, or maybe done (an RCON command written before the error).
-        if rec.next == DeliveryStatus::Succeeded || rec.ambiguous {
-            crate::service::revoke::revoke_delivery(conn, claimed.id, false, &actor).await?;
-        }
-        return Ok(Recorded::Withdrawn);
+        let revoke = rec.next == DeliveryStatus::Succeeded || rec.ambiguous;
+        return Ok((Recorded::Withdrawn, revoke));
     }
     match (claimed.purpose, claimed.item_id) {
         (Purpose::Deliver, Some(item_id)) => {
@@ -419,7 +420,7 @@ pub async fn record(
         }
         _ => {}
     }
-    Ok(Recorded::Applied)
+    Ok((Recorded::Applied, false))
 }
 
 /// A succeeded attempt for `record_successes`.
@@ -495,6 +496,53 @@ pub async fn record_successes(
         roll_up_orders(conn, &touched, &items, &format!("worker:{worker}")).await?;
     }
     Ok(applied)
+}
+
+/// An admin retry: `from` (dead, held) → queued with a fresh budget. The
+/// caller publishes the job and writes the timeline entry.
+pub async fn requeue(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: DeliveryStatus,
+) -> Result<(), DbError> {
+    from.transition(DeliveryStatus::Queued)?;
+    let done = sqlx::query(
+        "UPDATE deliveries SET status = 'queued', failures = 0, waiting_since = NULL, next_attempt_at = now(), \
+           updated_at = now() WHERE id = $1 AND status = $2",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .execute(conn)
+    .await?;
+    changed_one(done.rows_affected(), id, from)
+}
+
+/// A key entered by hand: `from` → succeeded without an attempt.
+pub async fn succeed_by_hand(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: DeliveryStatus,
+) -> Result<(), DbError> {
+    from.transition(DeliveryStatus::Succeeded)?;
+    let done = sqlx::query(
+        "UPDATE deliveries SET status = 'succeeded', completed_at = now(), updated_at = now(), last_error = NULL, \
+           next_attempt_at = NULL WHERE id = $1 AND status = $2",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .execute(conn)
+    .await?;
+    changed_one(done.rows_affected(), id, from)
+}
+
+fn changed_one(rows: u64, id: Uuid, from: DeliveryStatus) -> Result<(), DbError> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(DbError::Corrupt(format!(
+            "delivery {id} was no longer {from} under its order's lock"
+        )))
+    }
 }
 
 /// Gives up on a delivery that is not running (an admin discard, a refund or

@@ -18,6 +18,9 @@ use crate::error::DbError;
 pub enum Rescued {
     Requeued(Uuid),
     Held(Uuid),
+    /// The order was withdrawn meanwhile: cancelled, and the caller revokes
+    /// it (it may have run before the worker died).
+    Cancelled(Uuid),
 }
 
 pub async fn expired_leases(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
@@ -105,10 +108,12 @@ pub async fn rescue_one(
         )
         .await?;
     }
-    let to = match policy {
-        _ if withdrawn => DeliveryStatus::Cancelled,
-        OnAmbiguous::Hold => DeliveryStatus::Held,
-        OnAmbiguous::Retry => DeliveryStatus::Queued,
+    let to = if withdrawn {
+        DeliveryStatus::Cancelled
+    } else if crate::domain::fulfilment::runs_again(policy, true) {
+        DeliveryStatus::Queued
+    } else {
+        DeliveryStatus::Held
     };
     DeliveryStatus::Running.transition(to)?;
     let reason =
@@ -123,11 +128,9 @@ pub async fn rescue_one(
     .bind(&reason)
     .execute(&mut *conn)
     .await?;
-    if to == DeliveryStatus::Cancelled {
-        // It may have run before the worker died: take it back (harmless if not).
-        crate::service::revoke::revoke_delivery(conn, id, false, actor).await?;
-    }
-    let rescued = if to == DeliveryStatus::Queued {
+    let rescued = if to == DeliveryStatus::Cancelled {
+        Rescued::Cancelled(id)
+    } else if to == DeliveryStatus::Queued {
         outbox::enqueue_job(conn, id, kind).await?;
         outbox::notify_relays(conn).await?;
         Rescued::Requeued(id)

@@ -78,14 +78,7 @@ pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), 
     status
         .transition(DeliveryStatus::Queued)
         .map_err(DbError::from)?;
-    sqlx::query(
-        "UPDATE deliveries SET status = 'queued', failures = 0, waiting_since = NULL, next_attempt_at = now(), \
-           updated_at = now() WHERE id = $1 AND status = $2",
-    )
-    .bind(id)
-    .bind(status.as_str())
-    .execute(&mut *tx)
-    .await?;
+    crate::db::deliveries::requeue(&mut tx, id, status).await?;
     outbox::enqueue_job(&mut tx, id, kind).await?;
     outbox::notify_relays(&mut tx).await?;
     dead_letters::resolve_for_delivery(&mut tx, id, actor, "retried").await?;

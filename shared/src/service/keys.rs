@@ -92,14 +92,7 @@ pub async fn enter_key(
         stock_id: None,
     };
     keys::store_item_key(&mut tx, cipher, item_id, delivery_id, code.trim(), &src).await?;
-    sqlx::query(
-        "UPDATE deliveries SET status = 'succeeded', completed_at = now(), updated_at = now(), last_error = NULL, \
-           next_attempt_at = NULL WHERE id = $1 AND status = $2",
-    )
-    .bind(delivery_id)
-    .bind(from.as_str())
-    .execute(&mut *tx)
-    .await?;
+    crate::db::deliveries::succeed_by_hand(&mut tx, delivery_id, from).await?;
     dead_letters::resolve_for_delivery(&mut tx, delivery_id, actor, "retried").await?;
     events::record(
         &mut tx,

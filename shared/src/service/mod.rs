@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod deliverable;
+pub mod fulfilment;
 pub mod keys;
 pub mod orders;
 pub mod payments;
