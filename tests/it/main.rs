@@ -6,6 +6,7 @@ mod bench;
 mod dead_letters;
 mod discord;
 mod hostile;
+mod hot_path;
 mod keys;
 mod limits;
 mod money;

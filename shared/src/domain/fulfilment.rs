@@ -143,3 +143,15 @@ pub fn decide(
         ambiguous: maybe_sent && claimed.kind == DeliveryKind::Rcon && class.is_some(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ambiguous_action_runs_again_only_when_asked_and_with_budget() {
+        assert!(runs_again(OnAmbiguous::Retry, true));
+        assert!(!runs_again(OnAmbiguous::Retry, false));
+        assert!(!runs_again(OnAmbiguous::Hold, true));
+    }
+}

@@ -126,4 +126,41 @@ mod tests {
         );
         assert_eq!(order_status(&[I::Pending, I::Pending]), None);
     }
+
+    #[test]
+    fn moves_skip_what_stays_and_refuse_what_the_machine_forbids() {
+        assert_eq!(
+            item_move(I::Pending, I::Processing),
+            Ok(Some(I::Processing))
+        );
+        assert_eq!(item_move(I::Processing, I::Processing), Ok(None));
+        assert_eq!(
+            item_move(I::Revoked, I::Processing),
+            Ok(None),
+            "revoked stays"
+        );
+        assert!(item_move(I::Delivered, I::Processing).is_err());
+        // A key item passes `fulfilled`; the final status is what is written.
+        assert_eq!(
+            item_rollup(I::Processing, I::Delivered, true),
+            Ok(Some(I::Delivered))
+        );
+        assert_eq!(
+            item_rollup(I::Fulfilled, I::Delivered, true),
+            Ok(Some(I::Delivered))
+        );
+        assert_eq!(item_rollup(I::Revoked, I::Delivered, true), Ok(None));
+        use OrderStatus as O;
+        assert_eq!(
+            order_move(O::Pending, O::Processing),
+            Ok(Some(O::Processing))
+        );
+        assert_eq!(order_move(O::Refunded, O::Processing), Ok(None), "final");
+        assert_eq!(
+            order_move(O::PartiallyRefunded, O::Completed),
+            Ok(None),
+            "a refund's status is not moved back by deliveries"
+        );
+        assert!(order_move(O::Completed, O::Failed).is_err());
+    }
 }

@@ -1,0 +1,132 @@
+//! The set-based claim and completion against the real Postgres: what a
+//! batch does with duplicates, lost leases and withdrawn orders.
+
+use courier_shared::db::deliveries::{self, NotClaimed, Success};
+use courier_shared::domain::delivery::DeliveryStatus;
+use courier_tests::stack::TestStack;
+use uuid::Uuid;
+
+/// A stack without a worker and `n` paid orders of an RCON product: their
+/// deliveries stay queued for the test to claim.
+async fn queued(n: usize) -> (TestStack, Vec<(Uuid, Uuid)>) {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let game = courier_tests::fakes::rcon::FakeGameServer::start(
+        "pw",
+        courier_shared::rcon::Dialect::Minecraft,
+    )
+    .await
+    .expect("fake server");
+    stack.add_game_server("s", &game).await;
+    stack.add_rcon_product("p", "s", "say {username}").await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
+        let order: Uuid = o["id"].as_str().expect("id").parse().expect("uuid");
+        let delivery: Uuid = sqlx::query_scalar("SELECT id FROM deliveries WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&stack.pool)
+            .await
+            .expect("delivery");
+        out.push((order, delivery));
+    }
+    (stack, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claims_each_delivery_once_and_completes_only_what_it_still_holds() {
+    let (stack, rows) = queued(3).await;
+    let (a, b, c) = (rows[0], rows[1], rows[2]);
+
+    // `a` twice in one batch (a redelivered message), and an unknown id.
+    let ghost = Uuid::new_v4();
+    let mut tx = stack.pool.begin().await.expect("tx");
+    let claims = deliveries::claim_batch(&mut tx, &[a.1, b.1, a.1, c.1, ghost], "w1", 30)
+        .await
+        .expect("claim");
+    tx.commit().await.expect("commit");
+    assert!(claims[0].1.is_ok() && claims[1].1.is_ok() && claims[3].1.is_ok());
+    assert_eq!(
+        claims[2].1.as_ref().err(),
+        Some(&NotClaimed::NotClaimable(DeliveryStatus::Running))
+    );
+    assert_eq!(claims[4].1.as_ref().err(), Some(&NotClaimed::Missing));
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM orders WHERE status = 'processing'")
+            .await,
+        3,
+        "each order moved to processing once"
+    );
+    assert_eq!(
+        stack.count("SELECT count(*) FROM delivery_attempts").await,
+        3
+    );
+
+    // `b`'s lease was taken over (another worker holds it now); `c`'s order
+    // was withdrawn while it ran: the batch applies only `a`.
+    sqlx::query("UPDATE deliveries SET leased_by = 'w2' WHERE id = $1")
+        .bind(b.1)
+        .execute(&stack.pool)
+        .await
+        .expect("steal");
+    sqlx::query("UPDATE orders SET revoked_at = now() WHERE id = $1")
+        .bind(c.0)
+        .execute(&stack.pool)
+        .await
+        .expect("withdraw");
+    let batch: Vec<Success> = [a, b, c]
+        .iter()
+        .map(|(order_id, id)| Success {
+            id: *id,
+            order_id: *order_id,
+            attempt: 1,
+            response: Some(format!("ok {id}")),
+        })
+        .collect();
+    let applied = courier_shared::service::fulfilment::complete(&stack.pool, "w1", &batch)
+        .await
+        .expect("complete");
+    assert_eq!(applied, vec![a.1]);
+    let status = |id: Uuid| {
+        let pool = stack.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT d.status || '/' || i.delivery_status || '/' || o.status FROM deliveries d \
+                 JOIN order_items i ON i.id = d.item_id JOIN orders o ON o.id = d.order_id WHERE d.id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("status")
+        }
+    };
+    assert_eq!(status(a.1).await, "succeeded/delivered/completed");
+    assert_eq!(
+        status(b.1).await,
+        "running/processing/processing",
+        "left to its holder"
+    );
+    assert_eq!(
+        status(c.1).await,
+        "running/processing/processing",
+        "left to `record`"
+    );
+    let answer: Option<String> =
+        sqlx::query_scalar("SELECT response FROM delivery_attempts WHERE delivery_id = $1")
+            .bind(a.1)
+            .fetch_one(&stack.pool)
+            .await
+            .expect("attempt");
+    assert_eq!(answer, Some(format!("ok {}", a.1)));
+    // One stored event per order change: created, processing, completed.
+    assert_eq!(
+        stack
+            .count(&format!(
+                "SELECT count(*) FROM order_events WHERE order_id = '{}'",
+                a.0
+            ))
+            .await,
+        3
+    );
+    stack.teardown().await;
+}
