@@ -89,6 +89,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
     let redis = redis::Client::open(settings.redis.url.expose()).context("redis.url")?;
     let relay_wake = Arc::new(Notify::new());
     let relay_connected = Arc::new(AtomicBool::new(false));
+    let (shutdown, rx) = watch::channel(false);
     let state = AppState {
         pool: pool.clone(),
         relay_wake: relay_wake.clone(),
@@ -107,14 +108,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         keys: Arc::new(crate::auth::KeyCache::new(std::time::Duration::from_secs(
             settings.api.key_cache_seconds,
         ))),
-        waiters: crate::waiters::Waiters::start(pool.clone()),
+        waiters: crate::waiters::Waiters::start(pool.clone(), rx.clone()),
     };
     let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)
         .await
         .with_context(|| format!("binding api.bind = {}", settings.api.bind))?;
     let addr = listener.local_addr()?;
-    let (shutdown, rx) = watch::channel(false);
 
     let relay = Relay {
         pool: pool.clone(),

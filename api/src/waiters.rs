@@ -22,6 +22,8 @@ pub const CHANNEL: &str = "courier_orders";
 pub struct Waiters {
     /// Per order being waited on: its wake-up and how many wait.
     orders: Mutex<HashMap<Uuid, (Arc<Notify>, usize)>>,
+    /// The process is stopping: waiting reads answer at once.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// A registration; waiting ends (and the order is forgotten once nobody
@@ -45,11 +47,25 @@ impl Drop for Waiting {
 }
 
 impl Waiters {
-    /// Starts the process's listener.
-    pub fn start(pool: PgPool) -> Arc<Self> {
+    /// Starts the process's listener; it stops, and every waiting read
+    /// answers with the order as it is, when `shutdown` turns true (so a
+    /// graceful stop never waits for a long-poll's timeout).
+    pub fn start(pool: PgPool, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
         let waiters = Arc::new(Waiters::default());
-        tokio::spawn(listen(pool, waiters.clone()));
+        let listener = tokio::spawn(listen(pool, waiters.clone()));
+        let w = waiters.clone();
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            w.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+            listener.abort();
+            w.wake_all();
+        });
         waiters
+    }
+
+    /// True once the process is stopping.
+    pub fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Arc<Notify>, usize)>> {

@@ -248,7 +248,7 @@ async fn wait_for(
             .await?
             .ok_or_else(|| ApiError::not_found("order"))?;
         drop(conn);
-        if done(&status) {
+        if done(&status) || state.waiters.closing() {
             return Ok(status);
         }
         tokio::select! {

@@ -31,6 +31,9 @@ pub struct Change<S> {
 
 /// Locks the rows of these orders in id order — every writer that locks more
 /// than one order does it this way, so two batches cannot deadlock — and
+/// `FOR NO KEY UPDATE`, which serialises writers of the order (it conflicts
+/// with itself and with `FOR UPDATE`) but not the foreign-key checks of
+/// rows inserted under the order (`FOR KEY SHARE`), and
 /// returns each order's status and whether it was withdrawn (`revoked_at`).
 pub async fn lock_orders(
     conn: &mut PgConnection,
@@ -38,7 +41,7 @@ pub async fn lock_orders(
 ) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
     let rows = sqlx::query(
         "SELECT id, status, revoked_at IS NOT NULL AS revoked FROM orders \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+         WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(order_ids)
     .fetch_all(conn)
@@ -57,7 +60,7 @@ pub async fn lock_orders_quietly(
     let rows = sqlx::query(
         "SELECT id, status, revoked_at IS NOT NULL AS revoked, \
            set_config('courier.announce', 'after_commit', true) FROM orders \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+         WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(order_ids)
     .fetch_all(conn)
@@ -90,7 +93,7 @@ pub async fn lock_orders_of(
         "SELECT id, status, revoked_at IS NOT NULL AS revoked, \
            set_config('courier.announce', 'after_commit', true) FROM orders \
          WHERE id = ANY(ARRAY(SELECT order_id FROM deliveries WHERE id = ANY($1))) \
-         ORDER BY id FOR UPDATE",
+         ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(delivery_ids)
     .fetch_all(conn)
