@@ -200,7 +200,7 @@ async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Del
         return;
     }
     let ids: Vec<Uuid> = jobs.iter().map(|(m, _)| m.delivery_id).collect();
-    let claims = match claim_all(&ctx, &ids).await {
+    let claims = match fulfilment::claim(&ctx.pool, &ids, &ctx.worker_id, ctx.lease_seconds).await {
         Ok(claims) => claims.into_iter().map(|(_, c)| Ok(c)).collect(),
         Err(e) if jobs.len() > 1 => {
             // One bad row must not hold up the rest: claim them one by one.
@@ -208,9 +208,14 @@ async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Del
             let mut each = Vec::with_capacity(ids.len());
             for id in &ids {
                 each.push(
-                    claim_all(&ctx, std::slice::from_ref(id))
-                        .await
-                        .map(|mut c| c.pop().map_or(Err(NotClaimed::Missing), |(_, c)| c)),
+                    fulfilment::claim(
+                        &ctx.pool,
+                        std::slice::from_ref(id),
+                        &ctx.worker_id,
+                        ctx.lease_seconds,
+                    )
+                    .await
+                    .map(|mut c| c.pop().map_or(Err(NotClaimed::Missing), |(_, c)| c)),
                 );
             }
             each
@@ -231,14 +236,6 @@ async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Del
             }
         });
     futures_util::future::join_all(runs).await;
-}
-
-/// One transaction claiming `ids` (see `service::fulfilment::claim`).
-async fn claim_all(
-    ctx: &Context,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, Result<Claimed, NotClaimed>)>, DbError> {
-    fulfilment::claim(&ctx.pool, ids, &ctx.worker_id, ctx.lease_seconds).await
 }
 
 /// Acks, dead-letters or requeues a message once its outcome is known.

@@ -252,7 +252,7 @@ pub async fn record(
 ) -> Result<(Recorded, bool), DbError> {
     DeliveryStatus::Running.transition(rec.next)?;
     // Serialise roll-ups per order (see the module comment).
-    let revoked = statuses::lock_orders(conn, &[claimed.order_id])
+    let revoked = statuses::lock_orders(conn, &[claimed.order_id], statuses::Announce::Trigger)
         .await?
         .first()
         .is_some_and(|(_, _, revoked)| *revoked);
@@ -449,7 +449,7 @@ pub async fn record_successes(
     let mut order_ids: Vec<Uuid> = done.iter().map(|s| s.order_id).collect();
     order_ids.sort_unstable();
     order_ids.dedup();
-    let live: Vec<Uuid> = statuses::lock_orders_quietly(conn, &order_ids)
+    let live: Vec<Uuid> = statuses::lock_orders(conn, &order_ids, statuses::Announce::AfterCommit)
         .await?
         .into_iter()
         .filter(|(_, _, revoked)| !revoked)

@@ -195,26 +195,29 @@ pub async fn load_status(
     id: Option<Uuid>,
     number: Option<&str>,
 ) -> Result<Option<OrderStatusView>, DbError> {
+    macro_rules! select {
+        ($by:literal) => {
+            concat!(
+                "SELECT id, order_number, status, payment_status, trim(currency) AS currency, ",
+                "subtotal, discount, tax, total, refunded_amount, payment_issue, created_at, ",
+                "updated_at, paid_at, completed_at, revoked_at FROM orders WHERE ",
+                $by,
+                " = $1"
+            )
+        };
+    }
     let row = match (id, number) {
         (Some(id), _) => {
-            sqlx::query_as(
-                "SELECT id, order_number, status, payment_status, trim(currency) AS currency, \
-                   subtotal, discount, tax, total, refunded_amount, payment_issue, created_at, \
-                   updated_at, paid_at, completed_at, revoked_at FROM orders WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(conn)
-            .await?
+            sqlx::query_as(select!("id"))
+                .bind(id)
+                .fetch_optional(conn)
+                .await?
         }
         (None, Some(number)) => {
-            sqlx::query_as(
-                "SELECT id, order_number, status, payment_status, trim(currency) AS currency, \
-                   subtotal, discount, tax, total, refunded_amount, payment_issue, created_at, \
-                   updated_at, paid_at, completed_at, revoked_at FROM orders WHERE order_number = $1",
-            )
-            .bind(number)
-            .fetch_optional(conn)
-            .await?
+            sqlx::query_as(select!("order_number"))
+                .bind(number)
+                .fetch_optional(conn)
+                .await?
         }
         (None, None) => None,
     };

@@ -29,47 +29,52 @@ pub struct Change<S> {
     pub to: S,
 }
 
+/// Who tells waiting readers about the changes a transaction makes to the
+/// orders it locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// The `orders_status_notify` trigger, at commit.
+    Trigger,
+    /// The caller, with `announce` right after commit; the trigger stays
+    /// quiet (see its migration: a NOTIFY makes commits queue behind each
+    /// other).
+    AfterCommit,
+}
+
+impl Announce {
+    fn setting(self) -> &'static str {
+        match self {
+            Announce::Trigger => "",
+            Announce::AfterCommit => "after_commit",
+        }
+    }
+}
+
 /// Locks the rows of these orders in id order — every writer that locks more
 /// than one order does it this way, so two batches cannot deadlock — and
 /// `FOR NO KEY UPDATE`, which serialises writers of the order (it conflicts
 /// with itself and with `FOR UPDATE`) but not the foreign-key checks of
-/// rows inserted under the order (`FOR KEY SHARE`), and
-/// returns each order's status and whether it was withdrawn (`revoked_at`).
+/// rows inserted under the order (`FOR KEY SHARE`), and returns each order's
+/// status and whether it was withdrawn (`revoked_at`).
 pub async fn lock_orders(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
-) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
-    let rows = sqlx::query(
-        "SELECT id, status, revoked_at IS NOT NULL AS revoked FROM orders \
-         WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-    )
-    .bind(order_ids)
-    .fetch_all(conn)
-    .await?;
-    locked(&rows)
-}
-
-/// `lock_orders` for a batch whose caller announces the orders' changes
-/// itself after commit (`announce`): the transaction is marked so the
-/// `orders_status_notify` trigger stays quiet (see its migration: a NOTIFY
-/// makes commits queue behind each other).
-pub async fn lock_orders_quietly(
-    conn: &mut PgConnection,
-    order_ids: &[Uuid],
+    announce: Announce,
 ) -> Result<Vec<(Uuid, OrderStatus, bool)>, DbError> {
     let rows = sqlx::query(
         "SELECT id, status, revoked_at IS NOT NULL AS revoked, \
-           set_config('courier.announce', 'after_commit', true) FROM orders \
+           set_config('courier.announce', $2, true) FROM orders \
          WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(order_ids)
+    .bind(announce.setting())
     .fetch_all(conn)
     .await?;
     locked(&rows)
 }
 
 /// Tells waiting readers (`LISTEN courier_orders`) that these orders may have
-/// changed: after the commit of a batch locked with `lock_orders_quietly`, in
+/// changed: after the commit of a batch locked with `Announce::AfterCommit`, in
 /// its own statement (no transaction of its own to flush). A change that is
 /// not announced (a crash between commit and this) only makes a waiting read
 /// answer at its timeout.
@@ -84,7 +89,7 @@ pub async fn announce(pool: &sqlx::PgPool, order_ids: &[Uuid]) -> Result<(), sql
     Ok(())
 }
 
-/// `lock_orders_quietly` for the orders of these deliveries.
+/// `lock_orders` (announced after commit) for the orders of these deliveries.
 pub async fn lock_orders_of(
     conn: &mut PgConnection,
     delivery_ids: &[Uuid],

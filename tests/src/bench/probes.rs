@@ -55,36 +55,7 @@ pub async fn postgres(url: &str, jobs: usize) -> anyhow::Result<f64> {
 /// Messages per second through a quorum queue: persistent messages published
 /// with confirms (64 in flight) and consumed with manual acks, end to end.
 pub async fn rabbitmq(url: &str, queue: &str, messages: usize) -> anyhow::Result<f64> {
-    let conn = courier_shared::queue::connect(url).await?;
-    let publish = conn.create_channel().await?;
-    let consume = conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
-    );
-    publish
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    consume.basic_qos(64, BasicQosOptions::default()).await?;
-    let mut consumer = consume
-        .basic_consume(
-            queue.into(),
-            "probe".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (conn, publish, consume, mut consumer) = probe_queue(url, queue, 64, "probe").await?;
     let started = Instant::now();
     let reader = tokio::spawn(async move {
         let mut seen = 0;
@@ -175,38 +146,8 @@ pub async fn pipeline(
         },
         Duration::from_secs(60),
     ));
-    let conn = courier_shared::queue::connect(amqp_url).await?;
-    let publish = conn.create_channel().await?;
-    let consume = conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
-    );
-    publish
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    consume
-        .basic_qos(in_flight as u16, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consume
-        .basic_consume(
-            queue.into(),
-            "pipeline-probe".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (conn, publish, consume, mut consumer) =
+        probe_queue(amqp_url, queue, in_flight as u16, "pipeline-probe").await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let started = Instant::now();
     let reader = {
@@ -291,4 +232,52 @@ pub async fn pipeline(
         .await?;
     pool.close().await;
     Ok(rate)
+}
+
+/// A durable quorum queue for a probe, a publishing channel in confirm mode
+/// and a consumer with `prefetch` unacked messages.
+async fn probe_queue(
+    url: &str,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> anyhow::Result<(
+    lapin::Connection,
+    lapin::Channel,
+    lapin::Channel,
+    lapin::Consumer,
+)> {
+    let conn = courier_shared::queue::connect(url).await?;
+    let publish = conn.create_channel().await?;
+    let consume = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+    );
+    publish
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    consume
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = consume
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, publish, consume, consumer))
 }
