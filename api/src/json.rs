@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn parse_refuses_non_text_with_the_field() {
-        #[derive(serde::Deserialize, Debug)]
+        #[derive(serde::Deserialize, Debug, utoipa::ToSchema)]
         struct T {
             #[allow(dead_code)]
             name: String,

@@ -11,12 +11,16 @@
 //!   and the middleware that keeps every error in that shape.
 //! - `routes/`: thin handlers that call `courier_shared::service`.
 //! - `relay`: publishes outbox rows to RabbitMQ with publisher confirms.
+//! - `metrics`: the process's Prometheus series and the request-tracking middleware.
+//! - `openapi`: the OpenAPI 3.1 document, generated from the handlers and types.
 
 pub mod admin_cli;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod json;
+pub mod metrics;
+pub mod openapi;
 pub mod relay;
 pub mod routes;
 pub mod seed;

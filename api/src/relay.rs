@@ -8,21 +8,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
-use courier_shared::config::{RelaySettings, Secret};
+use courier_shared::config::RelaySettings;
 use courier_shared::db::outbox;
 use courier_shared::queue::publisher::{OutgoingMessage, PublishError, Publisher};
-use courier_shared::queue::{self, topology::Topology};
+use courier_shared::queue::{Broker, topology::Topology};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 
 pub struct Relay {
     pub pool: PgPool,
-    pub amqp_url: Secret,
+    pub broker: Broker,
     pub topology: Topology,
     pub settings: RelaySettings,
     pub wake: Arc<Notify>,
     /// True while the relay holds a working broker connection (for `/readyz`).
     pub connected: Arc<AtomicBool>,
+    pub metrics: Arc<crate::metrics::ApiMetrics>,
 }
 
 /// Wakes the relay on `NOTIFY courier_outbox` (sent by workers and the CLI at
@@ -53,7 +54,7 @@ enum BatchError {
 
 impl Relay {
     async fn open(&self) -> Result<Publisher, lapin::Error> {
-        let conn = queue::connect(self.amqp_url.expose()).await?;
+        let conn = self.broker.connect().await?;
         let publisher = Publisher::open(conn).await?;
         self.topology.declare(publisher.channel()).await?;
         Ok(publisher)
@@ -147,6 +148,15 @@ impl Relay {
         }
         outbox::mark_published(&mut tx, &ids).await?;
         tx.commit().await?;
+        let now = chrono::Utc::now();
+        self.metrics.published.inc_by(ids.len() as u64);
+        for row in &rows {
+            let delay = (now - row.created_at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0);
+            self.metrics.publish_delay.observe(delay as f64 / 1e6);
+        }
         tracing::debug!(count = ids.len(), "published outbox rows");
         Ok(ids.len())
     }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use courier_shared::config::Settings;
 use courier_shared::db;
+use courier_shared::queue::Broker;
 use courier_shared::queue::topology::Topology;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -38,6 +39,10 @@ pub struct AppState {
     pub keys: Arc<crate::auth::KeyCache>,
     /// Wakes requests waiting for an order's status to change.
     pub waiters: Arc<crate::waiters::Waiters>,
+    pub metrics: Arc<crate::metrics::ApiMetrics>,
+    /// For the queue gauges of `/metrics`.
+    pub broker: Broker,
+    pub topology: Topology,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -86,7 +91,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         .await
         .context("registering api.bootstrap_admin_key")?;
     }
-    let redis = redis::Client::open(settings.redis.url.expose()).context("redis.url")?;
+    let ca = courier_shared::tls::CaBundle::load(&settings.tls)?;
+    let redis =
+        courier_shared::redis::client(settings.redis.url.expose(), &ca).context("redis.url")?;
+    let broker = Broker {
+        url: settings.amqp.url.clone(),
+        ca,
+    };
+    let topology = Topology::new(&settings.amqp.prefix, &settings.retry);
+    let metrics = Arc::new(crate::metrics::ApiMetrics::default());
     let relay_wake = Arc::new(Notify::new());
     let relay_connected = Arc::new(AtomicBool::new(false));
     let (shutdown, rx) = watch::channel(false);
@@ -109,6 +122,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
             settings.api.key_cache_seconds,
         ))),
         waiters: crate::waiters::Waiters::start(pool.clone(), rx.clone()),
+        metrics: metrics.clone(),
+        broker: broker.clone(),
+        topology: topology.clone(),
     };
     let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)
@@ -118,8 +134,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
 
     let relay = Relay {
         pool: pool.clone(),
-        amqp_url: settings.amqp.url.clone(),
-        topology: Topology::new(&settings.amqp.prefix, &settings.retry),
+        broker,
+        topology,
+        metrics,
         settings: settings.relay.clone(),
         wake: relay_wake,
         connected: relay_connected,

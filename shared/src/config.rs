@@ -46,6 +46,8 @@ pub struct Settings {
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
     #[serde(default)]
     pub keys: KeySettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
     pub log: LogSettings,
 }
 
@@ -108,6 +110,15 @@ pub struct KeySettings {
     pub encryption_key: Option<Secret>,
 }
 
+/// TLS to RabbitMQ (`amqps://`) and Redis (`rediss://`) uses Mozilla's roots,
+/// or only the CA bundle named here. Postgres takes its CA from `database.url`
+/// (`sslmode=verify-full&sslrootcert=/path`), as libpq does.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TlsSettings {
+    /// A PEM file of CA certificates to trust instead of the built-in roots.
+    pub ca_file: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct DatabaseSettings {
     pub url: Secret,
@@ -159,6 +170,8 @@ pub struct WorkerSettings {
     pub lease_seconds: u32,
     /// Name recorded on attempts; defaults to hostname-pid.
     pub id: Option<String>,
+    /// Address of the worker's own listener: `/healthz`, `/readyz`, `/metrics`.
+    pub http_bind: String,
     /// On SIGTERM, how long in-flight jobs may take before the worker exits
     /// anyway (their messages return to the queue; their leases to the rescuer).
     pub shutdown_grace_seconds: u32,
@@ -258,6 +271,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("worker.concurrency", "16"),
     ("worker.lease_seconds", "60"),
     ("worker.shutdown_grace_seconds", "30"),
+    ("worker.http_bind", "127.0.0.1:9091"),
     ("retry.rcon.max_attempts", "10"),
     ("retry.rcon.base_delay_ms", "5000"),
     ("retry.rcon.max_delay_ms", "3600000"),

@@ -48,6 +48,8 @@ pub struct Limits {
     local_sems: Mutex<HashMap<String, Arc<Semaphore>>>,
     local_windows: Mutex<HashMap<String, (u64, u32)>>,
     local_blocks: Mutex<HashMap<String, Instant>>,
+    /// True since the last Redis call fell back to local limits.
+    fallback: std::sync::atomic::AtomicBool,
 }
 
 /// A held semaphore slot; `release` it when done (it also expires on its own,
@@ -60,14 +62,31 @@ pub enum Permit {
 impl Limits {
     /// `prefix` namespaces the keys (the installation's queue prefix).
     pub fn new(redis_url: &str, prefix: &str) -> Self {
+        Self::with_client(redis::Client::open(redis_url).ok(), prefix)
+    }
+
+    /// With a client built elsewhere (e.g. with a CA bundle); `None` means
+    /// local limits only.
+    pub fn with_client(client: Option<redis::Client>, prefix: &str) -> Self {
         Limits {
-            client: redis::Client::open(redis_url).ok(),
+            client,
             prefix: format!("courier:{prefix}"),
             conn: tokio::sync::Mutex::new((None, None)),
             local_sems: Mutex::new(HashMap::new()),
             local_windows: Mutex::new(HashMap::new()),
             local_blocks: Mutex::new(HashMap::new()),
+            fallback: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the local fallback is in use (for `/metrics`).
+    pub fn fallback_active(&self) -> bool {
+        self.fallback.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_fallback(&self, on: bool) {
+        self.fallback
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A connection, or `None` (then the caller falls back to local limits).
@@ -80,10 +99,14 @@ impl Limits {
             .1
             .is_some_and(|last| last.elapsed() < Duration::from_secs(1))
         {
+            self.set_fallback(true);
             return None;
         }
         guard.1 = Some(Instant::now());
-        let client = self.client.clone()?;
+        let Some(client) = self.client.clone() else {
+            self.set_fallback(true);
+            return None;
+        };
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
@@ -96,10 +119,12 @@ impl Limits {
         {
             Ok(Ok(c)) => {
                 guard.0 = Some(c.clone());
+                self.set_fallback(false);
                 Some(c)
             }
             _ => {
                 tracing::warn!("Redis unreachable: using conservative local limits");
+                self.set_fallback(true);
                 None
             }
         }
@@ -109,6 +134,7 @@ impl Limits {
         let mut guard = self.conn.lock().await;
         guard.0 = None;
         guard.1 = Some(Instant::now());
+        self.set_fallback(true);
     }
 
     fn key(&self, name: &str) -> String {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod dead_letters;
+mod deploy;
 mod discord;
 mod hostile;
 mod hot_path;

@@ -46,6 +46,7 @@ pub fn test_settings() -> (Settings, String) {
     settings.database.max_connections = 8;
     settings.amqp.prefix = format!("t{tag}.");
     settings.api.bind = "127.0.0.1:0".into();
+    settings.worker.http_bind = "127.0.0.1:0".into();
     settings.api.bootstrap_admin_key = Some(Secret::new(format!(
         "ck_test_admin_{}",
         uuid::Uuid::new_v4().simple()
@@ -159,7 +160,8 @@ impl TestStack {
     async fn wait_for_topology(&self) {
         let queues = Topology::new(&self.settings.amqp.prefix, &self.settings.retry).all_queues();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let conn = courier_shared::queue::connect(self.settings.amqp.url.expose())
+        let conn = courier_shared::queue::Broker::plain(self.settings.amqp.url.expose())
+            .connect()
             .await
             .expect("connect to RabbitMQ");
         for q in &queues {
@@ -467,7 +469,8 @@ impl TestStack {
     /// Publishes `body` straight to a work queue (bypassing the outbox), as a
     /// duplicate or a corrupt message would arrive.
     pub async fn publish_raw(&self, logical_queue: &str, body: &[u8]) {
-        let conn = courier_shared::queue::connect(self.settings.amqp.url.expose())
+        let conn = courier_shared::queue::Broker::plain(self.settings.amqp.url.expose())
+            .connect()
             .await
             .expect("amqp");
         let channel = conn.create_channel().await.expect("channel");
@@ -557,7 +560,10 @@ impl Cleanup {
             return;
         }
         self.done = true;
-        if let Ok(conn) = courier_shared::queue::connect(&self.amqp_url).await {
+        if let Ok(conn) = courier_shared::queue::Broker::plain(self.amqp_url.as_str())
+            .connect()
+            .await
+        {
             // A failed delete closes its channel: each queue gets a fresh one
             // after a failure, so one error does not leave the rest behind.
             let mut channel = None;
@@ -625,6 +631,7 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
         ("AMQP__URL", s.amqp.url.expose().to_owned()),
         ("AMQP__PREFIX", s.amqp.prefix.clone()),
         ("API__BIND", s.api.bind.clone()),
+        ("WORKER__HTTP_BIND", s.worker.http_bind.clone()),
         (
             "RELAY__SWEEP_INTERVAL_MS",
             s.relay.sweep_interval_ms.to_string(),

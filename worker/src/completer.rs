@@ -16,6 +16,7 @@
 
 use courier_shared::db::deliveries::Success;
 use courier_shared::error::DbError;
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,9 +33,10 @@ pub struct Completer {
 
 impl Completer {
     /// Starts the completer task; it ends when every handle is dropped.
-    pub fn start(pool: PgPool, worker_id: String) -> Self {
+    /// `sizes` observes the size of every batch written.
+    pub fn start(pool: PgPool, worker_id: String, sizes: Histogram) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(pool, worker_id, rx));
+        tokio::spawn(run(pool, worker_id, sizes, rx));
         Completer { tx }
     }
 
@@ -50,9 +52,15 @@ impl Completer {
     }
 }
 
-async fn run(pool: PgPool, worker_id: String, mut rx: mpsc::Receiver<(Success, Reply)>) {
+async fn run(
+    pool: PgPool,
+    worker_id: String,
+    sizes: Histogram,
+    mut rx: mpsc::Receiver<(Success, Reply)>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        sizes.observe(batch.len() as f64);
         let successes: Vec<Success> = batch.iter().map(|(s, _)| s.clone()).collect();
         let written = write(&pool, &worker_id, &successes).await;
         match &written {

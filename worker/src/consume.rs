@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::drivers::rcon::RconDriver;
 use courier_shared::domain::fulfilment::{DriverOutcome, decide};
+use courier_shared::metrics::{KindOutcome, KindTarget, QueueLabel};
 
 /// Counters a test or `/metrics` can read.
 #[derive(Debug, Default)]
@@ -58,6 +59,8 @@ pub struct Context {
     pub stats: Stats,
     /// Writes succeeded attempts in batches.
     pub completer: crate::completer::Completer,
+    pub broker: courier_shared::queue::Broker,
+    pub metrics: crate::metrics::WorkerMetrics,
 }
 
 /// What to do with the message once the outcome is committed.
@@ -73,7 +76,6 @@ enum Disposition {
 /// goes away. In-flight jobs finish before this returns.
 pub async fn run(
     ctx: Arc<Context>,
-    amqp_url: String,
     kind: DeliveryKind,
     concurrency: u16,
     mut shutdown: watch::Receiver<bool>,
@@ -84,7 +86,7 @@ pub async fn run(
     let mut jobs = JoinSet::new();
     loop {
         let open = || async {
-            let conn = courier_shared::queue::connect(&amqp_url).await?;
+            let conn = ctx.broker.connect().await?;
             let channel = conn.create_channel().await?;
             topology.declare(&channel).await?;
             channel
@@ -113,6 +115,7 @@ pub async fn run(
             _ = shutdown.changed() => break,
         };
         tracing::info!(%queue, "consuming");
+        let _connected = crate::metrics::ConnectedGuard::new(&ctx.metrics.consumers_connected);
         loop {
             tokio::select! {
                 next = consumer.next() => match next {
@@ -134,6 +137,7 @@ pub async fn run(
                                 None => break,
                             }
                         }
+                        observe_lag(&ctx, queue.as_str(), &batch);
                         let ctx = ctx.clone();
                         jobs.spawn(async move { handle_batch(ctx, kind, batch).await });
                         if let Some(e) = broken {
@@ -192,6 +196,7 @@ async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Del
                 // Poison: never requeue; the queue dead-letters it to `courier.dead`.
                 tracing::error!(error = %e, "undecodable job message; dead-lettering it");
                 ctx.stats.poison.fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.poison.inc();
                 courier_shared::queue::nack(&delivery.acker, false).await;
             }
         }
@@ -200,6 +205,7 @@ async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Del
         return;
     }
     let ids: Vec<Uuid> = jobs.iter().map(|(m, _)| m.delivery_id).collect();
+    ctx.metrics.claim_batch.observe(ids.len() as f64);
     let claims = match fulfilment::claim(&ctx.pool, &ids, &ctx.worker_id, ctx.lease_seconds).await {
         Ok(claims) => claims.into_iter().map(|(_, c)| Ok(c)).collect(),
         Err(e) if jobs.len() > 1 => {
@@ -273,6 +279,7 @@ async fn run_claimed(
         Ok(c) => c,
         Err(reason) => {
             ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.skipped.inc();
             match reason {
                 NotClaimed::Missing => {
                     tracing::warn!(delivery_id = %message.delivery_id, "no such delivery; dropping message")
@@ -285,7 +292,15 @@ async fn run_claimed(
         }
     };
 
+    let started = std::time::Instant::now();
     let outcome = run_driver(ctx, &claimed).await;
+    ctx.metrics
+        .attempt_duration
+        .get_or_create(&KindTarget {
+            kind: claimed.kind.to_string(),
+            target: claimed.target.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     let schedule = ctx.retry.schedule(claimed.kind);
     let record = decide(
         &outcome,
@@ -306,6 +321,7 @@ async fn run_claimed(
         };
         if ctx.completer.complete(success).await == Ok(true) {
             ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            count_attempt(ctx, &claimed, &record.outcome.to_string());
             return Ok(Disposition::Ack);
         }
     }
@@ -324,6 +340,7 @@ async fn run_claimed(
         .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "could not record the attempt"))
         .await?;
     ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
+    count_attempt(ctx, &claimed, &record.outcome.to_string());
     Ok(
         if record.next == DeliveryStatus::Dead && recorded == Recorded::Applied {
             Disposition::DeadLetter
@@ -331,6 +348,41 @@ async fn run_claimed(
             Disposition::Ack
         },
     )
+}
+
+fn count_attempt(ctx: &Context, claimed: &Claimed, outcome: &str) {
+    ctx.metrics
+        .deliveries
+        .get_or_create(&KindOutcome {
+            kind: claimed.kind.to_string(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+}
+
+/// Publish → receipt, from the relay's `x-published-ms` header; messages that
+/// came back through a delay tier (they carry `x-death`) are left out, their
+/// wait was the retry's.
+fn observe_lag(ctx: &Context, queue: &str, batch: &[Delivery]) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let lag = ctx.metrics.consumer_lag.get_or_create(&QueueLabel {
+        queue: queue.to_owned(),
+    });
+    for delivery in batch {
+        let Some(headers) = delivery.properties.headers() else {
+            continue;
+        };
+        let headers = headers.inner();
+        if headers.contains_key("x-death") {
+            continue;
+        }
+        if let Some(published) = headers
+            .get(courier_shared::queue::publisher::PUBLISHED_HEADER)
+            .and_then(|v| v.as_long_long_int())
+        {
+            lag.observe((now - published).max(0) as f64 / 1000.0);
+        }
+    }
 }
 
 /// Runs the driver in its own task so a panic becomes a failed attempt.

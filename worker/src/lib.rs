@@ -9,10 +9,13 @@
 //! - `drivers/`: one module per delivery kind; each returns a classified outcome.
 //! - `recorder`: drains `courier.dead` into the `dead_letters` table.
 //! - `rescuer`: takes back expired leases and re-publishes lost messages.
+//! - `http`, `metrics`: the worker's listener (`/healthz`, `/readyz`, `/metrics`) and its series.
 
 pub mod completer;
 pub mod consume;
 pub mod drivers;
+pub mod http;
+pub mod metrics;
 pub mod recorder;
 pub mod rescuer;
 pub mod startup;

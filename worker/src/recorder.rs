@@ -18,11 +18,11 @@ use tokio::sync::watch;
 
 use crate::consume::Context;
 
-pub async fn run(ctx: Arc<Context>, amqp_url: String, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let queue = ctx.topology.dead_queue();
     loop {
         let open = || async {
-            let conn = courier_shared::queue::connect(&amqp_url).await?;
+            let conn = ctx.broker.connect().await?;
             let channel = conn.create_channel().await?;
             ctx.topology.declare(&channel).await?;
             channel.basic_qos(8, BasicQosOptions::default()).await?;
@@ -45,6 +45,7 @@ pub async fn run(ctx: Arc<Context>, amqp_url: String, mut shutdown: watch::Recei
             r = opened => match r { Ok(p) => p, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
+        let _connected = crate::metrics::ConnectedGuard::new(&ctx.metrics.consumers_connected);
         loop {
             tokio::select! {
                 next = consumer.next() => match next {

@@ -41,6 +41,12 @@ pub async fn sweep(
         match courier_shared::service::fulfilment::rescue(&ctx.pool, id, actor).await {
             Ok(Some(r)) => {
                 tracing::warn!(delivery_id = %id, outcome = ?r, "rescued a delivery whose lease expired");
+                ctx.metrics
+                    .rescues
+                    .get_or_create(&courier_shared::metrics::OutcomeLabel {
+                        outcome: r.label().to_owned(),
+                    })
+                    .inc();
                 rescued.push(r);
             }
             Ok(None) => {}

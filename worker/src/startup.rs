@@ -23,6 +23,8 @@ pub const SUPPORTED: &[DeliveryKind] = &[
 
 pub struct RunningWorker {
     ctx: Arc<Context>,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub http_addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     consumers: JoinSet<()>,
 }
@@ -69,10 +71,12 @@ fn default_worker_id() -> String {
 pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
     let pool = db::connect_lazy(&settings.database).context("database.url")?;
     let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
-    let limits = Arc::new(courier_shared::limits::Limits::new(
-        settings.redis.url.expose(),
+    let ca = courier_shared::tls::CaBundle::load(&settings.tls)?;
+    let limits = Arc::new(courier_shared::limits::Limits::with_client(
+        Some(courier_shared::redis::client(settings.redis.url.expose(), &ca).context("redis.url")?),
         &settings.amqp.prefix,
     ));
+    let metrics = crate::metrics::WorkerMetrics::default();
     let cipher = settings
         .keys
         .encryption_key
@@ -80,7 +84,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         .map(|k| courier_shared::crypto::KeyCipher::from_base64(k.expose()))
         .transpose()
         .context("keys.encryption_key")?;
-    let completer = crate::completer::Completer::start(pool.clone(), worker_id.clone());
+    let completer = crate::completer::Completer::start(
+        pool.clone(),
+        worker_id.clone(),
+        metrics.completer_batch.clone(),
+    );
     let ctx = Arc::new(Context {
         pool,
         worker_id,
@@ -113,32 +121,44 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         },
         limits,
         stats: Stats::default(),
+        broker: courier_shared::queue::Broker {
+            url: settings.amqp.url.clone(),
+            ca,
+        },
+        metrics,
     });
     let (shutdown, rx) = watch::channel(false);
     let mut consumers = JoinSet::new();
     for kind in SUPPORTED {
         consumers.spawn(consume::run(
             ctx.clone(),
-            settings.amqp.url.expose().to_owned(),
             *kind,
             settings.worker.concurrency,
             rx.clone(),
         ));
     }
-    consumers.spawn(crate::recorder::run(
-        ctx.clone(),
-        settings.amqp.url.expose().to_owned(),
-        rx.clone(),
-    ));
+    consumers.spawn(crate::recorder::run(ctx.clone(), rx.clone()));
     consumers.spawn(crate::rescuer::run(
         ctx.clone(),
         std::time::Duration::from_millis(settings.rescuer.interval_ms),
         settings.rescuer.overdue_after_secs,
         rx.clone(),
     ));
-    tracing::info!(worker = %ctx.worker_id, "courier-worker started");
+    let (http_addr, http) = crate::http::start(
+        &settings.worker.http_bind,
+        ctx.clone(),
+        i64::try_from(SUPPORTED.len() + 1).unwrap_or(i64::MAX),
+        rx.clone(),
+    )
+    .await
+    .with_context(|| format!("binding worker.http_bind = {}", settings.worker.http_bind))?;
+    consumers.spawn(async move {
+        let _ = http.await;
+    });
+    tracing::info!(worker = %ctx.worker_id, %http_addr, "courier-worker started");
     Ok(RunningWorker {
         ctx,
+        http_addr,
         shutdown,
         consumers,
     })

@@ -33,7 +33,7 @@ impl From<AdminError> for ApiError {
 }
 
 /// Query of `GET /v1/admin/dead-letters`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub kind: Option<DeliveryKind>,
@@ -192,7 +192,7 @@ pub async fn retry_bulk(
 }
 
 /// Body of the discard actions.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Discard {
     /// Why: goes into the order's timeline with the admin's key name.
@@ -226,7 +226,7 @@ pub async fn discard(
 }
 
 /// Query of `GET /v1/admin/held` and `GET /v1/admin/alerts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Page size, 1–500 (default 50).
@@ -284,7 +284,7 @@ pub async fn retry_item(
 }
 
 /// Query of `GET /v1/admin/payment-events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     /// `received`, `applied`, `pending`, `ignored` or `failed`.

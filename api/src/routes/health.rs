@@ -10,6 +10,21 @@ use serde_json::{Value, json};
 
 use crate::startup::AppState;
 
+/// Prometheus series of this process (and installation-wide gauges); see `crate::metrics`.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let body = state
+        .metrics
+        .render(&state.pool, &state.broker, &state.topology)
+        .await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            courier_shared::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+}
+
 pub async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }

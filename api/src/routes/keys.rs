@@ -28,7 +28,7 @@ fn cipher(state: &AppState) -> Result<&courier_shared::crypto::KeyCipher, ApiErr
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeyList {
     keys: Vec<String>,
@@ -86,7 +86,7 @@ pub async fn upload(
     Ok(Json(json!({ "added": added, "duplicates": duplicates })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManualKey {
     pub code: String,
@@ -152,7 +152,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SupplierEvent {
     order_external_id: Uuid,

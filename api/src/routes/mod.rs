@@ -180,6 +180,7 @@ fn table(state: Option<AppState>) -> Table {
     )
     .add(M::GET, "/healthz", PUBLIC, health::alive)
     .add(M::GET, "/readyz", PUBLIC, health::ready)
+    .add(M::GET, "/metrics", PUBLIC, health::metrics)
 }
 
 /// Every route, in the order they were added.
@@ -190,6 +191,10 @@ pub fn route_table() -> Vec<Route> {
 pub fn router(state: AppState) -> Router {
     table(Some(state.clone()))
         .router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn(extract::json_errors))
         .layer(axum::middleware::from_fn(extract::check_uri))

@@ -208,7 +208,7 @@ pub async fn refund(
 }
 
 /// Body of `POST /v1/orders/{reference}/cancel`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     pub reason: Option<String>,

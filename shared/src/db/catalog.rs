@@ -9,7 +9,7 @@ use crate::error::DbError;
 use crate::rcon::{Dialect, Framing};
 
 /// A game server as stored. The password is never serialised.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GameServer {
     pub id: Uuid,
     pub name: String,
@@ -133,7 +133,7 @@ pub async fn find_game_server_by_name(
 }
 
 /// A product with its actions in order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Product {
     pub id: Uuid,
     pub sku: String,
@@ -141,7 +141,7 @@ pub struct Product {
     pub actions: Vec<StoredAction>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredAction {
     pub id: Uuid,
     #[serde(flatten)]

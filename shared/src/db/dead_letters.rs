@@ -118,7 +118,7 @@ pub async fn record_from_queue(
 }
 
 /// Filters for listing and bulk retry. Every field narrows the set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     pub kind: Option<DeliveryKind>,
@@ -161,7 +161,7 @@ fn push_filter(q: &mut QueryBuilder<Postgres>, f: &Filter) {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub delivery_id: Option<Uuid>,

@@ -10,7 +10,7 @@ use crate::domain::payment::DisputeOutcome;
 use crate::error::DbError;
 
 /// A dispute as the order API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DisputeView {
     pub id: Uuid,
     pub external_id: String,

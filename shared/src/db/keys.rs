@@ -134,7 +134,7 @@ pub async fn has_key(conn: &mut PgConnection, delivery_id: Uuid) -> Result<bool,
 }
 
 /// A key as the order API shows it; `code` only for callers allowed to see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: i64,
     pub delivery_id: Option<Uuid>,

@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod api_keys;
+pub mod backlog;
 pub mod catalog;
 pub mod dead_letters;
 pub mod deliveries;

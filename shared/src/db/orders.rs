@@ -54,7 +54,7 @@ pub struct ItemRow {
 
 /// What `POST /v1/orders` answers: the order and a summary per item, small
 /// whatever the number of deliveries (read them with `GET /v1/orders/{id}`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OrderSummary {
     pub id: Uuid,
     pub order_number: String,
@@ -77,7 +77,7 @@ pub struct OrderSummary {
     pub deliveries_queued: usize,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ItemSummary {
     pub id: Uuid,
     pub position: i32,
@@ -161,7 +161,7 @@ pub async fn find_by_idempotency_key(
 
 /// What a client polling an order reads: the order's own row, nothing
 /// joined (`GET /v1/orders/{id}`; `?expand=full` gives the whole `OrderView`).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OrderStatusView {
     pub id: Uuid,
     pub order_number: String,
@@ -225,7 +225,7 @@ pub async fn load_status(
 }
 
 /// An order as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     pub id: Uuid,
     pub order_number: String,
@@ -269,7 +269,7 @@ pub struct OrderView {
 }
 
 /// A payment's figures as the gateway sent them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Received {
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
@@ -278,7 +278,7 @@ pub struct Received {
 
 /// What a merchant submits against a chargeback: who bought, from where,
 /// and every delivery with the game server's or API's own answers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Evidence {
     pub order_number: String,
     pub customer_email: Option<String>,
@@ -292,7 +292,7 @@ pub struct Evidence {
     pub timeline: Vec<EventView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Proof {
     pub delivery_id: Uuid,
     pub kind: DeliveryKind,
@@ -303,7 +303,7 @@ pub struct Proof {
     pub attempts: Vec<AttemptView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CustomerView {
     pub name: Option<String>,
     pub email: Option<String>,
@@ -311,13 +311,13 @@ pub struct CustomerView {
     pub ip: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GameView {
     pub username: Option<String>,
     pub uuid: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ItemView {
     pub id: Uuid,
     pub position: i32,
@@ -334,7 +334,7 @@ pub struct ItemView {
     pub keys: Vec<crate::db::keys::KeyView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: Uuid,
     /// `null` for a gateway refund (it belongs to the order).
@@ -354,7 +354,7 @@ pub struct DeliveryView {
     pub attempt_history: Vec<AttemptView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
     pub worker: String,
@@ -366,7 +366,7 @@ pub struct AttemptView {
     pub response: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub at: DateTime<Utc>,
     pub kind: String,

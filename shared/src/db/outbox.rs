@@ -59,6 +59,7 @@ pub struct Pending {
     pub queue: String,
     pub payload: Value,
     pub expiration_ms: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Locks up to `limit` unpublished rows; other relays skip them (SKIP LOCKED),
@@ -66,7 +67,7 @@ pub struct Pending {
 /// (except after a crash between publish and commit: consumers are idempotent).
 pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, queue, payload, expiration_ms FROM outbox WHERE published_at IS NULL \
+        "SELECT id, queue, payload, expiration_ms, created_at FROM outbox WHERE published_at IS NULL \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)

@@ -103,7 +103,7 @@ pub async fn parked(
 }
 
 /// A stored webhook event as an admin lists it (without its body).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub id: i64,
     pub provider: String,

@@ -15,7 +15,7 @@ use crate::domain::payment::{RefundReason, RefundSource, RefundStatus};
 use crate::error::DbError;
 
 /// A refund as the order API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RefundView {
     pub id: Uuid,
     #[serde(with = "rust_decimal::serde::str")]

@@ -23,6 +23,17 @@ pub enum Rescued {
     Cancelled(Uuid),
 }
 
+impl Rescued {
+    /// What became of the delivery, as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rescued::Requeued(_) => "requeued",
+            Rescued::Held(_) => "held",
+            Rescued::Cancelled(_) => "cancelled",
+        }
+    }
+}
+
 pub async fn expired_leases(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM deliveries WHERE status = 'running' AND lease_until < now() ORDER BY lease_until LIMIT $1",

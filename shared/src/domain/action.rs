@@ -25,7 +25,7 @@ impl Default for OnAmbiguous {
 }
 
 /// An action as stored on the product (`product_actions.config`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionConfig {
     /// Run one console command on a game server.
@@ -63,7 +63,7 @@ pub enum ActionConfig {
 }
 
 /// One supplier to try, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplierCandidate {
     /// A name under `suppliers.*` in the configuration.
@@ -92,7 +92,7 @@ pub fn parse_snowflake(s: &str) -> Option<u64> {
 }
 
 /// What a worker needs to run a Discord role delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiscordPayload {
     pub guild_id: String,
     pub role_id: String,
@@ -103,7 +103,7 @@ pub struct DiscordPayload {
 }
 
 /// What a worker needs to deliver a CD key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SupplierKeyPayload {
     pub product_id: Uuid,
     pub item_id: Uuid,
@@ -114,7 +114,7 @@ pub struct SupplierKeyPayload {
 
 /// What a worker needs to run an RCON delivery; fixed when the order is accepted,
 /// so later edits to the product do not change an order already paid for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RconPayload {
     pub game_server_id: Uuid,
     pub command: String,
@@ -131,7 +131,7 @@ pub struct RconPayload {
 }
 
 /// What a worker needs to refund a payment at the gateway.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GatewayRefundPayload {
     pub refund_id: Uuid,
     /// `stripe`; the only gateway Courier refunds through so far.

@@ -7,10 +7,47 @@ pub mod topology;
 
 use lapin::{Connection, ConnectionProperties};
 
-/// Opens a connection. Reconnection is the caller's loop (with `backon`), so
-/// that a process notices, logs and recovers from a broker restart on its terms.
-pub async fn connect(url: &str) -> Result<Connection, lapin::Error> {
-    Connection::connect(url, ConnectionProperties::default()).await
+use crate::config::Secret;
+use crate::tls::CaBundle;
+
+/// Where the broker is: its URL (`amqp://` or `amqps://`) and the CA bundle
+/// an `amqps://` connection is verified against (built-in roots when none).
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub url: Secret,
+    pub ca: CaBundle,
+}
+
+impl Broker {
+    /// A broker reached without a custom CA bundle.
+    pub fn plain(url: impl Into<String>) -> Self {
+        Broker {
+            url: Secret::new(url),
+            ca: CaBundle::default(),
+        }
+    }
+
+    /// Opens a connection. Reconnection is the caller's loop (with `backon`), so
+    /// that a process notices, logs and recovers from a broker restart on its terms.
+    pub async fn connect(&self) -> Result<Connection, lapin::Error> {
+        let url = self.url.expose();
+        match self.ca.pem() {
+            Some(pem) if url.starts_with("amqps://") => {
+                let tls = lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem.to_owned()),
+                };
+                Connection::connect_with_config(
+                    url,
+                    ConnectionProperties::default(),
+                    tls,
+                    lapin::runtime::default_runtime()?,
+                )
+                .await
+            }
+            _ => Connection::connect(url, ConnectionProperties::default()).await,
+        }
+    }
 }
 
 /// The backoff every reconnect loop uses: 200 ms doubling to 5 s, jittered, forever.

@@ -15,6 +15,10 @@ pub enum PublishError {
     Unroutable(String),
 }
 
+/// Header carrying the publish time in Unix milliseconds (the workers'
+/// `courier_consumer_lag_seconds`).
+pub const PUBLISHED_HEADER: &str = "x-published-ms";
+
 /// One message to publish to `queue` (the broker's name, prefix included).
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
@@ -63,9 +67,15 @@ impl Publisher {
             expiration_ms,
         } in messages
         {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(
+                PUBLISHED_HEADER.into(),
+                lapin::types::AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+            );
             let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
-                .with_content_type("application/json".into());
+                .with_content_type("application/json".into())
+                .with_headers(headers);
             if let Some(ms) = expiration_ms {
                 props = props.with_expiration(ms.to_string().as_str().into());
             }

@@ -173,7 +173,7 @@ pub async fn discard_dead_letter(
 }
 
 /// The result of a bulk retry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BulkRetry {
     /// Dead letters matching the filter when the retry started.
     pub matched: usize,

@@ -32,7 +32,7 @@ impl From<sqlx::Error> for CatalogError {
 }
 
 /// Body of `PUT /v1/game-servers/{name}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GameServerInput {
     pub host: String,
@@ -189,7 +189,7 @@ pub async fn save_game_server(
 }
 
 /// Body of `PUT /v1/products/{sku}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
     pub name: String,
@@ -197,7 +197,7 @@ pub struct ProductInput {
 }
 
 /// An action as an admin writes it: game servers by name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionInput {
     Rcon {

@@ -47,7 +47,7 @@ impl Cause {
 }
 
 /// What `withdraw` did, for the caller's answer and the timeline.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Withdrawn {
     /// Deliveries that will not run now.
     pub cancelled: usize,

@@ -247,7 +247,7 @@ async fn probe_queue(
     lapin::Channel,
     lapin::Consumer,
 )> {
-    let conn = courier_shared::queue::connect(url).await?;
+    let conn = courier_shared::queue::Broker::plain(url).connect().await?;
     let publish = conn.create_channel().await?;
     let consume = conn.create_channel().await?;
     let mut args = FieldTable::default();

@@ -30,7 +30,7 @@ use crate::db::orders::{self, OrderSummary};
 use crate::error::{DbError, violated_constraint};
 
 /// Body of `POST /v1/orders`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     /// `paid` (fulfilment starts now) or `pending` (awaiting payment).
@@ -66,7 +66,7 @@ pub struct NewOrder {
     pub items: Vec<NewItem>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NewPaymentStatus {
     Paid,
@@ -77,7 +77,7 @@ fn paid() -> NewPaymentStatus {
     NewPaymentStatus::Paid
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Customer {
     pub name: Option<String>,
@@ -85,17 +85,18 @@ pub struct Customer {
     pub phone: Option<String>,
     /// The buyer's IP address as the store saw it (kept as dispute evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "ip")]
     pub ip: Option<std::net::IpAddr>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Game {
     pub username: Option<String>,
     pub uuid: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     /// The product's SKU.

@@ -477,7 +477,7 @@ pub fn order_from_session(
 }
 
 /// Body of `POST /v1/orders/{id}/payment/accept`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptRequest {
     /// Why the payment is accepted as it is (goes into the timeline).
@@ -485,7 +485,7 @@ pub struct AcceptRequest {
 }
 
 /// What accepting a payment did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub order_id: Uuid,
     pub payment_status: PaymentStatus,

@@ -120,7 +120,7 @@ impl From<CreateOrderError> for PaymentError {
 const MAX_REASON: usize = 500;
 
 /// What becomes of a webhook event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IngestStatus {
     Applied,
@@ -146,7 +146,7 @@ impl IngestStatus {
 }
 
 /// What became of a webhook event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Ingested {
     pub status: IngestStatus,
     pub order_id: Option<Uuid>,

@@ -26,7 +26,7 @@ use crate::service::Invalid;
 use crate::service::revoke::{self, Cause};
 
 /// Body of `POST /v1/orders/{id}/refunds`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     /// Decimal string in the order's currency; absent = everything that remains.

@@ -1,0 +1,249 @@
+//! The API process's series, served at `GET /metrics` on `api.bind`.
+//!
+//! | series | what |
+//! |---|---|
+//! | `courier_http_requests_total{method,route,status}` | requests answered, by route template |
+//! | `courier_http_request_duration_seconds{method,route}` | time to answer |
+//! | `courier_outbox_published_total` | outbox rows published with a confirm |
+//! | `courier_outbox_publish_delay_seconds` | commit of the row → broker's confirm |
+//! | `courier_outbox_backlog` | rows not yet published (at scrape) |
+//! | `courier_outbox_oldest_seconds` | age of the oldest unpublished row (at scrape) |
+//! | `courier_dead_letters_open` | open dead letters (at scrape) |
+//! | `courier_deliveries_held` | deliveries held for a person (at scrape) |
+//! | `courier_deliveries_waiting` | deliveries waiting for an outside condition (at scrape) |
+//! | `courier_queue_messages{queue}` | messages ready in each queue (at scrape) |
+//! | `courier_queue_consumers{queue}` | consumers of each queue (at scrape) |
+//!
+//! The gauges marked "at scrape" describe the whole installation, read from
+//! Postgres and RabbitMQ when scraped: every API replica reports the same
+//! values (take `max` across instances).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use courier_shared::metrics::{QueueLabel, Registry, seconds_histogram};
+use courier_shared::queue::Broker;
+use courier_shared::queue::topology::Topology;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Unit;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct ApiMetrics {
+    registry: Registry,
+    pub requests: Family<HttpLabels, Counter>,
+    pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub published: Counter,
+    pub publish_delay: Histogram,
+    outbox_backlog: Gauge,
+    outbox_oldest: FloatGauge,
+    dead_letters_open: Gauge,
+    held: Gauge,
+    waiting: Gauge,
+    queue_messages: Family<QueueLabel, Gauge>,
+    queue_consumers: Family<QueueLabel, Gauge>,
+    /// A channel for passive declares at scrape time, opened on first use.
+    channel: tokio::sync::Mutex<Option<(lapin::Connection, lapin::Channel)>>,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("courier");
+        let requests = Family::<HttpLabels, Counter>::default();
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by route",
+            requests.clone(),
+        );
+        let duration: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(seconds_histogram);
+        r.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let published = Counter::default();
+        r.register(
+            "outbox_published",
+            "Outbox rows published with a broker confirm",
+            published.clone(),
+        );
+        let publish_delay = seconds_histogram();
+        r.register_with_unit(
+            "outbox_publish_delay",
+            "From the outbox row's commit to the broker's confirm",
+            Unit::Seconds,
+            publish_delay.clone(),
+        );
+        let gauge = |r: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let outbox_backlog = gauge(&mut r, "outbox_backlog", "Outbox rows not yet published");
+        let outbox_oldest = FloatGauge::default();
+        r.register_with_unit(
+            "outbox_oldest",
+            "Age of the oldest unpublished outbox row",
+            Unit::Seconds,
+            outbox_oldest.clone(),
+        );
+        let dead_letters_open = gauge(&mut r, "dead_letters_open", "Open dead letters");
+        let held = gauge(&mut r, "deliveries_held", "Deliveries held for a person");
+        let waiting = gauge(
+            &mut r,
+            "deliveries_waiting",
+            "Deliveries waiting for an outside condition",
+        );
+        let queue_messages = Family::<QueueLabel, Gauge>::default();
+        r.register(
+            "queue_messages",
+            "Messages ready in a queue",
+            queue_messages.clone(),
+        );
+        let queue_consumers = Family::<QueueLabel, Gauge>::default();
+        r.register(
+            "queue_consumers",
+            "Consumers of a queue",
+            queue_consumers.clone(),
+        );
+        ApiMetrics {
+            registry: r,
+            requests,
+            duration,
+            published,
+            publish_delay,
+            outbox_backlog,
+            outbox_oldest,
+            dead_letters_open,
+            held,
+            waiting,
+            queue_messages,
+            queue_consumers,
+            channel: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl ApiMetrics {
+    /// Reads the installation-wide gauges and encodes everything. A source
+    /// that does not answer leaves its gauges at their last value (its
+    /// failure shows in `/readyz`, not as a failed scrape).
+    pub async fn render(
+        &self,
+        pool: &sqlx::PgPool,
+        broker: &Broker,
+        topology: &Topology,
+    ) -> String {
+        if let Ok(b) = courier_shared::db::backlog::snapshot(pool).await {
+            self.outbox_backlog.set(b.outbox);
+            self.outbox_oldest.set(b.outbox_oldest_seconds);
+            self.dead_letters_open.set(b.dead_letters_open);
+            self.held.set(b.held);
+            self.waiting.set(b.waiting);
+        }
+        self.read_queues(broker, topology).await;
+        courier_shared::metrics::encode(&self.registry)
+    }
+
+    async fn read_queues(&self, broker: &Broker, topology: &Topology) {
+        let mut guard = self.channel.lock().await;
+        if guard
+            .as_ref()
+            .is_none_or(|(_, ch)| !ch.status().connected())
+        {
+            let opened = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                let conn = broker.connect().await?;
+                let channel = conn.create_channel().await?;
+                Ok::<_, lapin::Error>((conn, channel))
+            })
+            .await;
+            *guard = match opened {
+                Ok(Ok(pair)) => Some(pair),
+                _ => return,
+            };
+        }
+        let Some((_, channel)) = guard.as_ref() else {
+            return;
+        };
+        for queue in topology.all_queues() {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(q) => {
+                    let label = QueueLabel { queue };
+                    self.queue_messages
+                        .get_or_create(&label)
+                        .set(i64::from(q.message_count()));
+                    self.queue_consumers
+                        .get_or_create(&label)
+                        .set(i64::from(q.consumer_count()));
+                }
+                // A missing queue closes the channel; open a new one next time.
+                Err(_) => {
+                    *guard = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Counts and times every routed request by its route template (never the
+/// raw path, so ids do not become series).
+pub async fn track(State(metrics): State<Arc<ApiMetrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics
+        .duration
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
