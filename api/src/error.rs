@@ -10,7 +10,26 @@ use courier_shared::service::Invalid;
 use courier_shared::service::catalog::CatalogError;
 use courier_shared::service::orders::CreateOrderError;
 use courier_shared::service::payments::PaymentError;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The one error shape: `{"error": {"code", "message", "field"?}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `validation_failed`, `not_found`,
+    /// `unauthorized`, `forbidden`, `idempotency_key_reused`, … (docs/api.md lists them).
+    pub code: String,
+    /// For people; may change between versions.
+    pub message: String,
+    /// The body field, parameter or header at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -76,11 +95,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["field"] = json!(field);
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 

@@ -39,6 +39,8 @@ enum Command {
         #[arg(long)]
         file: std::path::PathBuf,
     },
+    /// Print the OpenAPI 3.1 document (as served at `/openapi.json`) and exit.
+    Openapi,
     /// Look at and act on failed work (dead letters, held deliveries).
     #[command(subcommand)]
     Admin(courier_api::admin_cli::AdminCommand),
@@ -47,6 +49,14 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Openapi)) {
+        use utoipa::OpenApi;
+        println!(
+            "{}",
+            courier_api::openapi::ApiDoc::openapi().to_pretty_json()?
+        );
+        return Ok(());
+    }
     let settings = Settings::load()?;
     telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
@@ -67,5 +77,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Seed { file } => courier_api::seed::run(&settings, &file).await,
         Command::Admin(cmd) => courier_api::admin_cli::run(&settings, cmd).await,
+        Command::Openapi => Ok(()),
     }
 }

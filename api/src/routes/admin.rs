@@ -7,12 +7,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use courier_shared::db::dead_letters::{self, DeadLetter, Filter};
+use courier_shared::db::orders::AttemptView;
+use courier_shared::db::payment_events::EventRow;
+use courier_shared::db::rescue::HeldDelivery;
 use courier_shared::db::{orders, rescue};
 use courier_shared::domain::delivery::DeliveryKind;
 use courier_shared::domain::payment::EventStatus;
 use courier_shared::service::admin::{self, AdminError, BulkRetry};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{ADMIN, Caller};
@@ -33,8 +37,9 @@ impl From<AdminError> for ApiError {
 }
 
 /// Query of `GET /v1/admin/dead-letters`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub kind: Option<DeliveryKind>,
     pub target: Option<String>,
@@ -113,6 +118,54 @@ pub mod page {
     }
 }
 
+/// A page of dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<DeadLetter>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One dead letter with every attempt of its delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterDetail {
+    pub dead_letter: DeadLetter,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// How many deliveries were queued again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Requeued {
+    pub requeued: u64,
+}
+
+/// How many were discarded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Discarded {
+    pub discarded: u64,
+}
+
+/// A page of held deliveries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeldPage {
+    pub held: Vec<HeldDelivery>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of stored webhook events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentEventPage {
+    pub events: Vec<EventRow>,
+    pub next_cursor: Option<String>,
+}
+
+/// A stored webhook event's body, as the gateway sent it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentEventBody {
+    pub id: i64,
+    pub payload: Value,
+}
+
 /// A filter on free text: at most 255 characters.
 fn filter_text(field: &str, value: &Option<String>) -> Result<(), ApiError> {
     if value.as_ref().is_some_and(|v| v.chars().count() > 255) {
@@ -126,11 +179,14 @@ fn filter_text(field: &str, value: &Option<String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(get, path = "/v1/admin/dead-letters", operation_id = "list_dead_letters", tag = "failures", params(ListQuery),
+    responses((status = 200, description = "Dead letters, newest first", body = DeadLetterPage)))]
+/// Dead letters, filtered and paged.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterPage>, ApiError> {
     caller.require(ADMIN)?;
     let limit = page::limit(q.limit)?;
     let before = page::decode_id(q.cursor.as_deref())?;
@@ -147,14 +203,21 @@ pub async fn list(
     let mut conn = state.pool.acquire().await?;
     let rows: Vec<DeadLetter> = dead_letters::list(&mut conn, &filter, limit, before).await?;
     let next = page::next(rows.len(), limit, rows.last().map(|d| d.id.to_string()));
-    Ok(Json(json!({ "dead_letters": rows, "next_cursor": next })))
+    Ok(Json(DeadLetterPage {
+        dead_letters: rows,
+        next_cursor: next,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/admin/dead-letters/{id}", operation_id = "get_dead_letter", tag = "failures",
+    params(("id" = i64, Path, description = "The dead letter's id")),
+    responses((status = 200, description = "The dead letter and its delivery's attempts", body = DeadLetterDetail)))]
+/// One dead letter with its delivery's attempt history.
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterDetail>, ApiError> {
     caller.require(ADMIN)?;
     let mut conn = state.pool.acquire().await?;
     let dl = dead_letters::get(&mut conn, id)
@@ -164,20 +227,30 @@ pub async fn show(
         Some(d) => orders::load_attempts(&mut conn, d).await?,
         None => Vec::new(),
     };
-    Ok(Json(json!({ "dead_letter": dl, "attempts": attempts })))
+    Ok(Json(DeadLetterDetail {
+        dead_letter: dl,
+        attempts,
+    }))
 }
 
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/retry", operation_id = "retry_dead_letter", tag = "failures",
+    params(("id" = i64, Path, description = "The dead letter's id")),
+    responses((status = 200, description = "Queued again", body = Requeued)))]
+/// Queues a dead letter's delivery again.
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     caller.require(ADMIN)?;
     admin::retry_dead_letter(&state.pool, id, &caller.actor()).await?;
     state.relay_wake.notify_one();
-    Ok(Json(json!({ "requeued": 1 })))
+    Ok(Json(Requeued { requeued: 1 }))
 }
 
+#[utoipa::path(post, path = "/v1/admin/dead-letters/retry", operation_id = "retry_dead_letters", tag = "failures", request_body = Filter,
+    responses((status = 200, description = "The filter resolved to a snapshot, then each retried", body = BulkRetry)))]
+/// Retries every open dead letter the filter matches.
 pub async fn retry_bulk(
     State(state): State<AppState>,
     caller: Caller,
@@ -214,20 +287,25 @@ fn reason(d: &Discard) -> Result<&str, ApiError> {
     Ok(r)
 }
 
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/discard", operation_id = "discard_dead_letter", tag = "failures",
+    params(("id" = i64, Path, description = "The dead letter's id")), request_body = Discard,
+    responses((status = 200, description = "Discarded; the reason is in the order's timeline", body = Discarded)))]
+/// Gives up on a dead letter's delivery, with a reason.
 pub async fn discard(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
     ValidJson(body): ValidJson<Discard>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Discarded>, ApiError> {
     caller.require(ADMIN)?;
     admin::discard_dead_letter(&state.pool, id, &caller.actor(), reason(&body)?).await?;
-    Ok(Json(json!({ "discarded": 1 })))
+    Ok(Json(Discarded { discarded: 1 }))
 }
 
 /// Query of `GET /v1/admin/held` and `GET /v1/admin/alerts`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1–500 (default 50).
     pub limit: Option<i64>,
@@ -235,57 +313,74 @@ pub struct PageQuery {
     pub cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/held", operation_id = "list_held", tag = "failures", params(PageQuery),
+    responses((status = 200, description = "Held deliveries, newest first", body = HeldPage)))]
 /// Deliveries parked for an admin (they may have run), newest first.
 pub async fn held(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HeldPage>, ApiError> {
     caller.require(ADMIN)?;
     let limit = page::limit(q.limit)?;
     let after = page::decode(q.cursor.as_deref(), rescue::HeldCursor::parse)?;
     let (rows, last) = rescue::held(&state.pool, limit, after).await?;
     let next = page::next(rows.len(), limit, last.map(|c| c.to_string()));
-    Ok(Json(json!({ "held": rows, "next_cursor": next })))
+    Ok(Json(HeldPage {
+        held: rows,
+        next_cursor: next,
+    }))
 }
 
+#[utoipa::path(post, path = "/v1/admin/deliveries/{id}/retry", operation_id = "retry_delivery", tag = "failures",
+    params(("id" = Uuid, Path, description = "The delivery's id")),
+    responses((status = 200, description = "Queued again", body = Requeued)))]
+/// Queues a held or dead delivery again.
 pub async fn retry_delivery(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     caller.require(ADMIN)?;
     admin::retry_delivery(&state.pool, id, &caller.actor()).await?;
     state.relay_wake.notify_one();
-    Ok(Json(json!({ "requeued": 1 })))
+    Ok(Json(Requeued { requeued: 1 }))
 }
 
+#[utoipa::path(post, path = "/v1/admin/deliveries/{id}/discard", operation_id = "discard_delivery", tag = "failures",
+    params(("id" = Uuid, Path, description = "The delivery's id")), request_body = Discard,
+    responses((status = 200, description = "Discarded", body = Discarded)))]
+/// Gives up on a held or dead delivery, with a reason.
 pub async fn discard_delivery(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ValidJson(body): ValidJson<Discard>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Discarded>, ApiError> {
     caller.require(ADMIN)?;
     admin::discard_delivery(&state.pool, id, &caller.actor(), reason(&body)?).await?;
-    Ok(Json(json!({ "discarded": 1 })))
+    Ok(Json(Discarded { discarded: 1 }))
 }
 
+#[utoipa::path(post, path = "/v1/orders/{order_id}/items/{item_id}/retry", operation_id = "retry_item", tag = "failures",
+    params(("order_id" = Uuid, Path, description = "The order's id"), ("item_id" = Uuid, Path, description = "The item's id")),
+    responses((status = 200, description = "How many of the item's deliveries were queued again", body = Requeued)))]
 /// "Retry delivery" on a failed item: retries its dead and held deliveries.
 pub async fn retry_item(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((order_id, item_id)): ApiPath<(Uuid, Uuid)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     caller.require(ADMIN)?;
     let n = admin::retry_item(&state.pool, order_id, item_id, &caller.actor()).await?;
     state.relay_wake.notify_one();
-    Ok(Json(json!({ "requeued": n })))
+    Ok(Json(Requeued { requeued: n as u64 }))
 }
 
 /// Query of `GET /v1/admin/payment-events`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// `received`, `applied`, `pending`, `ignored` or `failed`.
     pub status: Option<EventStatus>,
@@ -295,13 +390,15 @@ pub struct EventQuery {
     pub cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/payment-events", operation_id = "list_payment_events", tag = "payments", params(EventQuery),
+    responses((status = 200, description = "Stored webhook events, newest first", body = PaymentEventPage)))]
 /// Verified webhook events as stored: what was applied, what waits for its
 /// payment (`pending`), what could not be used (`failed`, with the reason).
 pub async fn payment_events(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<EventQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentEventPage>, ApiError> {
     caller.require(ADMIN)?;
     let limit = page::limit(q.limit)?;
     let before = page::decode_id(q.cursor.as_deref())?;
@@ -309,19 +406,25 @@ pub async fn payment_events(
     let events =
         courier_shared::db::payment_events::list_events(&mut conn, q.status, before, limit).await?;
     let next = page::next(events.len(), limit, events.last().map(|e| e.id.to_string()));
-    Ok(Json(json!({ "events": events, "next_cursor": next })))
+    Ok(Json(PaymentEventPage {
+        events,
+        next_cursor: next,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/admin/payment-events/{id}", operation_id = "get_payment_event", tag = "payments",
+    params(("id" = i64, Path, description = "The event's id")),
+    responses((status = 200, description = "The event's body as received", body = PaymentEventBody)))]
 /// One stored webhook event with the body the gateway sent.
 pub async fn payment_event(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PaymentEventBody>, ApiError> {
     caller.require(ADMIN)?;
     let mut conn = state.pool.acquire().await?;
     let payload = courier_shared::db::payment_events::event_payload(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment event"))?;
-    Ok(Json(json!({ "id": id, "payload": payload })))
+    Ok(Json(PaymentEventBody { id, payload }))
 }

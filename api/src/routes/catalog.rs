@@ -14,6 +14,11 @@ use crate::extract::ApiPath;
 use crate::json::ValidJson;
 use crate::startup::AppState;
 
+#[utoipa::path(put, path = "/v1/game-servers/{name}", tag = "catalog",
+    params(("name" = String, Path, description = "The game server's name, used by products' `server`")),
+    request_body = GameServerInput,
+    responses((status = 200, description = "Created or replaced (the password is never returned)", body = GameServer)))]
+/// Creates or replaces a game server.
 pub async fn put_game_server(
     State(state): State<AppState>,
     caller: Caller,
@@ -26,6 +31,9 @@ pub async fn put_game_server(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/game-servers", tag = "catalog",
+    responses((status = 200, description = "Every game server", body = Vec<GameServer>)))]
+/// Every game server.
 pub async fn list_game_servers(
     State(state): State<AppState>,
     caller: Caller,
@@ -35,6 +43,11 @@ pub async fn list_game_servers(
     Ok(Json(catalog::list_game_servers(&mut conn).await?))
 }
 
+#[utoipa::path(put, path = "/v1/products/{sku}", tag = "catalog",
+    params(("sku" = String, Path, description = "The product's SKU, as orders name it")),
+    request_body = ProductInput,
+    responses((status = 200, description = "Created or replaced", body = Product)))]
+/// Creates or replaces a product and its actions.
 pub async fn put_product(
     State(state): State<AppState>,
     caller: Caller,
@@ -47,6 +60,9 @@ pub async fn put_product(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/products", tag = "catalog",
+    responses((status = 200, description = "Every product", body = Vec<Product>)))]
+/// Every product.
 pub async fn list_products(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,10 +6,32 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::startup::AppState;
 
+/// The process answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Whether the dependencies answer, each named.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub postgres: bool,
+    /// The relay holds a broker connection.
+    pub rabbitmq: bool,
+    pub redis: bool,
+}
+
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus series in the OpenMetrics text format",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)),
+    security(()))]
 /// Prometheus series of this process (and installation-wide gauges); see `crate::metrics`.
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     let body = state
@@ -25,13 +47,22 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
     )
 }
 
-pub async fn alive() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", body = Alive)),
+    security(()))]
+pub async fn alive() -> Json<Alive> {
+    Json(Alive { status: "ok" })
 }
 
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Every dependency answers", body = Readiness),
+        (status = 503, description = "Some dependency does not answer (named)", body = Readiness),
+    ),
+    security(()))]
 /// 200 when Postgres, RabbitMQ (the relay's connection) and Redis answer; 503
 /// naming the ones that do not.
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let limit = Duration::from_secs(2);
     let postgres = matches!(
         tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&state.pool)).await,
@@ -54,6 +85,11 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({ "ready": ok, "postgres": postgres, "rabbitmq": rabbitmq, "redis": redis })),
+        Json(Readiness {
+            ready: ok,
+            postgres,
+            rabbitmq,
+            redis,
+        }),
     )
 }

@@ -6,9 +6,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use courier_shared::service::keys;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use sqlx::Row;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{ADMIN, Caller};
@@ -28,10 +27,41 @@ fn cipher(state: &AppState) -> Result<&courier_shared::crypto::KeyCipher, ApiErr
     })
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+/// Codes to add to a product's stock.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct KeyList {
-    keys: Vec<String>,
+pub struct KeyList {
+    pub keys: Vec<String>,
+}
+
+/// What an upload added.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StockAdded {
+    pub added: u64,
+    /// Codes already in stock, skipped.
+    pub duplicates: u64,
+}
+
+/// The key delivery a manually entered code completed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyEntered {
+    pub delivery_id: Uuid,
+}
+
+/// An alert for an admin (low stock, a mismatched payment, a dispute…).
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Alert {
+    pub id: i64,
+    pub kind: String,
+    pub message: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A page of unacknowledged alerts, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertPage {
+    pub alerts: Vec<Alert>,
+    pub next_cursor: Option<String>,
 }
 
 /// Codes from a CSV body: one per line, first column; a first line `code` is a header.
@@ -60,6 +90,11 @@ fn parse_csv(body: &[u8]) -> Result<Vec<String>, ApiError> {
     Ok(codes)
 }
 
+#[utoipa::path(post, path = "/v1/products/{sku}/keys", operation_id = "upload_keys", tag = "keys",
+    params(("sku" = String, Path, description = "The product's SKU")),
+    request_body(description = "`{\"keys\": [...]}`, or `text/csv` with one code per line (first column; a first line `code` is a header)",
+        content((KeyList = "application/json"), (String = "text/csv"))),
+    responses((status = 200, description = "Codes added to stock (encrypted at rest)", body = StockAdded)))]
 /// `POST /v1/products/{sku}/keys`: `{"keys": [...]}` or a `text/csv` body.
 pub async fn upload(
     State(state): State<AppState>,
@@ -67,7 +102,7 @@ pub async fn upload(
     ApiPath(sku): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StockAdded>, ApiError> {
     caller.require(ADMIN)?;
     let is_csv = headers
         .get("content-type")
@@ -83,22 +118,26 @@ pub async fn upload(
         parse::<KeyList>(&body)?.keys
     };
     let (added, duplicates) = keys::add_stock(&state.pool, cipher(&state)?, &sku, &codes).await?;
-    Ok(Json(json!({ "added": added, "duplicates": duplicates })))
+    Ok(Json(StockAdded { added, duplicates }))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+/// A code entered by hand for a key item.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManualKey {
     pub code: String,
 }
 
+#[utoipa::path(post, path = "/v1/admin/items/{item_id}/key", operation_id = "enter_key", tag = "keys",
+    params(("item_id" = Uuid, Path, description = "The order item's id")), request_body = ManualKey,
+    responses((status = 200, description = "The item's key delivery, now succeeded", body = KeyEntered)))]
 /// `POST /v1/admin/items/{item_id}/key`: "Enter key manually".
 pub async fn enter(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(item_id): ApiPath<Uuid>,
     ValidJson(body): ValidJson<ManualKey>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyEntered>, ApiError> {
     caller.require(ADMIN)?;
     let delivery = keys::enter_key(
         &state.pool,
@@ -108,19 +147,23 @@ pub async fn enter(
         &caller.actor(),
     )
     .await?;
-    Ok(Json(json!({ "delivery_id": delivery })))
+    Ok(Json(KeyEntered {
+        delivery_id: delivery,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/admin/alerts", operation_id = "list_alerts", tag = "failures", params(PageQuery),
+    responses((status = 200, description = "Unacknowledged alerts, newest first", body = AlertPage)))]
 /// `GET /v1/admin/alerts`: unacknowledged alerts, newest first.
 pub async fn alerts(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AlertPage>, ApiError> {
     caller.require(ADMIN)?;
     let limit = page::limit(q.limit)?;
     let before = page::decode_id(q.cursor.as_deref())?;
-    let rows = sqlx::query(
+    let alerts: Vec<Alert> = sqlx::query_as(
         "SELECT id, kind, message, created_at FROM admin_alerts \
          WHERE acknowledged_at IS NULL AND ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
     )
@@ -128,23 +171,11 @@ pub async fn alerts(
     .bind(limit)
     .fetch_all(&state.pool)
     .await?;
-    let alerts: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<i64, _>("id"),
-                "kind": r.get::<String, _>("kind"),
-                "message": r.get::<String, _>("message"),
-                "created_at": r.get::<chrono::DateTime<chrono::Utc>, _>("created_at"),
-            })
-        })
-        .collect();
-    let next = page::next(
-        alerts.len(),
-        limit,
-        rows.last().map(|r| r.get::<i64, _>("id").to_string()),
-    );
-    Ok(Json(json!({ "alerts": alerts, "next_cursor": next })))
+    let next = page::next(alerts.len(), limit, alerts.last().map(|a| a.id.to_string()));
+    Ok(Json(AlertPage {
+        alerts,
+        next_cursor: next,
+    }))
 }
 
 /// Compares without an early exit, so timing does not leak the secret.
@@ -152,12 +183,19 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+/// A supplier's "order ready" callback.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SupplierEvent {
-    order_external_id: Uuid,
+pub struct SupplierEvent {
+    /// The key delivery's id Courier sent as the order's external id.
+    pub order_external_id: Uuid,
 }
 
+#[utoipa::path(post, path = "/webhooks/supplier/{name}", operation_id = "supplier_webhook", tag = "webhooks",
+    params(("name" = String, Path, description = "The supplier's name in `suppliers.<name>`")),
+    request_body = SupplierEvent,
+    responses((status = 204, description = "The delivery will fetch its keys")),
+    security(("supplier_api_key" = [])))]
 /// `POST /webhooks/supplier/{name}`: authenticated by the supplier's API key
 /// in `X-Api-Key`; the body names our delivery (`orderExternalId`).
 pub async fn supplier_webhook(

@@ -181,6 +181,7 @@ fn table(state: Option<AppState>) -> Table {
     .add(M::GET, "/healthz", PUBLIC, health::alive)
     .add(M::GET, "/readyz", PUBLIC, health::ready)
     .add(M::GET, "/metrics", PUBLIC, health::metrics)
+    .add(M::GET, "/openapi.json", PUBLIC, crate::openapi::document)
 }
 
 /// Every route, in the order they were added.

@@ -18,6 +18,13 @@ use crate::extract::{ApiPath, ApiQuery};
 use crate::json::ValidJson;
 use crate::startup::AppState;
 
+#[utoipa::path(post, path = "/v1/orders", operation_id = "create_order", tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 characters; a repeat with the same body returns the same order, with another body 409")),
+    request_body = NewOrder,
+    responses(
+        (status = 201, description = "Accepted; its deliveries are queued", body = OrderSummary),
+        (status = 200, description = "The Idempotency-Key was seen with this body: the order it made", body = OrderSummary),
+    ))]
 /// Accepts an order. `201` when created; `200` with the same order when the
 /// `Idempotency-Key` was seen before with the same body; `409` with another body.
 pub async fn create(
@@ -61,8 +68,9 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 }
 
 /// Query of `GET /v1/orders/{id}`.
-#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GetQuery {
     /// `full`: items (with keys), deliveries with every attempt, refunds,
     /// disputes and the timeline. Without it: the order's own row.
@@ -156,6 +164,28 @@ fn parse_timeout(t: &str) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
+/// What `GET /v1/orders/{reference}` answers: the order's row, or with
+/// `?expand=full` the whole view. (For the document; the handler answers
+/// one of the two types directly.)
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, clippy::large_enum_variant)]
+pub enum OrderRead {
+    Status(OrderStatusView),
+    Full(courier_shared::db::orders::OrderView),
+}
+
+#[utoipa::path(get, path = "/v1/orders/{reference}", operation_id = "get_order", tag = "orders",
+    params(
+        ("reference" = String, Path, description = "Order id (UUID) or order number (ORD-XXXXXXXXXX)"),
+        GetQuery,
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The order's row (default) or, with `expand=full`, the whole view", body = OrderRead,
+            headers(("ETag" = String, description = "Strong tag of the body"))),
+        (status = 304, description = "Unchanged since the ETag in If-None-Match"),
+    ))]
 /// An order: by default its own row (status, payment, amounts, times — one
 /// indexed read); `?expand=full` for everything. `?wait_for=completed` holds
 /// the request until the status is reached (see `GetQuery`). Answers carry an

@@ -13,13 +13,17 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use courier_shared::config::Secret;
+use courier_shared::db::refunds::RefundView;
 use courier_shared::domain::ids;
 use courier_shared::service::orders::NewOrder;
+use courier_shared::service::payments::Accepted;
 use courier_shared::service::payments::{
     self, AcceptRequest, IngestStatus, Ingested, PaymentPolicy, RefundRequest, StripeEvent,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use courier_shared::service::revoke::Withdrawn;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{ADMIN, Caller, ORDERS_REFUND, ORDERS_WRITE};
@@ -68,6 +72,11 @@ fn answer(state: &AppState, route: &str, done: Ingested) -> (StatusCode, Json<In
     (StatusCode::OK, Json(done))
 }
 
+#[utoipa::path(post, path = "/webhooks/stripe", operation_id = "stripe_webhook", tag = "webhooks",
+    params(("Stripe-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">`")),
+    request_body(content = Object, description = "A Stripe event (`checkout.session.completed`, `charge.refunded`, `charge.dispute.*`, …) as Stripe sends it"),
+    responses((status = 200, description = "Stored and applied, stored for later, a duplicate, or unusable (recorded)", body = Ingested)),
+    security(("stripe_signature" = [])))]
 /// `POST /webhooks/stripe`.
 pub async fn stripe(
     State(state): State<AppState>,
@@ -120,6 +129,15 @@ pub async fn stripe(
     Ok(answer(&state, "stripe", done))
 }
 
+#[utoipa::path(post, path = "/webhooks/generic", operation_id = "generic_webhook", tag = "webhooks",
+    params(
+        ("webhook-id" = String, Header, description = "The event's id (the dedupe key)"),
+        ("webhook-timestamp" = String, Header, description = "Unix seconds"),
+        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256 of \"id.timestamp.body\">`, space-separated"),
+    ),
+    request_body = NewOrder,
+    responses((status = 200, description = "Stored and applied, or a duplicate", body = Ingested)),
+    security(("standard_webhook_signature" = [])))]
 /// `POST /webhooks/generic`: an order in Courier's own format (the body of
 /// `POST /v1/orders`), signed per Standard Webhooks; `webhook-id` is the dedupe key.
 pub async fn generic(
@@ -159,12 +177,16 @@ pub async fn generic(
 /// `POST /v1/orders/{reference}/payment/accept` (`admin`): accepts a payment
 /// that did not pay the order (`payment_status: mismatched`) as it is; the
 /// order is then fulfilled. The reason goes into the timeline.
+#[utoipa::path(post, path = "/v1/orders/{reference}/payment/accept", operation_id = "accept_payment", tag = "payments",
+    params(("reference" = String, Path, description = "Order id (UUID) or order number")),
+    request_body = AcceptRequest,
+    responses((status = 200, description = "The payment accepted; fulfilment starts", body = Accepted)))]
 pub async fn accept_payment(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
     ValidJson(req): ValidJson<AcceptRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Accepted>, ApiError> {
     caller.require(ADMIN)?;
     let id = order_id(&state, &reference).await?;
     let policy = PaymentPolicy {
@@ -173,7 +195,7 @@ pub async fn accept_payment(
     };
     let done = payments::accept_payment(&state.pool, id, &req, &caller.actor(), &policy).await?;
     state.relay_wake.notify_one();
-    Ok(Json(json!(done)))
+    Ok(Json(done))
 }
 
 async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
@@ -189,22 +211,32 @@ async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
 /// `POST /v1/orders/{reference}/refunds` (`orders:refund` or `admin`): `201`
 /// with the refund; with an `Idempotency-Key` seen before for this order,
 /// `200` with the same refund (`409` for another body).
+#[utoipa::path(post, path = "/v1/orders/{reference}/refunds", operation_id = "refund_order", tag = "payments",
+    params(
+        ("reference" = String, Path, description = "Order id (UUID) or order number"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 characters; a repeat returns the same refund"),
+    ),
+    request_body = RefundRequest,
+    responses(
+        (status = 201, description = "Refund recorded; the gateway refund and any revokes are queued", body = RefundView),
+        (status = 200, description = "The same Idempotency-Key was seen: the refund it made", body = RefundView),
+    ))]
 pub async fn refund(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
     headers: HeaderMap,
     ValidJson(req): ValidJson<RefundRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RefundView>), ApiError> {
     caller.require(ORDERS_REFUND)?;
     let key = super::orders::idempotency_key(&headers)?;
     let id = order_id(&state, &reference).await?;
     let done = payments::refund(&state.pool, id, &req, key, &caller.actor()).await?;
     if !done.created {
-        return Ok((StatusCode::OK, Json(json!(done.refund))));
+        return Ok((StatusCode::OK, Json(done.refund)));
     }
     state.relay_wake.notify_one();
-    Ok((StatusCode::CREATED, Json(json!(done.refund))))
+    Ok((StatusCode::CREATED, Json(done.refund)))
 }
 
 /// Body of `POST /v1/orders/{reference}/cancel`.
@@ -214,6 +246,20 @@ pub struct CancelRequest {
     pub reason: Option<String>,
 }
 
+/// The answer of `POST /v1/orders/{reference}/cancel`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cancelled {
+    pub order_id: Uuid,
+    /// Always `cancelled`.
+    pub status: &'static str,
+    /// What was withdrawn: deliveries cancelled, revokes queued.
+    pub result: Withdrawn,
+}
+
+#[utoipa::path(post, path = "/v1/orders/{reference}/cancel", operation_id = "cancel_order", tag = "orders",
+    params(("reference" = String, Path, description = "Order id (UUID) or order number")),
+    request_body(content = Option<CancelRequest>, description = "Optional; an empty body cancels with the reason `cancelled`"),
+    responses((status = 200, description = "Cancelled", body = Cancelled)))]
 /// `POST /v1/orders/{reference}/cancel` (`orders:write`): for orders not
 /// completed yet.
 pub async fn cancel(
@@ -222,7 +268,7 @@ pub async fn cancel(
     ApiPath(reference): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cancelled>, ApiError> {
     caller.require(ORDERS_WRITE)?;
     let req: CancelRequest = if body.is_empty() {
         CancelRequest::default()
@@ -234,7 +280,9 @@ pub async fn cancel(
     let id = order_id(&state, &reference).await?;
     let done = payments::cancel(&state.pool, id, &reason, &caller.actor()).await?;
     state.relay_wake.notify_one();
-    Ok(Json(
-        json!({ "order_id": id, "status": "cancelled", "result": done }),
-    ))
+    Ok(Json(Cancelled {
+        order_id: id,
+        status: "cancelled",
+        result: done,
+    }))
 }

@@ -237,13 +237,29 @@ impl std::fmt::Display for HeldCursor {
     }
 }
 
+/// A delivery parked for a person: it may have run, so nothing retries it
+/// until an admin decides.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HeldDelivery {
+    pub delivery_id: Uuid,
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub kind: String,
+    pub target: String,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    /// Why it was held (the last attempt's error).
+    pub reason: Option<String>,
+    pub held_since: chrono::DateTime<chrono::Utc>,
+}
+
 /// Held deliveries (ambiguous after a worker died), newest first, after
 /// `after`; with where the page ended.
 pub async fn held(
     pool: &PgPool,
     limit: i64,
     after: Option<HeldCursor>,
-) -> Result<(Vec<serde_json::Value>, Option<HeldCursor>), DbError> {
+) -> Result<(Vec<HeldDelivery>, Option<HeldCursor>), DbError> {
     let rows = sqlx::query(
         "SELECT d.id, d.order_id, o.order_number, d.kind, d.target, d.payload, d.attempts, d.last_error, d.updated_at \
          FROM deliveries d JOIN orders o ON o.id = d.order_id WHERE d.status = 'held' \
@@ -265,17 +281,17 @@ pub async fn held(
     let list = rows
         .iter()
         .map(|r| {
-            Ok(json!({
-                "delivery_id": r.try_get::<Uuid, _>("id")?,
-                "order_id": r.try_get::<Uuid, _>("order_id")?,
-                "order_number": r.try_get::<String, _>("order_number")?,
-                "kind": r.try_get::<String, _>("kind")?,
-                "target": r.try_get::<String, _>("target")?,
-                "payload": r.try_get::<serde_json::Value, _>("payload")?,
-                "attempts": r.try_get::<i32, _>("attempts")?,
-                "reason": r.try_get::<Option<String>, _>("last_error")?,
-                "held_since": r.try_get::<chrono::DateTime<chrono::Utc>, _>("updated_at")?,
-            }))
+            Ok(HeldDelivery {
+                delivery_id: r.try_get("id")?,
+                order_id: r.try_get("order_id")?,
+                order_number: r.try_get("order_number")?,
+                kind: r.try_get("kind")?,
+                target: r.try_get("target")?,
+                payload: r.try_get("payload")?,
+                attempts: r.try_get("attempts")?,
+                reason: r.try_get("last_error")?,
+                held_since: r.try_get("updated_at")?,
+            })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
     Ok((list, last))

@@ -179,7 +179,9 @@ pub struct BulkRetry {
     pub matched: usize,
     /// Of those, re-queued.
     pub requeued: usize,
-    /// Skipped, with why (already resolved meanwhile, names no delivery, …).
+    /// Skipped, each as `[dead letter id, why]` (already resolved meanwhile,
+    /// names no delivery, …).
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub skipped: Vec<(i64, String)>,
 }
 

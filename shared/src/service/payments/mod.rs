@@ -50,7 +50,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub use self::cancel::cancel;
-pub use self::checkout::{AcceptRequest, accept_payment, order_from_session};
+pub use self::checkout::{AcceptRequest, Accepted, accept_payment, order_from_session};
 pub use self::generic::ingest_generic;
 pub use self::ingest::{ingest_stripe, ingest_unusable, retry_parked};
 pub use self::refunds::{RefundRequest, Refunded, refund};
