@@ -21,7 +21,9 @@ mod rcon_habits;
 mod redelivery;
 mod rescuer;
 mod retries;
+mod shutdown;
 mod status;
+mod tls;
 mod validation;
 
 /// A `courier-worker` process joining `stack` (killed when dropped).
