@@ -436,7 +436,7 @@ async fn an_ambiguous_last_attempt_is_held_never_dead() {
     assert_eq!(
         game.commands().len(),
         4,
-        "retry runs it again, as README warns"
+        "retry runs it again, as docs/failures.md warns"
     );
     assert_eq!(stack.count("SELECT count(*) FROM dead_letters").await, 0);
     // A bulk retry of dead letters does not touch it.

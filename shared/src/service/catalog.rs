@@ -42,7 +42,7 @@ pub struct GameServerInput {
     #[serde(default = "default_max_connections")]
     pub max_connections: u16,
     /// `auto` (default: `exec_only` for Minecraft, `sentinel` for Source),
-    /// `exec_only`, `exec_quiet` or `sentinel`; README says which server
+    /// `exec_only`, `exec_quiet` or `sentinel`; docs/rcon.md says which server
     /// families need which.
     #[serde(default)]
     pub framing: Framing,

@@ -70,7 +70,7 @@ struct Counters {
 }
 
 /// Reads the counters of the stack's database. `pg_stat_statements` is read
-/// through the `courier` database, where README's set-up creates the
+/// through the `courier` database, where docs/benchmarks.md's set-up creates the
 /// extension (a fresh bench database cannot: creating it needs a superuser).
 async fn counters(stack: &ProcessStack) -> anyhow::Result<Counters> {
     let transactions: i64 = sqlx::query_scalar(
@@ -414,7 +414,7 @@ impl ThroughputReport {
             "  per order                   {:.2} transactions, {}",
             c.transactions_per_order,
             c.statements_per_order.map_or(
-                "statements n/a (pg_stat_statements not loaded; see README)".to_owned(),
+                "statements n/a (pg_stat_statements not loaded; see docs/benchmarks.md)".to_owned(),
                 |s| format!("{s:.2} statements")
             )
         );

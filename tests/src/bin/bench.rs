@@ -1,4 +1,4 @@
-//! `courier-bench throughput | chaos | reads | latency` — see README "Benchmarks".
+//! `courier-bench throughput | chaos | reads | latency` — see docs/benchmarks.md.
 //!
 //! `latency`: time from `POST /v1/orders` to `completed` for
 //! orders posted one after another, on an isolated in-process stack (api +

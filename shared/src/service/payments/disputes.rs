@@ -20,7 +20,7 @@ use crate::service::revoke::{self, Cause};
 /// status: accepting closes a dispute as `lost` with no evidence submitted.
 /// So does letting the deadline pass unanswered, which is told apart by time:
 /// closed `lost`, nothing submitted, before the evidence deadline → `accepted`
-/// (a heuristic; README says so).
+/// (a heuristic; docs/payments.md says so).
 fn outcome(dispute: &Dispute, at: DateTime<Utc>) -> Option<DisputeOutcome> {
     let evidence = dispute.evidence_details.clone().unwrap_or_default();
     match dispute.status.as_deref()? {

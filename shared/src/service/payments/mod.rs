@@ -12,7 +12,7 @@
 //! - `cancel`: cancelling an order not completed yet.
 //! - `generic`: the Standard Webhooks order webhook.
 //!
-//! Decisions (README repeats them):
+//! Decisions (docs/payments.md repeats them):
 //! - A payment is applied only when it pays the order: amount in the
 //!   currency's minor unit and currency equal to the order's total and
 //!   currency. Anything else is recorded on the order with its real figures
