@@ -16,7 +16,11 @@
 //!
 //! The gauges marked "at scrape" describe the whole installation, read from
 //! Postgres and RabbitMQ when scraped: every API replica reports the same
-//! values (take `max` across instances).
+//! values (take `max` across instances). They are refreshed at most every
+//! `REFRESH` and by one scrape at a time, each read bounded by a timeout; a
+//! scrape that finds a refresh running, or a source that does not answer,
+//! serves the last values. So a flood of scrapes costs no database
+//! connections, and a broken broker cannot make scrapes hang.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,9 +67,21 @@ pub struct ApiMetrics {
     waiting: Gauge,
     queue_messages: Family<QueueLabel, Gauge>,
     queue_consumers: Family<QueueLabel, Gauge>,
-    /// A channel for passive declares at scrape time, opened on first use.
-    channel: tokio::sync::Mutex<Option<(lapin::Connection, lapin::Channel)>>,
+    /// A channel for passive declares at scrape time, opened on first use,
+    /// and when the gauges were last read.
+    state: tokio::sync::Mutex<ScrapeState>,
 }
+
+#[derive(Default)]
+struct ScrapeState {
+    channel: Option<(lapin::Connection, lapin::Channel)>,
+    refreshed: Option<Instant>,
+}
+
+/// The installation-wide gauges are read at most this often.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest a scrape waits for Postgres or RabbitMQ.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Default for ApiMetrics {
     fn default() -> Self {
@@ -142,7 +158,7 @@ impl Default for ApiMetrics {
             waiting,
             queue_messages,
             queue_consumers,
-            channel: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(ScrapeState::default()),
         }
     }
 }
@@ -157,35 +173,52 @@ impl ApiMetrics {
         broker: &Broker,
         topology: &Topology,
     ) -> String {
-        if let Ok(b) = courier_shared::db::backlog::snapshot(pool).await {
-            self.outbox_backlog.set(b.outbox);
-            self.outbox_oldest.set(b.outbox_oldest_seconds);
-            self.dead_letters_open.set(b.dead_letters_open);
-            self.held.set(b.held);
-            self.waiting.set(b.waiting);
+        if let Ok(mut state) = self.state.try_lock()
+            && state.refreshed.is_none_or(|at| at.elapsed() >= REFRESH)
+        {
+            state.refreshed = Some(Instant::now());
+            let backlog =
+                tokio::time::timeout(READ_TIMEOUT, courier_shared::db::backlog::snapshot(pool))
+                    .await;
+            if let Ok(Ok(b)) = backlog {
+                self.outbox_backlog.set(b.outbox);
+                self.outbox_oldest.set(b.outbox_oldest_seconds);
+                self.dead_letters_open.set(b.dead_letters_open);
+                self.held.set(b.held);
+                self.waiting.set(b.waiting);
+            }
+            let read = tokio::time::timeout(
+                READ_TIMEOUT,
+                self.read_queues(&mut state.channel, broker, topology),
+            )
+            .await;
+            if read.is_err() {
+                // A broker that stopped answering: open a new channel next time.
+                state.channel = None;
+            }
         }
-        self.read_queues(broker, topology).await;
         courier_shared::metrics::encode(&self.registry)
     }
 
-    async fn read_queues(&self, broker: &Broker, topology: &Topology) {
-        let mut guard = self.channel.lock().await;
-        if guard
-            .as_ref()
-            .is_none_or(|(_, ch)| !ch.status().connected())
-        {
-            let opened = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+    async fn read_queues(
+        &self,
+        slot: &mut Option<(lapin::Connection, lapin::Channel)>,
+        broker: &Broker,
+        topology: &Topology,
+    ) {
+        if slot.as_ref().is_none_or(|(_, ch)| !ch.status().connected()) {
+            let opened = async {
                 let conn = broker.connect().await?;
                 let channel = conn.create_channel().await?;
                 Ok::<_, lapin::Error>((conn, channel))
-            })
+            }
             .await;
-            *guard = match opened {
-                Ok(Ok(pair)) => Some(pair),
-                _ => return,
+            *slot = match opened {
+                Ok(pair) => Some(pair),
+                Err(_) => return,
             };
         }
-        let Some((_, channel)) = guard.as_ref() else {
+        let Some((_, channel)) = slot.as_ref() else {
             return;
         };
         for queue in topology.all_queues() {
@@ -211,7 +244,7 @@ impl ApiMetrics {
                 }
                 // A missing queue closes the channel; open a new one next time.
                 Err(_) => {
-                    *guard = None;
+                    *slot = None;
                     return;
                 }
             }

@@ -12,6 +12,7 @@ use axum::Json;
 use axum::http::Method;
 use utoipa::Modify;
 use utoipa::OpenApi;
+use utoipa::openapi::schema::{AnyOfBuilder, Schema};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, Ref, RefOr, ResponseBuilder, SecurityRequirement, path::Operation,
@@ -121,6 +122,18 @@ impl Modify for FromRouteTable {
                     .build(),
             )
         };
+        // The order read answers one of two shapes, and the full view also
+        // has every field of the row: `anyOf`, since a full view would match
+        // both branches of a `oneOf`.
+        if let Some(RefOr::T(Schema::OneOf(one))) = components.schemas.get("OrderRead") {
+            let mut any = AnyOfBuilder::new().description(one.description.clone());
+            for item in one.items.clone() {
+                any = any.item(item);
+            }
+            components
+                .schemas
+                .insert("OrderRead".into(), RefOr::T(Schema::AnyOf(any.build())));
+        }
         for route in routes::route_table() {
             let Some(op) = operation(doc, &route.method, route.path) else {
                 continue;

@@ -110,9 +110,10 @@ pub struct KeySettings {
     pub encryption_key: Option<Secret>,
 }
 
-/// TLS to RabbitMQ (`amqps://`) and Redis (`rediss://`) uses Mozilla's roots,
-/// or only the CA bundle named here. Postgres takes its CA from `database.url`
-/// (`sslmode=verify-full&sslrootcert=/path`), as libpq does.
+/// TLS to RabbitMQ (`amqps://`) and Redis (`rediss://`) uses Mozilla's roots
+/// and the CA bundle named here: for Redis the bundle replaces the roots, for
+/// RabbitMQ it is added to them (lapin's connector). Postgres takes its CA from
+/// `database.url` (`sslmode=verify-full&sslrootcert=/path`), as libpq does.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct TlsSettings {
     /// A PEM file of CA certificates to trust instead of the built-in roots.

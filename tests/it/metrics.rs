@@ -46,7 +46,17 @@ async fn a_delivered_order_moves_the_api_and_worker_series() {
         .await;
     assert_eq!(game.commands(), vec!["say hi Steve".to_owned()]);
 
-    let w = scrape(&stack.http, &format!("{worker}/metrics")).await;
+    // The attempt is counted right after its batch commits, so the order can
+    // read `completed` a moment before the count moves.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let w = loop {
+        let w = scrape(&stack.http, &format!("{worker}/metrics")).await;
+        let counted = w.contains(r#"courier_deliveries_total{kind="rcon",outcome="succeeded"}"#);
+        if counted || tokio::time::Instant::now() > deadline {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         sample(
             &w,

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn the_api_answers_requests_in_flight_then_exits_on_sigterm() {
-    let stack = TestStack::start_with(|_| {}, false).await;
+    let mut stack = TestStack::start_with(|_| {}, false).await;
     let game = courier_tests::fakes::rcon::FakeGameServer::start(
         "pw",
         courier_shared::rcon::Dialect::Minecraft,
@@ -18,6 +18,10 @@ async fn the_api_answers_requests_in_flight_then_exits_on_sigterm() {
     .expect("fake server");
     stack.add_game_server("s", &game).await;
     stack.add_rcon_product("p", "s", "say hi {username}").await;
+    // Only the child serves from here on: its relay alone publishes.
+    if let Some(api) = stack.api.take() {
+        api.stop().await;
+    }
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier-api-process"))
         .envs(process_env(&stack.settings))
@@ -88,7 +92,7 @@ async fn the_api_answers_requests_in_flight_then_exits_on_sigterm() {
         tokio::net::TcpStream::connect(&addr).await.is_err(),
         "nothing listens after the stop"
     );
-    // The relay published the order's job before it stopped.
+    // The child's relay published the order's job before it stopped.
     let unpublished = stack
         .count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         .await;

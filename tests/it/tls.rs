@@ -1,6 +1,10 @@
-//! TLS to the services. Postgres: the local server's own certificate (Debian
-//! enables SSL with its snakeoil certificate), verified with
-//! `sslmode=verify-full&sslrootcert=…` through a whole stack. Redis: a
+//! TLS to the services. Postgres: the local server's own certificate (Debian's
+//! package enables SSL with a self-signed "snakeoil" certificate), verified
+//! with `sslmode=verify-ca&sslrootcert=<that certificate>` through a whole
+//! stack — `verify-ca`, because the snakeoil certificate names the machine's
+//! host name, which differs between machines. These tests need the
+//! distribution's Postgres with SSL on and a `redis-server` binary (the
+//! services `./dev` installs); they fail with a message saying so otherwise. Redis: a
 //! second, TLS-only `redis-server` started here with a CA made here, reached
 //! with `rediss://` and `tls.ca_file`. RabbitMQ over `amqps://` is not
 //! exercised: the machine's one broker has no TLS listener (see README).
@@ -14,32 +18,50 @@ use courier_shared::limits::{Limits, Permit};
 use courier_shared::tls::CaBundle;
 use courier_tests::stack::TestStack;
 
-const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+/// The certificate the local Postgres serves (its `ssl_cert_file`).
+async fn server_certificate() -> String {
+    let (settings, _) = courier_tests::stack::test_settings();
+    let url = courier_tests::stack::replace_db(settings.database.url.expose(), "postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect to Postgres");
+    let (ssl, file): (String, String) =
+        sqlx::query_as("SELECT current_setting('ssl'), current_setting('ssl_cert_file')")
+            .fetch_one(&mut conn)
+            .await
+            .expect("settings");
+    assert_eq!(
+        ssl, "on",
+        "these tests need a Postgres with SSL on (Debian's package turns it on)"
+    );
+    assert!(
+        std::path::Path::new(&file).is_file(),
+        "the server's certificate {file} must be readable here (same machine)"
+    );
+    file
+}
 
-fn verified_url(url: &str) -> String {
-    let url = url.replace("@127.0.0.1:", "@localhost:");
-    format!("{url}?sslmode=verify-full&sslrootcert={SNAKEOIL}")
+fn verified_url(url: &str, root: &str) -> String {
+    format!("{url}?sslmode=verify-ca&sslrootcert={root}")
 }
 
 #[tokio::test]
 async fn an_order_is_delivered_with_postgres_over_verified_tls() {
-    let (mut stack, game) = {
-        let game = courier_tests::fakes::rcon::FakeGameServer::start(
-            "pw",
-            courier_shared::rcon::Dialect::Minecraft,
-        )
-        .await
-        .expect("fake server");
-        let stack = TestStack::start_with(
-            |s| {
-                s.database.url =
-                    courier_shared::config::Secret::new(verified_url(s.database.url.expose()))
-            },
-            false,
-        )
-        .await;
-        (stack, game)
-    };
+    let root = server_certificate().await;
+    let game = courier_tests::fakes::rcon::FakeGameServer::start(
+        "pw",
+        courier_shared::rcon::Dialect::Minecraft,
+    )
+    .await
+    .expect("fake server");
+    let mut stack = TestStack::start_with(
+        |s| {
+            s.database.url =
+                courier_shared::config::Secret::new(verified_url(s.database.url.expose(), &root))
+        },
+        false,
+    )
+    .await;
     stack.start_worker().await;
     stack.add_game_server("s", &game).await;
     stack.add_rcon_product("p", "s", "say hi {username}").await;
@@ -63,13 +85,13 @@ async fn an_order_is_delivered_with_postgres_over_verified_tls() {
 }
 
 #[tokio::test]
-async fn verify_full_refuses_a_certificate_it_cannot_verify() {
+async fn verify_ca_refuses_a_certificate_it_cannot_verify() {
     // Without sslrootcert the built-in roots apply, and they do not vouch
-    // for the snakeoil certificate: the connection must fail, not fall back.
+    // for a self-signed certificate: the connection must fail, not fall back.
+    server_certificate().await;
     let (settings, _) = courier_tests::stack::test_settings();
     let url = courier_tests::stack::replace_db(settings.database.url.expose(), "postgres")
-        .replace("@127.0.0.1:", "@localhost:")
-        + "?sslmode=verify-full";
+        + "?sslmode=verify-ca";
     let settings = courier_shared::config::DatabaseSettings {
         url: courier_shared::config::Secret::new(url),
         ..settings.database
@@ -79,9 +101,9 @@ async fn verify_full_refuses_a_certificate_it_cannot_verify() {
         .execute(&pool)
         .await
         .expect_err("an unverifiable certificate is refused");
+    let text = err.to_string().to_lowercase();
     assert!(
-        err.to_string().to_lowercase().contains("certificate")
-            || err.to_string().to_lowercase().contains("tls"),
+        text.contains("certificate") || text.contains("tls"),
         "{err}"
     );
 }
@@ -188,9 +210,21 @@ fn start_tls_redis(dir: &Path) -> TlsRedis {
     TlsRedis { child, port }
 }
 
+/// A scratch directory removed when dropped (also when a test panics).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::test]
 async fn limits_reach_a_tls_only_redis_with_the_ca_bundle() {
-    let dir = std::env::temp_dir().join(format!("courier-tls-{}", uuid::Uuid::new_v4().simple()));
+    let tmp = TempDir(
+        std::env::temp_dir().join(format!("courier-tls-{}", uuid::Uuid::new_v4().simple())),
+    );
+    let dir = tmp.0.clone();
     std::fs::create_dir_all(&dir).expect("temp dir");
     make_certs(&dir);
     let redis = start_tls_redis(&dir);
@@ -247,5 +281,5 @@ async fn limits_reach_a_tls_only_redis_with_the_ca_bundle() {
     .expect_err("refused");
     assert!(err.to_string().contains("tls.ca_file"), "{err}");
     drop(redis);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 }

@@ -361,14 +361,18 @@ fn count_attempt(ctx: &Context, claimed: &Claimed, outcome: &str) {
 }
 
 /// Publish → receipt, from the relay's `x-published-ms` header; messages that
-/// came back through a delay tier (they carry `x-death`) are left out, their
-/// wait was the retry's.
+/// came back through a delay tier (they carry `x-death`) or were delivered
+/// before (requeued, or a consumer died holding them) are left out: their
+/// wait was the retry's, not the queue's.
 fn observe_lag(ctx: &Context, queue: &str, batch: &[Delivery]) {
     let now = chrono::Utc::now().timestamp_millis();
     let lag = ctx.metrics.consumer_lag.get_or_create(&QueueLabel {
         queue: queue.to_owned(),
     });
     for delivery in batch {
+        if delivery.redelivered {
+            continue;
+        }
         let Some(headers) = delivery.properties.headers() else {
             continue;
         };

@@ -3,7 +3,7 @@
 //! | series | what |
 //! |---|---|
 //! | `courier_deliveries_total{kind,outcome}` | attempts recorded, by the attempt's outcome |
-//! | `courier_attempt_duration_seconds{kind,target}` | time the driver took (RCON round trip, HTTP call); `target` is the delivery's target as dead letters name it (RCON: the game server's id) |
+//! | `courier_attempt_duration_seconds{kind,target}` | time the attempt took, from claim to outcome (for RCON including the wait for a connection slot); `target` is the delivery's target as dead letters name it (RCON: the game server's id) |
 //! | `courier_consumer_lag_seconds{queue}` | publish → received by this worker, first deliveries only |
 //! | `courier_claim_batch_size` | messages claimed in one statement |
 //! | `courier_completer_batch_size` | successes written in one transaction |

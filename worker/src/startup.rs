@@ -27,6 +27,10 @@ pub struct RunningWorker {
     pub http_addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     consumers: JoinSet<()>,
+    /// The listener stops after the consumers, so a drain can be watched
+    /// (and its last counts scraped) until it ends.
+    http_stop: watch::Sender<bool>,
+    http: tokio::task::JoinHandle<()>,
 }
 
 impl RunningWorker {
@@ -48,14 +52,17 @@ impl RunningWorker {
     }
 
     /// Stops consuming and waits for in-flight jobs.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        while self.consumers.join_next().await.is_some() {}
+        self.wait().await;
     }
 
-    /// Waits until the consumers end (after a shutdown request).
+    /// Waits until the consumers end (after a shutdown request), then stops
+    /// the listener.
     pub async fn wait(mut self) {
         while self.consumers.join_next().await.is_some() {}
+        let _ = self.http_stop.send(true);
+        let _ = self.http.await;
     }
 }
 
@@ -144,21 +151,21 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         settings.rescuer.overdue_after_secs,
         rx.clone(),
     ));
+    let (http_stop, http_rx) = watch::channel(false);
     let (http_addr, http) = crate::http::start(
         &settings.worker.http_bind,
         ctx.clone(),
         i64::try_from(SUPPORTED.len() + 1).unwrap_or(i64::MAX),
-        rx.clone(),
+        http_rx,
     )
     .await
     .with_context(|| format!("binding worker.http_bind = {}", settings.worker.http_bind))?;
-    consumers.spawn(async move {
-        let _ = http.await;
-    });
     tracing::info!(worker = %ctx.worker_id, %http_addr, "courier-worker started");
     Ok(RunningWorker {
         ctx,
         http_addr,
+        http_stop,
+        http,
         shutdown,
         consumers,
     })
