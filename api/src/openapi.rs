@@ -20,7 +20,7 @@ use utoipa::openapi::{
 
 use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{self, admin, catalog, health, keys, orders, payments};
+use crate::routes::{self, admin, catalog, health, keys, notes, order_list, orders, payments};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,8 +32,9 @@ use crate::routes::{self, admin, catalog, health, keys, orders, payments};
         license(name = "Proprietary"),
     ),
     paths(
-        orders::create, orders::get, payments::refund, payments::cancel,
+        orders::create, order_list::list, orders::get, payments::refund, payments::cancel,
         payments::accept_payment, payments::stripe, payments::generic,
+        notes::list, notes::add, notes::edit, notes::delete,
         catalog::list_game_servers, catalog::put_game_server,
         catalog::list_products, catalog::put_product,
         admin::retry_item, admin::list, admin::retry_bulk, admin::show, admin::retry,

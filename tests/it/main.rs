@@ -13,6 +13,7 @@ mod limits;
 mod metrics;
 mod money;
 mod openapi;
+mod order_list;
 mod orders;
 mod outbox;
 mod payments;

@@ -8,6 +8,8 @@ pub mod admin;
 pub mod catalog;
 pub mod health;
 pub mod keys;
+pub mod notes;
+pub mod order_list;
 pub mod orders;
 pub mod payments;
 
@@ -80,6 +82,12 @@ fn table(state: Option<AppState>) -> Table {
     )
     .add(
         M::GET,
+        "/v1/orders",
+        Access::Scope(auth::ORDERS_READ),
+        order_list::list,
+    )
+    .add(
+        M::GET,
         "/v1/orders/{reference}",
         Access::Scope(auth::ORDERS_READ),
         orders::get,
@@ -101,6 +109,20 @@ fn table(state: Option<AppState>) -> Table {
         "/v1/orders/{reference}/payment/accept",
         ADMIN,
         payments::accept_payment,
+    )
+    .add(M::GET, "/v1/orders/{reference}/notes", ADMIN, notes::list)
+    .add(M::POST, "/v1/orders/{reference}/notes", ADMIN, notes::add)
+    .add(
+        M::PATCH,
+        "/v1/orders/{reference}/notes/{note_id}",
+        ADMIN,
+        notes::edit,
+    )
+    .add(
+        M::DELETE,
+        "/v1/orders/{reference}/notes/{note_id}",
+        ADMIN,
+        notes::delete,
     )
     .add(M::POST, "/webhooks/stripe", PUBLIC, payments::stripe)
     .add(M::POST, "/webhooks/generic", PUBLIC, payments::generic)

@@ -198,7 +198,8 @@ pub async fn accept_payment(
     Ok(Json(done))
 }
 
-async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
+/// The order a path names by id or order number (`404` when there is none).
+pub(crate) async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, ApiError> {
     if Uuid::parse_str(reference).is_err() && !ids::looks_like_order_number(reference) {
         return Err(ApiError::invalid_reference());
     }

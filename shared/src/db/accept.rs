@@ -87,9 +87,10 @@ pub async fn write(conn: &mut PgConnection, rows: AcceptRows<'_>) -> Result<usiz
         o AS (INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
                 customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
                 currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, \
-                discount, created_at, updated_at) \
+                discount, created_at, updated_at, item_names) \
               VALUES ($1, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, \
-                $42, $43, CASE WHEN $29 = 'paid' THEN $46 END, $44, $45, $46, $46)), " };
+                $42, $43, CASE WHEN $29 = 'paid' THEN $46 END, $44, $45, $46, $46, \
+                array_to_string($6::text[], ' '))), " };
     }
     let sql = match rows.order {
         Some(_) => concat!("WITH ", order_cte!(), common!()),

@@ -10,6 +10,8 @@ pub mod deliveries;
 pub mod disputes;
 pub mod events;
 pub mod keys;
+pub mod notes;
+pub mod order_list;
 pub mod orders;
 pub mod outbox;
 pub mod payment_events;

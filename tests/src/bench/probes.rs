@@ -92,13 +92,7 @@ pub async fn rabbitmq(url: &str, queue: &str, messages: usize) -> anyhow::Result
     }
     reader.await??;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    // Close the consuming channel before deleting its queue, so the broker's
-    // cancel does not race the client's.
-    let _ = consume.close(200, "probe done".into()).await;
-    publish
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await?;
-    let _ = conn.close(200, "probe done".into()).await;
+    remove_probe_queue(&conn, &publish, &consume, queue).await?;
     Ok(rate)
 }
 
@@ -222,16 +216,51 @@ pub async fn pipeline(
     }
     reader.await??;
     let rate = jobs as f64 / started.elapsed().as_secs_f64();
-    let _ = consume.close(200, "probe done".into()).await;
-    publish
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await?;
-    let _ = conn.close(200, "probe done".into()).await;
+    remove_probe_queue(&conn, &publish, &consume, queue).await?;
     sqlx::query("DROP TABLE bench_pipeline")
         .execute(&pool)
         .await?;
     pool.close().await;
     Ok(rate)
+}
+
+/// Closes the consuming channel, deletes the probe's queue, closes the
+/// connection. The consumer was dropped with the reader task, and lapin
+/// sends its `basic.cancel` on its own; that cancel can meet the channel
+/// while it closes and fail the next call on the connection ("invalid channel
+/// state: Closing (basic.cancel)"), so the delete is retried on a fresh
+/// channel rather than the probe failing on its clean-up.
+async fn remove_probe_queue(
+    conn: &lapin::Connection,
+    publish: &lapin::Channel,
+    consume: &lapin::Channel,
+    queue: &str,
+) -> anyhow::Result<()> {
+    let _ = consume.close(200, "probe done".into()).await;
+    let mut last = None;
+    for attempt in 0..3 {
+        let channel = if attempt == 0 {
+            publish.clone()
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.create_channel().await?
+        };
+        match channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+        {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let _ = conn.close(200, "probe done".into()).await;
+    match last {
+        None => Ok(()),
+        Some(e) => Err(anyhow::anyhow!("deleting the probe queue {queue}: {e}")),
+    }
 }
 
 /// A durable quorum queue for a probe, a publishing channel in confirm mode

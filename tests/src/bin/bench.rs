@@ -1,4 +1,4 @@
-//! `courier-bench throughput | chaos | reads | latency` — see docs/benchmarks.md.
+//! `courier-bench throughput | chaos | reads | orders | latency` — see docs/benchmarks.md.
 //!
 //! `latency`: time from `POST /v1/orders` to `completed` for
 //! orders posted one after another, on an isolated in-process stack (api +
@@ -88,6 +88,20 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 500.0)]
         ingest_rate: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The staff's order list on a large history (seeded once into its own
+    /// database, `courier_bench_orders`): p50/p99 per filter, sort and search.
+    Orders {
+        #[arg(long, default_value_t = 1_000_000)]
+        orders: i64,
+        /// Requests per case.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Drop the seeded database and seed again.
+        #[arg(long)]
+        reseed: bool,
         #[arg(long)]
         json: bool,
     },
@@ -184,6 +198,26 @@ async fn main() -> anyhow::Result<()> {
                 ingest_rate,
             })
             .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print();
+            }
+            return Ok(());
+        }
+        Command::Orders {
+            orders,
+            samples,
+            reseed,
+            json,
+        } => {
+            let report =
+                courier_tests::bench::orders::run(courier_tests::bench::orders::OrdersArgs {
+                    orders,
+                    samples,
+                    reseed,
+                })
+                .await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

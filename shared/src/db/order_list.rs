@@ -1,0 +1,329 @@
+//! The staff's order list: filters, a substring search, five sorts in both
+//! directions, keyset pages.
+//!
+//! Every sort is `(key, id)`, with an index per key (see the migration
+//! `order_list`), so a page is an index range read however deep it is, and
+//! an order inserted meanwhile never moves the rows of later pages. Only the
+//! filters that are set become SQL (each statement is built from fixed
+//! fragments; every value is a bind), so each combination gets its own plan.
+//! The page is chosen first and its rows' item counts and delivery summaries
+//! are read for those rows only.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::domain::order::{OrderStatus, PaymentStatus};
+use crate::error::DbError;
+
+/// What the list is sorted by (then by id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Created,
+    Total,
+    OrderNumber,
+    PaymentStatus,
+    Status,
+}
+
+impl SortKey {
+    pub const ALL: &[(&str, SortKey)] = &[
+        ("created", SortKey::Created),
+        ("total", SortKey::Total),
+        ("order_number", SortKey::OrderNumber),
+        ("payment_status", SortKey::PaymentStatus),
+        ("status", SortKey::Status),
+    ];
+
+    pub fn name(self) -> &'static str {
+        SortKey::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("created", |(n, _)| n)
+    }
+
+    /// The column, and the cast that reads a cursor's key back.
+    fn column(self) -> (&'static str, &'static str) {
+        match self {
+            SortKey::Created => ("o.created_at", "::timestamptz"),
+            SortKey::Total => ("o.total", "::numeric"),
+            SortKey::OrderNumber => ("o.order_number", "::text"),
+            SortKey::PaymentStatus => ("o.payment_status", "::text"),
+            SortKey::Status => ("o.status", "::text"),
+        }
+    }
+}
+
+/// Orders that need someone: a dead delivery, a held one, a waiting one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    Failures,
+    Held,
+    Waiting,
+}
+
+impl Attention {
+    fn status(self) -> &'static str {
+        match self {
+            Attention::Failures => "dead",
+            Attention::Held => "held",
+            Attention::Waiting => "waiting",
+        }
+    }
+}
+
+/// Every filter narrows the list; unset ones are left out of the statement.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub statuses: Vec<OrderStatus>,
+    pub payment_statuses: Vec<PaymentStatus>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    pub paid_from: Option<DateTime<Utc>>,
+    pub paid_to: Option<DateTime<Utc>>,
+    pub completed_from: Option<DateTime<Utc>>,
+    pub completed_to: Option<DateTime<Utc>>,
+    pub gateway: Option<String>,
+    /// Orders with an item of this product.
+    pub sku: Option<String>,
+    /// Orders with a key bought from this supplier.
+    pub supplier: Option<String>,
+    /// Orders with a delivery on this game server (its id).
+    pub game_server_id: Option<Uuid>,
+    pub min_total: Option<Decimal>,
+    pub max_total: Option<Decimal>,
+    pub currency: Option<String>,
+    pub attention: Vec<Attention>,
+    /// A substring of the order number, customer e-mail or name, game
+    /// username, transaction id or a product name (lower-cased; at least 3
+    /// characters, which the trigram index needs).
+    pub search: Option<String>,
+}
+
+/// Where the previous page ended: its last row's sort key (as text) and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub key: String,
+    pub id: Uuid,
+}
+
+/// How an order's deliveries stand, counted by status.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct DeliverySummary {
+    pub total: i64,
+    pub succeeded: i64,
+    /// Queued, running or retrying.
+    pub in_progress: i64,
+    pub waiting: i64,
+    pub held: i64,
+    pub dead: i64,
+    pub cancelled: i64,
+}
+
+/// One row of the list: what the orders dashboard shows.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub order_number: String,
+    pub created_at: DateTime<Utc>,
+    pub customer_name: Option<String>,
+    pub customer_email: Option<String>,
+    pub total: Decimal,
+    pub currency: String,
+    pub status: OrderStatus,
+    pub payment_status: PaymentStatus,
+    pub gateway: Option<String>,
+    pub item_count: i64,
+    pub deliveries: DeliverySummary,
+    /// The sort key of this row as the next cursor carries it.
+    #[serde(skip)]
+    pub sort_key: String,
+}
+
+fn push_filter(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
+    if !f.statuses.is_empty() {
+        q.push(" AND o.status = ANY(")
+            .push_bind(f.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            .push(")");
+    }
+    if !f.payment_statuses.is_empty() {
+        q.push(" AND o.payment_status = ANY(")
+            .push_bind(
+                f.payment_statuses
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .push(")");
+    }
+    let ranges = [
+        (" AND o.created_at >= ", f.created_from),
+        (" AND o.created_at < ", f.created_to),
+        (" AND o.paid_at >= ", f.paid_from),
+        (" AND o.paid_at < ", f.paid_to),
+        (" AND o.completed_at >= ", f.completed_from),
+        (" AND o.completed_at < ", f.completed_to),
+    ];
+    for (sql, value) in ranges {
+        if let Some(v) = value {
+            q.push(sql).push_bind(v);
+        }
+    }
+    if let Some(g) = &f.gateway {
+        q.push(" AND o.gateway = ").push_bind(g.clone());
+    }
+    if let Some(c) = &f.currency {
+        q.push(" AND o.currency = ").push_bind(c.clone());
+    }
+    if let Some(min) = f.min_total {
+        q.push(" AND o.total >= ").push_bind(min);
+    }
+    if let Some(max) = f.max_total {
+        q.push(" AND o.total <= ").push_bind(max);
+    }
+    if let Some(sku) = &f.sku {
+        q.push(" AND o.id IN (SELECT i.order_id FROM order_items i WHERE i.sku = ")
+            .push_bind(sku.clone())
+            .push(")");
+    }
+    if let Some(s) = &f.supplier {
+        q.push(
+            " AND o.id IN (SELECT i.order_id FROM item_keys k JOIN order_items i ON i.id = k.item_id \
+             WHERE k.supplier = ",
+        )
+        .push_bind(s.clone())
+        .push(")");
+    }
+    if let Some(server) = f.game_server_id {
+        q.push(" AND o.id IN (SELECT d.order_id FROM deliveries d WHERE d.target = ")
+            .push_bind(server.to_string())
+            .push(" AND d.kind = 'rcon')");
+    }
+    if !f.attention.is_empty() {
+        q.push(" AND o.id IN (SELECT d.order_id FROM deliveries d WHERE d.status = ANY(")
+            .push_bind(f.attention.iter().map(|a| a.status()).collect::<Vec<_>>())
+            .push(") AND d.status IN ('dead', 'held', 'waiting'))");
+    }
+    if let Some(s) = &f.search {
+        q.push(" AND o.search LIKE ").push_bind(like_pattern(s));
+    }
+}
+
+/// `%s%` with LIKE's own characters escaped.
+fn like_pattern(s: &str) -> String {
+    let mut p = String::with_capacity(s.len() + 2);
+    p.push('%');
+    for c in s.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// One page: `limit` rows after `after`, sorted by `sort` (descending when
+/// `desc`), then by id in the same direction.
+pub async fn list(
+    conn: &mut PgConnection,
+    f: &ListFilter,
+    sort: SortKey,
+    desc: bool,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Vec<OrderRow>, DbError> {
+    let (column, cast) = sort.column();
+    let mut q = QueryBuilder::new(
+        "WITH page AS (SELECT o.id, o.order_number, o.created_at, o.customer_name, o.customer_email, \
+         o.total, o.currency, o.status, o.payment_status, o.gateway, ",
+    );
+    q.push(column)
+        .push("::text AS sort_key FROM orders o WHERE true");
+    push_filter(&mut q, f);
+    if let Some(a) = after {
+        q.push(" AND (").push(column).push(", o.id) ");
+        q.push(if desc { "< (" } else { "> (" });
+        q.push_bind(a.key.clone())
+            .push(cast)
+            .push(", ")
+            .push_bind(a.id)
+            .push(")");
+    }
+    let dir = if desc { " DESC" } else { " ASC" };
+    q.push(" ORDER BY ")
+        .push(column)
+        .push(dir)
+        .push(", o.id")
+        .push(dir);
+    q.push(" LIMIT ").push_bind(limit).push(
+        ") SELECT p.*, \
+         (SELECT count(*) FROM order_items i WHERE i.order_id = p.id) AS item_count, \
+         s.total AS d_total, s.succeeded, s.in_progress, s.waiting, s.held, s.dead, s.cancelled \
+         FROM page p CROSS JOIN LATERAL (SELECT count(*) AS total, \
+           count(*) FILTER (WHERE d.status = 'succeeded') AS succeeded, \
+           count(*) FILTER (WHERE d.status IN ('queued', 'running', 'retrying')) AS in_progress, \
+           count(*) FILTER (WHERE d.status = 'waiting') AS waiting, \
+           count(*) FILTER (WHERE d.status = 'held') AS held, \
+           count(*) FILTER (WHERE d.status = 'dead') AS dead, \
+           count(*) FILTER (WHERE d.status = 'cancelled') AS cancelled \
+           FROM deliveries d WHERE d.order_id = p.id AND d.purpose = 'deliver') s \
+         ORDER BY ",
+    );
+    q.push(match sort {
+        SortKey::Created => "p.created_at",
+        SortKey::Total => "p.total",
+        SortKey::OrderNumber => "p.order_number",
+        SortKey::PaymentStatus => "p.payment_status",
+        SortKey::Status => "p.status",
+    })
+    .push(dir)
+    .push(", p.id")
+    .push(dir);
+    let rows = q.build().fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(OrderRow {
+                id: r.try_get("id")?,
+                order_number: r.try_get("order_number")?,
+                created_at: r.try_get("created_at")?,
+                customer_name: r.try_get("customer_name")?,
+                customer_email: r.try_get("customer_email")?,
+                total: r.try_get("total")?,
+                currency: r.try_get::<String, _>("currency")?.trim_end().to_owned(),
+                status: r
+                    .try_get::<String, _>("status")?
+                    .parse()
+                    .map_err(|_| DbError::Corrupt("orders.status holds an unknown value".into()))?,
+                payment_status: r.try_get::<String, _>("payment_status")?.parse().map_err(
+                    |_| DbError::Corrupt("orders.payment_status holds an unknown value".into()),
+                )?,
+                gateway: r.try_get("gateway")?,
+                item_count: r.try_get("item_count")?,
+                deliveries: DeliverySummary {
+                    total: r.try_get("d_total")?,
+                    succeeded: r.try_get("succeeded")?,
+                    in_progress: r.try_get("in_progress")?,
+                    waiting: r.try_get("waiting")?,
+                    held: r.try_get("held")?,
+                    dead: r.try_get("dead")?,
+                    cancelled: r.try_get("cancelled")?,
+                },
+                sort_key: r.try_get("sort_key")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn search_text_is_a_literal_substring() {
+        assert_eq!(like_pattern("ORD-AB"), "%ord-ab%");
+        assert_eq!(like_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+}
