@@ -20,7 +20,9 @@ use utoipa::openapi::{
 
 use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{self, admin, catalog, health, keys, notes, order_list, orders, payments};
+use crate::routes::{
+    self, admin, catalog, export, health, keys, notes, order_list, orders, payments,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,7 +34,7 @@ use crate::routes::{self, admin, catalog, health, keys, notes, order_list, order
         license(name = "Proprietary"),
     ),
     paths(
-        orders::create, order_list::list, orders::get, payments::refund, payments::cancel,
+        orders::create, order_list::list, export::export, orders::get, payments::refund, payments::cancel,
         payments::accept_payment, payments::stripe, payments::generic,
         notes::list, notes::add, notes::edit, notes::delete,
         catalog::list_game_servers, catalog::put_game_server,

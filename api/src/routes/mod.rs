@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod export;
 pub mod health;
 pub mod keys;
 pub mod notes;
@@ -85,6 +86,12 @@ fn table(state: Option<AppState>) -> Table {
         "/v1/orders",
         Access::Scope(auth::ORDERS_READ),
         order_list::list,
+    )
+    .add(
+        M::GET,
+        "/v1/orders/export",
+        Access::Scope(auth::ORDERS_READ),
+        export::export,
     )
     .add(
         M::GET,

@@ -66,6 +66,8 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// `csv` or `xlsx`: for `GET /v1/orders/export` only (the list refuses it).
+    pub format: Option<String>,
 }
 
 /// A page of orders.
@@ -114,6 +116,20 @@ fn text(field: &str, value: &Option<String>) -> Result<Option<String>, ApiError>
 }
 
 impl ListQuery {
+    /// The filter, with `game_server` resolved to its id.
+    pub async fn resolve(&self, conn: &mut sqlx::PgConnection) -> Result<ListFilter, ApiError> {
+        let mut filter = self.filter()?;
+        if let Some(name) = text("game_server", &self.game_server)? {
+            let server = courier_shared::db::catalog::find_game_server_by_name(conn, &name)
+                .await?
+                .ok_or_else(|| {
+                    invalid("game_server", format!("no game server `{}`", clip(&name)))
+                })?;
+            filter.game_server_id = Some(server.id);
+        }
+        Ok(filter)
+    }
+
     fn filter(&self) -> Result<ListFilter, ApiError> {
         let statuses = list_of::<OrderStatus>(
             "status",
@@ -201,7 +217,7 @@ impl ListQuery {
         })
     }
 
-    fn sort(&self) -> Result<(SortKey, bool), ApiError> {
+    pub fn sort(&self) -> Result<(SortKey, bool), ApiError> {
         let key = match &self.sort {
             None => SortKey::Created,
             Some(s) => SortKey::ALL
@@ -258,17 +274,19 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<OrderPage>, ApiError> {
     caller.require(ORDERS_READ)?;
+    if q.format.is_some() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "format is a parameter of GET /v1/orders/export",
+        )
+        .with_field("format"));
+    }
     let limit = page::limit(q.limit)?;
     let (sort, desc) = q.sort()?;
     let after = page::decode(q.cursor.as_deref(), |c| parse_cursor(sort, desc, c))?;
-    let mut filter = q.filter()?;
     let mut conn = state.pool.acquire().await?;
-    if let Some(name) = text("game_server", &q.game_server)? {
-        let server = courier_shared::db::catalog::find_game_server_by_name(&mut conn, &name)
-            .await?
-            .ok_or_else(|| invalid("game_server", format!("no game server `{}`", clip(&name))))?;
-        filter.game_server_id = Some(server.id);
-    }
+    let filter = q.resolve(&mut conn).await?;
     let rows = order_list::list(&mut conn, &filter, sort, desc, after.as_ref(), limit).await?;
     let next = page::next(
         rows.len(),

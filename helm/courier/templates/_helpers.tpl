@@ -148,8 +148,7 @@ exponent (YAML numbers reach templates as float64), null as "". */}}
 {{- define "courier.volumes" -}}
 - name: tmp
   emptyDir:
-    medium: Memory
-    sizeLimit: 16Mi
+    sizeLimit: {{ .Values.tmp.sizeLimit }}
 {{- include "courier.caVolume" . }}
 {{- end -}}
 

@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod deliveries;
 pub mod disputes;
 pub mod events;
+pub mod export;
 pub mod keys;
 pub mod notes;
 pub mod order_list;

@@ -45,7 +45,7 @@ impl SortKey {
     }
 
     /// The column, and the cast that reads a cursor's key back.
-    fn column(self) -> (&'static str, &'static str) {
+    pub(crate) fn column(self) -> (&'static str, &'static str) {
         match self {
             SortKey::Created => ("o.created_at", "::timestamptz"),
             SortKey::Total => ("o.total", "::numeric"),
@@ -142,7 +142,7 @@ pub struct OrderRow {
     pub sort_key: String,
 }
 
-fn push_filter(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
+pub(crate) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
     if !f.statuses.is_empty() {
         q.push(" AND o.status = ANY(")
             .push_bind(f.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>())

@@ -38,6 +38,18 @@ pub struct Case {
     pub rows: usize,
 }
 
+/// One whole export through a separate API process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportFigure {
+    pub format: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub rows_per_s: f64,
+    /// The API process's peak RSS (VmHWM) once this export ended.
+    pub api_peak_rss_mib: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct OrdersReport {
     pub params: OrdersArgs,
@@ -45,6 +57,7 @@ pub struct OrdersReport {
     pub seed_seconds: Option<f64>,
     pub cases: Vec<Case>,
     pub worst_p99_ms: f64,
+    pub export: Vec<ExportFigure>,
     /// The query of the slowest single request (EXPLAIN it by hand).
     pub slowest_case: String,
 }
@@ -69,12 +82,25 @@ impl OrdersReport {
             );
         }
         println!("worst p99: {:.2} ms", self.worst_p99_ms);
+        for e in &self.export {
+            println!(
+                "export {}: {} rows, {:.1} MiB in {:.1} s = {:.0} rows/s; api peak RSS {:.1} MiB",
+                e.format,
+                e.rows,
+                e.bytes as f64 / 1048576.0,
+                e.seconds,
+                e.rows_per_s,
+                e.api_peak_rss_mib
+            );
+        }
         println!("slowest single request: {}", self.slowest_case);
     }
 }
 
 /// The seed: orders, one item each (a fifth with two), one delivery per item.
-/// `$1` first order number, `$2` last; the catalog is created before.
+/// `$1` first order number, `$2` last, `$3` how many in all (the newest is
+/// now, one order every 63 s before it: two years for a million); the
+/// catalog is created before.
 const SEED_BATCH: &str = "\
 WITH names AS (SELECT ARRAY['Alex','Sam','Jordan','Taylor','Morgan','Casey','Riley','Jamie','Avery','Quinn',\
     'Zoë','Chloé','Mateo','Lukas','Ingrid','Aiko','Priya','Omar','Fatima','Chen'] AS first, \
@@ -88,9 +114,9 @@ gen AS (SELECT i, \
     (ARRAY['completed','completed','completed','completed','completed','completed','completed','completed', \
       'completed','failed','refunded','processing','pending','partially_refunded','cancelled'])[1 + (i * 7) % 15] AS status, \
     round((1 + (i * 37) % 9900) / 100.0, 2) AS price, \
-    (ARRAY['USD','USD','USD','EUR','GBP'])[1 + i % 5] AS currency, \
-    (ARRAY['stripe','stripe','stripe','paypal','tebex'])[1 + (i / 3) % 5] AS gateway, \
-    now() - ((2000000 - i) * interval '31 seconds') AS at \
+    (ARRAY['USD','USD','USD','EUR','GBP'])[1 + (i * 31 % 97) % 5] AS currency, \
+    (ARRAY['stripe','stripe','stripe','paypal','tebex'])[1 + (i * 17 % 89) % 5] AS gateway, \
+    now() - (($3::bigint - i) * interval '63 seconds') AS at \
   FROM names, generate_series($1::bigint, $2::bigint) AS i), \
 o AS (INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, customer_name, \
     customer_email, game_username, currency, subtotal, tax, total, created_at, updated_at, paid_at, completed_at, \
@@ -127,6 +153,7 @@ async fn seed(conn: &mut PgConnection, n: i64) -> anyhow::Result<()> {
         sqlx::query(SEED_BATCH)
             .bind(from)
             .bind(to)
+            .bind(n)
             .execute(&mut *conn)
             .await?;
         eprintln!(
@@ -347,14 +374,79 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<OrdersReport> {
         None => String::new(),
     };
     api.stop().await;
+    let export = export_figures(&settings, &key, total).await?;
     Ok(OrdersReport {
         params: args,
         orders_in_table: total,
         seed_seconds,
         cases,
         worst_p99_ms: worst,
+        export,
         slowest_case,
     })
+}
+
+/// Both formats, whole, from a separate `courier-api` process (so the peak
+/// RSS is the API's own), reading the body as it streams.
+async fn export_figures(
+    settings: &courier_shared::config::Settings,
+    key: &str,
+    total: i64,
+) -> anyhow::Result<Vec<ExportFigure>> {
+    use tokio::io::AsyncBufReadExt;
+    let bin = super::procs::binary(&super::procs::bin_dir()?, "courier-api-process")?;
+    let mut child = tokio::process::Command::new(bin)
+        .envs(crate::stack::process_env(settings))
+        .env("COURIER__API__BIND", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        match lines.next_line().await? {
+            Some(l) => {
+                if let Some(a) = l.strip_prefix("listening ") {
+                    break a.to_owned();
+                }
+            }
+            None => anyhow::bail!("the api process exited before listening"),
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    let mut figures = Vec::new();
+    for format in ["csv", "xlsx"] {
+        let started = Instant::now();
+        let mut r = http
+            .get(format!("http://{addr}/v1/orders/export?format={format}"))
+            .bearer_auth(key)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "export {format}: {}", r.status());
+        let (mut bytes, mut newlines) = (0u64, 0u64);
+        while let Some(chunk) = r.chunk().await? {
+            bytes += chunk.len() as u64;
+            newlines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let rows = if format == "csv" {
+            newlines.saturating_sub(1)
+        } else {
+            total as u64
+        };
+        figures.push(ExportFigure {
+            format: format.to_owned(),
+            rows,
+            bytes,
+            seconds,
+            rows_per_s: rows as f64 / seconds,
+            api_peak_rss_mib: super::procs::peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+        });
+    }
+    let _ = child.kill().await;
+    Ok(figures)
 }
 
 fn urlencode(s: &str) -> String {

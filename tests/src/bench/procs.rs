@@ -47,7 +47,7 @@ pub struct ProcessStack {
 
 /// Where the process binaries are: next to this executable (`courier-bench`),
 /// or one level up from a test binary in `deps/`.
-fn bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe
         .parent()
@@ -59,7 +59,7 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn binary(dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn binary(dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     anyhow::ensure!(
         path.exists(),

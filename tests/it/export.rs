@@ -1,0 +1,180 @@
+//! `GET /v1/orders/export`: a few hundred orders with awkward names round
+//! trip through CSV (the `csv` crate) and XLSX (`calamine`, an independent
+//! reader): every order once, in the list's order, formula-like cells
+//! neutralised, money as numbers with the currency's decimals, dates as
+//! dates, and the cost columns only for admins.
+
+use std::io::Cursor;
+
+use calamine::{Data, Reader, Xlsx};
+use courier_tests::stack::{TestStack, sample_order};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const NAMES: &[&str] = &[
+    "Zoë Ångström",
+    "Bob \"The Builder\", Jr.",
+    "=cmd|' /C calc'!A0",
+    "+SUM(1,2)",
+    "@import",
+    "-42",
+    "李小龍",
+];
+
+async fn seed(stack: &TestStack, n: usize) {
+    let game = courier_tests::fakes::rcon::FakeGameServer::start(
+        "pw",
+        courier_shared::rcon::Dialect::Minecraft,
+    )
+    .await
+    .expect("fake");
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("vip", "s", "give {username} vip")
+        .await;
+    for i in 0..n {
+        let mut body = sample_order("vip", &format!("player{i}"));
+        body["customer"] =
+            json!({ "name": NAMES[i % NAMES.len()], "email": format!("c{i}@example.org") });
+        body["currency"] = json!(if i % 3 == 0 { "JPY" } else { "EUR" });
+        body["items"][0]["unit_price"] = json!(if i % 3 == 0 { "500" } else { "4.99" });
+        body["tax"] = json!("0");
+        let (status, o) = stack.call(Method::POST, "/v1/orders", Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{o}");
+    }
+}
+
+async fn get(stack: &TestStack, key: &str, query: &str) -> (StatusCode, String, Vec<u8>) {
+    let r = stack
+        .http
+        .get(stack.url(&format!("/v1/orders/export?{query}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("export");
+    let status = r.status();
+    let kind = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, kind, r.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn csv_and_xlsx_exports_round_trip_every_order() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let n = 240;
+    seed(&stack, n).await;
+    let expected: Vec<String> =
+        sqlx::query_scalar("SELECT order_number FROM orders ORDER BY created_at DESC, id DESC")
+            .fetch_all(&stack.pool)
+            .await
+            .expect("numbers");
+
+    // CSV, as an admin: the cost columns are there.
+    let (status, kind, body) = get(&stack, &stack.admin_key, "format=csv").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.starts_with("text/csv"), "{kind}");
+    let mut reader = csv::Reader::from_reader(body.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(header.last().map(String::as_str), Some("profit"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+    assert_eq!(rows.len(), n);
+    let numbers: Vec<String> = rows.iter().map(|r| r[0].to_owned()).collect();
+    assert_eq!(numbers, expected, "every order once, in the list's order");
+    let names: Vec<&str> = rows.iter().map(|r| r.get(2).expect("name")).collect();
+    for name in NAMES {
+        let shown = if name.starts_with(['=', '+', '-', '@']) {
+            format!("'{name}")
+        } else {
+            (*name).to_owned()
+        };
+        assert!(names.contains(&shown.as_str()), "{name:?} as {shown:?}");
+    }
+    assert!(!names.iter().any(|n| n.starts_with('=')), "no live formula");
+    let jpy = rows.iter().find(|r| &r[10] == "JPY").expect("a JPY order");
+    assert_eq!(&jpy[9], "1000");
+    assert_eq!(&jpy[11], "Product vip × 2");
+
+    // A reader sees no money columns; filters apply.
+    let reader_key = "ck_test_reader_export_0123456789";
+    courier_shared::db::api_keys::insert(
+        &stack.pool,
+        "reader",
+        reader_key,
+        &["orders:read".into()],
+    )
+    .await
+    .expect("key");
+    let (status, _, body) = get(&stack, reader_key, "format=csv&currency=JPY").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut reader = csv::Reader::from_reader(body.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !header.iter().any(|h| h == "cost" || h == "profit"),
+        "{header:?}"
+    );
+    assert_eq!(reader.records().count(), n / 3);
+
+    // XLSX, read back by calamine.
+    let (status, kind, body) = get(
+        &stack,
+        &stack.admin_key,
+        "format=xlsx&sort=order_number&order=asc",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.contains("spreadsheetml"), "{kind}");
+    let mut book: Xlsx<_> = Xlsx::new(Cursor::new(body)).expect("an xlsx file");
+    let sheet = book.worksheet_range("Orders").expect("sheet Orders");
+    let rows: Vec<&[Data]> = sheet.rows().collect();
+    assert_eq!(rows.len(), n + 1, "header and every order");
+    assert_eq!(rows[0][0], Data::String("order_number".into()));
+    let mut sorted = expected.clone();
+    sorted.sort();
+    let numbers: Vec<String> = rows[1..].iter().map(|r| r[0].to_string()).collect();
+    assert_eq!(numbers, sorted);
+    for row in &rows[1..] {
+        assert!(
+            matches!(row[1], Data::DateTime(_)),
+            "a date cell: {:?}",
+            row[1]
+        );
+        assert!(matches!(row[9], Data::Float(_)), "a number: {:?}", row[9]);
+        assert!(
+            !row[2].to_string().starts_with('='),
+            "no live formula: {:?}",
+            row[2]
+        );
+    }
+    let jpy = rows[1..]
+        .iter()
+        .find(|r| r[10] == Data::String("JPY".into()))
+        .expect("JPY");
+    assert_eq!(jpy[9], Data::Float(1000.0));
+
+    // Refusals name the parameter.
+    for (query, field) in [
+        ("format=pdf", "format"),
+        ("", "format"),
+        ("format=csv&limit=5", "limit"),
+    ] {
+        let (status, _, body) = get(&stack, &stack.admin_key, query).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+    stack.teardown().await;
+}
