@@ -143,6 +143,11 @@ pub struct OrderRow {
 }
 
 pub(crate) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
+    push_filters(q, f);
+}
+
+/// Every filter but the search.
+fn push_filters(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
     if !f.statuses.is_empty() {
         q.push(" AND o.status = ANY(")
             .push_bind(f.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>())
@@ -225,6 +230,23 @@ fn like_pattern(s: &str) -> String {
     p
 }
 
+/// How a page with a search is found. A substring's frequency is what the
+/// planner guesses worst: walking the sort's index and filtering is fast for
+/// a common one and reads the whole table for a rare one; the trigram index
+/// is fast for a rare one and fetches every match of a common one. So a
+/// search first walks only the first `WINDOW` rows in the page's order: if
+/// the page fills there, those are its rows (nothing outside the window sorts
+/// before them). Otherwise the matches come from the trigram index.
+#[derive(Clone, Copy)]
+enum Strategy {
+    Plain,
+    Window,
+    Trigram,
+}
+
+/// Rows a search walks in the sort's order before it asks the trigram index.
+const WINDOW: i64 = 20_000;
+
 /// One page: `limit` rows after `after`, sorted by `sort` (descending when
 /// `desc`), then by id in the same direction.
 pub async fn list(
@@ -235,24 +257,73 @@ pub async fn list(
     after: Option<&After>,
     limit: i64,
 ) -> Result<Vec<OrderRow>, DbError> {
+    if f.search.is_none() {
+        return fetch(conn, f, sort, desc, after, limit, Strategy::Plain).await;
+    }
+    let rows = fetch(&mut *conn, f, sort, desc, after, limit, Strategy::Window).await?;
+    if rows.len() as i64 >= limit {
+        return Ok(rows);
+    }
+    fetch(conn, f, sort, desc, after, limit, Strategy::Trigram).await
+}
+
+async fn fetch(
+    conn: &mut PgConnection,
+    f: &ListFilter,
+    sort: SortKey,
+    desc: bool,
+    after: Option<&After>,
+    limit: i64,
+    strategy: Strategy,
+) -> Result<Vec<OrderRow>, DbError> {
     let (column, cast) = sort.column();
-    let mut q = QueryBuilder::new(
-        "WITH page AS (SELECT o.id, o.order_number, o.created_at, o.customer_name, o.customer_email, \
+    let dir = if desc { " DESC" } else { " ASC" };
+    let pattern = f.search.as_deref().map(like_pattern).unwrap_or_default();
+    let mut q = QueryBuilder::new("WITH ");
+    if let Strategy::Trigram = strategy {
+        q.push("hits AS MATERIALIZED (SELECT id FROM orders WHERE search LIKE ")
+            .push_bind(pattern.clone())
+            .push("), ");
+    }
+    q.push(
+        "page AS (SELECT o.id, o.order_number, o.created_at, o.customer_name, o.customer_email, \
          o.total, o.currency, o.status, o.payment_status, o.gateway, ",
     );
-    q.push(column)
-        .push("::text AS sort_key FROM orders o WHERE true");
-    push_filter(&mut q, f);
-    if let Some(a) = after {
-        q.push(" AND (").push(column).push(", o.id) ");
-        q.push(if desc { "< (" } else { "> (" });
-        q.push_bind(a.key.clone())
-            .push(cast)
-            .push(", ")
-            .push_bind(a.id)
-            .push(")");
+    q.push(column).push("::text AS sort_key FROM ");
+    // The rows to choose from, with every filter but the search applied.
+    let from = |q: &mut QueryBuilder<Postgres>| {
+        q.push("orders o WHERE true");
+        push_filters(q, f);
+        if let Some(a) = after {
+            q.push(" AND (").push(column).push(", o.id) ");
+            q.push(if desc { "< (" } else { "> (" });
+            q.push_bind(a.key.clone())
+                .push(cast)
+                .push(", ")
+                .push_bind(a.id)
+                .push(")");
+        }
+    };
+    match strategy {
+        Strategy::Plain => from(&mut q),
+        Strategy::Window => {
+            q.push("(SELECT o.* FROM ");
+            from(&mut q);
+            q.push(" ORDER BY ")
+                .push(column)
+                .push(dir)
+                .push(", o.id")
+                .push(dir)
+                .push(" LIMIT ")
+                .push_bind(WINDOW)
+                .push(") o WHERE o.search LIKE ")
+                .push_bind(pattern);
+        }
+        Strategy::Trigram => {
+            from(&mut q);
+            q.push(" AND o.id IN (SELECT id FROM hits)");
+        }
     }
-    let dir = if desc { " DESC" } else { " ASC" };
     q.push(" ORDER BY ")
         .push(column)
         .push(dir)
