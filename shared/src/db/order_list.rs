@@ -281,7 +281,9 @@ async fn fetch(
     let pattern = f.search.as_deref().map(like_pattern).unwrap_or_default();
     let mut q = QueryBuilder::new("WITH ");
     if let Strategy::Trigram = strategy {
-        q.push("hits AS MATERIALIZED (SELECT id FROM orders WHERE search LIKE ")
+        // Whole rows: fetching them again by id afterwards would read each
+        // matching row's page a second time.
+        q.push("hits AS MATERIALIZED (SELECT * FROM orders WHERE search LIKE ")
             .push_bind(pattern.clone())
             .push("), ");
     }
@@ -291,8 +293,8 @@ async fn fetch(
     );
     q.push(column).push("::text AS sort_key FROM ");
     // The rows to choose from, with every filter but the search applied.
-    let from = |q: &mut QueryBuilder<Postgres>| {
-        q.push("orders o WHERE true");
+    let from = |q: &mut QueryBuilder<Postgres>, source: &'static str| {
+        q.push(source).push(" o WHERE true");
         push_filters(q, f);
         if let Some(a) = after {
             q.push(" AND (").push(column).push(", o.id) ");
@@ -305,10 +307,10 @@ async fn fetch(
         }
     };
     match strategy {
-        Strategy::Plain => from(&mut q),
+        Strategy::Plain => from(&mut q, "orders"),
         Strategy::Window => {
             q.push("(SELECT o.* FROM ");
-            from(&mut q);
+            from(&mut q, "orders");
             q.push(" ORDER BY ")
                 .push(column)
                 .push(dir)
@@ -319,10 +321,7 @@ async fn fetch(
                 .push(") o WHERE o.search LIKE ")
                 .push_bind(pattern);
         }
-        Strategy::Trigram => {
-            from(&mut q);
-            q.push(" AND o.id IN (SELECT id FROM hits)");
-        }
+        Strategy::Trigram => from(&mut q, "hits"),
     }
     q.push(" ORDER BY ")
         .push(column)
