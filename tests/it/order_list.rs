@@ -339,6 +339,26 @@ async fn bad_list_parameters_are_refused_by_name_and_readers_may_list() {
         assert!(status.is_client_error(), "{query}: {status} {body}");
         assert_eq!(body["error"]["field"], field, "{query}: {body}");
     }
+    // A forged cursor whose key is not of its sort's type is a 400, not a
+    // database error.
+    use base64::Engine;
+    for forged in [
+        format!("created|desc|{}|not a time", uuid::Uuid::nil()),
+        format!("total|desc|{}|1e999999", uuid::Uuid::nil()),
+        format!("status|desc|{}|a\u{0}b", uuid::Uuid::nil()),
+    ] {
+        let c = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&forged);
+        let sort = forged.split('|').next().expect("sort");
+        let (status, body) = stack
+            .call(
+                Method::GET,
+                &format!("/v1/orders?sort={sort}&cursor={c}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{forged}: {body}");
+        assert_eq!(body["error"]["field"], "cursor", "{forged}: {body}");
+    }
     // A cursor of one sort is refused by another.
     let (_, page) = stack
         .call(Method::GET, "/v1/orders?sort=total&limit=2", None)

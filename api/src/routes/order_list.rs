@@ -13,7 +13,9 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use courier_shared::db::order_list::{self, After, Attention, ListFilter, OrderRow, SortKey};
+use courier_shared::db::order_list::{
+    self, After, Attention, ListFilter, OrderRow, SortKey, SortValue,
+};
 use courier_shared::domain::order::{OrderStatus, PaymentStatus};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -250,7 +252,7 @@ fn cursor_text(sort: SortKey, desc: bool, row: &OrderRow) -> String {
         sort.name(),
         if desc { "desc" } else { "asc" },
         row.id,
-        row.sort_key
+        row.sort_key.to_text()
     )
 }
 
@@ -259,7 +261,7 @@ fn parse_cursor(sort: SortKey, desc: bool, text: &str) -> Option<After> {
     let (s, d, id, key) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     (s == sort.name() && d == if desc { "desc" } else { "asc" }).then_some(())?;
     Some(After {
-        key: key.to_owned(),
+        key: SortValue::parse(sort, key)?,
         id: Uuid::parse_str(id).ok()?,
     })
 }
@@ -308,9 +310,21 @@ mod tests {
         let id = Uuid::new_v4();
         let text = format!("total|asc|{id}|9.99");
         let after = parse_cursor(SortKey::Total, false, &text).expect("parses");
-        assert_eq!(after.key, "9.99");
+        assert_eq!(
+            after.key,
+            SortValue::Number("9.99".parse().expect("decimal"))
+        );
         assert_eq!(after.id, id);
         assert!(parse_cursor(SortKey::Total, true, &text).is_none());
         assert!(parse_cursor(SortKey::Created, false, &text).is_none());
+        // A key that is not of its sort's type is no cursor (never a cast in SQL).
+        for (sort, key) in [
+            (SortKey::Created, "not a time"),
+            (SortKey::Total, "12abc"),
+            (SortKey::Status, "nul\0byte"),
+        ] {
+            let text = format!("{}|asc|{id}|{key}", sort.name());
+            assert!(parse_cursor(sort, false, &text).is_none(), "{key}");
+        }
     }
 }

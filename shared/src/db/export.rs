@@ -33,7 +33,7 @@ pub struct ExportRow {
 
 /// The statement for `f` sorted by `sort`.
 pub fn query(f: &ListFilter, sort: SortKey, desc: bool) -> QueryBuilder<Postgres> {
-    let (column, _) = sort.column();
+    let column = sort.column();
     let mut q = QueryBuilder::new(
         "SELECT o.order_number, o.created_at, o.customer_name, o.customer_email, o.status, \
          o.payment_status, o.gateway, o.subtotal, o.tax, o.total, o.currency, o.refunded_amount, \

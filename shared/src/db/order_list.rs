@@ -44,14 +44,14 @@ impl SortKey {
             .map_or("created", |(n, _)| n)
     }
 
-    /// The column, and the cast that reads a cursor's key back.
-    pub(crate) fn column(self) -> (&'static str, &'static str) {
+    /// The column sorted by.
+    pub(crate) fn column(self) -> &'static str {
         match self {
-            SortKey::Created => ("o.created_at", "::timestamptz"),
-            SortKey::Total => ("o.total", "::numeric"),
-            SortKey::OrderNumber => ("o.order_number", "::text"),
-            SortKey::PaymentStatus => ("o.payment_status", "::text"),
-            SortKey::Status => ("o.status", "::text"),
+            SortKey::Created => "o.created_at",
+            SortKey::Total => "o.total",
+            SortKey::OrderNumber => "o.order_number",
+            SortKey::PaymentStatus => "o.payment_status",
+            SortKey::Status => "o.status",
         }
     }
 }
@@ -102,10 +102,43 @@ pub struct ListFilter {
     pub search: Option<String>,
 }
 
-/// Where the previous page ended: its last row's sort key (as text) and id.
+/// A sort key's value, typed: a cursor's key is parsed in Rust and bound
+/// as its column's type, so no text from a client is ever cast in SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortValue {
+    Time(DateTime<Utc>),
+    Number(Decimal),
+    Text(String),
+}
+
+impl SortValue {
+    /// The key as a cursor carries it.
+    pub fn to_text(&self) -> String {
+        match self {
+            SortValue::Time(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            SortValue::Number(n) => n.to_string(),
+            SortValue::Text(s) => s.clone(),
+        }
+    }
+
+    /// A key of `sort` read back from a cursor; `None` when it is not one.
+    pub fn parse(sort: SortKey, text: &str) -> Option<Self> {
+        match sort {
+            SortKey::Created => DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| SortValue::Time(t.to_utc())),
+            SortKey::Total => text.parse().ok().map(SortValue::Number),
+            SortKey::OrderNumber | SortKey::PaymentStatus | SortKey::Status => (text.len() <= 255
+                && !text.chars().any(|c| crate::domain::is_non_text(c, false)))
+            .then(|| SortValue::Text(text.to_owned())),
+        }
+    }
+}
+
+/// Where the previous page ended: its last row's sort key and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct After {
-    pub key: String,
+    pub key: SortValue,
     pub id: Uuid,
 }
 
@@ -137,9 +170,9 @@ pub struct OrderRow {
     pub gateway: Option<String>,
     pub item_count: i64,
     pub deliveries: DeliverySummary,
-    /// The sort key of this row as the next cursor carries it.
+    /// The sort key of this row, for the next cursor.
     #[serde(skip)]
-    pub sort_key: String,
+    pub sort_key: SortValue,
 }
 
 pub(crate) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
@@ -276,7 +309,7 @@ async fn fetch(
     limit: i64,
     strategy: Strategy,
 ) -> Result<Vec<OrderRow>, DbError> {
-    let (column, cast) = sort.column();
+    let column = sort.column();
     let dir = if desc { " DESC" } else { " ASC" };
     let pattern = f.search.as_deref().map(like_pattern).unwrap_or_default();
     let mut q = QueryBuilder::new("WITH ");
@@ -289,9 +322,8 @@ async fn fetch(
     }
     q.push(
         "page AS (SELECT o.id, o.order_number, o.created_at, o.customer_name, o.customer_email, \
-         o.total, o.currency, o.status, o.payment_status, o.gateway, ",
+         o.total, o.currency, o.status, o.payment_status, o.gateway FROM ",
     );
-    q.push(column).push("::text AS sort_key FROM ");
     // The rows to choose from, with every filter but the search applied.
     let from = |q: &mut QueryBuilder<Postgres>, source: &'static str| {
         q.push(source).push(" o WHERE true");
@@ -299,11 +331,12 @@ async fn fetch(
         if let Some(a) = after {
             q.push(" AND (").push(column).push(", o.id) ");
             q.push(if desc { "< (" } else { "> (" });
-            q.push_bind(a.key.clone())
-                .push(cast)
-                .push(", ")
-                .push_bind(a.id)
-                .push(")");
+            match &a.key {
+                SortValue::Time(t) => q.push_bind(*t),
+                SortValue::Number(n) => q.push_bind(*n),
+                SortValue::Text(s) => q.push_bind(s.clone()),
+            };
+            q.push(", ").push_bind(a.id).push(")");
         }
     };
     match strategy {
@@ -355,7 +388,7 @@ async fn fetch(
     let rows = q.build().fetch_all(conn).await?;
     rows.iter()
         .map(|r| {
-            Ok(OrderRow {
+            let mut row = OrderRow {
                 id: r.try_get("id")?,
                 order_number: r.try_get("order_number")?,
                 created_at: r.try_get("created_at")?,
@@ -381,8 +414,16 @@ async fn fetch(
                     dead: r.try_get("dead")?,
                     cancelled: r.try_get("cancelled")?,
                 },
-                sort_key: r.try_get("sort_key")?,
-            })
+                sort_key: SortValue::Text(String::new()),
+            };
+            row.sort_key = match sort {
+                SortKey::Created => SortValue::Time(row.created_at),
+                SortKey::Total => SortValue::Number(row.total),
+                SortKey::OrderNumber => SortValue::Text(row.order_number.clone()),
+                SortKey::PaymentStatus => SortValue::Text(row.payment_status.as_str().to_owned()),
+                SortKey::Status => SortValue::Text(row.status.as_str().to_owned()),
+            };
+            Ok(row)
         })
         .collect()
 }
