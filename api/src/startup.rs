@@ -40,6 +40,8 @@ pub struct AppState {
     /// Wakes requests waiting for an order's status to change.
     pub waiters: Arc<crate::waiters::Waiters>,
     pub metrics: Arc<crate::metrics::ApiMetrics>,
+    /// Permits for order exports running at once (`api.max_exports`).
+    pub exports: Arc<tokio::sync::Semaphore>,
     /// For the queue gauges of `/metrics`.
     pub broker: Broker,
     pub topology: Topology,
@@ -123,6 +125,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         ))),
         waiters: crate::waiters::Waiters::start(pool.clone(), rx.clone()),
         metrics: metrics.clone(),
+        exports: Arc::new(tokio::sync::Semaphore::new(settings.api.max_exports)),
         broker: broker.clone(),
         topology: topology.clone(),
     };

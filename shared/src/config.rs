@@ -152,6 +152,9 @@ pub struct ApiSettings {
     /// request reads `api_keys`). A key revoked in the database stops working
     /// on a running process within this time.
     pub key_cache_seconds: u64,
+    /// Order exports running at once per API process (each holds a
+    /// database connection while it reads).
+    pub max_exports: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -266,6 +269,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("api.body_limit_bytes", "262144"),
     ("api.max_deliveries_per_order", "1000"),
     ("api.key_cache_seconds", "10"),
+    ("api.max_exports", "2"),
     ("relay.sweep_interval_ms", "1000"),
     ("relay.batch_size", "200"),
     ("relay.retention_hours", "24"),

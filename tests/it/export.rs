@@ -65,7 +65,8 @@ async fn get(stack: &TestStack, key: &str, query: &str) -> (StatusCode, String, 
 #[tokio::test]
 async fn csv_and_xlsx_exports_round_trip_every_order() {
     let stack = TestStack::start_with(|_| {}, false).await;
-    let n = 240;
+    // Enough that the CSV leaves in more than one 64 KiB chunk.
+    let n = 480;
     seed(&stack, n).await;
     let expected: Vec<String> =
         sqlx::query_scalar("SELECT order_number FROM orders ORDER BY created_at DESC, id DESC")
@@ -154,11 +155,24 @@ async fn csv_and_xlsx_exports_round_trip_every_order() {
         );
         assert!(matches!(row[9], Data::Float(_)), "a number: {:?}", row[9]);
         assert!(
-            !row[2].to_string().starts_with('='),
-            "no live formula: {:?}",
+            matches!(row[2], Data::String(_)),
+            "a text cell: {:?}",
             row[2]
         );
     }
+    // String cells are never evaluated, so XLSX keeps the text as it was…
+    assert!(
+        rows[1..]
+            .iter()
+            .any(|r| r[2] == Data::String("=cmd|' /C calc'!A0".into())),
+        "the name kept as text"
+    );
+    // …and holds no formula at all.
+    let formulas = book.worksheet_formula("Orders").expect("formulas");
+    assert!(
+        formulas.used_cells().all(|(_, _, f)| f.is_empty()),
+        "no formula cells"
+    );
     let jpy = rows[1..]
         .iter()
         .find(|r| r[10] == Data::String("JPY".into()))
@@ -170,11 +184,30 @@ async fn csv_and_xlsx_exports_round_trip_every_order() {
         ("format=pdf", "format"),
         ("", "format"),
         ("format=csv&limit=5", "limit"),
+        ("format=csv&cursor=abc", "cursor"),
+        ("format=csv&q=%40%40%40", "q"),
     ] {
         let (status, _, body) = get(&stack, &stack.admin_key, query).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
         let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(body["error"]["field"], field, "{query}: {body}");
     }
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn exports_beyond_the_limit_are_refused_with_429() {
+    let stack = TestStack::start_with(|s| s.api.max_exports = 0, false).await;
+    let r = stack
+        .http
+        .get(stack.url("/v1/orders/export?format=csv"))
+        .bearer_auth(&stack.admin_key)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "10");
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "too_many_exports");
     stack.teardown().await;
 }

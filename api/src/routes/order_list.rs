@@ -172,6 +172,18 @@ impl ListQuery {
                 if !(3..=255).contains(&n) {
                     return Err(invalid("q", "search with 3 to 255 characters"));
                 }
+                // The trigram index needs three letters or digits in a row;
+                // without them every search would read the whole table.
+                let run = q.chars().fold((0, 0), |(best, cur), c| {
+                    let cur = if c.is_alphanumeric() { cur + 1 } else { 0 };
+                    (best.max(cur), cur)
+                });
+                if run.0 < 3 {
+                    return Err(invalid(
+                        "q",
+                        "a search needs at least three letters or digits in a row",
+                    ));
+                }
                 Some(q.to_owned())
             }
         };
@@ -182,6 +194,18 @@ impl ListQuery {
             }
             Some(_) => return Err(invalid("currency", "a three-letter ISO 4217 code")),
         };
+        for (field, value) in [
+            ("created_from", self.created_from),
+            ("created_to", self.created_to),
+            ("paid_from", self.paid_from),
+            ("paid_to", self.paid_to),
+            ("completed_from", self.completed_from),
+            ("completed_to", self.completed_to),
+        ] {
+            if value.is_some_and(|v| !(1970..=9999).contains(&chrono::Datelike::year(&v))) {
+                return Err(invalid(field, "a date between the years 1970 and 9999"));
+            }
+        }
         for (field, from, to) in [
             ("created_to", self.created_from, self.created_to),
             ("paid_to", self.paid_from, self.paid_to),

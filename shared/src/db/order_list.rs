@@ -177,6 +177,11 @@ pub struct OrderRow {
 
 pub(crate) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
     push_filters(q, f);
+    if let Some(s) = &f.search {
+        q.push(" AND o.search LIKE lower(")
+            .push_bind(like_pattern(s))
+            .push(")");
+    }
 }
 
 /// Every filter but the search.
@@ -244,16 +249,14 @@ fn push_filters(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
             .push_bind(f.attention.iter().map(|a| a.status()).collect::<Vec<_>>())
             .push(") AND d.status IN ('dead', 'held', 'waiting'))");
     }
-    if let Some(s) = &f.search {
-        q.push(" AND o.search LIKE ").push_bind(like_pattern(s));
-    }
 }
 
-/// `%s%` with LIKE's own characters escaped.
+/// `%s%` with LIKE's own characters escaped (lower-cased in SQL, by the
+/// same `lower()` as the search column).
 fn like_pattern(s: &str) -> String {
     let mut p = String::with_capacity(s.len() + 2);
     p.push('%');
-    for c in s.to_lowercase().chars() {
+    for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
             p.push('\\');
         }
@@ -313,17 +316,6 @@ async fn fetch(
     let dir = if desc { " DESC" } else { " ASC" };
     let pattern = f.search.as_deref().map(like_pattern).unwrap_or_default();
     let mut q = QueryBuilder::new("WITH ");
-    if let Strategy::Trigram = strategy {
-        // Whole rows: fetching them again by id afterwards would read each
-        // matching row's page a second time.
-        q.push("hits AS MATERIALIZED (SELECT * FROM orders WHERE search LIKE ")
-            .push_bind(pattern.clone())
-            .push("), ");
-    }
-    q.push(
-        "page AS (SELECT o.id, o.order_number, o.created_at, o.customer_name, o.customer_email, \
-         o.total, o.currency, o.status, o.payment_status, o.gateway FROM ",
-    );
     // The rows to choose from, with every filter but the search applied.
     let from = |q: &mut QueryBuilder<Postgres>, source: &'static str| {
         q.push(source).push(" o WHERE true");
@@ -339,6 +331,19 @@ async fn fetch(
             q.push(", ").push_bind(a.id).push(")");
         }
     };
+    if let Strategy::Trigram = strategy {
+        // The matches of the search and of every other filter, as whole rows
+        // (fetching them again by id would read each row's page twice).
+        q.push("hits AS MATERIALIZED (SELECT o.* FROM ");
+        from(&mut q, "orders");
+        q.push(" AND o.search LIKE lower(")
+            .push_bind(pattern.clone())
+            .push(")), ");
+    }
+    q.push(
+        "page AS (SELECT o.id, o.order_number, o.created_at, o.customer_name, o.customer_email, \
+         o.total, o.currency, o.status, o.payment_status, o.gateway FROM ",
+    );
     match strategy {
         Strategy::Plain => from(&mut q, "orders"),
         Strategy::Window => {
@@ -351,10 +356,13 @@ async fn fetch(
                 .push(dir)
                 .push(" LIMIT ")
                 .push_bind(WINDOW)
-                .push(") o WHERE o.search LIKE ")
-                .push_bind(pattern);
+                .push(") o WHERE o.search LIKE lower(")
+                .push_bind(pattern)
+                .push(")");
         }
-        Strategy::Trigram => from(&mut q, "hits"),
+        Strategy::Trigram => {
+            q.push("hits o");
+        }
     }
     q.push(" ORDER BY ")
         .push(column)
@@ -385,7 +393,12 @@ async fn fetch(
     .push(dir)
     .push(", p.id")
     .push(dir);
-    let rows = q.build().fetch_all(conn).await?;
+    // A search's plan depends on its text: no cached generic plan for it.
+    let rows = q
+        .build()
+        .persistent(matches!(strategy, Strategy::Plain))
+        .fetch_all(conn)
+        .await?;
     rows.iter()
         .map(|r| {
             let mut row = OrderRow {
@@ -434,7 +447,7 @@ mod tests {
 
     #[test]
     fn search_text_is_a_literal_substring() {
-        assert_eq!(like_pattern("ORD-AB"), "%ord-ab%");
+        assert_eq!(like_pattern("ORD-AB"), "%ORD-AB%");
         assert_eq!(like_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
     }
 }
