@@ -281,7 +281,7 @@ enum Strategy {
 }
 
 /// Rows a search walks in the sort's order before it asks the trigram index.
-const WINDOW: i64 = 20_000;
+const WINDOW: i64 = 5_000;
 
 /// One page: `limit` rows after `after`, sorted by `sort` (descending when
 /// `desc`), then by id in the same direction.
