@@ -57,6 +57,11 @@ impl ApiError {
         )
     }
 
+    /// `422 validation_failed` naming the field (or parameter) at fault.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        courier_shared::service::Invalid::new(field, message).into()
+    }
+
     /// Names the field (or parameter) at fault.
     pub fn with_field(mut self, field: &str) -> Self {
         self.field = Some(field.to_owned());

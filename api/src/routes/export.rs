@@ -87,23 +87,21 @@ pub async fn export(
         Some("csv") => Format::Csv,
         Some("xlsx") => Format::Xlsx,
         other => {
-            return Err(courier_shared::service::Invalid::new(
+            return Err(ApiError::invalid(
                 "format",
                 format!(
                     "`{}`: csv or xlsx",
                     courier_shared::domain::clip(other.unwrap_or(""), 20)
                 ),
-            )
-            .into());
+            ));
         }
     };
     for (field, set) in [("limit", q.limit.is_some()), ("cursor", q.cursor.is_some())] {
         if set {
-            return Err(courier_shared::service::Invalid::new(
+            return Err(ApiError::invalid(
                 field,
                 "an export has every matching order: no limit or cursor",
-            )
-            .into());
+            ));
         }
     }
     // A few at a time per process: each holds a database connection (and a
@@ -281,13 +279,12 @@ async fn fill_xlsx(
     while let Some(r) = rows.next().await {
         let r = r?;
         if n == SHEET_ROWS {
-            return Err(courier_shared::service::Invalid::new(
+            return Err(ApiError::invalid(
                 "format",
                 format!(
                     "more than {SHEET_ROWS} orders do not fit one worksheet: export as csv or narrow the filters"
                 ),
-            )
-            .into());
+            ));
         }
         n += 1;
         // String cells are never evaluated by a spreadsheet: the text is kept as it is.

@@ -33,11 +33,10 @@ pub struct NoteList {
 fn body(b: &NoteBody) -> Result<&str, ApiError> {
     let text = b.body.trim();
     if text.is_empty() || text.chars().count() > 10_000 {
-        return Err(courier_shared::service::Invalid::new(
+        return Err(ApiError::invalid(
             "body",
             "a note has 1 to 10000 characters",
-        )
-        .into());
+        ));
     }
     Ok(text)
 }

@@ -80,10 +80,6 @@ pub struct OrderPage {
     pub next_cursor: Option<String>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    courier_shared::service::Invalid::new(field, message).into()
-}
-
 fn clip(s: &str) -> &str {
     courier_shared::domain::clip(s, 40)
 }
@@ -99,7 +95,7 @@ fn list_of<T: std::str::FromStr>(
     v.split(',')
         .map(|s| {
             s.trim().parse().map_err(|_| {
-                invalid(
+                ApiError::invalid(
                     field,
                     format!("`{}` is not one of: {}", clip(s), known.join(", ")),
                 )
@@ -111,7 +107,7 @@ fn list_of<T: std::str::FromStr>(
 fn text(field: &str, value: &Option<String>) -> Result<Option<String>, ApiError> {
     match value {
         Some(v) if v.is_empty() || v.chars().count() > 255 => {
-            Err(invalid(field, "must be 1 to 255 characters"))
+            Err(ApiError::invalid(field, "must be 1 to 255 characters"))
         }
         other => Ok(other.clone()),
     }
@@ -125,7 +121,7 @@ impl ListQuery {
             let server = courier_shared::db::catalog::find_game_server_by_name(conn, &name)
                 .await?
                 .ok_or_else(|| {
-                    invalid("game_server", format!("no game server `{}`", clip(&name)))
+                    ApiError::invalid("game_server", format!("no game server `{}`", clip(&name)))
                 })?;
             filter.game_server_id = Some(server.id);
         }
@@ -157,7 +153,7 @@ impl ListQuery {
                     "failures" => Ok(Attention::Failures),
                     "held" => Ok(Attention::Held),
                     "waiting" => Ok(Attention::Waiting),
-                    other => Err(invalid(
+                    other => Err(ApiError::invalid(
                         "has",
                         format!("`{}` is not one of: failures, held, waiting", clip(other)),
                     )),
@@ -170,7 +166,7 @@ impl ListQuery {
                 let q = q.trim();
                 let n = q.chars().count();
                 if !(3..=255).contains(&n) {
-                    return Err(invalid("q", "search with 3 to 255 characters"));
+                    return Err(ApiError::invalid("q", "search with 3 to 255 characters"));
                 }
                 // The trigram index needs three letters or digits in a row;
                 // without them every search would read the whole table.
@@ -179,7 +175,7 @@ impl ListQuery {
                     (best.max(cur), cur)
                 });
                 if run.0 < 3 {
-                    return Err(invalid(
+                    return Err(ApiError::invalid(
                         "q",
                         "a search needs at least three letters or digits in a row",
                     ));
@@ -192,7 +188,12 @@ impl ListQuery {
             Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
                 Some(c.to_ascii_uppercase())
             }
-            Some(_) => return Err(invalid("currency", "a three-letter ISO 4217 code")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "currency",
+                    "a three-letter ISO 4217 code",
+                ));
+            }
         };
         for (field, value) in [
             ("created_from", self.created_from),
@@ -203,7 +204,10 @@ impl ListQuery {
             ("completed_to", self.completed_to),
         ] {
             if value.is_some_and(|v| !(1970..=9999).contains(&chrono::Datelike::year(&v))) {
-                return Err(invalid(field, "a date between the years 1970 and 9999"));
+                return Err(ApiError::invalid(
+                    field,
+                    "a date between the years 1970 and 9999",
+                ));
             }
         }
         for (field, from, to) in [
@@ -214,13 +218,13 @@ impl ListQuery {
             if let (Some(f), Some(t)) = (from, to)
                 && t < f
             {
-                return Err(invalid(field, "the range ends before it starts"));
+                return Err(ApiError::invalid(field, "the range ends before it starts"));
             }
         }
         if let (Some(min), Some(max)) = (self.min_total, self.max_total)
             && max < min
         {
-            return Err(invalid("max_total", "is below min_total"));
+            return Err(ApiError::invalid("max_total", "is below min_total"));
         }
         Ok(ListFilter {
             statuses,
@@ -251,7 +255,7 @@ impl ListQuery {
                 .find(|(n, _)| n == s)
                 .map(|(_, k)| *k)
                 .ok_or_else(|| {
-                    invalid(
+                    ApiError::invalid(
                         "sort",
                         format!(
                             "`{}` is not one of: created, total, order_number, payment_status, status",
@@ -263,7 +267,12 @@ impl ListQuery {
         let desc = match self.order.as_deref() {
             None | Some("desc") => true,
             Some("asc") => false,
-            Some(o) => return Err(invalid("order", format!("`{}`: asc or desc", clip(o)))),
+            Some(o) => {
+                return Err(ApiError::invalid(
+                    "order",
+                    format!("`{}`: asc or desc", clip(o)),
+                ));
+            }
         };
         Ok((key, desc))
     }
@@ -276,7 +285,7 @@ fn cursor_text(sort: SortKey, desc: bool, row: &OrderRow) -> String {
         sort.name(),
         if desc { "desc" } else { "asc" },
         row.id,
-        row.sort_key.to_text()
+        row.sort_value(sort).to_text()
     )
 }
 

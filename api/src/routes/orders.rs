@@ -91,7 +91,7 @@ impl GetQuery {
         match self.expand.as_deref() {
             None => Ok(false),
             Some("full") => Ok(true),
-            Some(other) => Err(invalid(
+            Some(other) => Err(ApiError::invalid(
                 "expand",
                 format!(
                     "unknown expansion `{}`; the one there is: full",
@@ -105,7 +105,7 @@ impl GetQuery {
     fn wait(&self) -> Result<Option<(Vec<OrderStatus>, Duration)>, ApiError> {
         let Some(list) = &self.wait_for else {
             if self.timeout.is_some() {
-                return Err(invalid("timeout", "timeout needs wait_for"));
+                return Err(ApiError::invalid("timeout", "timeout needs wait_for"));
             }
             return Ok(None);
         };
@@ -113,7 +113,7 @@ impl GetQuery {
             .split(',')
             .map(|s| {
                 s.trim().parse::<OrderStatus>().map_err(|_| {
-                    invalid(
+                    ApiError::invalid(
                         "wait_for",
                         format!(
                             "`{}` is not an order status; known: {}",
@@ -131,7 +131,7 @@ impl GetQuery {
         let timeout = match self.timeout.as_deref() {
             None => Duration::from_secs(30),
             Some(t) => parse_timeout(t).filter(|d| *d <= MAX_WAIT).ok_or_else(|| {
-                invalid(
+                ApiError::invalid(
                     "timeout",
                     format!(
                         "`{}` is not a duration of at most 60s (e.g. 30s, 1500ms)",
@@ -142,10 +142,6 @@ impl GetQuery {
         };
         Ok(Some((statuses, timeout)))
     }
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    courier_shared::service::Invalid::new(field, message).into()
 }
 
 fn clip(s: &str) -> String {

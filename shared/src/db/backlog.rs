@@ -24,6 +24,8 @@ pub async fn snapshot(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
                 (SELECT count(*) FROM deliveries WHERE status = 'held'), \
                 (SELECT count(*) FROM deliveries WHERE status = 'waiting' \
                     AND status IN ('queued', 'retrying', 'waiting'))",
+        // (the redundant IN names `deliveries_due_idx`'s predicate, so the
+        // count reads that partial index, not the table)
     )
     .fetch_one(pool)
     .await?;

@@ -170,9 +170,19 @@ pub struct OrderRow {
     pub gateway: Option<String>,
     pub item_count: i64,
     pub deliveries: DeliverySummary,
-    /// The sort key of this row, for the next cursor.
-    #[serde(skip)]
-    pub sort_key: SortValue,
+}
+
+impl OrderRow {
+    /// This row's key in `sort`, for the next page's cursor.
+    pub fn sort_value(&self, sort: SortKey) -> SortValue {
+        match sort {
+            SortKey::Created => SortValue::Time(self.created_at),
+            SortKey::Total => SortValue::Number(self.total),
+            SortKey::OrderNumber => SortValue::Text(self.order_number.clone()),
+            SortKey::PaymentStatus => SortValue::Text(self.payment_status.as_str().to_owned()),
+            SortKey::Status => SortValue::Text(self.status.as_str().to_owned()),
+        }
+    }
 }
 
 pub(crate) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
@@ -401,7 +411,7 @@ async fn fetch(
         .await?;
     rows.iter()
         .map(|r| {
-            let mut row = OrderRow {
+            Ok(OrderRow {
                 id: r.try_get("id")?,
                 order_number: r.try_get("order_number")?,
                 created_at: r.try_get("created_at")?,
@@ -409,13 +419,8 @@ async fn fetch(
                 customer_email: r.try_get("customer_email")?,
                 total: r.try_get("total")?,
                 currency: r.try_get::<String, _>("currency")?.trim_end().to_owned(),
-                status: r
-                    .try_get::<String, _>("status")?
-                    .parse()
-                    .map_err(|_| DbError::Corrupt("orders.status holds an unknown value".into()))?,
-                payment_status: r.try_get::<String, _>("payment_status")?.parse().map_err(
-                    |_| DbError::Corrupt("orders.payment_status holds an unknown value".into()),
-                )?,
+                status: crate::db::orders::parse(r, "status")?,
+                payment_status: crate::db::orders::parse(r, "payment_status")?,
                 gateway: r.try_get("gateway")?,
                 item_count: r.try_get("item_count")?,
                 deliveries: DeliverySummary {
@@ -427,16 +432,7 @@ async fn fetch(
                     dead: r.try_get("dead")?,
                     cancelled: r.try_get("cancelled")?,
                 },
-                sort_key: SortValue::Text(String::new()),
-            };
-            row.sort_key = match sort {
-                SortKey::Created => SortValue::Time(row.created_at),
-                SortKey::Total => SortValue::Number(row.total),
-                SortKey::OrderNumber => SortValue::Text(row.order_number.clone()),
-                SortKey::PaymentStatus => SortValue::Text(row.payment_status.as_str().to_owned()),
-                SortKey::Status => SortValue::Text(row.status.as_str().to_owned()),
-            };
-            Ok(row)
+            })
         })
         .collect()
 }

@@ -376,7 +376,7 @@ pub struct EventView {
     pub data: Value,
 }
 
-fn parse<T: std::str::FromStr<Err = crate::domain::UnknownValue>>(
+pub(crate) fn parse<T: std::str::FromStr<Err = crate::domain::UnknownValue>>(
     row: &sqlx::postgres::PgRow,
     col: &str,
 ) -> Result<T, DbError> {
