@@ -55,7 +55,7 @@ pub async fn postgres(url: &str, jobs: usize) -> anyhow::Result<f64> {
 /// Messages per second through a quorum queue: persistent messages published
 /// with confirms (64 in flight) and consumed with manual acks, end to end.
 pub async fn rabbitmq(url: &str, queue: &str, messages: usize) -> anyhow::Result<f64> {
-    let (conn, publish, consume, mut consumer) = probe_queue(url, queue, 64, "probe").await?;
+    let (conn, publish, _consume, mut consumer) = probe_queue(url, queue, 64, "probe").await?;
     let started = Instant::now();
     let reader = tokio::spawn(async move {
         let mut seen = 0;
@@ -92,7 +92,7 @@ pub async fn rabbitmq(url: &str, queue: &str, messages: usize) -> anyhow::Result
     }
     reader.await??;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    remove_probe_queue(&conn, &publish, &consume, queue).await?;
+    remove_probe_queue(url, conn, queue).await?;
     Ok(rate)
 }
 
@@ -140,7 +140,7 @@ pub async fn pipeline(
         },
         Duration::from_secs(60),
     ));
-    let (conn, publish, consume, mut consumer) =
+    let (conn, publish, _consume, mut consumer) =
         probe_queue(amqp_url, queue, in_flight as u16, "pipeline-probe").await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let started = Instant::now();
@@ -216,7 +216,7 @@ pub async fn pipeline(
     }
     reader.await??;
     let rate = jobs as f64 / started.elapsed().as_secs_f64();
-    remove_probe_queue(&conn, &publish, &consume, queue).await?;
+    remove_probe_queue(amqp_url, conn, queue).await?;
     sqlx::query("DROP TABLE bench_pipeline")
         .execute(&pool)
         .await?;
@@ -224,43 +224,22 @@ pub async fn pipeline(
     Ok(rate)
 }
 
-/// Closes the consuming channel, deletes the probe's queue, closes the
-/// connection. The consumer was dropped with the reader task, and lapin
-/// sends its `basic.cancel` on its own; that cancel can meet the channel
-/// while it closes and fail the next call on the connection ("invalid channel
-/// state: Closing (basic.cancel)"), so the delete is retried on a fresh
-/// channel rather than the probe failing on its clean-up.
-async fn remove_probe_queue(
-    conn: &lapin::Connection,
-    publish: &lapin::Channel,
-    consume: &lapin::Channel,
-    queue: &str,
-) -> anyhow::Result<()> {
-    let _ = consume.close(200, "probe done".into()).await;
-    let mut last = None;
-    for attempt in 0..3 {
-        let channel = if attempt == 0 {
-            publish.clone()
-        } else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            conn.create_channel().await?
-        };
-        match channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await
-        {
-            Ok(_) => {
-                last = None;
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
+/// Closes the probe's connection, then deletes its queue over a new one.
+/// The consumer was dropped with the reader task, and lapin sends its
+/// `basic.cancel` on its own; on the probe's own connection that cancel can
+/// meet a closing channel and break the whole connection ("invalid channel
+/// state: Closing (basic.cancel)", "invalid connection state: Error"), so
+/// the clean-up uses a connection nothing else touched.
+async fn remove_probe_queue(url: &str, conn: lapin::Connection, queue: &str) -> anyhow::Result<()> {
     let _ = conn.close(200, "probe done".into()).await;
-    match last {
-        None => Ok(()),
-        Some(e) => Err(anyhow::anyhow!("deleting the probe queue {queue}: {e}")),
-    }
+    let fresh = courier_shared::queue::Broker::plain(url).connect().await?;
+    let channel = fresh.create_channel().await?;
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("deleting the probe queue {queue}: {e}"))?;
+    let _ = fresh.close(200, "probe done".into()).await;
+    Ok(())
 }
 
 /// A durable quorum queue for a probe, a publishing channel in confirm mode
