@@ -60,6 +60,10 @@ impl Dialect {
 /// shorter packet is the last one.
 pub const SPLIT: usize = 4096;
 
+/// How long a connection whose login failed waits for the server to close
+/// its side before the slot it held is given back.
+const LOGIN_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 text_enum!(
     /// How the end of an answer is found (see the module documentation).
     Framing, "RCON framing" {
@@ -216,10 +220,20 @@ impl RconConnection {
             quiet: target.quiet,
             timeouts,
         };
-        timeout(timeouts.connect, conn.login(&target.password))
+        let login = timeout(timeouts.connect, conn.login(&target.password))
             .await
-            .map_err(|_| RconError::Timeout(timeouts.connect, "logging in"))??;
-        Ok(conn)
+            .map_err(|_| RconError::Timeout(timeouts.connect, "logging in"))
+            .and_then(|r| r);
+        match login {
+            Ok(()) => Ok(conn),
+            Err(error) => {
+                // The server holds this session until it sees the close: wait
+                // for that (briefly) before the caller gives the slot back, or
+                // another worker's connection would be one too many there.
+                conn.close(LOGIN_CLOSE_WAIT).await;
+                Err(error)
+            }
+        }
     }
 
     fn take_id(&mut self) -> i32 {

@@ -82,7 +82,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// How long closing waits for the server to close its side.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Retires a connection in the background: closes it (waiting for the
 /// server's side), then gives back its global slot — in that order, so no

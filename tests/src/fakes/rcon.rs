@@ -107,11 +107,17 @@ impl FakeGameServer {
                         continue;
                     }
                 }
+                // A session is open, as the server sees it, from the accept
+                // until the server's side closes: counted here rather than
+                // when the task first runs, and given back before the socket
+                // is dropped (the client can see the close only after that).
+                let now = st.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                st.max_sessions.fetch_max(now, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let now = st.sessions.fetch_add(1, Ordering::SeqCst) + 1;
-                    st.max_sessions.fetch_max(now, Ordering::SeqCst);
-                    let _ = session(stream, &pw, dialect, &st, echo).await;
+                    let mut stream = stream;
+                    let _ = session(&mut stream, &pw, dialect, &st, echo).await;
                     st.sessions.fetch_sub(1, Ordering::SeqCst);
+                    drop(stream);
                 });
             }
         });
@@ -188,7 +194,7 @@ async fn send(stream: &mut TcpStream, bytes: &[u8], fragment: bool) -> std::io::
 }
 
 async fn session(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     password: &str,
     dialect: Dialect,
     st: &State,
@@ -251,7 +257,7 @@ async fn session(
                     TYPE_EXEC,
                     b"",
                 ));
-                send(&mut stream, &out, b.fragment).await?;
+                send(stream, &out, b.fragment).await?;
                 authed = ok;
             }
             TYPE_EXEC if authed => {
@@ -260,7 +266,7 @@ async fn session(
                     && (command == "list" || command == "status")
                 {
                     send(
-                        &mut stream,
+                        stream,
                         &codec::encode(packet.id, TYPE_RESPONSE, answer.as_bytes()),
                         b.fragment,
                     )
@@ -285,7 +291,7 @@ async fn session(
                             .collect(),
                     };
                     send(
-                        &mut stream,
+                        stream,
                         &codec::encode(packet.id, TYPE_RESPONSE, listing.as_bytes()),
                         b.fragment,
                     )
@@ -307,7 +313,7 @@ async fn session(
                     tokio::time::sleep(b.delay).await;
                 }
                 if b.malformed {
-                    send(&mut stream, &[3, 0, 0, 0, 1, 2, 3], b.fragment).await?;
+                    send(stream, &[3, 0, 0, 0, 1, 2, 3], b.fragment).await?;
                     continue;
                 }
                 if b.silent {
@@ -334,10 +340,10 @@ async fn session(
                 if body.is_empty() {
                     out.extend(codec::encode(packet.id, TYPE_RESPONSE, b""));
                 }
-                send(&mut stream, &out, b.fragment).await?;
+                send(stream, &out, b.fragment).await?;
             }
             _ if authed && b.non_exec_is_login => {
-                send(&mut stream, &codec::encode(-1, TYPE_EXEC, b""), false).await?;
+                send(stream, &codec::encode(-1, TYPE_EXEC, b""), false).await?;
                 return Ok(());
             }
             TYPE_RESPONSE if authed => {
@@ -352,11 +358,11 @@ async fn session(
                         out
                     }
                 };
-                send(&mut stream, &out, b.fragment).await?;
+                send(stream, &out, b.fragment).await?;
             }
             _ => {
                 // Not logged in: real servers answer -1 or hang up.
-                send(&mut stream, &codec::encode(-1, TYPE_EXEC, b""), false).await?;
+                send(stream, &codec::encode(-1, TYPE_EXEC, b""), false).await?;
             }
         }
     }
