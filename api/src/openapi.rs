@@ -21,7 +21,7 @@ use utoipa::openapi::{
 use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    self, admin, catalog, export, health, keys, notes, order_list, orders, payments,
+    self, admin, catalog, export, health, keys, manual, notes, order_list, orders, payments,
 };
 
 #[derive(OpenApi)]
@@ -37,6 +37,7 @@ use crate::routes::{
         orders::create, order_list::list, export::export, orders::get, payments::refund, payments::cancel,
         payments::accept_payment, payments::stripe, payments::generic,
         notes::list, notes::add, notes::edit, notes::delete,
+        manual::deliver_item, manual::complete, manual::process, manual::process_many,
         catalog::list_game_servers, catalog::put_game_server,
         catalog::list_products, catalog::put_product,
         admin::retry_item, admin::list, admin::retry_bulk, admin::show, admin::retry,

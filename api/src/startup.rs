@@ -129,12 +129,19 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         broker: broker.clone(),
         topology: topology.clone(),
     };
-    let app = routes::router(state).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
+    let app =
+        routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)
         .await
         .with_context(|| format!("binding api.bind = {}", settings.api.bind))?;
     let addr = listener.local_addr()?;
 
+    tokio::spawn(start_delayed(
+        pool.clone(),
+        state.rules.clone(),
+        relay_wake.clone(),
+        rx.clone(),
+    ));
     let relay = Relay {
         pool: pool.clone(),
         broker,
@@ -161,6 +168,29 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         server,
         relay,
     })
+}
+
+/// Starts delayed orders once their process delay is over (every API
+/// process does; `start_due` skips an order another one is starting), then
+/// wakes the relay for the deliveries queued.
+async fn start_delayed(
+    pool: sqlx::PgPool,
+    rules: Arc<courier_shared::service::deliverable::AcceptRules>,
+    relay_wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    loop {
+        match courier_shared::service::manual::start_due(&pool, &rules, 100).await {
+            Ok(0) => {}
+            Ok(_) => relay_wake.notify_one(),
+            Err(e) => tracing::warn!(error = %e, "could not start delayed orders; will retry"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// `courier-api serve`: runs until SIGTERM/SIGINT, then stops taking requests,

@@ -41,6 +41,7 @@ pub struct Settings {
     pub rescuer: RescuerSettings,
     pub discord: DiscordSettings,
     pub payments: PaymentSettings,
+    pub orders: OrderSettings,
     /// Supplier APIs by name (the name used in `supplier_key` actions).
     #[serde(default)]
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
@@ -157,6 +158,19 @@ pub struct ApiSettings {
     pub max_exports: usize,
 }
 
+/// Longest process delay, store-wide or per product (30 days).
+pub const MAX_PROCESS_DELAY_SECS: u32 = 2_592_000;
+
+/// How paid orders start, store-wide; a product's own `auto_process` and
+/// `process_delay_secs` override these for its orders.
+#[derive(Clone, Debug, Deserialize)]
+pub struct OrderSettings {
+    /// Off: paid orders wait in `pending` until an admin processes them.
+    pub auto_process: bool,
+    /// Paid orders start this long after payment (0: at once).
+    pub process_delay_secs: u32,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct RelaySettings {
     /// How often the relay looks for unpublished rows even when nothing woke it.
@@ -270,6 +284,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("api.max_deliveries_per_order", "1000"),
     ("api.key_cache_seconds", "10"),
     ("api.max_exports", "2"),
+    ("orders.auto_process", "true"),
+    ("orders.process_delay_secs", "0"),
     ("relay.sweep_interval_ms", "1000"),
     ("relay.batch_size", "200"),
     ("relay.retention_hours", "24"),
@@ -359,6 +375,12 @@ impl Settings {
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.orders.process_delay_secs > MAX_PROCESS_DELAY_SECS {
+            return Err(invalid(
+                "orders.process_delay_secs",
+                "must be at most 2592000 (30 days)",
+            ));
         }
         if !(1..=100_000).contains(&self.api.max_deliveries_per_order) {
             return Err(invalid(

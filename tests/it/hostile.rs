@@ -54,6 +54,7 @@ fn takes_json(route: &Route) -> bool {
         && route.method != Method::DELETE
         && !p.starts_with("/webhooks/")
         && !(p.ends_with("/retry") && p != "/v1/admin/dead-letters/retry")
+        && p != "/v1/orders/{reference}/process"
 }
 
 /// A client that opens a connection per request: a server may close a

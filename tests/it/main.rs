@@ -11,6 +11,7 @@ mod hostile;
 mod hot_path;
 mod keys;
 mod limits;
+mod manual;
 mod metrics;
 mod money;
 mod openapi;

@@ -458,19 +458,21 @@ async fn notes_are_added_edited_with_history_and_deleted_by_staff_only() {
         .call(Method::PATCH, &other, Some(&json!({ "body": "x" })))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    // Not part of what API clients read, and not for readers.
-    let (_, view) = stack
-        .call(
-            Method::GET,
-            &format!("/v1/orders/{number}?expand=full"),
-            None,
-        )
-        .await;
-    assert!(!view.to_string().contains("Resent on Monday"), "{view}");
+    // In the order's detail for staff; not in what API clients read, and
+    // not for readers.
+    let detail = format!("/v1/orders/{number}?expand=full");
+    let (_, view) = stack.call(Method::GET, &detail, None).await;
+    assert!(
+        view["notes"].to_string().contains("Resent on Monday"),
+        "{view}"
+    );
     let reader = "ck_test_reader_notes_0123456789";
     courier_shared::db::api_keys::insert(&stack.pool, "reader", reader, &["orders:read".into()])
         .await
         .expect("key");
+    let (_, view) = stack.call_as(reader, Method::GET, &detail, None, &[]).await;
+    assert!(view.get("status").is_some(), "{view}");
+    assert!(!view.to_string().contains("Resent on Monday"), "{view}");
     let (status, _) = stack.call_as(reader, Method::GET, &path, None, &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let _ = Value::Null;

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod export;
 pub mod health;
 pub mod keys;
+pub mod manual;
 pub mod notes;
 pub mod order_list;
 pub mod orders;
@@ -131,6 +132,25 @@ fn table(state: Option<AppState>) -> Table {
         ADMIN,
         notes::delete,
     )
+    .add(
+        M::POST,
+        "/v1/orders/{reference}/items/{item_id}/deliver",
+        ADMIN,
+        manual::deliver_item,
+    )
+    .add(
+        M::POST,
+        "/v1/orders/{reference}/complete",
+        ADMIN,
+        manual::complete,
+    )
+    .add(
+        M::POST,
+        "/v1/orders/{reference}/process",
+        ADMIN,
+        manual::process,
+    )
+    .add(M::POST, "/v1/orders/process", ADMIN, manual::process_many)
     .add(M::POST, "/webhooks/stripe", PUBLIC, payments::stripe)
     .add(M::POST, "/webhooks/generic", PUBLIC, payments::generic)
     .add(

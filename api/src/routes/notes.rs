@@ -1,6 +1,6 @@
 //! Staff notes on an order (`admin`): add, list (with each note's earlier
-//! texts), edit, delete. Notes are not part of the order view that API
-//! clients and store front-ends read.
+//! texts), edit, delete. The order's detail carries them for `admin`
+//! callers only: API clients and store front-ends never see them.
 
 use axum::Json;
 use axum::extract::State;

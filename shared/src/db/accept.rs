@@ -87,10 +87,11 @@ pub async fn write(conn: &mut PgConnection, rows: AcceptRows<'_>) -> Result<usiz
         o AS (INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
                 customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
                 currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, \
-                discount, created_at, updated_at, item_names) \
+                discount, created_at, updated_at, item_names, customer_ref, billing_address, \
+                shipping_address, process_hold, process_after) \
               VALUES ($1, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, \
                 $42, $43, CASE WHEN $29 = 'paid' THEN $46 END, $44, $45, $46, $46, \
-                array_to_string($6::text[], ' '))), " };
+                array_to_string($6::text[], ' '), $47, $48, $49, $50, $51)), " };
     }
     let sql = match rows.order {
         Some(_) => concat!("WITH ", order_cte!(), common!()),
@@ -155,7 +156,12 @@ pub async fn write(conn: &mut PgConnection, rows: AcceptRows<'_>) -> Result<usiz
             .bind(&o.request_hash)
             .bind(&o.customer_ip)
             .bind(o.discount)
-            .bind(o.created_at);
+            .bind(o.created_at)
+            .bind(&o.customer_ref)
+            .bind(&o.billing_address)
+            .bind(&o.shipping_address)
+            .bind(o.process_hold.map(|h| h.as_str()))
+            .bind(o.process_after);
     }
     q.execute(conn).await?;
     Ok(held)

@@ -138,7 +138,24 @@ pub struct Product {
     pub id: Uuid,
     pub sku: String,
     pub name: String,
+    /// No actions: fulfilled by hand (physical goods, custom services); its
+    /// items wait until staff mark them delivered.
     pub actions: Vec<StoredAction>,
+    #[serde(flatten)]
+    pub processing: Processing,
+}
+
+/// How paid orders of a product start; `None` takes the store-wide setting.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct Processing {
+    /// `false`: its orders wait in `pending` until an admin processes them.
+    #[serde(default)]
+    pub auto_process: Option<bool>,
+    /// Its orders start this long after payment.
+    #[serde(default)]
+    pub process_delay_secs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -154,14 +171,23 @@ pub async fn upsert_product(
     sku: &str,
     name: &str,
     actions: &[ActionConfig],
+    processing: Processing,
 ) -> Result<Product, DbError> {
     let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO products (id, sku, name) VALUES ($1, $2, $3) \
-         ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, updated_at = now() RETURNING id",
+        "INSERT INTO products (id, sku, name, auto_process, process_delay_secs) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, auto_process = EXCLUDED.auto_process, \
+           process_delay_secs = EXCLUDED.process_delay_secs, updated_at = now() RETURNING id",
     )
     .bind(Uuid::new_v4())
     .bind(sku)
     .bind(name)
+    .bind(processing.auto_process)
+    .bind(
+        processing
+            .process_delay_secs
+            .map(|d| i32::try_from(d).unwrap_or(i32::MAX)),
+    )
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM product_actions WHERE product_id = $1")
@@ -191,6 +217,7 @@ pub async fn upsert_product(
         sku: sku.to_owned(),
         name: name.to_owned(),
         actions: stored,
+        processing,
     })
 }
 
@@ -200,7 +227,8 @@ pub async fn products_by_sku(
     skus: &[String],
 ) -> Result<Vec<Product>, DbError> {
     let rows = sqlx::query(
-        "SELECT p.id, p.sku, p.name, a.id AS action_id, a.config \
+        "SELECT p.id, p.sku, p.name, p.auto_process, p.process_delay_secs, \
+           a.id AS action_id, a.config \
          FROM products p LEFT JOIN product_actions a ON a.product_id = p.id \
          WHERE p.sku = ANY($1) ORDER BY p.sku, a.position",
     )
@@ -216,6 +244,12 @@ pub async fn products_by_sku(
                 sku: row.try_get("sku")?,
                 name: row.try_get("name")?,
                 actions: Vec::new(),
+                processing: Processing {
+                    auto_process: row.try_get("auto_process")?,
+                    process_delay_secs: row
+                        .try_get::<Option<i32>, _>("process_delay_secs")?
+                        .map(|d| u32::try_from(d).unwrap_or(0)),
+                },
             });
         }
         let action_id: Option<Uuid> = row.try_get("action_id")?;

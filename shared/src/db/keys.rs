@@ -126,6 +126,22 @@ pub async fn store_item_key(
     Ok(())
 }
 
+/// A redemption code staff gave with an item marked delivered by hand:
+/// encrypted and bound to the item like every key, with no delivery.
+pub async fn store_manual_code(
+    conn: &mut PgConnection,
+    cipher: &KeyCipher,
+    item_id: Uuid,
+    code: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO item_keys (item_id, code_enc, source) VALUES ($1, $2, 'manual')")
+        .bind(item_id)
+        .bind(cipher.encrypt(code, item_id.as_bytes()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn has_key(conn: &mut PgConnection, delivery_id: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM item_keys WHERE delivery_id = $1)")
         .bind(delivery_id)

@@ -36,6 +36,12 @@ pub struct OrderRow {
     pub idempotency_key: Option<String>,
     pub request_hash: Vec<u8>,
     pub created_at: DateTime<Utc>,
+    pub customer_ref: Option<String>,
+    pub billing_address: Option<Value>,
+    pub shipping_address: Option<Value>,
+    /// Set when a paid order waits before its deliveries start.
+    pub process_hold: Option<crate::domain::order::ProcessHold>,
+    pub process_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,8 +79,14 @@ pub struct OrderSummary {
     pub total: Decimal,
     pub created_at: DateTime<Utc>,
     pub items: Vec<ItemSummary>,
-    /// Deliveries of the whole order (none until it is paid).
+    /// Deliveries of the whole order (none until it is paid and processed).
     pub deliveries_queued: usize,
+    /// Paid, but waiting before its deliveries start: `manual` (until an
+    /// admin processes it) or `delayed` (until `process_after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_hold: Option<crate::domain::order::ProcessHold>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -102,7 +114,8 @@ pub async fn load_summary(
 ) -> Result<Option<OrderSummary>, DbError> {
     let Some(o) = sqlx::query(
         "SELECT id, order_number, status, payment_status, gateway, transaction_id, currency, \
-           subtotal, discount, tax, total, created_at FROM orders WHERE id = $1",
+           subtotal, discount, tax, total, created_at, process_hold, process_after \
+         FROM orders WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -136,6 +149,11 @@ pub async fn load_summary(
             .iter()
             .map(|i| usize::try_from(i.deliveries).unwrap_or(0))
             .sum(),
+        process_hold: o
+            .try_get::<Option<String>, _>("process_hold")?
+            .map(|h| h.parse())
+            .transpose()?,
+        process_after: o.try_get("process_after")?,
         items,
     }))
 }
@@ -266,6 +284,73 @@ pub struct OrderView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
     pub timeline: Vec<EventView>,
+    /// Where the customer is billed and where goods go, as the store sent them.
+    pub billing_address: Option<Value>,
+    pub shipping_address: Option<Value>,
+    /// Paid, but waiting before its deliveries start: `manual` (until an
+    /// admin processes it) or `delayed` (until `process_after`).
+    pub process_hold: Option<crate::domain::order::ProcessHold>,
+    pub process_after: Option<DateTime<Utc>>,
+    /// Deliveries per kind with counts by status ("RCON executions",
+    /// "Discord roles", "Keys", "Gateway refunds").
+    pub delivery_summary: Vec<KindSummary>,
+    /// What staff did (timeline entries by an API key or the CLI, other
+    /// than accepting the order): retries, manual fulfilment, refunds, …
+    pub manual_actions: Vec<EventView>,
+    /// Staff notes (filled in for `admin` callers only; never shown to
+    /// customers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<Vec<crate::db::notes::Note>>,
+}
+
+/// The deliveries of one kind of an order.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct KindSummary {
+    pub kind: DeliveryKind,
+    /// What the dashboard calls them.
+    pub label: &'static str,
+    pub total: usize,
+    /// Deliveries by status (only statuses that occur).
+    pub by_status: std::collections::BTreeMap<String, usize>,
+}
+
+/// The deliveries of an order summed per kind.
+fn delivery_summary(deliveries: &[DeliveryView]) -> Vec<KindSummary> {
+    let mut out: Vec<KindSummary> = Vec::new();
+    for d in deliveries {
+        let i = match out.iter().position(|k| k.kind == d.kind) {
+            Some(i) => i,
+            None => {
+                out.push(KindSummary {
+                    kind: d.kind,
+                    label: match d.kind {
+                        DeliveryKind::Rcon => "RCON executions",
+                        DeliveryKind::DiscordRole => "Discord roles",
+                        DeliveryKind::SupplierKey => "Keys",
+                        DeliveryKind::GatewayRefund => "Gateway refunds",
+                    },
+                    total: 0,
+                    by_status: std::collections::BTreeMap::new(),
+                });
+                out.len() - 1
+            }
+        };
+        out[i].total += 1;
+        *out[i]
+            .by_status
+            .entry(d.status.as_str().to_owned())
+            .or_default() += 1;
+    }
+    out
+}
+
+/// An item staff marked delivered.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HandDelivery {
+    pub at: DateTime<Utc>,
+    pub by: Option<String>,
+    /// Delivery notes for the customer.
+    pub notes: Option<String>,
 }
 
 /// A payment's figures as the gateway sent them.
@@ -309,6 +394,8 @@ pub struct CustomerView {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub ip: Option<String>,
+    /// The store's own id of the customer's account.
+    pub account_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -332,6 +419,8 @@ pub struct ItemView {
     pub custom_fields: Value,
     /// CD keys of the item (filled in by the order API; codes only with `orders:keys`).
     pub keys: Vec<crate::db::keys::KeyView>,
+    /// Set when staff marked the item delivered.
+    pub delivered_by_hand: Option<HandDelivery>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -419,6 +508,16 @@ pub async fn load_view(
                 delivery_status: parse(r, "delivery_status")?,
                 custom_fields: r.try_get("custom_fields")?,
                 keys: Vec::new(),
+                delivered_by_hand: r
+                    .try_get::<Option<DateTime<Utc>>, _>("delivered_by_hand_at")?
+                    .map(|at| {
+                        Ok::<_, DbError>(HandDelivery {
+                            at,
+                            by: r.try_get("delivered_by")?,
+                            notes: r.try_get("delivery_notes")?,
+                        })
+                    })
+                    .transpose()?,
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
@@ -510,6 +609,15 @@ pub async fn load_view(
         })
     };
 
+    let summary = delivery_summary(&deliveries);
+    let manual_actions = timeline
+        .iter()
+        .filter(|e| {
+            (e.actor.starts_with("api:") || e.actor.starts_with("cli:"))
+                && e.kind != "order.created"
+        })
+        .cloned()
+        .collect();
     Ok(Some(OrderView {
         id: order_id,
         order_number: o.try_get("order_number")?,
@@ -522,6 +630,7 @@ pub async fn load_view(
             email: o.try_get("customer_email")?,
             phone: o.try_get("customer_phone")?,
             ip: o.try_get("customer_ip")?,
+            account_ref: o.try_get("customer_ref")?,
         },
         game: GameView {
             username: o.try_get("game_username")?,
@@ -552,6 +661,16 @@ pub async fn load_view(
         refunds,
         disputes,
         evidence,
+        billing_address: o.try_get("billing_address")?,
+        shipping_address: o.try_get("shipping_address")?,
+        process_hold: o
+            .try_get::<Option<String>, _>("process_hold")?
+            .map(|h| h.parse())
+            .transpose()?,
+        process_after: o.try_get("process_after")?,
+        delivery_summary: summary,
+        manual_actions,
+        notes: None,
         timeline,
     }))
 }

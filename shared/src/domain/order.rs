@@ -49,6 +49,15 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// Why a paid order has no deliveries yet: an admin processes it
+    /// (`manual`), or it starts at its `process_after` (`delayed`).
+    ProcessHold, "process hold" {
+        Manual => "manual",
+        Delayed => "delayed",
+    }
+);
+
 impl OrderStatus {
     /// The order state machine.
     pub fn transition(self, to: OrderStatus) -> Result<OrderStatus, IllegalTransition> {
@@ -64,7 +73,11 @@ impl OrderStatus {
                 Completed | Failed | Cancelled | Refunded | PartiallyRefunded
             ),
             // An admin retry of a dead delivery brings a failed order back.
-            Failed => matches!(to, Processing | Refunded | PartiallyRefunded | Cancelled),
+            // Marked completed by staff, or its last item marked delivered.
+            Failed => matches!(
+                to,
+                Processing | Completed | Refunded | PartiallyRefunded | Cancelled
+            ),
             Completed => matches!(to, Refunded | PartiallyRefunded | Processing),
             PartiallyRefunded => matches!(to, Refunded),
             Refunded | Cancelled => false,

@@ -11,7 +11,13 @@ pub fn item_move(
     from: ItemStatus,
     to: ItemStatus,
 ) -> Result<Option<ItemStatus>, IllegalTransition> {
-    if from == to || from == ItemStatus::Revoked {
+    // A delivered item — by its deliveries or marked by staff — is not moved
+    // back by what its deliveries do later (a delivery left running when
+    // staff marked it); only a withdrawal revokes it.
+    if from == to
+        || from == ItemStatus::Revoked
+        || (from == ItemStatus::Delivered && to != ItemStatus::Revoked)
+    {
         return Ok(None);
     }
     from.transition(to).map(Some)
@@ -139,7 +145,13 @@ mod tests {
             Ok(None),
             "revoked stays"
         );
-        assert!(item_move(I::Delivered, I::Processing).is_err());
+        assert_eq!(
+            item_move(I::Delivered, I::Failed),
+            Ok(None),
+            "delivered stays"
+        );
+        assert_eq!(item_move(I::Delivered, I::Revoked), Ok(Some(I::Revoked)));
+        assert!(item_move(I::Fulfilled, I::Processing).is_err());
         // A key item passes `fulfilled`; the final status is what is written.
         assert_eq!(
             item_rollup(I::Processing, I::Delivered, true),

@@ -193,7 +193,17 @@ pub async fn save_game_server(
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
     pub name: String,
+    /// Empty: fulfilled by hand — its items wait until staff mark them
+    /// delivered (`POST /v1/orders/{reference}/items/{item_id}/deliver`).
     pub actions: Vec<ActionInput>,
+    /// `false`: paid orders of this product wait in `pending` until an admin
+    /// processes them. Absent: the store-wide `orders.auto_process`.
+    #[serde(default)]
+    pub auto_process: Option<bool>,
+    /// Paid orders of this product start this long after payment (at most
+    /// 30 days). Absent: the store-wide `orders.process_delay_secs`.
+    #[serde(default)]
+    pub process_delay_secs: Option<u32>,
 }
 
 /// An action as an admin writes it: game servers by name.
@@ -244,10 +254,11 @@ pub async fn save_product(
         return Err(Invalid::new("name", "must not be empty").into());
     }
     super::check_text("name", &input.name, MAX_PRODUCT_NAME)?;
-    if input.actions.is_empty() {
-        return Err(
-            Invalid::new("actions", "a product needs at least one fulfilment action").into(),
-        );
+    if input
+        .process_delay_secs
+        .is_some_and(|d| d > crate::config::MAX_PROCESS_DELAY_SECS)
+    {
+        return Err(Invalid::new("process_delay_secs", "must be at most 2592000 (30 days)").into());
     }
     if input.actions.len() > MAX_ACTIONS {
         return Err(Invalid::new(
@@ -392,7 +403,17 @@ pub async fn save_product(
             CatalogError::NotDeliverable(Invalid::new(format!("actions[{i}]"), reason))
         })?;
     }
-    let product = catalog::upsert_product(&mut tx, sku, &input.name, &actions).await?;
+    let product = catalog::upsert_product(
+        &mut tx,
+        sku,
+        &input.name,
+        &actions,
+        catalog::Processing {
+            auto_process: input.auto_process,
+            process_delay_secs: input.process_delay_secs,
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(product)
 }

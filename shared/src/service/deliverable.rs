@@ -24,6 +24,10 @@ pub struct AcceptRules {
     pub max_deliveries: usize,
     /// `rcon.command_timeout_ms`: a game server's quiet time must be shorter.
     pub rcon_command_timeout_ms: u64,
+    /// `orders.auto_process`: paid orders start by themselves.
+    pub auto_process: bool,
+    /// `orders.process_delay_secs`: how long after payment they start.
+    pub process_delay_secs: u32,
 }
 
 impl AcceptRules {
@@ -42,6 +46,8 @@ impl AcceptRules {
             suppliers: s.suppliers.keys().cloned().collect(),
             max_deliveries: s.api.max_deliveries_per_order,
             rcon_command_timeout_ms: s.rcon.command_timeout_ms,
+            auto_process: s.orders.auto_process,
+            process_delay_secs: s.orders.process_delay_secs,
         }
     }
 
@@ -53,6 +59,8 @@ impl AcceptRules {
             suppliers: BTreeSet::new(),
             max_deliveries: usize::MAX,
             rcon_command_timeout_ms: u64::MAX,
+            auto_process: true,
+            process_delay_secs: 0,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod deliverable;
 pub mod fulfilment;
 pub mod keys;
+pub mod manual;
 pub mod orders;
 pub mod payments;
 pub mod revoke;

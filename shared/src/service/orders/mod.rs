@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -17,7 +18,7 @@ mod fulfil;
 mod plan;
 mod validate;
 
-pub use self::fulfil::{Fulfilment, start_fulfilment};
+pub use self::fulfil::{Fulfilment, Processed, process_order, start_fulfilment};
 use self::plan::{Plan, plan, within_limit};
 pub use self::validate::{request_hash, validate};
 use super::Invalid;
@@ -27,6 +28,7 @@ use crate::db::catalog::{self, Product};
 use crate::db::deliveries::DeliveryRow;
 use crate::db::events::NewEvent;
 use crate::db::orders::{self, OrderSummary};
+use crate::domain::order::ProcessHold;
 use crate::error::{DbError, violated_constraint};
 
 /// Body of `POST /v1/orders`.
@@ -63,7 +65,36 @@ pub struct NewOrder {
     #[serde(default)]
     pub game: Game,
     pub discord_user_id: Option<String>,
+    /// Where the customer is billed; shown to staff, never used to deliver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_address: Option<Address>,
+    /// Where physical goods go; shown to staff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping_address: Option<Address>,
     pub items: Vec<NewItem>,
+}
+
+/// A postal address as the store sends it; every part optional, each at
+/// most 255 characters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// State, province or county.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-2 (e.g. `DE`) or the country's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -87,6 +118,9 @@ pub struct Customer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = "ip")]
     pub ip: Option<std::net::IpAddr>,
+    /// The store's own id of the customer's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -172,7 +206,12 @@ pub async fn create_order(
     // plans (the product changed since) still gets the order it created.
     let mut conn = pool.acquire().await?;
     let products = products_of(&mut conn, &order).await?;
-    let plan_it = || plan(&order, &products, idempotency_key, &hash, None).map_err(Into::into);
+    let hold = hold_of(&order, &products, rules);
+    let plan_it = || {
+        plan(&order, &products, idempotency_key, &hash, None)
+            .map(|p| p.held(hold))
+            .map_err(Into::into)
+    };
     let mut planned = deliverable(&order, &products, rules)
         .and_then(|()| within_limit(&order, &products, rules))
         .and_then(|()| plan_it());
@@ -214,6 +253,68 @@ pub async fn create_order(
         });
     }
     Err(DbError::Corrupt("could not allocate a unique order number".into()).into())
+}
+
+/// Whether a paid order of these products waits before its deliveries
+/// start, and until when: `manual` when any product's (or the store's)
+/// auto-processing is off; otherwise `delayed` by the longest process delay
+/// of its products; `None` to start at once.
+pub(super) fn hold_of(
+    order: &NewOrder,
+    products: &HashMap<String, Product>,
+    rules: &AcceptRules,
+) -> Option<(ProcessHold, Option<DateTime<Utc>>)> {
+    if order.payment_status != NewPaymentStatus::Paid {
+        return None;
+    }
+    hold_for(
+        order.items.iter().map(|i| i.product.as_str()),
+        products,
+        rules,
+    )
+}
+
+/// `hold_of` for the products of these SKUs (a stored order being paid).
+pub(super) fn hold_for<'a>(
+    skus: impl Iterator<Item = &'a str>,
+    products: &HashMap<String, Product>,
+    rules: &AcceptRules,
+) -> Option<(ProcessHold, Option<DateTime<Utc>>)> {
+    let mut delay = 0;
+    for sku in skus {
+        let Some(p) = products.get(sku) else {
+            continue;
+        };
+        if !p.processing.auto_process.unwrap_or(rules.auto_process) {
+            return Some((ProcessHold::Manual, None));
+        }
+        delay = delay.max(
+            p.processing
+                .process_delay_secs
+                .unwrap_or(rules.process_delay_secs),
+        );
+    }
+    (delay > 0).then(|| {
+        (
+            ProcessHold::Delayed,
+            Some(Utc::now() + chrono::Duration::seconds(i64::from(delay))),
+        )
+    })
+}
+
+/// What the timeline says of an accepted or paid order's start.
+pub(super) fn start_message(
+    queued: usize,
+    hold: Option<ProcessHold>,
+    after: Option<DateTime<Utc>>,
+) -> String {
+    match (hold, after) {
+        (Some(ProcessHold::Manual), _) => "waiting for an admin to process it".to_owned(),
+        (Some(ProcessHold::Delayed), Some(at)) => {
+            format!("its deliveries start at {}", at.to_rfc3339())
+        }
+        _ => format!("{queued} deliveries queued"),
+    }
 }
 
 /// Refuses an order for a product this installation cannot deliver now.
@@ -284,11 +385,11 @@ async fn write_plan(
             delivery_id: None,
             kind: "order.created",
             message: format!(
-                "order accepted ({} {}, payment {}), {} deliveries queued",
+                "order accepted ({} {}, payment {}), {}",
                 o.total,
                 o.currency,
                 o.payment_status,
-                plan.deliveries.len()
+                start_message(plan.deliveries.len(), o.process_hold, o.process_after)
             ),
             actor,
             data: json!({ "idempotency_key": idempotency_key }),
@@ -354,7 +455,8 @@ pub async fn create_order_in(
     let hash = request_hash(order);
     let products = products_of(conn, order).await?;
     within_limit(order, &products, rules)?;
-    let plan = plan(order, &products, idempotency_key, &hash, None)?;
+    let plan = plan(order, &products, idempotency_key, &hash, None)?
+        .held(hold_of(order, &products, rules));
     let held = undeliverable(&products, rules);
     write_plan(conn, &plan, idempotency_key, actor, &held).await?;
     Ok(plan.order.id)

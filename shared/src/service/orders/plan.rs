@@ -65,6 +65,24 @@ pub(super) fn within_limit(
 }
 
 impl Plan {
+    /// The plan of an order that waits (`hold`) before its deliveries
+    /// start: the order and items only; its deliveries are planned again,
+    /// from the products as they are then, when it is processed.
+    pub(super) fn held(
+        mut self,
+        hold: Option<(
+            crate::domain::order::ProcessHold,
+            Option<chrono::DateTime<chrono::Utc>>,
+        )>,
+    ) -> Self {
+        if let Some((hold, after)) = hold {
+            self.deliveries.clear();
+            self.order.process_hold = Some(hold);
+            self.order.process_after = after;
+        }
+        self
+    }
+
     pub(super) fn summary(&self) -> OrderSummary {
         let o = &self.order;
         OrderSummary {
@@ -81,6 +99,8 @@ impl Plan {
             total: o.total,
             created_at: o.created_at,
             deliveries_queued: self.deliveries.len(),
+            process_hold: o.process_hold,
+            process_after: o.process_after,
             items: self
                 .items
                 .iter()
@@ -341,6 +361,17 @@ pub(super) fn plan(
             idempotency_key: idempotency_key.map(str::to_owned),
             request_hash: hash.to_vec(),
             created_at: chrono::Utc::now(),
+            customer_ref: order.customer.account_ref.clone(),
+            billing_address: order
+                .billing_address
+                .as_ref()
+                .and_then(|a| serde_json::to_value(a).ok()),
+            shipping_address: order
+                .shipping_address
+                .as_ref()
+                .and_then(|a| serde_json::to_value(a).ok()),
+            process_hold: None,
+            process_after: None,
         },
         items,
         deliveries: rows,

@@ -53,6 +53,25 @@ pub fn validate(order: &NewOrder) -> Result<(), Invalid> {
     text("customer.name", &order.customer.name)?;
     text("customer.phone", &order.customer.phone)?;
     text("customer.email", &order.customer.email)?;
+    text("customer.account_ref", &order.customer.account_ref)?;
+    for (field, address) in [
+        ("billing_address", &order.billing_address),
+        ("shipping_address", &order.shipping_address),
+    ] {
+        if let Some(a) = address {
+            for (part, value) in [
+                ("name", &a.name),
+                ("line1", &a.line1),
+                ("line2", &a.line2),
+                ("city", &a.city),
+                ("region", &a.region),
+                ("postal_code", &a.postal_code),
+                ("country", &a.country),
+            ] {
+                text(&format!("{field}.{part}"), value)?;
+            }
+        }
+    }
     if let Some(email) = &order.customer.email {
         let parts: Vec<&str> = email.split('@').collect();
         if parts.len() != 2 || parts[0].is_empty() || !parts[1].contains('.') {

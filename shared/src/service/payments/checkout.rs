@@ -115,6 +115,7 @@ pub(super) async fn paid(
         }
         Fulfilment::Cancelled => "paid after it was cancelled; nothing delivered".to_owned(),
         Fulfilment::Unplannable(e) => format!("paid, but cannot be fulfilled: {e}"),
+        Fulfilment::Waiting(hold) => format!("paid; waiting to be processed ({hold})"),
     };
     Ok(Ingested::new(
         IngestStatus::Applied,
@@ -180,6 +181,7 @@ async fn another_payment(
         Fulfilment::Cancelled => "paid after it was cancelled; nothing delivered".to_owned(),
         Fulfilment::AlreadyPaid => "the order was already paid".to_owned(),
         Fulfilment::Unplannable(e) => format!("paid, but cannot be fulfilled: {e}"),
+        Fulfilment::Waiting(hold) => format!("paid; waiting to be processed ({hold})"),
     };
     Ok(Ingested::new(
         IngestStatus::Applied,
@@ -334,7 +336,7 @@ pub(super) async fn async_failed(
 /// | unit prices | from Stripe's `amount_subtotal`: a single item's is `amount_subtotal` ÷ quantity; with several items each gives its unit price in metadata, and they must add up to `amount_subtotal` to the minor unit |
 /// | currency | `currency`, upper-cased |
 /// | discount, tax | `total_details.amount_discount`, `.amount_tax` |
-/// | customer | `customer_details.name` / `.email`; `metadata.customer_ip` |
+/// | customer | `customer_details.name` / `.email`; `metadata.customer_ip`, `metadata.customer_ref` (the store's account id) |
 /// | game | `metadata.game_username`, `metadata.game_uuid` |
 /// | discord_user_id | `metadata.discord_user_id` |
 /// | gateway / transaction_id | `stripe` / `payment_intent` |
@@ -465,12 +467,15 @@ pub fn order_from_session(
             email: customer.email.filter(|e| !e.is_empty()),
             phone: None,
             ip: meta("customer_ip").and_then(|ip| ip.parse().ok()),
+            account_ref: meta("customer_ref"),
         },
         game: Game {
             username: meta("game_username"),
             uuid: meta("game_uuid"),
         },
         discord_user_id: meta("discord_user_id"),
+        billing_address: None,
+        shipping_address: None,
         items: new_items,
     };
     Ok((order, issue))
@@ -567,6 +572,7 @@ pub async fn accept_payment(
                 Some("the order was cancelled: nothing is delivered (refund it)".to_owned()),
             ),
             Fulfilment::Unplannable(e) => (0, Some(format!("the order cannot be fulfilled: {e}"))),
+            Fulfilment::Waiting(_) => (0, None),
         };
     super::ingest::release_parked(&mut tx, order_id, payment_ref, chrono::Utc::now(), policy)
         .await?;
