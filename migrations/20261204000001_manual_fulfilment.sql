@@ -14,8 +14,11 @@ ALTER TABLE orders
     -- for orders that started at once.
     ADD COLUMN process_hold     text CHECK (process_hold IN ('manual', 'delayed')),
     ADD COLUMN process_after    timestamptz;
--- The sweep that starts delayed orders once due.
+-- The sweep that starts delayed orders once due, and the list's filter of
+-- orders that wait (few among many: without it a filtered page would walk
+-- the whole sort index).
 CREATE INDEX orders_process_due_idx ON orders (process_after) WHERE process_hold = 'delayed';
+CREATE INDEX orders_waiting_idx ON orders (process_hold, created_at, id) WHERE process_hold IS NOT NULL;
 
 -- An item marked delivered by staff [Mark as Delivered], with their notes
 -- for the customer; a redemption code given with it is an `item_keys` row

@@ -330,6 +330,27 @@ async fn with_auto_processing_off_paid_orders_wait_and_are_processed_alone_or_by
         assert_eq!(stack.order(o).await["status"], "pending");
     }
 
+    // Staff find them in the list.
+    let (status, page) = stack
+        .call(Method::GET, "/v1/orders?process_hold=manual&sort=created&order=asc", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed: Vec<String> = page["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|o| {
+            assert_eq!(o["process_hold"], "manual", "{o}");
+            o["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    assert_eq!(listed, waiting);
+    let (status, err) = stack
+        .call(Method::GET, "/v1/orders?process_hold=soon", None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "process_hold");
+
     // [Process] one.
     let (status, one) = stack
         .call(

@@ -58,6 +58,8 @@ pub struct ListQuery {
     pub currency: Option<String>,
     /// `failures` (a dead delivery), `held`, `waiting`; comma-separated.
     pub has: Option<String>,
+    /// Paid orders that wait to be processed: `manual`, `delayed`; comma-separated.
+    pub process_hold: Option<String>,
     /// At least 3 characters.
     pub q: Option<String>,
     /// `created`, `total`, `order_number`, `payment_status` or `status`.
@@ -144,6 +146,11 @@ impl ListQuery {
                 .iter()
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>(),
+        )?;
+        let process_holds = list_of::<courier_shared::domain::order::ProcessHold>(
+            "process_hold",
+            &self.process_hold,
+            &["manual", "delayed"],
         )?;
         let attention = match &self.has {
             None => Vec::new(),
@@ -243,6 +250,7 @@ impl ListQuery {
             max_total: self.max_total,
             currency,
             attention,
+            process_holds,
             search,
         })
     }

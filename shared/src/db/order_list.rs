@@ -96,6 +96,8 @@ pub struct ListFilter {
     pub max_total: Option<Decimal>,
     pub currency: Option<String>,
     pub attention: Vec<Attention>,
+    /// Paid orders that wait to be processed, by why.
+    pub process_holds: Vec<crate::domain::order::ProcessHold>,
     /// A substring of the order number, customer e-mail or name, game
     /// username, transaction id or a product name (lower-cased; at least 3
     /// characters, which the trigram index needs).
@@ -170,6 +172,8 @@ pub struct OrderRow {
     pub gateway: Option<String>,
     pub item_count: i64,
     pub deliveries: DeliverySummary,
+    /// Set while a paid order waits to be processed (`manual`, `delayed`).
+    pub process_hold: Option<crate::domain::order::ProcessHold>,
 }
 
 impl OrderRow {
@@ -223,6 +227,11 @@ fn push_filters(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
         if let Some(v) = value {
             q.push(sql).push_bind(v);
         }
+    }
+    if !f.process_holds.is_empty() {
+        q.push(" AND o.process_hold = ANY(")
+            .push_bind(f.process_holds.iter().map(|h| h.as_str()).collect::<Vec<_>>())
+            .push(")");
     }
     if let Some(g) = &f.gateway {
         q.push(" AND o.gateway = ").push_bind(g.clone());
@@ -352,7 +361,7 @@ async fn fetch(
     }
     q.push(
         "page AS (SELECT o.id, o.order_number, o.created_at, o.customer_name, o.customer_email, \
-         o.total, o.currency, o.status, o.payment_status, o.gateway FROM ",
+         o.total, o.currency, o.status, o.payment_status, o.gateway, o.process_hold FROM ",
     );
     match strategy {
         Strategy::Plain => from(&mut q, "orders"),
@@ -422,6 +431,10 @@ async fn fetch(
                 status: crate::db::orders::parse(r, "status")?,
                 payment_status: crate::db::orders::parse(r, "payment_status")?,
                 gateway: r.try_get("gateway")?,
+                process_hold: r
+                    .try_get::<Option<String>, _>("process_hold")?
+                    .map(|h| h.parse())
+                    .transpose()?,
                 item_count: r.try_get("item_count")?,
                 deliveries: DeliverySummary {
                     total: r.try_get("d_total")?,
