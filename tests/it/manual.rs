@@ -180,9 +180,18 @@ async fn a_queued_delivery_of_an_item_marked_delivered_never_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mark_as_completed_cancels_what_is_not_running_and_leaves_the_running_one_to_finish() {
-    let stack = TestStack::start().await;
+    // A command that runs for 5 s: time enough to see it running beside the
+    // dead one on a loaded machine.
+    let stack = TestStack::start_with(
+        |s| {
+            s.rcon.command_timeout_ms = 8000;
+            s.worker.lease_seconds = 30;
+        },
+        true,
+    )
+    .await;
     let slow = fake(Behaviour {
-        delay: Duration::from_millis(2500),
+        delay: Duration::from_secs(5),
         ..Behaviour::default()
     })
     .await;
@@ -308,7 +317,7 @@ async fn with_auto_processing_off_paid_orders_wait_and_are_processed_alone_or_by
     assert_eq!(p["auto_process"], true);
     let auto = post(&stack, &sample_order("auto", "Zed")).await;
     let mut waiting = Vec::new();
-    for name in ["Ann", "Bob", "Cid"] {
+    for name in ["Ann", "Bob", "Cid", "Eve"] {
         let o = post(&stack, &sample_order("vip", name)).await;
         assert_eq!(o["process_hold"], "manual", "{o}");
         assert_eq!(o["deliveries_queued"], 0);
@@ -330,9 +339,33 @@ async fn with_auto_processing_off_paid_orders_wait_and_are_processed_alone_or_by
         assert_eq!(stack.order(o).await["status"], "pending");
     }
 
+    // Eve's is cancelled while it waits: it never starts, and no longer waits.
+    let eve = waiting.pop().expect("eve");
+    let (status, c) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{eve}/cancel"),
+            Some(&json!({ "reason": "asked" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    // Cid's is partly refunded, keeping access: it still waits, to be delivered.
+    let (status, r) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{}/refunds", waiting[2]),
+            Some(&json!({ "amount": "1.00", "reason": "requested_by_customer", "revoke": false })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+
     // Staff find them in the list.
     let (status, page) = stack
-        .call(Method::GET, "/v1/orders?process_hold=manual&sort=created&order=asc", None)
+        .call(
+            Method::GET,
+            "/v1/orders?process_hold=manual&sort=created&order=asc",
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let listed: Vec<String> = page["orders"]
@@ -350,6 +383,12 @@ async fn with_auto_processing_off_paid_orders_wait_and_are_processed_alone_or_by
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["error"]["field"], "process_hold");
+
+    let (status, err) = stack
+        .call(Method::POST, &format!("/v1/orders/{eve}/process"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["error"]["code"], "not_waiting", "{err}");
 
     // [Process] one.
     let (status, one) = stack
@@ -376,35 +415,37 @@ async fn with_auto_processing_off_paid_orders_wait_and_are_processed_alone_or_by
         .call(
             Method::POST,
             "/v1/orders/process",
-            Some(&json!({ "filter": { "status": "pending", "sku": "vip" } })),
+            Some(&json!({ "filter": { "sku": "vip" } })),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{bulk}");
-    // waiting[0] may still be pending (its delivery not claimed yet): it is
-    // then skipped as not waiting, like the unpaid order.
-    let matched = bulk["matched"].as_u64().expect("matched");
-    assert!((3..=4).contains(&matched), "{bulk}");
+    // The snapshot takes the orders that wait: not the unpaid one, nor Ann's
+    // (started), nor Eve's (cancelled).
+    assert_eq!(bulk["matched"], 2, "{bulk}");
     assert_eq!(bulk["started"], 2, "{bulk}");
-    assert_eq!(
-        bulk["skipped_by_reason"]["not_waiting"],
-        matched - 2,
-        "{bulk}"
-    );
-    let outcome_of = |id: &str| {
-        bulk["outcomes"]
-            .as_array()
-            .expect("outcomes")
-            .iter()
-            .find(|o| o["order_id"] == id)
-            .cloned()
-            .expect("outcome")
-    };
-    assert_eq!(outcome_of(&unpaid)["skipped"], "not_waiting");
-    for o in &waiting {
+    let taken: Vec<&str> = bulk["outcomes"]
+        .as_array()
+        .expect("outcomes")
+        .iter()
+        .filter_map(|o| o["order_id"].as_str())
+        .collect();
+    assert_eq!(taken, [waiting[1].as_str(), waiting[2].as_str()]);
+    assert!(!taken.contains(&unpaid.as_str()));
+    for o in &waiting[..2] {
         stack
             .wait_for_order(o, "completed", Duration::from_secs(20))
             .await;
     }
+    stack
+        .wait_until(
+            "the partly refunded order delivered",
+            &format!(
+                "SELECT delivery_status = 'delivered' FROM order_items WHERE order_id = '{}'",
+                waiting[2]
+            ),
+            Duration::from_secs(20),
+        )
+        .await;
     // By ids: one done, one unknown.
     let unknown = uuid::Uuid::new_v4().to_string();
     let (status, bulk) = stack

@@ -160,3 +160,48 @@ async fn sigterm_lets_the_in_flight_job_finish_and_exits_zero() {
     assert_eq!(o["status"], "completed", "{o}");
     stack.teardown().await;
 }
+
+/// Staff mark the item delivered while its worker is dead mid-command
+/// (`on_ambiguous: retry`): the rescuer cancels the delivery instead of
+/// running it again, the order stays completed, and a retry is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_left_running_by_mark_as_delivered_is_not_run_again_by_the_rescuer() {
+    let (mut stack, game, id) = killed_mid_command("retry").await;
+    let o = stack.order(&id).await;
+    let item = o["items"][0]["id"].as_str().expect("item").to_owned();
+    let (status, marked) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/orders/{id}/items/{item}/deliver"),
+            Some(&json!({ "notes": "given by a moderator" })),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{marked}");
+    let running = o["deliveries"][0]["id"].clone();
+    assert_eq!(marked["left_running"], json!([running]), "{marked}");
+    stack.start_worker().await; // its rescuer takes the expired lease
+    stack
+        .wait_until(
+            "the delivery cancelled",
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE status = 'cancelled')",
+            Duration::from_secs(30),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(game.commands().len(), 1, "not run a second time");
+    let done = stack.order(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["items"][0]["delivery_status"], "delivered");
+    let (status, err) = stack
+        .call(
+            Method::POST,
+            &format!(
+                "/v1/admin/deliveries/{}/retry",
+                running.as_str().expect("id")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT, "{err}");
+    stack.teardown().await;
+}

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use courier_shared::db::order_list::{self, After, SortKey};
+use courier_shared::domain::order::ProcessHold;
 use courier_shared::service::manual::{self, MarkCompleted, MarkDelivered, Marked, ProcessOutcome};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -20,6 +22,18 @@ use crate::json::ValidJson;
 use crate::routes::order_list::ListQuery;
 use crate::routes::payments::order_id;
 use crate::startup::AppState;
+
+/// A JSON body that may be left out (empty: every field at its default).
+fn optional_body<T: Default + serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    crate::json::check_json_type(headers)?;
+    crate::json::parse(body)
+}
 
 #[utoipa::path(post, path = "/v1/orders/{reference}/items/{item_id}/deliver", operation_id = "mark_item_delivered", tag = "orders",
     params(
@@ -37,9 +51,11 @@ pub async fn deliver_item(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((reference, item_id)): ApiPath<(String, Uuid)>,
-    ValidJson(body): ValidJson<MarkDelivered>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<Marked>, ApiError> {
     caller.require(ADMIN)?;
+    let body: MarkDelivered = optional_body(&headers, &body)?;
     let id = order_id(&state, &reference).await?;
     let marked = manual::mark_item_delivered(
         &state.pool,
@@ -65,9 +81,11 @@ pub async fn complete(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
-    ValidJson(body): ValidJson<MarkCompleted>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<Marked>, ApiError> {
     caller.require(ADMIN)?;
+    let body: MarkCompleted = optional_body(&headers, &body)?;
     let id = order_id(&state, &reference).await?;
     let marked = manual::mark_order_completed(&state.pool, id, body, &caller.actor()).await?;
     Ok(Json(marked))
@@ -78,7 +96,9 @@ pub async fn complete(
     responses((status = 200, description = "Its deliveries are queued", body = ProcessOutcome)))]
 /// [Process]: starts a paid order that waits (auto-processing off, or a
 /// process delay not over yet). `409` with the reason as the error code
-/// (`not_waiting`, `not_paid`, `withdrawn`, `unplannable`) when it cannot.
+/// (`not_waiting`, `not_paid`, `withdrawn`, `unplannable`) when it cannot;
+/// after `withdrawn` it no longer waits, after `unplannable` (its products
+/// no longer plan) it is `failed`, as when a payment arrives for it.
 pub async fn process(
     State(state): State<AppState>,
     caller: Caller,
@@ -98,21 +118,22 @@ pub async fn process(
     }
 }
 
-/// Most orders one bulk [Process] call takes; a filter matching more is
-/// processed in calls of this size (`remaining` says so).
-const MAX_BULK: usize = 10_000;
+/// Most orders one bulk [Process] call takes (each is its own transaction,
+/// and the answer waits for all); a filter matching more is processed in
+/// calls of this size (`remaining` says so).
+const MAX_BULK: usize = 1_000;
 
 /// Body of `POST /v1/orders/process`: either `ids` or `filter`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkProcess {
-    /// These orders (at most 10,000).
+    /// These orders (at most 1,000).
     #[serde(default)]
     pub ids: Option<Vec<Uuid>>,
-    /// The orders matching this filter of `GET /v1/orders` (its query
-    /// parameters as a JSON object of strings; `sort`, `order`, `limit`,
-    /// `cursor` and `format` are not filters), resolved to a snapshot
-    /// before any is processed.
+    /// The orders that wait to be processed and match this filter of
+    /// `GET /v1/orders` (its query parameters as a JSON object of strings;
+    /// `sort`, `order`, `limit`, `cursor` and `format` are not filters),
+    /// resolved to a snapshot before any is processed.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<ListQuery>,
@@ -128,9 +149,9 @@ pub struct BulkProcessed {
     /// Orders skipped.
     pub skipped: usize,
     /// Skipped orders by reason (`not_found`, `not_waiting`, `not_paid`,
-    /// `withdrawn`, `unplannable`).
+    /// `withdrawn`, `unplannable`, `error`: see the outcome's message).
     pub skipped_by_reason: BTreeMap<String, usize>,
-    /// The filter matched more than one call takes (10,000): call again.
+    /// The filter matched more than one call takes (1,000): call again.
     pub remaining: bool,
     /// Each order's outcome, in snapshot order.
     pub outcomes: Vec<ProcessOutcome>,
@@ -151,7 +172,7 @@ pub async fn process_many(
     let (ids, remaining) = match (body.ids, body.filter) {
         (Some(ids), None) => {
             if ids.is_empty() || ids.len() > MAX_BULK {
-                return Err(ApiError::invalid("ids", "give 1 to 10000 order ids"));
+                return Err(ApiError::invalid("ids", "give 1 to 1000 order ids"));
             }
             let mut seen = std::collections::HashSet::new();
             let ids: Vec<Uuid> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
@@ -168,7 +189,22 @@ pub async fn process_many(
     let actor = caller.actor();
     let mut outcomes = Vec::with_capacity(ids.len());
     for id in &ids {
-        outcomes.push(manual::process(&state.pool, *id, &actor, &state.rules).await?);
+        // One order's failure is its outcome, not the whole answer's: the
+        // others were committed and are reported.
+        outcomes.push(
+            match manual::process(&state.pool, *id, &actor, &state.rules).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(order = %id, error = %e, "bulk process: one order failed");
+                    ProcessOutcome {
+                        order_id: *id,
+                        started: None,
+                        skipped: Some("error"),
+                        message: Some(e.to_string()),
+                    }
+                }
+            },
+        );
     }
     state.relay_wake.notify_one();
     let mut skipped_by_reason = BTreeMap::new();
@@ -203,7 +239,11 @@ async fn snapshot(state: &AppState, filter: &ListQuery) -> Result<(Vec<Uuid>, bo
         }
     }
     let mut conn = state.pool.acquire().await?;
-    let f = filter.resolve(&mut conn).await?;
+    let mut f = filter.resolve(&mut conn).await?;
+    // Only orders that wait are worth a transaction each.
+    if f.process_holds.is_empty() {
+        f.process_holds = ProcessHold::ALL.to_vec();
+    }
     let mut ids = Vec::new();
     let mut after: Option<After> = None;
     loop {

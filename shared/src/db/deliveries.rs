@@ -146,16 +146,20 @@ pub async fn claim_batch(
         };
         if let (Purpose::Deliver, Some(item_id)) = (c.purpose, c.item_id) {
             let from: ItemStatus = row.try_get::<String, _>("item_status")?.parse()?;
-            if let Some(to) = rollup::item_move(from, ItemStatus::Processing)?
-                && !items.iter().any(|i: &Change<ItemStatus>| i.id == item_id)
-            {
-                items.push(Change {
-                    id: item_id,
-                    from,
-                    to,
-                });
+            // The order moves only with an item that moved: a delivery of an
+            // item already delivered (by hand) does not reopen its order.
+            if let Some(to) = rollup::item_move(from, ItemStatus::Processing)? {
+                if !items.iter().any(|i: &Change<ItemStatus>| i.id == item_id) {
+                    items.push(Change {
+                        id: item_id,
+                        from,
+                        to,
+                    });
+                }
+                moved_orders.insert(c.order_id);
+            } else if from == ItemStatus::Processing {
+                moved_orders.insert(c.order_id);
             }
-            moved_orders.insert(c.order_id);
         }
         claimed.insert(c.id, c);
     }
@@ -257,8 +261,21 @@ pub async fn record(
         .first()
         .is_some_and(|(_, _, revoked)| *revoked);
     let withdrawn = revoked && claimed.purpose == Purpose::Deliver;
+    // Staff marked the item delivered while this attempt ran: whatever it
+    // did, it is not tried again (and not revoked: the customer has it).
+    let by_hand = match (claimed.purpose, claimed.item_id) {
+        (Purpose::Deliver, Some(item)) if rec.next != DeliveryStatus::Succeeded => {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT delivered_by_hand_at IS NOT NULL FROM order_items WHERE id = $1",
+            )
+            .bind(item)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+        _ => false,
+    };
     let adjusted;
-    let rec = if withdrawn && rec.next != DeliveryStatus::Succeeded {
+    let rec = if (withdrawn || by_hand) && rec.next != DeliveryStatus::Succeeded {
         adjusted = AttemptRecord {
             next: DeliveryStatus::Cancelled,
             requeue: None,

@@ -21,6 +21,9 @@ pub enum Rescued {
     /// The order was withdrawn meanwhile: cancelled, and the caller revokes
     /// it (it may have run before the worker died).
     Cancelled(Uuid),
+    /// Staff marked its item delivered meanwhile: cancelled, not run again
+    /// and not revoked (the customer has the item).
+    Superseded(Uuid),
 }
 
 impl Rescued {
@@ -30,6 +33,7 @@ impl Rescued {
             Rescued::Requeued(_) => "requeued",
             Rescued::Held(_) => "held",
             Rescued::Cancelled(_) => "cancelled",
+            Rescued::Superseded(_) => "superseded",
         }
     }
 }
@@ -66,7 +70,8 @@ pub async fn rescue_one(
         .await?;
     let Some(row) = sqlx::query(
         "SELECT d.item_id, d.kind, d.purpose, d.payload, d.attempts, d.leased_by, \
-           o.revoked_at IS NOT NULL AS revoked \
+           o.revoked_at IS NOT NULL AS revoked, \
+           (SELECT i.delivered_by_hand_at IS NOT NULL FROM order_items i WHERE i.id = d.item_id) AS by_hand \
          FROM deliveries d JOIN orders o ON o.id = d.order_id \
          WHERE d.id = $1 AND d.status = 'running' AND d.lease_until < now() FOR UPDATE OF d",
     )
@@ -80,6 +85,9 @@ pub async fn rescue_one(
     let purpose: Purpose = row.try_get::<String, _>("purpose")?.parse()?;
     // The order was withdrawn while the worker held it: nothing runs again.
     let withdrawn = purpose == Purpose::Deliver && row.try_get::<bool, _>("revoked")?;
+    // Its item was marked delivered by hand: it does not run again either.
+    let by_hand =
+        purpose == Purpose::Deliver && row.try_get::<Option<bool>, _>("by_hand")?.unwrap_or(false);
     let kind: DeliveryKind = row.try_get::<String, _>("kind")?.parse()?;
     let attempt: i32 = row.try_get("attempts")?;
     let leased_by: Option<String> = row.try_get("leased_by")?;
@@ -119,9 +127,10 @@ pub async fn rescue_one(
         )
         .await?;
     }
-    let to = if withdrawn {
+    let runs_again = crate::domain::fulfilment::runs_again(policy, true);
+    let to = if withdrawn || (by_hand && runs_again) {
         DeliveryStatus::Cancelled
-    } else if crate::domain::fulfilment::runs_again(policy, true) {
+    } else if runs_again {
         DeliveryStatus::Queued
     } else {
         DeliveryStatus::Held
@@ -139,7 +148,9 @@ pub async fn rescue_one(
     .bind(&reason)
     .execute(&mut *conn)
     .await?;
-    let rescued = if to == DeliveryStatus::Cancelled {
+    let rescued = if to == DeliveryStatus::Cancelled && !withdrawn {
+        Rescued::Superseded(id)
+    } else if to == DeliveryStatus::Cancelled {
         Rescued::Cancelled(id)
     } else if to == DeliveryStatus::Queued {
         outbox::enqueue_job(conn, id, kind).await?;

@@ -60,6 +60,10 @@ pub fn order_move(
 /// The item status implied by the statuses of all its deliveries.
 pub fn item_status(deliveries: &[DeliveryStatus]) -> ItemStatus {
     use DeliveryStatus::*;
+    // No deliveries (a product fulfilled by hand): nothing says it is done.
+    if deliveries.is_empty() {
+        return ItemStatus::Pending;
+    }
     if deliveries.iter().all(|d| *d == Succeeded) {
         ItemStatus::Delivered
     } else if deliveries

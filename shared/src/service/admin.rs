@@ -63,6 +63,17 @@ async fn lock_delivery(
     ))
 }
 
+async fn delivered_by_hand(conn: &mut PgConnection, item_id: Uuid) -> Result<bool, AdminError> {
+    Ok(
+        sqlx::query_scalar(
+            "SELECT delivered_by_hand_at IS NOT NULL FROM order_items WHERE id = $1",
+        )
+        .bind(item_id)
+        .fetch_one(conn)
+        .await?,
+    )
+}
+
 /// Resets a dead or held delivery and re-publishes it through the outbox; the
 /// item and order go back to `processing`. The failure budget starts afresh;
 /// the attempt numbers continue, so the history stays whole.
@@ -74,6 +85,13 @@ pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), 
         return Err(AdminError::Conflict(format!(
             "delivery is `{status}`; only dead or held deliveries can be retried"
         )));
+    }
+    if let Some(item) = item_id
+        && delivered_by_hand(&mut tx, item).await?
+    {
+        return Err(AdminError::Conflict(
+            "its item was marked delivered by hand: retrying would deliver it twice (discard it instead)".into(),
+        ));
     }
     status
         .transition(DeliveryStatus::Queued)

@@ -83,8 +83,9 @@ fn check_notes(field: &str, notes: Option<&str>) -> Result<Option<String>, Inval
     Ok(Some(n.to_owned()))
 }
 
-/// Locks the order and checks staff may fulfil it by hand: paid, not
-/// withdrawn. Returns its status.
+/// Locks the order and checks staff may fulfil it by hand: paid (or
+/// partially refunded without withdrawing access), not withdrawn. Returns
+/// its status.
 async fn lock_for_hand(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderStatus, AdminError> {
     let locked = statuses::lock_orders(conn, &[order_id], Announce::Trigger).await?;
     let Some((_, status, revoked)) = locked.first().copied() else {
@@ -94,12 +95,16 @@ async fn lock_for_hand(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderS
         .bind(order_id)
         .fetch_one(&mut *conn)
         .await?;
-    if revoked || !status.follows_deliveries() {
+    // A partial refund that did not withdraw access leaves the rest to deliver.
+    if revoked || !(status.follows_deliveries() || status == OrderStatus::PartiallyRefunded) {
         return Err(AdminError::Conflict(format!(
-            "the order is {status}: it cannot be fulfilled any more"
+            "the order is {status}{}: it cannot be fulfilled any more",
+            if revoked { ", access withdrawn" } else { "" }
         )));
     }
-    if payment != PaymentStatus::Paid.as_str() {
+    if payment != PaymentStatus::Paid.as_str()
+        && payment != PaymentStatus::PartiallyRefunded.as_str()
+    {
         return Err(AdminError::Conflict(format!(
             "the order's payment is {payment}: only a paid order is fulfilled"
         )));
@@ -450,31 +455,32 @@ pub async fn start_due(
     .fetch_all(pool)
     .await?;
     for id in &due {
-        let mut tx = pool.begin().await?;
-        // Another replica may be starting it: skip rather than wait.
-        let free: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM orders WHERE id = $1 AND process_hold = 'delayed' \
-             FOR NO KEY UPDATE SKIP LOCKED",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if free.is_none() {
-            continue;
-        }
-        match process_order(&mut tx, *id, "courier:process-delay", rules).await {
-            Ok(_) => tx.commit().await?,
-            Err(CreateOrderError::Db(e)) => return Err(AdminError::Db(e)),
-            Err(e) => {
-                // Not retried every sweep: it waits for an admin instead.
-                drop(tx);
-                tracing::warn!(order = %id, error = %e, "a delayed order could not be started; it waits for an admin");
-                sqlx::query("UPDATE orders SET process_hold = 'manual' WHERE id = $1 AND process_hold = 'delayed'")
-                    .bind(id)
-                    .execute(pool)
-                    .await?;
-            }
+        // One order's error is logged and the sweep goes on to the next.
+        if let Err(e) = start_one(pool, *id, rules).await {
+            tracing::warn!(order = %id, error = %e, "could not start a delayed order; will retry");
         }
     }
     Ok(due.len())
+}
+
+/// Starts one due delayed order unless another replica is doing it.
+async fn start_one(pool: &PgPool, id: Uuid, rules: &AcceptRules) -> Result<(), AdminError> {
+    let mut tx = pool.begin().await?;
+    let free: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM orders WHERE id = $1 AND process_hold = 'delayed' \
+         FOR NO KEY UPDATE SKIP LOCKED",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if free.is_none() {
+        return Ok(());
+    }
+    match process_order(&mut tx, id, "courier:process-delay", rules).await {
+        Ok(_) => {}
+        Err(CreateOrderError::Db(e)) => return Err(AdminError::Db(e)),
+        Err(e) => return Err(AdminError::Conflict(e.to_string())),
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -73,7 +73,8 @@ pub async fn withdraw(
 ) -> Result<Withdrawn, DbError> {
     let mut done = Withdrawn {
         first: sqlx::query(
-            "UPDATE orders SET revoked_at = now(), updated_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            "UPDATE orders SET revoked_at = now(), updated_at = now(), process_hold = NULL, \
+               process_after = NULL WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(order_id)
         .execute(&mut *conn)
@@ -100,7 +101,15 @@ pub async fn withdraw(
                     done.keys_released += undone.keys_released;
                 }
                 DeliveryStatus::Running => done.running += 1,
-                DeliveryStatus::Cancelled => {}
+                // Cancelled earlier (a discard, or its item marked delivered
+                // by hand) after it may have reached the target: taken back.
+                DeliveryStatus::Cancelled => {
+                    if may_have_run(conn, id, status).await? {
+                        let undone = revoke_delivery(conn, id, false, actor).await?;
+                        done.revoke_jobs += undone.jobs;
+                        done.keys_released += undone.keys_released;
+                    }
+                }
                 _ => {
                     let why = format!("cancelled by {} ({reason})", cause.as_str());
                     deliveries::cancel(conn, order_id, id, status, &why, actor).await?;

@@ -39,7 +39,8 @@ pub enum Fulfilment {
 /// The order's columns that planning its deliveries needs.
 const ORDER_COLUMNS: &str = "SELECT order_number, status, payment_status, currency, tax, discount, \
     gateway, transaction_id, customer_name, customer_email, customer_phone, customer_ip, \
-    game_username, game_uuid, discord_user_id, process_hold FROM orders WHERE id = $1";
+    game_username, game_uuid, discord_user_id, process_hold, revoked_at IS NOT NULL AS revoked \
+    FROM orders WHERE id = $1";
 
 /// Marks a pending order paid and queues its deliveries, planned from the
 /// products as configured now. The caller holds the order's row lock.
@@ -133,6 +134,14 @@ async fn products_for(
         .map(|p| (p.sku.clone(), p))
         .collect();
     Ok((products, skus))
+}
+
+async fn clear_hold(conn: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET process_hold = NULL, process_after = NULL WHERE id = $1")
+        .bind(order_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Records that a paid order waits before its deliveries start.
@@ -302,23 +311,33 @@ pub async fn process_order(
         .try_get::<String, _>("status")?
         .parse()
         .map_err(DbError::from)?;
-    sqlx::query("UPDATE orders SET process_hold = NULL, process_after = NULL WHERE id = $1")
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
-    if status != OrderStatus::Pending {
-        // Cancelled or refunded while it waited: nothing to start.
+    let revoked: bool = row.try_get("revoked")?;
+    // A partial refund that did not withdraw access leaves the rest to deliver.
+    let open = matches!(
+        status,
+        OrderStatus::Pending | OrderStatus::PartiallyRefunded
+    );
+    if revoked || !open {
+        // Withdrawn (cancelled, refunded, a dispute) while it waited: it never starts.
+        clear_hold(conn, order_id).await?;
         return Ok(Processed::Skipped(
             "withdrawn",
-            format!("the order is {status}: nothing is delivered"),
+            format!(
+                "the order is {status}{}: nothing is delivered",
+                if revoked { ", access withdrawn" } else { "" }
+            ),
         ));
     }
-    if payment != PaymentStatus::Paid {
+    if !matches!(
+        payment,
+        PaymentStatus::Paid | PaymentStatus::PartiallyRefunded
+    ) {
         return Ok(Processed::Skipped(
             "not_paid",
             format!("the order's payment is {payment}"),
         ));
     }
+    clear_hold(conn, order_id).await?;
     let (products, _) = products_for(conn, order_id).await?;
     let what = if hold == ProcessHold::Delayed.as_str() {
         "its process delay is over"

@@ -467,7 +467,9 @@ pub fn order_from_session(
             email: customer.email.filter(|e| !e.is_empty()),
             phone: None,
             ip: meta("customer_ip").and_then(|ip| ip.parse().ok()),
-            account_ref: meta("customer_ref"),
+            // Stripe allows 500 characters of metadata; an over-long
+            // reference is dropped rather than failing a paid session.
+            account_ref: meta("customer_ref").filter(|r| r.len() <= 255),
         },
         game: Game {
             username: meta("game_username"),
