@@ -13,10 +13,14 @@
 //! - `relay`: publishes outbox rows to RabbitMQ with publisher confirms.
 //! - `metrics`: the process's Prometheus series and the request-tracking middleware.
 //! - `openapi`: the OpenAPI 3.1 document, generated from the handlers and types.
+//! - `export_format`: the order export's columns and cells (the download and the CLI).
+//! - `export_cli`: `courier-api export`, the same export to a file, with a progress bar.
 
 pub mod admin_cli;
 pub mod auth;
 pub mod error;
+pub mod export_cli;
+pub mod export_format;
 pub mod extract;
 pub mod json;
 pub mod metrics;

@@ -44,6 +44,9 @@ enum Command {
     /// Look at and act on failed work (dead letters, held deliveries).
     #[command(subcommand)]
     Admin(courier_api::admin_cli::AdminCommand),
+    /// Export the orders the list's filters select to a CSV or XLSX file
+    /// (admin columns included), with a progress bar on stderr.
+    Export(Box<courier_api::export_cli::ExportArgs>),
 }
 
 #[tokio::main]
@@ -77,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Seed { file } => courier_api::seed::run(&settings, &file).await,
         Command::Admin(cmd) => courier_api::admin_cli::run(&settings, cmd).await,
+        Command::Export(args) => courier_api::export_cli::run(&settings, *args).await,
         Command::Openapi => Ok(()),
     }
 }

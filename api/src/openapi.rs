@@ -22,6 +22,7 @@ use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     self, admin, catalog, export, health, keys, manual, notes, order_list, orders, payments,
+    reports,
 };
 
 #[derive(OpenApi)]
@@ -45,6 +46,7 @@ use crate::routes::{
         admin::retry_delivery, admin::discard_delivery,
         keys::upload, keys::enter, keys::alerts, keys::supplier_webhook,
         health::alive, health::ready, health::metrics, document,
+        reports::summary,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&FromRouteTable),
@@ -56,6 +58,7 @@ use crate::routes::{
         (name = "failures", description = "Dead letters, held deliveries, alerts, retries"),
         (name = "webhooks", description = "Signed calls from gateways and suppliers"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "reports", description = "Sales, refunds, costs and profit over a range"),
     ),
 )]
 pub struct ApiDoc;

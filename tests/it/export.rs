@@ -211,3 +211,102 @@ async fn exports_beyond_the_limit_are_refused_with_429() {
     assert_eq!(body["error"]["code"], "too_many_exports");
     stack.teardown().await;
 }
+
+#[tokio::test]
+async fn the_export_command_writes_the_admin_csv_to_a_file() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    seed(&stack, 30).await;
+    let dir =
+        std::env::temp_dir().join(format!("courier-export-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let out = dir.join("orders.csv");
+    let run = |args: Vec<String>| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_courier-api-export"))
+            .envs(courier_tests::stack::process_env(&stack.settings))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let filters = [
+        "--currency",
+        "EUR",
+        "--sort",
+        "order_number",
+        "--order",
+        "asc",
+    ];
+    let mut args: Vec<String> = vec!["--format".into(), "csv".into(), "--out".into()];
+    args.push(out.display().to_string());
+    args.extend(filters.iter().map(|s| (*s).to_owned()));
+    let done = run(args).await.expect("courier-api export runs");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    let expected: Vec<String> = sqlx::query_scalar(
+        "SELECT order_number FROM orders WHERE currency = 'EUR' ORDER BY order_number, id",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .expect("numbers");
+    assert_eq!(expected.len(), 20);
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("wrote {} orders to {}", expected.len(), out.display()).as_str()),
+        "{stdout}"
+    );
+    // stderr is a pipe here, not a terminal: no bar was drawn.
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains("orders,"),
+        "{stderr}"
+    );
+
+    let file = std::fs::read(&out).expect("the file");
+    let mut reader = csv::Reader::from_reader(file.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        header.iter().rev().take(3).collect::<Vec<_>>(),
+        ["profit", "cost", "refunded"],
+        "admin columns"
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+    let numbers: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
+    assert_eq!(numbers, expected, "the filtered orders, in the asked order");
+    assert!(rows.iter().all(|r| &r[10] == "EUR" && &r[9] == "9.98"));
+    // Byte for byte what an admin downloads with the same filters.
+    let (status, _, body) = get(
+        &stack,
+        &stack.admin_key,
+        "format=csv&currency=EUR&sort=order_number&order=asc",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(file, body, "the same columns and cells as the download");
+    assert!(
+        !dir.join("orders.csv.partial").exists(),
+        "nothing left beside it"
+    );
+
+    // A refused filter names its flag and writes nothing.
+    let bad = dir.join("bad.csv");
+    let refused = run(vec![
+        "--format".into(),
+        "csv".into(),
+        "--out".into(),
+        bad.display().to_string(),
+        "--currency".into(),
+        "EURO".into(),
+    ])
+    .await
+    .expect("courier-api export runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--currency"), "{stderr}");
+    assert!(!bad.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.teardown().await;
+}

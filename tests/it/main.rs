@@ -22,6 +22,7 @@ mod payments;
 mod rcon_client;
 mod rcon_habits;
 mod redelivery;
+mod reports;
 mod rescuer;
 mod retries;
 mod shutdown;

@@ -14,6 +14,7 @@ pub mod notes;
 pub mod order_list;
 pub mod orders;
 pub mod payments;
+pub mod reports;
 
 use axum::Router;
 use axum::handler::Handler;
@@ -231,6 +232,7 @@ fn table(state: Option<AppState>) -> Table {
     .add(M::GET, "/readyz", PUBLIC, health::ready)
     .add(M::GET, "/metrics", PUBLIC, health::metrics)
     .add(M::GET, "/openapi.json", PUBLIC, crate::openapi::document)
+    .add(M::GET, "/v1/reports/summary", ADMIN, reports::summary)
 }
 
 /// Every route, in the order they were added.

@@ -53,6 +53,13 @@ pub fn query(f: &ListFilter, sort: SortKey, desc: bool) -> QueryBuilder<Postgres
     q
 }
 
+/// How many orders `f` selects (what an export of it will write).
+pub async fn count(conn: &mut PgConnection, f: &ListFilter) -> Result<i64, DbError> {
+    let mut q = QueryBuilder::new("SELECT count(*) FROM orders o WHERE true");
+    push_filter(&mut q, f);
+    Ok(q.build_query_scalar().fetch_one(conn).await?)
+}
+
 fn row(r: &sqlx::postgres::PgRow) -> Result<ExportRow, DbError> {
     Ok(ExportRow {
         order_number: r.try_get("order_number")?,

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod payment_events;
 pub mod payments;
 pub mod refunds;
+pub mod reports;
 pub mod rescue;
 pub mod statuses;
 

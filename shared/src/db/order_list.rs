@@ -230,7 +230,12 @@ fn push_filters(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
     }
     if !f.process_holds.is_empty() {
         q.push(" AND o.process_hold = ANY(")
-            .push_bind(f.process_holds.iter().map(|h| h.as_str()).collect::<Vec<_>>())
+            .push_bind(
+                f.process_holds
+                    .iter()
+                    .map(|h| h.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .push(")");
     }
     if let Some(g) = &f.gateway {

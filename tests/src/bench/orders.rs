@@ -9,10 +9,16 @@
 //! /v1/orders` one request after another: every sort in both directions,
 //! each filter, and searches by partial order number, e-mail and name (a
 //! different value each time), and prints p50/p99/max per case and the
-//! slowest single request.
+//! slowest single request. Then `GET /v1/reports/summary` for one whole
+//! month by day and by product (a different month of the last twelve each
+//! time). For the reports the seed also gives two products' items a key
+//! each (two suppliers with a cost, and own stock without one) and a
+//! closed dispute to one paid order in 500 (two in three lost); a database
+//! seeded before that gets them once, on its next run.
 
 use std::time::Instant;
 
+use chrono::Datelike;
 use courier_shared::config::Secret;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
@@ -58,6 +64,8 @@ pub struct OrdersReport {
     pub cases: Vec<Case>,
     pub worst_p99_ms: f64,
     pub export: Vec<ExportFigure>,
+    /// `GET /v1/reports/summary` for one month.
+    pub reports: Vec<Case>,
     /// The query of the slowest single request (EXPLAIN it by hand).
     pub slowest_case: String,
 }
@@ -82,6 +90,16 @@ impl OrdersReport {
             );
         }
         println!("worst p99: {:.2} ms", self.worst_p99_ms);
+        println!(
+            "{:<52} {:>8} {:>8} {:>8} {:>5}",
+            "GET /v1/reports/summary?…", "p50 ms", "p99 ms", "max ms", "rows"
+        );
+        for c in &self.reports {
+            println!(
+                "{:<52} {:>8.2} {:>8.2} {:>8.2} {:>5}",
+                c.name, c.p50_ms, c.p99_ms, c.max_ms, c.rows
+            );
+        }
         for e in &self.export {
             println!(
                 "export {}: {} rows, {:.1} MiB in {:.1} s = {:.0} rows/s; api peak RSS {:.1} MiB",
@@ -143,6 +161,97 @@ SELECT md5('d' || it.id)::uuid, it.order_id, it.id, 'rcon', (pa.config->>'game_s
   CASE it.delivery_status WHEN 'delivered' THEN 'succeeded' WHEN 'failed' THEN 'dead' WHEN 'pending' THEN 'queued' \
     WHEN 'processing' THEN 'running' ELSE 'succeeded' END, 1, 'deliver', now(), now() \
 FROM it JOIN product_actions pa ON pa.product_id = it.product_id AND pa.position = 0";
+
+/// What the reports need besides orders: a key for each item of `sku-1`
+/// and `sku-3` (a third from stock without a cost, the rest bought from
+/// `kinguin` or `g2a` at 55 % of the price, obtained just after payment),
+/// and a dispute closed 40 days after payment on one paid order in 500,
+/// two in three lost.
+const SEED_REPORTS: &[&str] = &[
+    "INSERT INTO item_keys (item_id, code_enc, source, supplier, cost, created_at) \
+     SELECT i.id, '\\x00'::bytea, \
+       CASE WHEN abs(hashtext(i.id::text)) % 3 = 0 THEN 'stock' ELSE 'supplier' END, \
+       (ARRAY[NULL, 'kinguin', 'g2a'])[1 + abs(hashtext(i.id::text)) % 3], \
+       CASE WHEN abs(hashtext(i.id::text)) % 3 <> 0 THEN round(i.unit_price * 0.55, 2) END, \
+       coalesce(o.paid_at, o.created_at) + interval '5 seconds' \
+     FROM order_items i JOIN orders o ON o.id = i.order_id WHERE i.sku IN ('sku-1', 'sku-3')",
+    "INSERT INTO disputes (id, order_id, external_id, amount, currency, reason, gateway_status, \
+       outcome, created_at, closed_at) \
+     SELECT md5('dp' || o.id)::uuid, o.id, 'dp_' || o.order_number, o.total, o.currency, 'fraudulent', \
+       CASE WHEN abs(hashtext(o.id::text)) % 3 = 0 THEN 'won' ELSE 'lost' END, \
+       CASE WHEN abs(hashtext(o.id::text)) % 3 = 0 THEN 'won' ELSE 'lost' END, \
+       o.paid_at + interval '20 days', o.paid_at + interval '40 days' \
+     FROM orders o WHERE o.paid_at IS NOT NULL AND abs(hashtext(o.id::text)) % 500 = 0",
+    "ANALYZE item_keys",
+    "ANALYZE disputes",
+];
+
+/// Adds the reports' keys and disputes once (a database seeded before
+/// they existed gets them on its next run).
+async fn seed_reports(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let have: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM item_keys)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if have {
+        return Ok(());
+    }
+    eprintln!("  adding keys and disputes for the reports");
+    for sql in SEED_REPORTS {
+        sqlx::query(*sql).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The first instant of each of the last `n` whole months (UTC), newest first.
+fn months(n: u32) -> Vec<(String, String)> {
+    let today = chrono::Utc::now().date_naive();
+    let this = today.with_day(1).unwrap_or(today);
+    (1..=n)
+        .filter_map(|k| {
+            let from = this.checked_sub_months(chrono::Months::new(k))?;
+            let to = this.checked_sub_months(chrono::Months::new(k - 1))?;
+            Some((from.to_string(), to.to_string()))
+        })
+        .collect()
+}
+
+/// p50/p99 of a one-month summary per grouping, one request after another.
+async fn report_cases(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    samples: usize,
+) -> anyhow::Result<Vec<Case>> {
+    let months = months(12);
+    anyhow::ensure!(!months.is_empty(), "no month to report on");
+    let mut cases = Vec::new();
+    for group in ["day", "product"] {
+        let mut took = Vec::with_capacity(samples);
+        let mut rows = 0;
+        for (i, (from, to)) in months.iter().cycle().take(samples + 1).enumerate() {
+            let url = format!("{base}/v1/reports/summary?from={from}&to={to}&group_by={group}");
+            let t = Instant::now();
+            let r = http.get(&url).bearer_auth(key).send().await?;
+            anyhow::ensure!(r.status().is_success(), "{url}: {}", r.status());
+            let body: serde_json::Value = r.json().await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if i == 0 {
+                continue; // warm
+            }
+            took.push(ms);
+            rows = rows.max(body["rows"].as_array().map_or(0, Vec::len));
+        }
+        took.sort_by(f64::total_cmp);
+        cases.push(Case {
+            name: format!("group_by={group} (one month)"),
+            p50_ms: percentile(&took, 0.5),
+            p99_ms: percentile(&took, 0.99),
+            max_ms: took.last().copied().unwrap_or(0.0),
+            rows,
+        });
+    }
+    Ok(cases)
+}
 
 async fn seed(conn: &mut PgConnection, n: i64) -> anyhow::Result<()> {
     let batch = 50_000;
@@ -250,6 +359,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<OrdersReport> {
         seed(&mut conn, args.orders).await?;
         seed_seconds = Some(started.elapsed().as_secs_f64());
     }
+    seed_reports(&mut conn).await?;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&mut conn)
         .await?;
@@ -373,6 +483,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<OrdersReport> {
         Some((ms, path)) => format!("GET /v1/orders?limit=50&{path} ({ms:.1} ms)"),
         None => String::new(),
     };
+    let reports = report_cases(&http, &base, &key, args.samples).await?;
     api.stop().await;
     let export = export_figures(&settings, &key, total).await?;
     Ok(OrdersReport {
@@ -382,6 +493,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<OrdersReport> {
         cases,
         worst_p99_ms: worst,
         export,
+        reports,
         slowest_case,
     })
 }
