@@ -246,13 +246,11 @@ pub async fn mark_item_delivered(
             order_id,
             delivery_id: None,
             kind: "item.delivered_by_hand",
-            message: format!(
-                "{product} marked delivered by {actor}{}{}",
-                notes
-                    .as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default(),
-                running_note(&left_running)
+            message: hand_message(
+                &format!("{product} marked delivered"),
+                actor,
+                notes.as_deref(),
+                &left_running,
             ),
             actor,
             data: json!({
@@ -328,13 +326,11 @@ pub async fn mark_order_completed(
             order_id,
             delivery_id: None,
             kind: "order.completed_by_hand",
-            message: format!(
-                "order marked completed by {actor}{}{}",
-                notes
-                    .as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default(),
-                running_note(&left_running)
+            message: hand_message(
+                "order marked completed",
+                actor,
+                notes.as_deref(),
+                &left_running,
             ),
             actor,
             data: json!({
@@ -354,11 +350,15 @@ pub async fn mark_order_completed(
     })
 }
 
-fn running_note(running: &[Uuid]) -> String {
-    if running.is_empty() {
-        String::new()
-    } else {
-        format!(
+/// The timeline's words for a manual fulfilment: what, by whom, the notes,
+/// and the deliveries left running.
+fn hand_message(what: &str, actor: &str, notes: Option<&str>, running: &[Uuid]) -> String {
+    let mut message = format!("{what} by {actor}");
+    if let Some(n) = notes {
+        message.push_str(&format!(": {n}"));
+    }
+    if !running.is_empty() {
+        message.push_str(&format!(
             " ({} running deliveries left to finish: {})",
             running.len(),
             running
@@ -366,8 +366,9 @@ fn running_note(running: &[Uuid]) -> String {
                 .map(Uuid::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
-        )
+        ));
     }
+    message
 }
 
 /// An item of an order that waits to be processed has no deliveries yet;
