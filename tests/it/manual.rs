@@ -478,6 +478,15 @@ async fn with_auto_processing_off_paid_orders_wait_and_are_processed_alone_or_by
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["error"]["field"], "filter.sort");
+    let (status, err) = stack
+        .call(
+            Method::POST,
+            "/v1/orders/process",
+            Some(&json!({ "filter": { "q": "ab" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["field"], "filter.q");
     let mut commands = game.commands();
     commands.sort();
     assert_eq!(

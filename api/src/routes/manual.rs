@@ -239,7 +239,11 @@ async fn snapshot(state: &AppState, filter: &ListQuery) -> Result<(Vec<Uuid>, bo
         }
     }
     let mut conn = state.pool.acquire().await?;
-    let mut f = filter.resolve(&mut conn).await?;
+    // A refused filter names its field as the body has it (`filter.q`).
+    let mut f = filter.resolve(&mut conn).await.map_err(|mut e| {
+        e.field = e.field.map(|f| format!("filter.{f}"));
+        e
+    })?;
     // Only orders that wait are worth a transaction each.
     if f.process_holds.is_empty() {
         f.process_holds = ProcessHold::ALL.to_vec();
