@@ -153,8 +153,8 @@ impl SummaryQuery {
         let Some(name) = self.group_by.as_deref() else {
             return Ok(GroupBy::Day);
         };
-        GroupBy::parse(name).ok_or_else(|| {
-            let known: Vec<&str> = GroupBy::ALL.iter().map(|(n, _)| *n).collect();
+        name.parse::<GroupBy>().map_err(|_| {
+            let known: Vec<&str> = GroupBy::ALL.iter().map(|g| g.as_str()).collect();
             ApiError::invalid(
                 "group_by",
                 format!(
@@ -214,7 +214,7 @@ pub async fn summary(
     Ok(Json(ReportSummary {
         from,
         to,
-        group_by: group.name().to_owned(),
+        group_by: group.as_str().to_owned(),
         rows: summary
             .rows
             .iter()

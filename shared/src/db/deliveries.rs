@@ -265,12 +265,7 @@ pub async fn record(
     // did, it is not tried again (and not revoked: the customer has it).
     let by_hand = match (claimed.purpose, claimed.item_id) {
         (Purpose::Deliver, Some(item)) if rec.next != DeliveryStatus::Succeeded => {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT delivered_by_hand_at IS NOT NULL FROM order_items WHERE id = $1",
-            )
-            .bind(item)
-            .fetch_one(&mut *conn)
-            .await?
+            delivered_by_hand(&mut *conn, item).await?
         }
         _ => false,
     };
@@ -735,4 +730,16 @@ pub async fn set_order_status(
     )
     .await?;
     Ok(true)
+}
+
+/// Whether staff marked the item delivered: its deliveries then never run
+/// again (a failure is cancelled, a retry refused).
+pub async fn delivered_by_hand(
+    conn: &mut PgConnection,
+    item_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT delivered_by_hand_at IS NOT NULL FROM order_items WHERE id = $1")
+        .bind(item_id)
+        .fetch_one(conn)
+        .await
 }

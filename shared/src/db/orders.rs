@@ -782,3 +782,34 @@ pub async fn set_payment_status(
     .await?;
     Ok(from)
 }
+
+/// Records that a paid order waits before its deliveries start (`hold`,
+/// until `after` for a delay). The caller holds the order's row lock.
+pub async fn set_process_hold(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    hold: crate::domain::order::ProcessHold,
+    after: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET process_hold = $2, process_after = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(hold.as_str())
+    .bind(after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The order no longer waits (it starts now, or never will).
+pub async fn clear_process_hold(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET process_hold = NULL, process_after = NULL WHERE id = $1")
+        .bind(order_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -20,43 +20,20 @@ use sqlx::{Connection, PgConnection, Row};
 
 use crate::error::DbError;
 
-/// What the rows are grouped by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupBy {
-    Day,
-    Week,
-    Month,
-    Product,
-    Supplier,
-    Gateway,
-    Currency,
-}
+crate::domain::text_enum!(
+    /// What the rows are grouped by.
+    GroupBy, "report grouping" {
+        Day => "day",
+        Week => "week",
+        Month => "month",
+        Product => "product",
+        Supplier => "supplier",
+        Gateway => "gateway",
+        Currency => "currency",
+    }
+);
 
 impl GroupBy {
-    pub const ALL: &[(&str, GroupBy)] = &[
-        ("day", GroupBy::Day),
-        ("week", GroupBy::Week),
-        ("month", GroupBy::Month),
-        ("product", GroupBy::Product),
-        ("supplier", GroupBy::Supplier),
-        ("gateway", GroupBy::Gateway),
-        ("currency", GroupBy::Currency),
-    ];
-
-    pub fn name(self) -> &'static str {
-        GroupBy::ALL
-            .iter()
-            .find(|(_, g)| *g == self)
-            .map_or("day", |(n, _)| n)
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        GroupBy::ALL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, g)| *g)
-    }
-
     /// Groupings whose rows each hold whole orders (an order is in exactly
     /// one row), so the rows add up to the totals.
     fn by_order(self) -> bool {
@@ -344,11 +321,10 @@ mod tests {
 
     #[test]
     fn group_names_round_trip() {
-        for (name, g) in GroupBy::ALL {
-            assert_eq!(GroupBy::parse(name), Some(*g));
-            assert_eq!(g.name(), *name);
+        for g in GroupBy::ALL {
+            assert_eq!(g.as_str().parse::<GroupBy>(), Ok(*g));
         }
-        assert_eq!(GroupBy::parse("year"), None);
+        assert!("year".parse::<GroupBy>().is_err());
     }
 
     #[test]

@@ -63,17 +63,6 @@ async fn lock_delivery(
     ))
 }
 
-async fn delivered_by_hand(conn: &mut PgConnection, item_id: Uuid) -> Result<bool, AdminError> {
-    Ok(
-        sqlx::query_scalar(
-            "SELECT delivered_by_hand_at IS NOT NULL FROM order_items WHERE id = $1",
-        )
-        .bind(item_id)
-        .fetch_one(conn)
-        .await?,
-    )
-}
-
 /// Resets a dead or held delivery and re-publishes it through the outbox; the
 /// item and order go back to `processing`. The failure budget starts afresh;
 /// the attempt numbers continue, so the history stays whole.
@@ -87,7 +76,7 @@ pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), 
         )));
     }
     if let Some(item) = item_id
-        && delivered_by_hand(&mut tx, item).await?
+        && deliveries::delivered_by_hand(&mut tx, item).await?
     {
         return Err(AdminError::Conflict(
             "its item was marked delivered by hand: retrying would deliver it twice (discard it instead)".into(),

@@ -83,18 +83,25 @@ fn check_notes(field: &str, notes: Option<&str>) -> Result<Option<String>, Inval
     Ok(Some(n.to_owned()))
 }
 
+/// What `lock_for_hand` found of the order.
+struct ForHand {
+    status: OrderStatus,
+    /// Set while the order waits to be processed.
+    hold: Option<String>,
+}
+
 /// Locks the order and checks staff may fulfil it by hand: paid (or
-/// partially refunded without withdrawing access), not withdrawn. Returns
-/// its status.
-async fn lock_for_hand(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderStatus, AdminError> {
+/// partially refunded without withdrawing access), not withdrawn.
+async fn lock_for_hand(conn: &mut PgConnection, order_id: Uuid) -> Result<ForHand, AdminError> {
     let locked = statuses::lock_orders(conn, &[order_id], Announce::Trigger).await?;
     let Some((_, status, revoked)) = locked.first().copied() else {
         return Err(AdminError::NotFound("order"));
     };
-    let payment: String = sqlx::query_scalar("SELECT payment_status FROM orders WHERE id = $1")
+    let row = sqlx::query("SELECT payment_status, process_hold FROM orders WHERE id = $1")
         .bind(order_id)
         .fetch_one(&mut *conn)
         .await?;
+    let payment: String = row.try_get("payment_status")?;
     // A partial refund that did not withdraw access leaves the rest to deliver.
     if revoked || !(status.follows_deliveries() || status == OrderStatus::PartiallyRefunded) {
         return Err(AdminError::Conflict(format!(
@@ -109,7 +116,10 @@ async fn lock_for_hand(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderS
             "the order's payment is {payment}: only a paid order is fulfilled"
         )));
     }
-    Ok(status)
+    Ok(ForHand {
+        status,
+        hold: row.try_get("process_hold")?,
+    })
 }
 
 /// Cancels the deliveries of `item_ids` that are not running; returns
@@ -216,8 +226,13 @@ pub async fn mark_item_delivered(
         ));
     }
     let mut tx = pool.begin().await?;
-    lock_for_hand(&mut tx, order_id).await?;
-    refuse_waiting(&mut tx, order_id).await?;
+    // An item of an order that waits has no deliveries yet; processing plans
+    // them for every item, so one item is not marked alone.
+    if let Some(hold) = lock_for_hand(&mut tx, order_id).await?.hold {
+        return Err(AdminError::Conflict(format!(
+            "the order waits to be processed ({hold}): process it first, or mark the whole order completed"
+        )));
+    }
     let row = sqlx::query(
         "SELECT delivery_status, product_name FROM order_items WHERE id = $1 AND order_id = $2",
     )
@@ -289,16 +304,13 @@ pub async fn mark_order_completed(
 ) -> Result<Marked, AdminError> {
     let notes = check_notes("notes", input.notes.as_deref())?;
     let mut tx = pool.begin().await?;
-    let status = lock_for_hand(&mut tx, order_id).await?;
+    let status = lock_for_hand(&mut tx, order_id).await?.status;
     if status == OrderStatus::Completed {
         return Err(AdminError::Conflict(
             "the order is already completed".into(),
         ));
     }
-    sqlx::query("UPDATE orders SET process_hold = NULL, process_after = NULL WHERE id = $1")
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
+    crate::db::orders::clear_process_hold(&mut tx, order_id).await?;
     let rows = sqlx::query(
         "SELECT id, delivery_status FROM order_items WHERE order_id = $1 \
            AND delivery_status NOT IN ('delivered', 'revoked') ORDER BY position",
@@ -369,21 +381,6 @@ fn hand_message(what: &str, actor: &str, notes: Option<&str>, running: &[Uuid]) 
         ));
     }
     message
-}
-
-/// An item of an order that waits to be processed has no deliveries yet;
-/// processing plans them for every item, so one item is not marked alone.
-async fn refuse_waiting(conn: &mut PgConnection, order_id: Uuid) -> Result<(), AdminError> {
-    let hold: Option<String> = sqlx::query_scalar("SELECT process_hold FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_one(conn)
-        .await?;
-    match hold {
-        None => Ok(()),
-        Some(hold) => Err(AdminError::Conflict(format!(
-            "the order waits to be processed ({hold}): process it first, or mark the whole order completed"
-        ))),
-    }
 }
 
 /// One order's outcome in a [Process] answer.

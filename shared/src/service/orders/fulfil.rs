@@ -95,7 +95,7 @@ pub async fn start_fulfilment(
     }
     let (products, skus) = products_for(conn, order_id).await?;
     if let Some((hold, after)) = hold_for(skus.iter().map(String::as_str), &products, rules) {
-        set_hold(conn, order_id, hold, after).await?;
+        orders::set_process_hold(conn, order_id, hold, after).await?;
         events::record(
             conn,
             NewEvent {
@@ -134,32 +134,6 @@ async fn products_for(
         .map(|p| (p.sku.clone(), p))
         .collect();
     Ok((products, skus))
-}
-
-async fn clear_hold(conn: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET process_hold = NULL, process_after = NULL WHERE id = $1")
-        .bind(order_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Records that a paid order waits before its deliveries start.
-async fn set_hold(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    hold: ProcessHold,
-    after: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE orders SET process_hold = $2, process_after = $3, updated_at = now() WHERE id = $1",
-    )
-    .bind(order_id)
-    .bind(hold.as_str())
-    .bind(after)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Plans a paid order's deliveries from its products as configured now and
@@ -319,7 +293,7 @@ pub async fn process_order(
     );
     if revoked || !open {
         // Withdrawn (cancelled, refunded, a dispute) while it waited: it never starts.
-        clear_hold(conn, order_id).await?;
+        orders::clear_process_hold(conn, order_id).await?;
         return Ok(Processed::Skipped(
             "withdrawn",
             format!(
@@ -337,7 +311,7 @@ pub async fn process_order(
             format!("the order's payment is {payment}"),
         ));
     }
-    clear_hold(conn, order_id).await?;
+    orders::clear_process_hold(conn, order_id).await?;
     let (products, _) = products_for(conn, order_id).await?;
     let what = if hold == ProcessHold::Delayed.as_str() {
         "its process delay is over"
