@@ -168,6 +168,13 @@ pub async fn run(settings: &Settings, args: ExportArgs) -> anyhow::Result<()> {
         .await?;
     let filter = query.resolve(&mut tx).await.map_err(flag_error)?;
     let total = export::count(&mut tx, &filter).await?;
+    // Known before a row is read: refused now, not after a million rows.
+    if matches!(args.format, Format::Xlsx) && total > i64::from(crate::export_format::SHEET_ROWS) {
+        anyhow::bail!(
+            "--format xlsx: {}",
+            crate::export_format::ExportError::TooManyRows
+        );
+    }
     let bar = progress(u64::try_from(total).unwrap_or(0));
     let part = partial(&args.out);
     let mut rows = export::query(&filter, sort, desc);
@@ -186,10 +193,18 @@ pub async fn run(settings: &Settings, args: ExportArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    tx.commit().await?;
-    tokio::fs::rename(&part, &args.out)
-        .await
-        .with_context(|| format!("renaming {} to {}", part.display(), args.out.display()))?;
+    let finished = async {
+        tx.commit().await?;
+        tokio::fs::rename(&part, &args.out)
+            .await
+            .with_context(|| format!("renaming {} to {}", part.display(), args.out.display()))
+    }
+    .await;
+    if let Err(e) = finished {
+        bar.abandon();
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(e);
+    }
     bar.finish_and_clear();
     println!("wrote {written} orders to {}", args.out.display());
     Ok(())

@@ -99,8 +99,14 @@ pub struct ReportSummary {
 
 /// `amount` with exactly `currency`'s decimals (half away from zero).
 fn money(amount: Decimal, currency: &str) -> Decimal {
-    let mut shown = amount;
-    shown.rescale(minor_unit_exponent(currency));
+    shown(amount, minor_unit_exponent(currency))
+}
+
+/// `value` with `scale` decimals, rounded half away from zero; a value that
+/// rounds to zero is shown as `0`, never `-0`.
+fn shown(value: Decimal, scale: u32) -> Decimal {
+    let mut shown = value;
+    shown.rescale(scale);
     if shown.is_zero() {
         shown.set_sign_positive(true);
     }
@@ -117,11 +123,7 @@ fn figures(s: &Sums) -> Figures {
         disputes_lost: money(s.disputes_lost, c),
         cost: money(s.cost, c),
         profit: money(s.profit(), c),
-        margin: s.margin().map(|m| {
-            let mut m = m;
-            m.rescale(4);
-            m
-        }),
+        margin: s.margin().map(|m| shown(m, 4)),
     }
 }
 
@@ -181,6 +183,14 @@ impl SummaryQuery {
                 (end - span, end)
             }
         };
+        // A bound filled in from the other stays within the years a given
+        // bound may name (1970–9999).
+        let from = from.max(DateTime::UNIX_EPOCH);
+        let to = to.min(
+            NaiveDate::from_ymd_opt(9999, 12, 31)
+                .and_then(|d| d.and_hms_opt(23, 59, 59))
+                .map_or(to, |t| t.and_utc()),
+        );
         if to <= from {
             return Err(ApiError::invalid("to", "must be after `from`"));
         }
@@ -250,6 +260,8 @@ mod tests {
         assert_eq!(money(d("0.125"), "EUR").to_string(), "0.13");
         assert_eq!(money(d("1.2345"), "KWD").to_string(), "1.235");
         assert_eq!(money(d("-0.001"), "USD").to_string(), "0.00");
+        assert_eq!(shown(d("-0.00004"), 4).to_string(), "0.0000");
+        assert_eq!(money(d("-0.001"), "USD").to_string(), "0.00");
     }
 
     #[test]
@@ -296,5 +308,14 @@ mod tests {
             field(query(Some("0001-01-01"), None), GroupBy::Month).as_deref(),
             Some("from")
         );
+        // A bound filled in from the other stays within 1970–9999.
+        let (_, t) = query(Some("9999-12-31"), None)
+            .range(GroupBy::Month)
+            .expect("range");
+        assert_eq!(t.to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        let (f, _) = query(None, Some("1970-01-02"))
+            .range(GroupBy::Month)
+            .expect("range");
+        assert_eq!(f, DateTime::UNIX_EPOCH);
     }
 }
