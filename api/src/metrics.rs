@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `courier_http_requests_total{method,route,status}` | requests answered, by route template |
 //! | `courier_http_request_duration_seconds{method,route}` | time to answer |
+//! | `courier_accept_batch_size` | orders written in one statement (group commit) |
 //! | `courier_outbox_published_total` | outbox rows published with a confirm |
 //! | `courier_outbox_publish_delay_seconds` | commit of the row → broker's confirm |
 //! | `courier_outbox_backlog` | rows not yet published (at scrape) |
@@ -59,6 +60,7 @@ pub struct ApiMetrics {
     pub requests: Family<HttpLabels, Counter>,
     pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub published: Counter,
+    pub accept_batch: Histogram,
     pub publish_delay: Histogram,
     outbox_backlog: Gauge,
     outbox_oldest: FloatGauge,
@@ -106,6 +108,12 @@ impl Default for ApiMetrics {
             "Outbox rows published with a broker confirm",
             published.clone(),
         );
+        let accept_batch = courier_shared::metrics::size_histogram();
+        r.register(
+            "accept_batch_size",
+            "Orders written in one statement (group commit of accepts)",
+            accept_batch.clone(),
+        );
         let publish_delay = seconds_histogram();
         r.register_with_unit(
             "outbox_publish_delay",
@@ -150,6 +158,7 @@ impl Default for ApiMetrics {
             requests,
             duration,
             published,
+            accept_batch,
             publish_delay,
             outbox_backlog,
             outbox_oldest,

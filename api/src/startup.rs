@@ -35,6 +35,8 @@ pub struct AppState {
     /// What this installation can deliver and the size cap, for saving
     /// products and accepting orders.
     pub rules: Arc<courier_shared::service::deliverable::AcceptRules>,
+    /// Writes the orders accepted at the same moment together.
+    pub accepts: courier_shared::service::orders::GroupCommit,
     /// API keys looked up recently.
     pub keys: Arc<crate::auth::KeyCache>,
     /// Wakes requests waiting for an order's status to change.
@@ -120,6 +122,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         suppliers: Arc::new(settings.suppliers.clone()),
         payments: Arc::new(settings.payments.clone()),
         rules: Arc::new(courier_shared::service::deliverable::AcceptRules::from_settings(settings)),
+        accepts: courier_shared::service::orders::GroupCommit::start(
+            pool.clone(),
+            metrics.accept_batch.clone(),
+        ),
         keys: Arc::new(crate::auth::KeyCache::new(std::time::Duration::from_secs(
             settings.api.key_cache_seconds,
         ))),

@@ -35,7 +35,15 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<OrderSummary>), ApiError> {
     caller.require(ORDERS_WRITE)?;
     let key = idempotency_key(&headers)?;
-    let accepted = create_order(&state.pool, order, key, &caller.actor(), &state.rules).await?;
+    let accepted = create_order(
+        &state.pool,
+        &state.accepts,
+        order,
+        key,
+        &caller.actor(),
+        &state.rules,
+    )
+    .await?;
     if accepted.created {
         state.relay_wake.notify_one();
     }

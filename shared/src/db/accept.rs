@@ -1,12 +1,14 @@
-//! The rows of an accepted order written in one statement: the order (when it
-//! is new), its items, its deliveries, an outbox row per queued delivery and
-//! the timeline entry — each table one `INSERT … SELECT FROM UNNEST(…)`, all
-//! of them data-modifying CTEs of a single statement. Foreign keys are checked
-//! at the end of the statement, so the order and its items may be inserted
-//! side by side.
+//! The rows of accepted orders written in one statement: the orders (those
+//! that are new), their items, their deliveries, an outbox row per queued
+//! delivery and a timeline entry per order — each table one `INSERT … SELECT
+//! FROM UNNEST(…)`, all of them data-modifying CTEs of a single statement.
+//! Foreign keys are checked at the end of the statement, so orders and their
+//! items may be inserted side by side. One accept or many (a group commit,
+//! `service::orders::commit`) is the same statement with longer arrays.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -22,7 +24,6 @@ use crate::queue::messages::JobMessage;
 pub struct AcceptRows<'a> {
     /// `None` when the order is already stored (a pending order being paid).
     pub order: Option<&'a OrderRow>,
-    pub order_id: Uuid,
     pub items: &'a [ItemRow],
     pub deliveries: &'a [DeliveryRow],
     /// Deliveries of these actions are parked `held` with the reason instead
@@ -31,76 +32,198 @@ pub struct AcceptRows<'a> {
     pub event: NewEvent<'a>,
 }
 
-/// Writes the rows; a unique violation (order number, idempotency key) is
-/// returned as is for the caller to interpret. Returns how many deliveries
-/// were held.
-pub async fn write(conn: &mut PgConnection, rows: AcceptRows<'_>) -> Result<usize, sqlx::Error> {
-    let items = rows.items;
-    let mut d_status = Vec::with_capacity(rows.deliveries.len());
-    let mut d_error = Vec::with_capacity(rows.deliveries.len());
-    let mut queues = Vec::new();
-    let mut messages = Vec::new();
-    for d in rows.deliveries {
-        match d.action_id.and_then(|a| rows.held.get(&a)) {
-            None => {
-                d_status.push(DeliveryStatus::Queued.as_str());
-                d_error.push(None);
-                queues.push(d.kind.queue());
-                messages.push(
-                    JobMessage {
-                        delivery_id: d.id,
-                        kind: d.kind,
-                    }
-                    .to_json(),
-                );
-            }
-            Some(reason) => {
-                d_status.push(DeliveryStatus::Held.as_str());
-                d_error.push(Some(format!("not deliverable: {reason}")));
+const SQL: &str = "\
+WITH o AS (INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
+        customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
+        currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, \
+        discount, created_at, updated_at, item_names, customer_ref, billing_address, \
+        shipping_address, process_hold, process_after) \
+      SELECT u.id, u.order_number, u.status, u.payment_status, u.gateway, u.transaction_id, \
+        u.customer_name, u.customer_email, u.customer_phone, u.game_username, u.game_uuid, \
+        u.discord_user_id, u.currency, u.subtotal, u.tax, u.total, u.idempotency_key, \
+        u.request_hash, CASE WHEN u.payment_status = 'paid' THEN u.created_at END, u.customer_ip, \
+        u.discount, u.created_at, u.created_at, u.item_names, u.customer_ref, u.billing_address, \
+        u.shipping_address, u.process_hold, u.process_after \
+      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+        $14::numeric[], $15::numeric[], $16::numeric[], $17::text[], $18::bytea[], $19::text[], \
+        $20::numeric[], $21::timestamptz[], $22::text[], $23::text[], $24::jsonb[], $25::jsonb[], \
+        $26::text[], $27::timestamptz[]) \
+        AS u(id, order_number, status, payment_status, gateway, transaction_id, customer_name, \
+          customer_email, customer_phone, game_username, game_uuid, discord_user_id, currency, \
+          subtotal, tax, total, idempotency_key, request_hash, customer_ip, discount, created_at, \
+          item_names, customer_ref, billing_address, shipping_address, process_hold, process_after)), \
+i AS (INSERT INTO order_items (id, order_id, position, product_id, sku, product_name, \
+        quantity, unit_price, total, delivery_status, custom_fields) \
+      SELECT u.id, u.order_id, u.position, u.product_id, u.sku, u.product_name, u.quantity, \
+        u.unit_price, u.total, 'pending', u.custom_fields \
+      FROM UNNEST($28::uuid[], $29::uuid[], $30::int4[], $31::uuid[], $32::text[], $33::text[], \
+        $34::int4[], $35::numeric[], $36::numeric[], $37::jsonb[]) \
+        AS u(id, order_id, position, product_id, sku, product_name, quantity, unit_price, total, \
+          custom_fields)), \
+d AS (INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, \
+        status, next_attempt_at, purpose, revokes, last_error) \
+      SELECT u.id, u.order_id, u.item_id, u.action_id, u.kind, u.target, u.payload, u.status, \
+        now(), u.purpose, u.revokes, u.last_error \
+      FROM UNNEST($38::uuid[], $39::uuid[], $40::uuid[], $41::uuid[], $42::text[], $43::text[], \
+        $44::jsonb[], $45::text[], $46::text[], $47::uuid[], $48::text[]) \
+        AS u(id, order_id, item_id, action_id, kind, target, payload, status, purpose, revokes, \
+          last_error)), \
+x AS (INSERT INTO outbox (queue, payload) SELECT * FROM UNNEST($49::text[], $50::jsonb[])), \
+e AS (INSERT INTO order_events (order_id, delivery_id, kind, message, actor, data) \
+      SELECT u.order_id, NULL, u.kind, u.message, u.actor, u.data \
+      FROM UNNEST($51::uuid[], $52::text[], $53::text[], $54::text[], $55::jsonb[]) \
+        AS u(order_id, kind, message, actor, data)) \
+SELECT 1";
+
+/// Every order's column as one array (`UNNEST` turns them back into rows).
+#[derive(Default)]
+struct OrderColumns<'a> {
+    id: Vec<Uuid>,
+    order_number: Vec<&'a str>,
+    status: Vec<&'static str>,
+    payment_status: Vec<&'static str>,
+    gateway: Vec<Option<&'a str>>,
+    transaction_id: Vec<Option<&'a str>>,
+    customer_name: Vec<Option<&'a str>>,
+    customer_email: Vec<Option<&'a str>>,
+    customer_phone: Vec<Option<&'a str>>,
+    game_username: Vec<Option<&'a str>>,
+    game_uuid: Vec<Option<&'a str>>,
+    discord_user_id: Vec<Option<&'a str>>,
+    currency: Vec<&'a str>,
+    subtotal: Vec<Decimal>,
+    tax: Vec<Decimal>,
+    total: Vec<Decimal>,
+    idempotency_key: Vec<Option<&'a str>>,
+    request_hash: Vec<&'a [u8]>,
+    customer_ip: Vec<Option<&'a str>>,
+    discount: Vec<Decimal>,
+    created_at: Vec<DateTime<Utc>>,
+    item_names: Vec<String>,
+    customer_ref: Vec<Option<&'a str>>,
+    billing_address: Vec<Option<&'a Value>>,
+    shipping_address: Vec<Option<&'a Value>>,
+    process_hold: Vec<Option<&'static str>>,
+    process_after: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> OrderColumns<'a> {
+    fn push(&mut self, o: &'a OrderRow, items: &[ItemRow]) {
+        self.id.push(o.id);
+        self.order_number.push(&o.order_number);
+        self.status.push(o.status.as_str());
+        self.payment_status.push(o.payment_status.as_str());
+        self.gateway.push(o.gateway.as_deref());
+        self.transaction_id.push(o.transaction_id.as_deref());
+        self.customer_name.push(o.customer_name.as_deref());
+        self.customer_email.push(o.customer_email.as_deref());
+        self.customer_phone.push(o.customer_phone.as_deref());
+        self.game_username.push(o.game_username.as_deref());
+        self.game_uuid.push(o.game_uuid.as_deref());
+        self.discord_user_id.push(o.discord_user_id.as_deref());
+        self.currency.push(&o.currency);
+        self.subtotal.push(o.subtotal);
+        self.tax.push(o.tax);
+        self.total.push(o.total);
+        self.idempotency_key.push(o.idempotency_key.as_deref());
+        self.request_hash.push(&o.request_hash);
+        self.customer_ip.push(o.customer_ip.as_deref());
+        self.discount.push(o.discount);
+        self.created_at.push(o.created_at);
+        // What the order list searches by product: its items' names.
+        let names: Vec<&str> = items.iter().map(|i| i.product_name.as_str()).collect();
+        self.item_names.push(names.join(" "));
+        self.customer_ref.push(o.customer_ref.as_deref());
+        self.billing_address.push(o.billing_address.as_ref());
+        self.shipping_address.push(o.shipping_address.as_ref());
+        self.process_hold.push(o.process_hold.map(|h| h.as_str()));
+        self.process_after.push(o.process_after);
+    }
+}
+
+/// `write` for one accept: how many of its deliveries were held.
+pub async fn write_one(
+    conn: &mut PgConnection,
+    rows: AcceptRows<'_>,
+) -> Result<usize, sqlx::Error> {
+    Ok(write(conn, &[rows]).await?.iter().sum())
+}
+
+/// Writes the rows of every accept in `batch` in one statement, all or
+/// nothing; a unique violation (order number, idempotency key) is returned as
+/// is for the caller to interpret. Returns, per accept, how many of its
+/// deliveries were held.
+pub async fn write(
+    conn: &mut PgConnection,
+    batch: &[AcceptRows<'_>],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let mut o = OrderColumns::default();
+    let items: Vec<&ItemRow> = batch.iter().flat_map(|r| r.items).collect();
+    let ds: Vec<&DeliveryRow> = batch.iter().flat_map(|r| r.deliveries).collect();
+    let mut d_status = Vec::with_capacity(ds.len());
+    let mut d_error = Vec::with_capacity(ds.len());
+    let mut queues = Vec::with_capacity(ds.len());
+    let mut messages = Vec::with_capacity(ds.len());
+    let mut held = Vec::with_capacity(batch.len());
+    for rows in batch {
+        if let Some(order) = rows.order {
+            o.push(order, rows.items);
+        }
+        let mut held_here = 0;
+        for d in rows.deliveries {
+            match d.action_id.and_then(|a| rows.held.get(&a)) {
+                None => {
+                    d_status.push(DeliveryStatus::Queued.as_str());
+                    d_error.push(None);
+                    queues.push(d.kind.queue());
+                    messages.push(
+                        JobMessage {
+                            delivery_id: d.id,
+                            kind: d.kind,
+                        }
+                        .to_json(),
+                    );
+                }
+                Some(reason) => {
+                    held_here += 1;
+                    d_status.push(DeliveryStatus::Held.as_str());
+                    d_error.push(Some(format!("not deliverable: {reason}")));
+                }
             }
         }
+        held.push(held_here);
     }
-    let held = rows.deliveries.len() - queues.len();
-    macro_rules! common {
-        () => { "\
-        i AS (INSERT INTO order_items (id, order_id, position, product_id, sku, product_name, \
-                quantity, unit_price, total, delivery_status, custom_fields) \
-              SELECT u.id, $1, u.position, u.product_id, u.sku, u.product_name, u.quantity, \
-                u.unit_price, u.total, 'pending', u.custom_fields \
-              FROM UNNEST($2::uuid[], $3::int4[], $4::uuid[], $5::text[], $6::text[], $7::int4[], \
-                $8::numeric[], $9::numeric[], $10::jsonb[]) \
-                AS u(id, position, product_id, sku, product_name, quantity, unit_price, total, custom_fields)), \
-        d AS (INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, \
-                status, next_attempt_at, purpose, revokes, last_error) \
-              SELECT u.id, $1, u.item_id, u.action_id, u.kind, u.target, u.payload, u.status, now(), \
-                u.purpose, u.revokes, u.last_error \
-              FROM UNNEST($11::uuid[], $12::uuid[], $13::uuid[], $14::text[], $15::text[], \
-                $16::jsonb[], $17::text[], $18::text[], $19::uuid[], $20::text[]) \
-                AS u(id, item_id, action_id, kind, target, payload, status, purpose, revokes, last_error)), \
-        x AS (INSERT INTO outbox (queue, payload) SELECT * FROM UNNEST($21::text[], $22::jsonb[])), \
-        e AS (INSERT INTO order_events (order_id, delivery_id, kind, message, actor, data) \
-              VALUES ($1, NULL, $23, $24, $25, $26)) \
-        SELECT 1" };
-    }
-    macro_rules! order_cte {
-        () => { "\
-        o AS (INSERT INTO orders (id, order_number, status, payment_status, gateway, transaction_id, \
-                customer_name, customer_email, customer_phone, game_username, game_uuid, discord_user_id, \
-                currency, subtotal, tax, total, idempotency_key, request_hash, paid_at, customer_ip, \
-                discount, created_at, updated_at, item_names, customer_ref, billing_address, \
-                shipping_address, process_hold, process_after) \
-              VALUES ($1, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, \
-                $42, $43, CASE WHEN $29 = 'paid' THEN $46 END, $44, $45, $46, $46, \
-                array_to_string($6::text[], ' '), $47, $48, $49, $50, $51)), " };
-    }
-    let sql = match rows.order {
-        Some(_) => concat!("WITH ", order_cte!(), common!()),
-        None => concat!("WITH ", common!()),
-    };
-    let ds = rows.deliveries;
-    let mut q = sqlx::query(sql)
-        .bind(rows.order_id)
+    sqlx::query(SQL)
+        .bind(o.id)
+        .bind(o.order_number)
+        .bind(o.status)
+        .bind(o.payment_status)
+        .bind(o.gateway)
+        .bind(o.transaction_id)
+        .bind(o.customer_name)
+        .bind(o.customer_email)
+        .bind(o.customer_phone)
+        .bind(o.game_username)
+        .bind(o.game_uuid)
+        .bind(o.discord_user_id)
+        .bind(o.currency)
+        .bind(o.subtotal)
+        .bind(o.tax)
+        .bind(o.total)
+        .bind(o.idempotency_key)
+        .bind(o.request_hash)
+        .bind(o.customer_ip)
+        .bind(o.discount)
+        .bind(o.created_at)
+        .bind(o.item_names)
+        .bind(o.customer_ref)
+        .bind(o.billing_address)
+        .bind(o.shipping_address)
+        .bind(o.process_hold)
+        .bind(o.process_after)
         .bind(items.iter().map(|i| i.id).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.order_id).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.position).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.product_id).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.sku.as_str()).collect::<Vec<_>>())
@@ -116,53 +239,33 @@ pub async fn write(conn: &mut PgConnection, rows: AcceptRows<'_>) -> Result<usiz
         .bind(
             items
                 .iter()
-                .map(|i| i.custom_fields.clone())
-                .collect::<Vec<Value>>(),
+                .map(|i| &i.custom_fields)
+                .collect::<Vec<&Value>>(),
         )
         .bind(ds.iter().map(|d| d.id).collect::<Vec<_>>())
+        .bind(ds.iter().map(|d| d.order_id).collect::<Vec<_>>())
         .bind(ds.iter().map(|d| d.item_id).collect::<Vec<_>>())
         .bind(ds.iter().map(|d| d.action_id).collect::<Vec<_>>())
         .bind(ds.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>())
         .bind(ds.iter().map(|d| d.target.as_str()).collect::<Vec<_>>())
-        .bind(ds.iter().map(|d| d.payload.clone()).collect::<Vec<Value>>())
+        .bind(ds.iter().map(|d| &d.payload).collect::<Vec<&Value>>())
         .bind(d_status)
         .bind(ds.iter().map(|d| d.purpose.as_str()).collect::<Vec<_>>())
         .bind(ds.iter().map(|d| d.revokes).collect::<Vec<_>>())
         .bind(d_error)
         .bind(queues)
         .bind(messages)
-        .bind(rows.event.kind)
-        .bind(&rows.event.message)
-        .bind(rows.event.actor)
-        .bind(&rows.event.data);
-    if let Some(o) = rows.order {
-        q = q
-            .bind(&o.order_number)
-            .bind(o.status.as_str())
-            .bind(o.payment_status.as_str())
-            .bind(&o.gateway)
-            .bind(&o.transaction_id)
-            .bind(&o.customer_name)
-            .bind(&o.customer_email)
-            .bind(&o.customer_phone)
-            .bind(&o.game_username)
-            .bind(&o.game_uuid)
-            .bind(&o.discord_user_id)
-            .bind(&o.currency)
-            .bind(o.subtotal)
-            .bind(o.tax)
-            .bind(o.total)
-            .bind(&o.idempotency_key)
-            .bind(&o.request_hash)
-            .bind(&o.customer_ip)
-            .bind(o.discount)
-            .bind(o.created_at)
-            .bind(&o.customer_ref)
-            .bind(&o.billing_address)
-            .bind(&o.shipping_address)
-            .bind(o.process_hold.map(|h| h.as_str()))
-            .bind(o.process_after);
-    }
-    q.execute(conn).await?;
+        .bind(batch.iter().map(|r| r.event.order_id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| r.event.kind).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|r| r.event.message.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|r| r.event.actor).collect::<Vec<_>>())
+        .bind(batch.iter().map(|r| &r.event.data).collect::<Vec<&Value>>())
+        .execute(conn)
+        .await?;
     Ok(held)
 }

@@ -208,7 +208,6 @@ async fn queue_deliveries(
             let held = undeliverable(products, rules);
             let rows = AcceptRows {
                 order: None,
-                order_id,
                 items: &[],
                 deliveries: &plan.deliveries,
                 held: &held,
@@ -221,7 +220,7 @@ async fn queue_deliveries(
                     data: json!({}),
                 },
             };
-            let held_count = accept::write(&mut *conn, rows).await?;
+            let held_count = accept::write_one(&mut *conn, rows).await?;
             alert_held(conn, order_id, &number, &plan.deliveries, &held, held_count).await?;
             Ok(Ok(plan.deliveries.len()))
         }

@@ -14,10 +14,12 @@ use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+mod commit;
 mod fulfil;
 mod plan;
 mod validate;
 
+pub use self::commit::GroupCommit;
 pub use self::fulfil::{Fulfilment, Processed, process_order, start_fulfilment};
 use self::plan::{Plan, plan, within_limit};
 pub use self::validate::{request_hash, validate};
@@ -179,6 +181,7 @@ pub struct Accepted {
 /// same key is `IdempotencyConflict`. `actor` names the caller for the timeline.
 pub async fn create_order(
     pool: &PgPool,
+    commit: &GroupCommit,
     order: NewOrder,
     idempotency_key: Option<&str>,
     actor: &str,
@@ -204,8 +207,10 @@ pub async fn create_order(
     // A repeat of an accepted request is found by the insert's unique
     // violation, not by a read before every insert; a repeat that no longer
     // plans (the product changed since) still gets the order it created.
-    let mut conn = pool.acquire().await?;
-    let products = products_of(&mut conn, &order).await?;
+    let products = {
+        let mut conn = pool.acquire().await?;
+        products_of(&mut conn, &order).await?
+    };
     let hold = hold_of(&order, &products, rules);
     let plan_it = || {
         plan(&order, &products, idempotency_key, &hash, None)
@@ -219,7 +224,6 @@ pub async fn create_order(
         let plan = match planned {
             Ok(plan) => plan,
             Err(e) => {
-                drop(conn);
                 if let Some(key) = idempotency_key
                     && let Some(existing) = replay(pool, key, &hash).await?
                 {
@@ -228,16 +232,20 @@ pub async fn create_order(
                 return Err(e);
             }
         };
-        // One statement, so no explicit transaction: it commits or not as a whole.
         // Refused above if anything could not be delivered: nothing is held.
-        match write_plan(&mut conn, &plan, idempotency_key, actor, &HashMap::new()).await {
-            Ok(()) => {}
+        // Written with the orders accepted at the same moment (`commit`).
+        match commit.write(plan, idempotency_key, actor).await {
+            // Answered from what was written, not read back.
+            Ok(plan) => {
+                return Ok(Accepted {
+                    order: plan.summary(),
+                    created: true,
+                });
+            }
             Err(e) if violated_constraint(&e) == Some("orders_order_number_key") => {
                 planned = plan_it();
-                continue;
             }
             Err(e) if violated_constraint(&e) == Some("orders_idempotency_key_key") => {
-                drop(conn);
                 // Accepted before (a retry), or a concurrent request with the same key won.
                 let key = idempotency_key.unwrap_or_default();
                 return replay(pool, key, &hash)
@@ -246,11 +254,6 @@ pub async fn create_order(
             }
             Err(e) => return Err(e.into()),
         }
-        // Answered from what was written, not read back.
-        return Ok(Accepted {
-            order: plan.summary(),
-            created: true,
-        });
     }
     Err(DbError::Corrupt("could not allocate a unique order number".into()).into())
 }
@@ -364,19 +367,17 @@ pub(super) async fn products_of(
         .collect())
 }
 
-/// Writes a planned order — the order, items, deliveries, outbox rows and
-/// the timeline entry — in one statement (`db::accept`).
-async fn write_plan(
-    conn: &mut PgConnection,
-    plan: &Plan,
+/// The rows of a planned order — the order, items, deliveries, outbox rows
+/// and the timeline entry — for `db::accept`.
+fn rows_of<'a>(
+    plan: &'a Plan,
     idempotency_key: Option<&str>,
-    actor: &str,
-    held: &HashMap<Uuid, String>,
-) -> Result<(), sqlx::Error> {
+    actor: &'a str,
+    held: &'a HashMap<Uuid, String>,
+) -> AcceptRows<'a> {
     let o = &plan.order;
-    let rows = AcceptRows {
+    AcceptRows {
         order: Some(o),
-        order_id: o.id,
         items: &plan.items,
         deliveries: &plan.deliveries,
         held,
@@ -394,8 +395,21 @@ async fn write_plan(
             actor,
             data: json!({ "idempotency_key": idempotency_key }),
         },
-    };
-    let held_count = accept::write(&mut *conn, rows).await?;
+    }
+}
+
+/// Writes a planned order in one statement (`db::accept`), alerting an
+/// admin when deliveries were held.
+async fn write_plan(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    idempotency_key: Option<&str>,
+    actor: &str,
+    held: &HashMap<Uuid, String>,
+) -> Result<(), sqlx::Error> {
+    let o = &plan.order;
+    let held_count =
+        accept::write_one(&mut *conn, rows_of(plan, idempotency_key, actor, held)).await?;
     alert_held(
         conn,
         o.id,

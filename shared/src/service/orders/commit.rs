@@ -1,0 +1,138 @@
+//! Group commit of accepts: the plans of orders accepted at the same time
+//! are written together, in one statement (`db::accept::write`), so a busy
+//! API pays one round trip, one statement and one WAL flush for many orders.
+//!
+//! As in the worker's batch completer there is no timer: a batch is
+//! whatever arrived while the lanes were busy (up to `MAX_BATCH`), so an idle
+//! API writes each order at once and a busy one writes many per statement.
+//! `LANES` batches are written at the same time.
+//!
+//! The statement is all or nothing. When Postgres refuses it (a unique
+//! violation: an order number drawn twice, an idempotency key sent twice at
+//! once), nothing was written and each order of the batch is written alone,
+//! so each caller gets its own answer. Any other failure (the database
+//! unreachable, the connection lost) is every caller's answer, as it would
+//! be for an order written alone; a lost connection leaves the batch's
+//! outcome unknown, which is what `Idempotency-Key` is for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prometheus_client::metrics::histogram::Histogram;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::plan::Plan;
+use super::rows_of;
+use crate::db::accept;
+
+/// Most orders written in one statement.
+const MAX_BATCH: usize = 64;
+
+/// Batches written at the same time (each on its own connection).
+const LANES: usize = 2;
+
+struct Job {
+    plan: Plan,
+    idempotency_key: Option<String>,
+    actor: String,
+    reply: oneshot::Sender<Result<Plan, sqlx::Error>>,
+}
+
+/// A handle to the process's group-commit lanes; they end when every handle
+/// is dropped.
+#[derive(Clone)]
+pub struct GroupCommit {
+    tx: mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the lanes (on the current Tokio runtime); `sizes` observes the
+    /// size of every batch written.
+    pub fn start(pool: PgPool, sizes: Histogram) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * LANES * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..LANES {
+            tokio::spawn(lane(pool.clone(), rx.clone(), sizes.clone()));
+        }
+        GroupCommit { tx }
+    }
+
+    /// Writes a planned order with the next batch; gives the plan back once
+    /// it is committed.
+    pub(super) async fn write(
+        &self,
+        plan: Plan,
+        idempotency_key: Option<&str>,
+        actor: &str,
+    ) -> Result<Plan, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            plan,
+            idempotency_key: idempotency_key.map(str::to_owned),
+            actor: actor.to_owned(),
+            reply,
+        };
+        if self.tx.send(job).await.is_err() {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        // No answer: the lane ended with the runtime (shutting down).
+        answer.await.unwrap_or(Err(sqlx::Error::WorkerCrashed))
+    }
+}
+
+async fn lane(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, sizes: Histogram) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = rx.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        if received == 0 {
+            return;
+        }
+        sizes.observe(batch.len() as f64);
+        let outcomes = write_batch(&pool, &batch).await;
+        for (job, outcome) in batch.drain(..).zip(outcomes) {
+            // A caller that went away (its request was dropped) still had
+            // its order written; a retry with its Idempotency-Key finds it.
+            let _ = job.reply.send(outcome.map(|()| job.plan));
+        }
+    }
+}
+
+/// Writes the batch in one statement, or each order alone when Postgres
+/// refuses the statement; one outcome per job, in order.
+async fn write_batch(pool: &PgPool, batch: &[Job]) -> Vec<Result<(), sqlx::Error>> {
+    let everyone = |e: &sqlx::Error| batch.iter().map(|_| Err(same_error(e))).collect();
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => return everyone(&e),
+    };
+    let held = HashMap::new();
+    let rows = || {
+        batch
+            .iter()
+            .map(|j| rows_of(&j.plan, j.idempotency_key.as_deref(), &j.actor, &held))
+    };
+    match accept::write(&mut conn, &rows().collect::<Vec<_>>()).await {
+        Ok(_) => batch.iter().map(|_| Ok(())).collect(),
+        Err(sqlx::Error::Database(e)) if batch.len() > 1 => {
+            tracing::debug!(error = %e, batch = batch.len(), "group accept refused; writing each order alone");
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for r in rows() {
+                outcomes.push(accept::write_one(&mut conn, r).await.map(|_| ()));
+            }
+            outcomes
+        }
+        Err(e) if batch.len() == 1 => vec![Err(e)],
+        Err(e) => everyone(&e),
+    }
+}
+
+/// The same failure again, for each caller of a batch that failed as one.
+fn same_error(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
