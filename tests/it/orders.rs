@@ -246,6 +246,42 @@ async fn orders_accepted_together_each_get_their_own_answer() {
     stack.teardown().await;
 }
 
+/// The worker keeps the game servers it loaded, but the claim of every job
+/// says whether the row changed: a server moved (new address, password)
+/// between two orders gets the second order at its new place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_server_changed_between_orders_is_used_by_the_next_one() {
+    let old = FakeGameServer::start("old-pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let new = FakeGameServer::start("new-pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start().await;
+    stack.add_game_server("s", &old).await;
+    stack.add_rcon_product("p", "s", "say {username}").await;
+    let (_, first) = stack.post_order("p", "alex", None).await;
+    stack
+        .wait_for_order(
+            first["id"].as_str().expect("id"),
+            "completed",
+            Duration::from_secs(20),
+        )
+        .await;
+    stack.add_game_server("s", &new).await;
+    let (_, second) = stack.post_order("p", "steve", None).await;
+    stack
+        .wait_for_order(
+            second["id"].as_str().expect("id"),
+            "completed",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(old.commands(), vec!["say alex".to_owned()]);
+    assert_eq!(new.commands(), vec!["say steve".to_owned()]);
+    stack.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_payment_order_queues_nothing() {
     let (stack, _game) = TestStack::with_rcon_product("say {username}").await;

@@ -395,12 +395,18 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
     let kind = claimed.kind;
     let payload = claimed.payload.clone();
     let delivery_id = claimed.id;
+    let version = claimed.target_version.clone();
     let task = tokio::spawn(async move {
         match kind {
             DeliveryKind::Rcon => {
                 task_ctx
                     .rcon
-                    .run(&task_ctx.pool, &task_ctx.limits, &payload)
+                    .run(
+                        &task_ctx.pool,
+                        &task_ctx.limits,
+                        &payload,
+                        version.as_deref(),
+                    )
                     .await
             }
             DeliveryKind::DiscordRole => task_ctx.discord.run(&payload).await,

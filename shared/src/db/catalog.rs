@@ -102,19 +102,26 @@ pub async fn list_game_servers(conn: &mut PgConnection) -> Result<Vec<GameServer
     rows.iter().map(game_server_from_row).collect()
 }
 
-pub async fn get_game_server(
+/// A game server with the version of its row: the transaction that wrote
+/// it and where it lies (a row written twice in one transaction moves), so
+/// any change of the row changes it. A claim reads the same version
+/// (`deliveries::claim_batch`), so a worker can keep a server it loaded
+/// until a claim shows it changed.
+pub async fn get_game_server_versioned(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<Option<GameServer>, DbError> {
+) -> Result<Option<(GameServer, String)>, DbError> {
     let row = sqlx::query(concat!(
         "SELECT ",
         game_server_columns!(),
-        " FROM game_servers WHERE id = $1"
+        ", xmin::text || ':' || ctid::text AS version FROM game_servers WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    row.as_ref().map(game_server_from_row).transpose()
+    row.as_ref()
+        .map(|r| Ok((game_server_from_row(r)?, r.try_get("version")?)))
+        .transpose()
 }
 
 pub async fn find_game_server_by_name(

@@ -76,6 +76,11 @@ pub struct Claimed {
     pub failures: i32,
     pub waiting_since: Option<chrono::DateTime<chrono::Utc>>,
     pub target: String,
+    /// For an RCON delivery, the version of its game server's row as the
+    /// claim saw it (as `catalog::get_game_server_versioned` reads it), so a worker can use the
+    /// server it loaded before when nothing changed since; `None` when
+    /// the server is gone (or the kind has none).
+    pub target_version: Option<String>,
 }
 
 /// Why a claim did not happen.
@@ -119,7 +124,9 @@ pub async fn claim_batch(
              d.failures, d.waiting_since, d.target), \
          a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
            SELECT id, attempts, $2 FROM c) \
-         SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status \
+         SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status, \
+           (SELECT g.xmin::text || ':' || g.ctid::text FROM game_servers g \
+             WHERE c.kind = 'rcon' AND g.id::text = c.payload->>'game_server_id') AS target_version \
          FROM c",
     )
     .bind(ids)
@@ -143,6 +150,7 @@ pub async fn claim_batch(
             failures: row.try_get("failures")?,
             waiting_since: row.try_get("waiting_since")?,
             target: row.try_get("target")?,
+            target_version: row.try_get("target_version")?,
         };
         if let (Purpose::Deliver, Some(item_id)) = (c.purpose, c.item_id) {
             let from: ItemStatus = row.try_get::<String, _>("item_status")?.parse()?;

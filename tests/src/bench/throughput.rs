@@ -39,6 +39,8 @@ pub struct ThroughputReport {
     pub ingest_per_s: f64,
     pub end_to_end_per_s: f64,
     pub latency_ms: Latency,
+    /// Where that time went, per stage of the first attempt.
+    pub stages_ms: Stages,
     pub api_peak_rss_mib: f64,
     pub worker_peak_rss_mib: f64,
     pub postgres_ceiling_jobs_per_s: f64,
@@ -137,6 +139,49 @@ pub struct Latency {
     pub p95: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+/// p50 and p99 (ms) of each stage of an order's first delivery: accepted →
+/// published (the relay), published → claimed (the queue and the worker's
+/// intake), claimed → answered (the driver), answered → order completed (the
+/// completer).
+#[derive(Debug, Clone, Serialize)]
+pub struct Stages {
+    pub publish: [f64; 2],
+    pub queue: [f64; 2],
+    pub run: [f64; 2],
+    pub record: [f64; 2],
+}
+
+async fn stages(pool: &sqlx::PgPool) -> Result<Stages, sqlx::Error> {
+    let row = sqlx::query(
+        "WITH s AS (SELECT extract(epoch FROM x.published_at - o.created_at) * 1000 AS publish, \
+             extract(epoch FROM a.started_at - x.published_at) * 1000 AS queue, \
+             extract(epoch FROM a.finished_at - a.started_at) * 1000 AS run, \
+             extract(epoch FROM o.completed_at - a.finished_at) * 1000 AS record \
+           FROM orders o JOIN deliveries d ON d.order_id = o.id \
+           JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = 1 \
+           JOIN outbox x ON x.payload->>'delivery_id' = d.id::text) \
+         SELECT percentile_cont(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY publish) AS publish, \
+           percentile_cont(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY queue) AS queue, \
+           percentile_cont(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY run) AS run, \
+           percentile_cont(ARRAY[0.5, 0.99]::float8[]) WITHIN GROUP (ORDER BY record) AS record FROM s",
+    )
+    .fetch_one(pool)
+    .await?;
+    let get = |c: &str| -> [f64; 2] {
+        let v: Option<Vec<f64>> = row.try_get(c).ok().flatten();
+        match v.as_deref() {
+            Some([p50, p99]) => [*p50, *p99],
+            _ => [f64::NAN, f64::NAN],
+        }
+    };
+    Ok(Stages {
+        publish: get("publish"),
+        queue: get("queue"),
+        run: get("run"),
+        record: get("record"),
+    })
 }
 
 /// Posts one order, retrying the same `Idempotency-Key` through outages (as a
@@ -306,6 +351,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
         p99: get("p99"),
         max: get("max"),
     };
+    let stages_ms = stages(&stack.pool).await?;
     let settings = stack.settings.clone();
     stack.teardown().await;
 
@@ -351,6 +397,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<ThroughputReport> {
         ingest_per_s,
         end_to_end_per_s,
         latency_ms,
+        stages_ms,
         api_peak_rss_mib,
         worker_peak_rss_mib,
         postgres_ceiling_jobs_per_s: pg,
@@ -392,6 +439,18 @@ impl ThroughputReport {
         println!(
             "  accepted → delivered (ms)   p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}",
             l.p50, l.p95, l.p99, l.max
+        );
+        let st = &self.stages_ms;
+        println!(
+            "  stages p50/p99 (ms)         publish {:.1}/{:.0}  queue {:.1}/{:.0}  run {:.1}/{:.0}  record {:.1}/{:.0}",
+            st.publish[0],
+            st.publish[1],
+            st.queue[0],
+            st.queue[1],
+            st.run[0],
+            st.run[1],
+            st.record[0],
+            st.record[1]
         );
         println!(
             "  peak RSS                    api {:.1} MiB, worker {:.1} MiB",

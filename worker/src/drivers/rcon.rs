@@ -1,19 +1,27 @@
 //! The RCON driver: runs the delivery's rendered command on its game server
 //! through the process's connection pools.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use courier_shared::config::RconSettings;
-use courier_shared::db::catalog;
+use courier_shared::db::catalog::{self, GameServer};
 use courier_shared::domain::action::RconPayload;
+use courier_shared::error::DbError;
 use courier_shared::error::ErrorClass;
 use courier_shared::rcon::{RconPools, RconTarget, Timeouts, answers};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::DriverOutcome;
 
 pub struct RconDriver {
     pub pools: RconPools,
+    /// Game servers loaded before, with their rows' versions: used while a
+    /// claim shows the same version (so every change is seen by the next
+    /// claim), instead of a read per command.
+    servers: Mutex<HashMap<Uuid, (String, Arc<GameServer>)>>,
     pub settings: RconSettings,
     /// The worker's lease: one attempt (the online check and the command
     /// together) stays well within it.
@@ -24,9 +32,41 @@ impl RconDriver {
     pub fn new(settings: RconSettings, lease: Duration) -> Self {
         RconDriver {
             pools: RconPools::default(),
+            servers: Mutex::default(),
             settings,
             lease,
         }
+    }
+
+    /// The game server as of the claim: the one loaded before when the
+    /// claim saw the same version of its row, else read again.
+    async fn server(
+        &self,
+        db: &PgPool,
+        id: Uuid,
+        version: Option<&str>,
+    ) -> Result<Option<Arc<GameServer>>, DbError> {
+        if let Some(v) = version
+            && let Some((cached, server)) = self.lock_servers().get(&id)
+            && cached == v
+        {
+            return Ok(Some(server.clone()));
+        }
+        let mut conn = db.acquire().await?;
+        let Some((server, version)) = catalog::get_game_server_versioned(&mut conn, id).await?
+        else {
+            self.lock_servers().remove(&id);
+            return Ok(None);
+        };
+        let server = Arc::new(server);
+        self.lock_servers().insert(id, (version, server.clone()));
+        Ok(Some(server))
+    }
+
+    fn lock_servers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (String, Arc<GameServer>)>> {
+        // The map is only read and replaced whole per entry: a panic elsewhere
+        // cannot leave it half-written.
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn timeouts(&self) -> Timeouts {
@@ -43,6 +83,7 @@ impl RconDriver {
         db: &PgPool,
         limits: &std::sync::Arc<courier_shared::limits::Limits>,
         payload: &serde_json::Value,
+        version: Option<&str>,
     ) -> DriverOutcome {
         // The whole attempt — waiting for a slot, the online check, the
         // command — ends within the lease (less a margin to record it).
@@ -52,11 +93,7 @@ impl RconDriver {
             Ok(p) => p,
             Err(e) => return DriverOutcome::permanent(format!("invalid RCON payload: {e}")),
         };
-        let server = match db.acquire().await {
-            Ok(mut conn) => catalog::get_game_server(&mut conn, payload.game_server_id).await,
-            Err(e) => Err(e.into()),
-        };
-        let server = match server {
+        let server = match self.server(db, payload.game_server_id, version).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return DriverOutcome::permanent(format!(
