@@ -130,3 +130,34 @@ async fn a_batch_claims_each_delivery_once_and_completes_only_what_it_still_hold
     );
     stack.teardown().await;
 }
+
+/// An order's status changes on the hot path (and an item's) are HOT
+/// updates only while no index of `orders` or `order_items` names a column
+/// they write — in its key, its expressions or its predicate
+/// (docs/hot-path.md, "Status changes are HOT updates").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_index_names_a_column_the_status_changes_write() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let offending: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index \
+         WHERE indrelid IN ('orders'::regclass, 'order_items'::regclass) \
+           AND pg_get_indexdef(indexrelid) ~ '\\m(status|delivery_status|updated_at|completed_at)\\M'",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .expect("indexes");
+    assert!(
+        offending.is_empty(),
+        "these make every status change rewrite all indexes: {offending:?}"
+    );
+    let indexes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE indrelid = 'orders'::regclass")
+            .fetch_one(&stack.pool)
+            .await
+            .expect("count");
+    assert!(
+        indexes >= 10,
+        "the check read the orders' indexes: {indexes}"
+    );
+    stack.teardown().await;
+}

@@ -102,11 +102,19 @@ pub async fn list_game_servers(conn: &mut PgConnection) -> Result<Vec<GameServer
     rows.iter().map(game_server_from_row).collect()
 }
 
-/// A game server with the version of its row: the transaction that wrote
-/// it and where it lies (a row written twice in one transaction moves), so
-/// any change of the row changes it. A claim reads the same version
-/// (`deliveries::claim_batch`), so a worker can keep a server it loaded
-/// until a claim shows it changed.
+/// The version of a `game_servers` row (alias `$t`): the transaction that
+/// wrote it and where it lies (a row written twice in one transaction
+/// moves), so any change of the row changes it. Read by
+/// `get_game_server_versioned` and by each claim (`deliveries::claim_batch`),
+/// so a worker can keep a server it loaded until a claim shows it changed.
+macro_rules! game_server_version {
+    ($t:literal) => {
+        concat!($t, ".xmin::text || ':' || ", $t, ".ctid::text")
+    };
+}
+pub(crate) use game_server_version;
+
+/// A game server with the version of its row (`game_server_version!`).
 pub async fn get_game_server_versioned(
     conn: &mut PgConnection,
     id: Uuid,
@@ -114,7 +122,9 @@ pub async fn get_game_server_versioned(
     let row = sqlx::query(concat!(
         "SELECT ",
         game_server_columns!(),
-        ", xmin::text || ':' || ctid::text AS version FROM game_servers WHERE id = $1"
+        ", ",
+        game_server_version!("g"),
+        " AS version FROM game_servers g WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(conn)

@@ -116,7 +116,7 @@ pub async fn claim_batch(
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH c AS (UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
              lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
            WHERE d.id = ANY($1) AND d.status = ANY($4) \
@@ -125,10 +125,12 @@ pub async fn claim_batch(
          a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
            SELECT id, attempts, $2 FROM c) \
          SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status, \
-           (SELECT g.xmin::text || ':' || g.ctid::text FROM game_servers g \
+           (SELECT ",
+        super::catalog::game_server_version!("g"),
+        " FROM game_servers g \
              WHERE c.kind = 'rcon' AND g.id::text = c.payload->>'game_server_id') AS target_version \
-         FROM c",
-    )
+         FROM c"
+    ))
     .bind(ids)
     .bind(worker)
     .bind(f64::from(lease_seconds))
