@@ -7,12 +7,12 @@ use std::time::Duration;
 use courier_tests::stack::TestStack;
 
 /// The value of the sample `series` (name and labels exactly as encoded).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn scrape(http: &reqwest::Client, url: &str) -> String {
+pub(crate) async fn scrape(http: &reqwest::Client, url: &str) -> String {
     let r = http.get(url).send().await.expect("scrape");
     assert_eq!(r.status(), 200, "{url}");
     assert!(

@@ -214,31 +214,11 @@ async fn orders_accepted_together_each_get_their_own_answer() {
     assert_eq!(commands, expected, "each order's command ran once");
     // Every request went through the lanes once; written alone only after a
     // refused batch (not counted again).
-    let metrics = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics");
-    let written: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("courier_accept_batch_size_sum ")?
-                .parse()
-                .ok()
-        })
+    let metrics = crate::metrics::scrape(&stack.http, &stack.url("/metrics")).await;
+    let written = crate::metrics::sample(&metrics, "courier_accept_batch_size_sum")
         .expect("courier_accept_batch_size_sum");
     assert_eq!(written, 40.0, "{metrics}");
-    let batches: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("courier_accept_batch_size_count ")?
-                .parse()
-                .ok()
-        })
+    let batches = crate::metrics::sample(&metrics, "courier_accept_batch_size_count")
         .expect("courier_accept_batch_size_count");
     // 40 requests at once share statements (5 to 8 batches seen here), so
     // pairs with one key met in a batch and were written one by one.
