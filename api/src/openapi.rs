@@ -22,7 +22,7 @@ use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     self, admin, catalog, export, health, keys, manual, notes, order_list, orders, payments,
-    reports,
+    reports, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -47,6 +47,8 @@ use crate::routes::{
         keys::upload, keys::enter, keys::alerts, keys::supplier_webhook,
         health::alive, health::ready, health::metrics, document,
         reports::summary,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        webhooks::rotate, webhooks::test, webhooks::log, webhooks::resend,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&FromRouteTable),
@@ -57,6 +59,7 @@ use crate::routes::{
         (name = "keys", description = "CD key stock and keys entered by hand"),
         (name = "failures", description = "Dead letters, held deliveries, alerts, retries"),
         (name = "webhooks", description = "Signed calls from gateways and suppliers"),
+        (name = "webhook-endpoints", description = "Where Courier sends signed order events (Standard Webhooks), their delivery logs, resends and test events"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "reports", description = "Sales, refunds, costs and profit over a range"),
     ),

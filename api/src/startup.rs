@@ -47,6 +47,8 @@ pub struct AppState {
     /// For the queue gauges of `/metrics`.
     pub broker: Broker,
     pub topology: Topology,
+    /// Outbound webhooks: which endpoint URLs are allowed, the default overlap of a rotation.
+    pub webhooks: Arc<courier_shared::config::WebhookSettings>,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -134,6 +136,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         exports: Arc::new(tokio::sync::Semaphore::new(settings.api.max_exports)),
         broker: broker.clone(),
         topology: topology.clone(),
+        webhooks: Arc::new(settings.webhooks.clone()),
     };
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));

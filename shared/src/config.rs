@@ -42,6 +42,7 @@ pub struct Settings {
     pub discord: DiscordSettings,
     pub payments: PaymentSettings,
     pub orders: OrderSettings,
+    pub webhooks: WebhookSettings,
     /// Supplier APIs by name (the name used in `supplier_key` actions).
     #[serde(default)]
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
@@ -50,6 +51,27 @@ pub struct Settings {
     #[serde(default)]
     pub tls: TlsSettings,
     pub log: LogSettings,
+}
+
+/// Outbound webhooks to the store's endpoints.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WebhookSettings {
+    /// Off (the default): endpoint URLs that resolve to loopback, private,
+    /// link-local (cloud metadata), shared or unspecified addresses are
+    /// refused when saved and when called.
+    pub allow_private_targets: bool,
+    /// One call, connect to last byte of the answer.
+    pub timeout_ms: u64,
+    /// Calls in flight to one endpoint, across every worker.
+    pub concurrency_per_endpoint: u32,
+    /// Calls per second to one endpoint, across every worker (0: no limit).
+    pub per_second_per_endpoint: u32,
+    /// An endpoint that has failed without one success for this long is
+    /// disabled, with an alert.
+    pub disable_after_hours: u32,
+    /// How long the old secret still signs after a rotation, unless the
+    /// rotation names its own overlap.
+    pub secret_overlap_hours: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -217,6 +239,8 @@ pub struct RetrySettings {
     pub supplier: Schedule,
     /// Gateway refunds.
     pub payment: Schedule,
+    /// Outbound webhooks.
+    pub webhook: Schedule,
     pub waiting: WaitingSchedule,
 }
 
@@ -229,6 +253,7 @@ impl RetrySettings {
             DeliveryKind::DiscordRole => &self.discord,
             DeliveryKind::SupplierKey => &self.supplier,
             DeliveryKind::GatewayRefund => &self.payment,
+            DeliveryKind::Webhook => &self.webhook,
         }
     }
 }
@@ -305,6 +330,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("retry.payment.max_attempts", "10"),
     ("retry.payment.base_delay_ms", "5000"),
     ("retry.payment.max_delay_ms", "3600000"),
+    // 5 s doubling to an hour, 16 attempts: about 7.5 hours in all.
+    ("retry.webhook.max_attempts", "16"),
+    ("retry.webhook.base_delay_ms", "5000"),
+    ("retry.webhook.max_delay_ms", "3600000"),
     ("retry.waiting.interval_ms", "300000"),
     ("retry.waiting.max_wait_hours", "168"),
     ("rescuer.interval_ms", "10000"),
@@ -321,6 +350,12 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("payments.stripe_api_base", "https://api.stripe.com"),
     ("payments.stripe_timeout_ms", "10000"),
     ("payments.revoke_on_dispute", "true"),
+    ("webhooks.allow_private_targets", "false"),
+    ("webhooks.timeout_ms", "10000"),
+    ("webhooks.concurrency_per_endpoint", "4"),
+    ("webhooks.per_second_per_endpoint", "20"),
+    ("webhooks.disable_after_hours", "120"),
+    ("webhooks.secret_overlap_hours", "24"),
     ("log.format", "pretty"),
     ("log.filter", "info,sqlx=warn"),
 ];
@@ -388,6 +423,20 @@ impl Settings {
                 "must be between 1 and 100000",
             ));
         }
+        if self.webhooks.concurrency_per_endpoint == 0 {
+            return Err(invalid(
+                "webhooks.concurrency_per_endpoint",
+                "must be at least 1",
+            ));
+        }
+        if self.webhooks.timeout_ms == 0
+            || self.webhooks.timeout_ms >= u64::from(self.worker.lease_seconds) * 1000
+        {
+            return Err(invalid(
+                "webhooks.timeout_ms",
+                "must be above 0 and below worker.lease_seconds",
+            ));
+        }
         if self.worker.lease_seconds < 5 {
             return Err(invalid("worker.lease_seconds", "must be at least 5"));
         }
@@ -406,6 +455,7 @@ impl Settings {
             ("retry.discord", &self.retry.discord),
             ("retry.supplier", &self.retry.supplier),
             ("retry.payment", &self.retry.payment),
+            ("retry.webhook", &self.retry.webhook),
         ] {
             if schedule.max_attempts == 0
                 || schedule.base_delay_ms < 10

@@ -29,6 +29,7 @@ mod shutdown;
 mod status;
 mod tls;
 mod validation;
+mod webhooks_out;
 
 /// A `courier-worker` process joining `stack` (killed when dropped).
 pub fn spawn_worker_process(stack: &courier_tests::stack::TestStack) -> tokio::process::Child {

@@ -63,12 +63,16 @@ pub fn test_settings() -> (Settings, String) {
         &mut settings.retry.rcon,
         &mut settings.retry.discord,
         &mut settings.retry.supplier,
+        &mut settings.retry.webhook,
     ] {
         schedule.max_attempts = 4;
         schedule.base_delay_ms = 200;
         schedule.max_delay_ms = 1600;
     }
     settings.retry.waiting.interval_ms = 300;
+    // The fake receivers listen on 127.0.0.1.
+    settings.webhooks.allow_private_targets = true;
+    settings.webhooks.timeout_ms = 2000;
     settings.rescuer.interval_ms = 200;
     settings.discord.bot_token = Some(Secret::new("test-bot-token"));
     settings.keys.encryption_key =

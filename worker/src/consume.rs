@@ -53,6 +53,7 @@ pub struct Context {
     pub discord: crate::drivers::discord::DiscordDriver,
     pub supplier: crate::drivers::supplier::SupplierDriver,
     pub payment: crate::drivers::payment::PaymentDriver,
+    pub webhook: crate::drivers::webhook::WebhookDriver,
     /// For events about a payment the rescuer re-tries.
     pub payment_policy: courier_shared::service::payments::PaymentPolicy,
     pub limits: Arc<courier_shared::limits::Limits>,
@@ -396,6 +397,7 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
     let payload = claimed.payload.clone();
     let delivery_id = claimed.id;
     let version = claimed.target_version.clone();
+    let attempt = claimed.attempt;
     let task = tokio::spawn(async move {
         match kind {
             DeliveryKind::Rcon => {
@@ -417,6 +419,12 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
                     .await
             }
             DeliveryKind::GatewayRefund => task_ctx.payment.run(&payload).await,
+            DeliveryKind::Webhook => {
+                task_ctx
+                    .webhook
+                    .run(&task_ctx.pool, (delivery_id, attempt), &payload)
+                    .await
+            }
         }
     });
     match task.await {

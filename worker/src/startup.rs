@@ -19,6 +19,7 @@ pub const SUPPORTED: &[DeliveryKind] = &[
     DeliveryKind::DiscordRole,
     DeliveryKind::SupplierKey,
     DeliveryKind::GatewayRefund,
+    DeliveryKind::Webhook,
 ];
 
 pub struct RunningWorker {
@@ -120,6 +121,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
             limits.clone(),
         ),
         payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
+        webhook: crate::drivers::webhook::WebhookDriver::new(
+            settings.webhooks.clone(),
+            limits.clone(),
+        ),
         payment_policy: courier_shared::service::payments::PaymentPolicy {
             revoke_on_dispute: settings.payments.revoke_on_dispute,
             accept: Arc::new(

@@ -15,6 +15,7 @@ pub mod order_list;
 pub mod orders;
 pub mod payments;
 pub mod reports;
+pub mod webhooks;
 
 use axum::Router;
 use axum::handler::Handler;
@@ -233,6 +234,45 @@ fn table(state: Option<AppState>) -> Table {
     .add(M::GET, "/metrics", PUBLIC, health::metrics)
     .add(M::GET, "/openapi.json", PUBLIC, crate::openapi::document)
     .add(M::GET, "/v1/reports/summary", ADMIN, reports::summary)
+    .add(M::POST, "/v1/webhook-endpoints", ADMIN, webhooks::create)
+    .add(M::GET, "/v1/webhook-endpoints", ADMIN, webhooks::list)
+    .add(M::GET, "/v1/webhook-endpoints/{id}", ADMIN, webhooks::get)
+    .add(
+        M::PATCH,
+        "/v1/webhook-endpoints/{id}",
+        ADMIN,
+        webhooks::update,
+    )
+    .add(
+        M::DELETE,
+        "/v1/webhook-endpoints/{id}",
+        ADMIN,
+        webhooks::delete,
+    )
+    .add(
+        M::POST,
+        "/v1/webhook-endpoints/{id}/rotate-secret",
+        ADMIN,
+        webhooks::rotate,
+    )
+    .add(
+        M::POST,
+        "/v1/webhook-endpoints/{id}/test",
+        ADMIN,
+        webhooks::test,
+    )
+    .add(
+        M::GET,
+        "/v1/webhook-endpoints/{id}/deliveries",
+        ADMIN,
+        webhooks::log,
+    )
+    .add(
+        M::POST,
+        "/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/resend",
+        ADMIN,
+        webhooks::resend,
+    )
 }
 
 /// Every route, in the order they were added.

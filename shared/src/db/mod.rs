@@ -21,6 +21,7 @@ pub mod refunds;
 pub mod reports;
 pub mod rescue;
 pub mod statuses;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -328,6 +328,7 @@ fn delivery_summary(deliveries: &[DeliveryView]) -> Vec<KindSummary> {
                         DeliveryKind::DiscordRole => "Discord roles",
                         DeliveryKind::SupplierKey => "Keys",
                         DeliveryKind::GatewayRefund => "Gateway refunds",
+                        DeliveryKind::Webhook => "Webhooks",
                     },
                     total: 0,
                     by_status: std::collections::BTreeMap::new(),

@@ -37,16 +37,19 @@ text_enum!(
         DiscordRole => "discord_role",
         SupplierKey => "supplier_key",
         GatewayRefund => "gateway_refund",
+        Webhook => "webhook",
     }
 );
 
 text_enum!(
     /// Why a delivery row exists: to deliver an item, to take a delivered
-    /// item back (refund, cancel, chargeback), or to refund at the gateway.
+    /// item back (refund, cancel, chargeback), to refund at the gateway, or
+    /// to tell someone (an outbound webhook).
     Purpose, "delivery purpose" {
         Deliver => "deliver",
         Revoke => "revoke",
         Refund => "refund",
+        Notify => "notify",
     }
 );
 
@@ -69,6 +72,7 @@ impl DeliveryKind {
             DeliveryKind::DiscordRole => "courier.discord",
             DeliveryKind::SupplierKey => "courier.supplier",
             DeliveryKind::GatewayRefund => "courier.payment",
+            DeliveryKind::Webhook => "courier.webhook",
         }
     }
 }

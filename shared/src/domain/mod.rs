@@ -11,6 +11,7 @@ pub mod payment;
 pub mod retry;
 pub mod rollup;
 pub mod template;
+pub mod webhook;
 
 /// A status change the state machine does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

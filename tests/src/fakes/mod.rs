@@ -4,5 +4,6 @@ pub mod discord;
 pub mod http;
 pub mod proxy;
 pub mod rcon;
+pub mod receiver;
 pub mod stripe;
 pub mod supplier;

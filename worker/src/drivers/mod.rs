@@ -5,5 +5,6 @@ pub mod discord;
 pub mod payment;
 pub mod rcon;
 pub mod supplier;
+pub mod webhook;
 
 pub use courier_shared::domain::fulfilment::DriverOutcome;
