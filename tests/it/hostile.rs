@@ -16,7 +16,10 @@ const UUID: &str = "00000000-0000-4000-8000-000000000000";
 /// A well-formed value for each path parameter.
 fn good(route: &Route, param: &str) -> &'static str {
     match param {
-        "id" if route.path.contains("/deliveries/") => UUID,
+        "id" if route.path.contains("/deliveries/") || route.path.contains("/webhook-endpoints/") => {
+            UUID
+        }
+        "delivery_id" => UUID,
         "id" => "1",
         "order_id" | "item_id" => UUID,
         "note_id" => "1",
@@ -55,6 +58,7 @@ fn takes_json(route: &Route) -> bool {
         && !p.starts_with("/webhooks/")
         && !(p.ends_with("/retry") && p != "/v1/admin/dead-letters/retry")
         && p != "/v1/orders/{reference}/process"
+        && !p.ends_with("/resend")
 }
 
 /// A client that opens a connection per request: a server may close a
@@ -122,6 +126,7 @@ async fn written(stack: &TestStack) -> Vec<i64> {
         "api_keys",
         "order_events",
         "order_notes",
+        "webhook_endpoints",
     ] {
         counts.push(stack.count(&format!("SELECT count(*) FROM {table}")).await);
     }

@@ -91,7 +91,12 @@ async fn a_delivered_order_moves_the_api_and_worker_series() {
     assert_eq!(sample(&w, "courier_completer_batch_size_count"), Some(1.0));
     assert_eq!(sample(&w, "courier_claim_batch_size_count"), Some(1.0));
     assert_eq!(sample(&w, "courier_redis_fallback_active"), Some(0.0));
-    assert_eq!(sample(&w, "courier_consumers_connected"), Some(5.0));
+    // One consumer per kind, and the dead-letter recorder.
+    let consumers = courier_shared::domain::delivery::DeliveryKind::ALL.len() + 1;
+    assert_eq!(
+        sample(&w, "courier_consumers_connected"),
+        Some(consumers as f64)
+    );
 
     let a = scrape(&stack.http, &stack.url("/metrics")).await;
     assert_eq!(

@@ -431,3 +431,105 @@ async fn endpoint_urls_inside_private_networks_are_refused_unless_allowed() {
     assert!(receiver.received().is_empty());
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_too_long_is_disabled_with_an_alert() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    // Any failure is "too long" with no hours allowed.
+    let stack = TestStack::start_with(|s| s.webhooks.disable_after_hours = 0, true).await;
+    stack.add_game_server("s", &game).await;
+    stack.add_rcon_product("p", "s", "give {username} apple").await;
+    let receiver = FakeReceiver::start().await.expect("receiver");
+    let (ep, _) = endpoint(&stack, &receiver, json!(["order.completed"])).await;
+    receiver.answer_always(Some(500));
+    let (_, order) = stack.post_order("p", "alex", None).await;
+    stack
+        .wait_for_order(order["id"].as_str().expect("id"), "completed", WAIT)
+        .await;
+    stack
+        .wait_until(
+            "the failing endpoint is disabled and its message dead",
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM webhook_endpoints e JOIN deliveries d ON d.target = e.id::text \
+                 WHERE e.id = '{ep}' AND NOT e.enabled AND d.status = 'dead')"
+            ),
+            WAIT,
+        )
+        .await;
+    let (_, e) = stack
+        .call(Method::GET, &format!("/v1/webhook-endpoints/{ep}"), None)
+        .await;
+    assert!(
+        e["disabled_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("without one success"),
+        "{e}"
+    );
+    assert_eq!(stack.alerts("webhook_endpoint_disabled").await.len(), 1);
+    assert_eq!(receiver.received().len(), 1, "one call, then no more");
+
+    // Enabled again, the dead message is retried by an admin and arrives.
+    receiver.answer_always(None);
+    let (status, e) = stack
+        .call(
+            Method::PATCH,
+            &format!("/v1/webhook-endpoints/{ep}"),
+            Some(&json!({ "enabled": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    assert_eq!(e["disabled_reason"], Value::Null);
+    assert_eq!(e["failing_since"], Value::Null);
+    let delivery = log(&stack, &ep).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (status, r) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/admin/deliveries/{delivery}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let got = receiver.wait_for(WAIT, |r| r.len() >= 2).await;
+    assert_eq!(got[1].answered, 200);
+    assert_eq!(got[1].id, got[0].id);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_endpoint_cancels_its_messages_not_yet_sent() {
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    stack.add_game_server("s", &game).await;
+    stack.add_rcon_product("p", "s", "give {username} apple").await;
+    let receiver = FakeReceiver::start().await.expect("receiver");
+    let (ep, _) = endpoint(&stack, &receiver, json!(["order.received"])).await;
+    stack.post_order("p", "alex", None).await;
+    let queued = format!(
+        "SELECT count(*) FROM deliveries WHERE kind = 'webhook' AND target = '{ep}' AND status = 'queued'"
+    );
+    assert_eq!(stack.count(&queued).await, 1);
+    let (status, _) = stack
+        .call(Method::DELETE, &format!("/v1/webhook-endpoints/{ep}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(stack.count(&queued).await, 0);
+    let cancelled = stack
+        .count(&format!(
+            "SELECT count(*) FROM deliveries WHERE kind = 'webhook' AND target = '{ep}' AND status = 'cancelled'"
+        ))
+        .await;
+    assert_eq!(cancelled, 1);
+    let (status, _) = stack
+        .call(Method::GET, &format!("/v1/webhook-endpoints/{ep}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    stack.teardown().await;
+}
