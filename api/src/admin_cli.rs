@@ -87,7 +87,7 @@ impl FilterArgs {
 }
 
 pub async fn run(settings: &Settings, command: AdminCommand) -> anyhow::Result<()> {
-    let pool = db::connect_lazy(&settings.database)?;
+    let pool = db::connect_lazy_with(&settings.database, &settings.session())?;
     let actor = format!(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())

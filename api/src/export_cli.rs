@@ -161,7 +161,7 @@ fn partial(out: &Path) -> PathBuf {
 pub async fn run(settings: &Settings, args: ExportArgs) -> anyhow::Result<()> {
     let query = args.list_query();
     let (sort, desc) = query.sort().map_err(flag_error)?;
-    let pool = db::connect_lazy(&settings.database)?;
+    let pool = db::connect_lazy_with(&settings.database, &settings.session())?;
     let mut conn = pool.acquire().await?;
     let mut tx = conn
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -65,14 +65,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => courier_api::startup::serve(&settings).await,
         Command::Migrate => {
-            let pool = db::connect_lazy(&settings.database)?;
+            let pool = db::connect_lazy_with(&settings.database, &settings.session())?;
             db::migrate(&pool).await.context("running migrations")?;
             println!("migrations applied");
             Ok(())
         }
         Command::CreateKey { name, scopes } => {
             let scopes = parse_scopes(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
-            let pool = db::connect_lazy(&settings.database)?;
+            let pool = db::connect_lazy_with(&settings.database, &settings.session())?;
             let key = db::api_keys::generate();
             db::api_keys::insert(&pool, &name, &key, &scopes).await?;
             println!("{key}");

@@ -21,8 +21,8 @@ use utoipa::openapi::{
 use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    self, admin, catalog, export, health, keys, manual, notes, order_list, orders, payments,
-    reports, webhooks,
+    self, admin, catalog, emails, export, health, keys, manual, notes, order_list, orders,
+    payments, reports, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -39,6 +39,7 @@ use crate::routes::{
         payments::accept_payment, payments::stripe, payments::generic,
         notes::list, notes::add, notes::edit, notes::delete,
         manual::deliver_item, manual::complete, manual::process, manual::process_many,
+        emails::resend,
         catalog::list_game_servers, catalog::put_game_server,
         catalog::list_products, catalog::put_product,
         admin::retry_item, admin::list, admin::retry_bulk, admin::show, admin::retry,

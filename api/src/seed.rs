@@ -25,7 +25,7 @@ pub async fn run(settings: &Settings, file: &Path) -> anyhow::Result<()> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let catalog: Catalog = crate::json::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}: {} ({})", file.display(), e.message, e.code))?;
-    let pool = db::connect_lazy(&settings.database)?;
+    let pool = db::connect_lazy_with(&settings.database, &settings.session())?;
     db::migrate(&pool).await.context("running migrations")?;
     let rules = courier_shared::service::deliverable::AcceptRules::from_settings(settings);
     for (name, server) in catalog.game_servers {

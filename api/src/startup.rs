@@ -49,6 +49,8 @@ pub struct AppState {
     pub topology: Topology,
     /// Outbound webhooks: which endpoint URLs are allowed, the default overlap of a rotation.
     pub webhooks: Arc<courier_shared::config::WebhookSettings>,
+    /// `email.enabled`: the resend can be sent.
+    pub email_enabled: bool,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -83,7 +85,8 @@ impl RunningApi {
 
 /// Binds `api.bind` (port 0 picks a free one) and starts the server and the relay.
 pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
-    let pool = db::connect_lazy(&settings.database).context("database.url")?;
+    let pool =
+        db::connect_lazy_with(&settings.database, &settings.session()).context("database.url")?;
     if settings.database.migrate_on_start {
         db::migrate(&pool).await.context("running migrations")?;
     }
@@ -137,6 +140,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         broker: broker.clone(),
         topology: topology.clone(),
         webhooks: Arc::new(settings.webhooks.clone()),
+        email_enabled: settings.email.enabled,
     };
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));

@@ -43,6 +43,7 @@ pub struct Settings {
     pub payments: PaymentSettings,
     pub orders: OrderSettings,
     pub webhooks: WebhookSettings,
+    pub email: EmailSettings,
     /// Supplier APIs by name (the name used in `supplier_key` actions).
     #[serde(default)]
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
@@ -51,6 +52,34 @@ pub struct Settings {
     #[serde(default)]
     pub tls: TlsSettings,
     pub log: LogSettings,
+}
+
+/// Customer e-mail over SMTP.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EmailSettings {
+    /// Off (the default): no e-mail is written or sent.
+    pub enabled: bool,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// `starttls` (the default: port 587), `tls` (implicit TLS: port 465), or
+    /// `none` (plain text: a local relay or a test server only).
+    pub smtp_security: String,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<Secret>,
+    /// `Store Name <shop@example.com>`.
+    pub from: String,
+    pub reply_to: Option<String>,
+    /// A directory with `<template>.subject`, `.txt` and `.html` files that
+    /// replace the built-in ones (any of them).
+    pub templates_dir: Option<String>,
+    /// The store's name, for the templates.
+    pub store_name: String,
+    /// Connect to the end of the SMTP conversation.
+    pub timeout_ms: u64,
+    /// The order confirmation, when an order is paid.
+    pub send_confirmation: bool,
+    /// The refund confirmation, when a refund's money moved.
+    pub send_refund: bool,
 }
 
 /// Outbound webhooks to the store's endpoints.
@@ -241,6 +270,8 @@ pub struct RetrySettings {
     pub payment: Schedule,
     /// Outbound webhooks.
     pub webhook: Schedule,
+    /// Customer e-mail.
+    pub email: Schedule,
     pub waiting: WaitingSchedule,
 }
 
@@ -254,6 +285,7 @@ impl RetrySettings {
             DeliveryKind::SupplierKey => &self.supplier,
             DeliveryKind::GatewayRefund => &self.payment,
             DeliveryKind::Webhook => &self.webhook,
+            DeliveryKind::Email => &self.email,
         }
     }
 }
@@ -334,6 +366,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("retry.webhook.max_attempts", "16"),
     ("retry.webhook.base_delay_ms", "5000"),
     ("retry.webhook.max_delay_ms", "3600000"),
+    // 10 s doubling to an hour, 12 attempts: an SMTP outage of about 5 hours.
+    ("retry.email.max_attempts", "12"),
+    ("retry.email.base_delay_ms", "10000"),
+    ("retry.email.max_delay_ms", "3600000"),
     ("retry.waiting.interval_ms", "300000"),
     ("retry.waiting.max_wait_hours", "168"),
     ("rescuer.interval_ms", "10000"),
@@ -356,6 +392,15 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("webhooks.per_second_per_endpoint", "20"),
     ("webhooks.disable_after_hours", "120"),
     ("webhooks.secret_overlap_hours", "24"),
+    ("email.enabled", "false"),
+    ("email.smtp_host", "localhost"),
+    ("email.smtp_port", "587"),
+    ("email.smtp_security", "starttls"),
+    ("email.from", "Store <shop@example.com>"),
+    ("email.store_name", "Store"),
+    ("email.timeout_ms", "15000"),
+    ("email.send_confirmation", "true"),
+    ("email.send_refund", "true"),
     ("log.format", "pretty"),
     ("log.filter", "info,sqlx=warn"),
 ];
@@ -369,6 +414,20 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// Session settings every Postgres connection of this process carries:
+    /// the e-mail switches, which the triggers that write customer e-mails
+    /// read (`current_setting('courier.email_confirmation')`).
+    pub fn session(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if self.email.enabled && self.email.send_confirmation {
+            out.push(("courier.email_confirmation", "on"));
+        }
+        if self.email.enabled && self.email.send_refund {
+            out.push(("courier.email_refund", "on"));
+        }
+        out
+    }
+
     /// Defaults, then the file named by `COURIER_CONFIG` (if set), then `COURIER__*` variables.
     pub fn load() -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
@@ -423,6 +482,28 @@ impl Settings {
                 "must be between 1 and 100000",
             ));
         }
+        if !matches!(
+            self.email.smtp_security.as_str(),
+            "starttls" | "tls" | "none"
+        ) {
+            return Err(invalid("email.smtp_security", "use starttls, tls or none"));
+        }
+        if self.email.enabled
+            && (!self.email.from.contains('@') || self.email.from.contains(['\r', '\n']))
+        {
+            return Err(invalid(
+                "email.from",
+                "must be an address such as `Store <shop@example.com>`",
+            ));
+        }
+        if self.email.timeout_ms == 0
+            || self.email.timeout_ms >= u64::from(self.worker.lease_seconds) * 1000
+        {
+            return Err(invalid(
+                "email.timeout_ms",
+                "must be above 0 and below worker.lease_seconds",
+            ));
+        }
         if self.webhooks.concurrency_per_endpoint == 0 {
             return Err(invalid(
                 "webhooks.concurrency_per_endpoint",
@@ -456,6 +537,7 @@ impl Settings {
             ("retry.supplier", &self.retry.supplier),
             ("retry.payment", &self.retry.payment),
             ("retry.webhook", &self.retry.webhook),
+            ("retry.email", &self.retry.email),
         ] {
             if schedule.max_attempts == 0
                 || schedule.base_delay_ms < 10

@@ -16,7 +16,9 @@ const UUID: &str = "00000000-0000-4000-8000-000000000000";
 /// A well-formed value for each path parameter.
 fn good(route: &Route, param: &str) -> &'static str {
     match param {
-        "id" if route.path.contains("/deliveries/") || route.path.contains("/webhook-endpoints/") => {
+        "id" if route.path.contains("/deliveries/")
+            || route.path.contains("/webhook-endpoints/") =>
+        {
             UUID
         }
         "delivery_id" => UUID,

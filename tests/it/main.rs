@@ -6,6 +6,7 @@ mod bench;
 mod dead_letters;
 mod deploy;
 mod discord;
+mod email;
 mod export;
 mod hostile;
 mod hot_path;

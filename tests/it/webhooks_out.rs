@@ -440,7 +440,9 @@ async fn an_endpoint_failing_too_long_is_disabled_with_an_alert() {
     // Any failure is "too long" with no hours allowed.
     let stack = TestStack::start_with(|s| s.webhooks.disable_after_hours = 0, true).await;
     stack.add_game_server("s", &game).await;
-    stack.add_rcon_product("p", "s", "give {username} apple").await;
+    stack
+        .add_rcon_product("p", "s", "give {username} apple")
+        .await;
     let receiver = FakeReceiver::start().await.expect("receiver");
     let (ep, _) = endpoint(&stack, &receiver, json!(["order.completed"])).await;
     receiver.answer_always(Some(500));
@@ -508,7 +510,9 @@ async fn deleting_an_endpoint_cancels_its_messages_not_yet_sent() {
         .await
         .expect("fake server");
     stack.add_game_server("s", &game).await;
-    stack.add_rcon_product("p", "s", "give {username} apple").await;
+    stack
+        .add_rcon_product("p", "s", "give {username} apple")
+        .await;
     let receiver = FakeReceiver::start().await.expect("receiver");
     let (ep, _) = endpoint(&stack, &receiver, json!(["order.received"])).await;
     stack.post_order("p", "alex", None).await;

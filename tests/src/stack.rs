@@ -64,6 +64,7 @@ pub fn test_settings() -> (Settings, String) {
         &mut settings.retry.discord,
         &mut settings.retry.supplier,
         &mut settings.retry.webhook,
+        &mut settings.retry.email,
     ] {
         schedule.max_attempts = 4;
         schedule.base_delay_ms = 200;

@@ -54,6 +54,7 @@ pub struct Context {
     pub supplier: crate::drivers::supplier::SupplierDriver,
     pub payment: crate::drivers::payment::PaymentDriver,
     pub webhook: crate::drivers::webhook::WebhookDriver,
+    pub email: crate::drivers::email::EmailDriver,
     /// For events about a payment the rescuer re-tries.
     pub payment_policy: courier_shared::service::payments::PaymentPolicy,
     pub limits: Arc<courier_shared::limits::Limits>,
@@ -398,6 +399,7 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
     let delivery_id = claimed.id;
     let version = claimed.target_version.clone();
     let attempt = claimed.attempt;
+    let order_id = claimed.order_id;
     let task = tokio::spawn(async move {
         match kind {
             DeliveryKind::Rcon => {
@@ -425,6 +427,7 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
                     .run(&task_ctx.pool, (delivery_id, attempt), &payload)
                     .await
             }
+            DeliveryKind::Email => task_ctx.email.run(&task_ctx.pool, order_id, &payload).await,
         }
     });
     match task.await {

@@ -20,6 +20,7 @@ pub const SUPPORTED: &[DeliveryKind] = &[
     DeliveryKind::SupplierKey,
     DeliveryKind::GatewayRefund,
     DeliveryKind::Webhook,
+    DeliveryKind::Email,
 ];
 
 pub struct RunningWorker {
@@ -77,7 +78,8 @@ fn default_worker_id() -> String {
 }
 
 pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
-    let pool = db::connect_lazy(&settings.database).context("database.url")?;
+    let pool =
+        db::connect_lazy_with(&settings.database, &settings.session()).context("database.url")?;
     let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
     let ca = courier_shared::tls::CaBundle::load(&settings.tls)?;
     let limits = Arc::new(courier_shared::limits::Limits::with_client(
@@ -92,6 +94,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         .map(|k| courier_shared::crypto::KeyCipher::from_base64(k.expose()))
         .transpose()
         .context("keys.encryption_key")?;
+    let email = crate::drivers::email::EmailDriver::new(&settings.email, cipher.clone())?;
     let completer = crate::completer::Completer::start(
         pool.clone(),
         worker_id.clone(),
@@ -121,6 +124,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
             limits.clone(),
         ),
         payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
+        email,
         webhook: crate::drivers::webhook::WebhookDriver::new(
             settings.webhooks.clone(),
             limits.clone(),

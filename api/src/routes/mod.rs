@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod emails;
 pub mod export;
 pub mod health;
 pub mod keys;
@@ -153,6 +154,12 @@ fn table(state: Option<AppState>) -> Table {
         manual::process,
     )
     .add(M::POST, "/v1/orders/process", ADMIN, manual::process_many)
+    .add(
+        M::POST,
+        "/v1/orders/{reference}/resend",
+        ADMIN,
+        emails::resend,
+    )
     .add(M::POST, "/webhooks/stripe", PUBLIC, payments::stripe)
     .add(M::POST, "/webhooks/generic", PUBLIC, payments::generic)
     .add(

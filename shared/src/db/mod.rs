@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod disputes;
+pub mod emails;
 pub mod events;
 pub mod export;
 pub mod keys;
@@ -36,10 +37,20 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A pool that is created even when Postgres is down (connections are opened on
 /// use), so a process can start, report not-ready, and recover by itself.
 pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
+    connect_lazy_with(settings, &[])
+}
+
+/// The same, each connection started with `session` settings
+/// (`Settings::session`).
+pub fn connect_lazy_with(
+    settings: &DatabaseSettings,
+    session: &[(&str, &str)],
+) -> Result<PgPool, sqlx::Error> {
+    let options: sqlx::postgres::PgConnectOptions = settings.url.expose().parse()?;
+    Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(settings.url.expose())
+        .connect_lazy_with(options.options(session.iter().copied())))
 }
 
 /// Applies pending migrations; safe to run from several processes at once

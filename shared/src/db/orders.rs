@@ -329,6 +329,7 @@ fn delivery_summary(deliveries: &[DeliveryView]) -> Vec<KindSummary> {
                         DeliveryKind::SupplierKey => "Keys",
                         DeliveryKind::GatewayRefund => "Gateway refunds",
                         DeliveryKind::Webhook => "Webhooks",
+                        DeliveryKind::Email => "E-mails",
                     },
                     total: 0,
                     by_status: std::collections::BTreeMap::new(),

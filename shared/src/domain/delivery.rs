@@ -38,6 +38,7 @@ text_enum!(
         SupplierKey => "supplier_key",
         GatewayRefund => "gateway_refund",
         Webhook => "webhook",
+        Email => "email",
     }
 );
 
@@ -73,6 +74,7 @@ impl DeliveryKind {
             DeliveryKind::SupplierKey => "courier.supplier",
             DeliveryKind::GatewayRefund => "courier.payment",
             DeliveryKind::Webhook => "courier.webhook",
+            DeliveryKind::Email => "courier.email",
         }
     }
 }

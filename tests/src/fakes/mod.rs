@@ -5,5 +5,6 @@ pub mod http;
 pub mod proxy;
 pub mod rcon;
 pub mod receiver;
+pub mod smtp;
 pub mod stripe;
 pub mod supplier;

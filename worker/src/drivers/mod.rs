@@ -2,6 +2,7 @@
 //! (`ErrorClass`), so the retry decision never depends on parsing messages.
 
 pub mod discord;
+pub mod email;
 pub mod payment;
 pub mod rcon;
 pub mod supplier;
