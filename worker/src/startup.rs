@@ -94,7 +94,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         .map(|k| courier_shared::crypto::KeyCipher::from_base64(k.expose()))
         .transpose()
         .context("keys.encryption_key")?;
-    let email = crate::drivers::email::EmailDriver::new(&settings.email, cipher.clone())?;
+    let mut email_settings = settings.email.clone();
+    email_settings.timeout_ms = settings.within_lease(email_settings.timeout_ms);
+    let email = crate::drivers::email::EmailDriver::new(&email_settings, cipher.clone())?;
+    let mut webhook_settings = settings.webhooks.clone();
+    webhook_settings.timeout_ms = settings.within_lease(webhook_settings.timeout_ms);
     let completer = crate::completer::Completer::start(
         pool.clone(),
         worker_id.clone(),
@@ -125,10 +129,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         ),
         payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
         email,
-        webhook: crate::drivers::webhook::WebhookDriver::new(
-            settings.webhooks.clone(),
-            limits.clone(),
-        ),
+        webhook: crate::drivers::webhook::WebhookDriver::new(webhook_settings, limits.clone()),
         payment_policy: courier_shared::service::payments::PaymentPolicy {
             revoke_on_dispute: settings.payments.revoke_on_dispute,
             accept: Arc::new(
