@@ -80,6 +80,9 @@ pub struct EmailSettings {
     pub send_confirmation: bool,
     /// The refund confirmation, when a refund's money moved.
     pub send_refund: bool,
+    /// CD keys e-mailed when they are obtained; the item is `fulfilled` until
+    /// the SMTP server accepts the e-mail, then `delivered`.
+    pub send_keys: bool,
 }
 
 /// Outbound webhooks to the store's endpoints.
@@ -401,6 +404,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("email.timeout_ms", "15000"),
     ("email.send_confirmation", "true"),
     ("email.send_refund", "true"),
+    ("email.send_keys", "true"),
     ("log.format", "pretty"),
     ("log.filter", "info,sqlx=warn"),
 ];
@@ -430,6 +434,9 @@ impl Settings {
         }
         if self.email.enabled && self.email.send_refund {
             out.push(("courier.email_refund", "on"));
+        }
+        if self.email.enabled && self.email.send_keys {
+            out.push(("courier.email_keys", "on"));
         }
         out
     }

@@ -14,9 +14,17 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn mail_stack(smtp: &FakeSmtp) -> TestStack {
+    mail_stack_with(smtp, |_| {}).await
+}
+
+async fn mail_stack_with(
+    smtp: &FakeSmtp,
+    tweak: impl FnOnce(&mut courier_shared::config::Settings),
+) -> TestStack {
     let port = smtp.port;
     let stack = TestStack::start_with(
         move |s| {
+            tweak(s);
             s.email.enabled = true;
             s.email.smtp_host = "127.0.0.1".into();
             s.email.smtp_port = port;
@@ -234,5 +242,67 @@ async fn with_email_off_nothing_is_written_and_resend_says_so() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
     assert_eq!(e["error"]["code"], "email_disabled");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_fulfilled_until_their_email_is_accepted_then_delivered() {
+    let smtp = FakeSmtp::start().await.expect("smtp");
+    // Enough attempts to outlast the outage the test makes.
+    let stack = mail_stack_with(&smtp, |s| s.retry.email.max_attempts = 1000).await;
+    stack
+        .add_product(
+            "gift",
+            json!([{ "kind": "supplier_key", "stock_only": true }]),
+        )
+        .await;
+    let (status, r) = stack
+        .call(
+            Method::POST,
+            "/v1/products/gift/keys",
+            Some(&json!({ "keys": ["KEY-AAAA-0001", "KEY-BBBB-0002"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    // An SMTP outage holds the e-mails until the test has seen the item fulfilled.
+    smtp.answer_always(Some(Answer::Code(451)));
+    let (_, order) = stack.post_order("gift", "alex", None).await;
+    let id = order["id"].as_str().expect("id");
+    stack
+        .wait_until(
+            "the item is fulfilled while its keys e-mail waits",
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM order_items i JOIN deliveries d ON d.item_id = i.id \
+                 WHERE i.order_id = '{id}' AND i.delivery_status = 'fulfilled' \
+                   AND d.kind = 'email' AND d.attempts >= 2)"
+            ),
+            WAIT,
+        )
+        .await;
+    let (_, row) = stack
+        .call(Method::GET, &format!("/v1/orders/{id}"), None)
+        .await;
+    assert_eq!(row["status"], "processing", "{row}");
+
+    smtp.answer_always(None);
+    let done = stack.wait_for_order(id, "completed", WAIT).await;
+    assert_eq!(done["items"][0]["delivery_status"], "delivered", "{done}");
+    let mails = smtp.wait_for(2, WAIT).await;
+    assert_eq!(mails.len(), 2, "the confirmation and the keys");
+    let keys = mails
+        .iter()
+        .find(|m| parsed(m).0.contains("keys"))
+        .expect("the keys e-mail");
+    let (subject, text, html, to) = parsed(keys);
+    assert_eq!(to, ["alex@example.com"]);
+    assert!(subject.contains("your Product gift keys"), "{subject}");
+    for code in ["KEY-AAAA-0001", "KEY-BBBB-0002"] {
+        assert!(text.contains(code) && html.contains(code), "{code}: {text}");
+    }
+    // Sent means revealed: a refund cannot put them back in stock now.
+    let revealed = stack
+        .count("SELECT count(*) FROM item_keys WHERE revealed_at IS NOT NULL")
+        .await;
+    assert_eq!(revealed, 2);
     stack.teardown().await;
 }

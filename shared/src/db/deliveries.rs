@@ -156,6 +156,12 @@ pub async fn claim_batch(
         };
         if let (Purpose::Deliver, Some(item_id)) = (c.purpose, c.item_id) {
             let from: ItemStatus = row.try_get::<String, _>("item_status")?.parse()?;
+            // A fulfilled item has its keys; the claim of its keys e-mail
+            // leaves it fulfilled.
+            if from == ItemStatus::Fulfilled && c.kind == DeliveryKind::Email {
+                claimed.insert(c.id, c);
+                continue;
+            }
             // The order moves only with an item that moved: a delivery of an
             // item already delivered (by hand) does not reopen its order.
             if let Some(to) = rollup::item_move(from, ItemStatus::Processing)? {
@@ -628,17 +634,21 @@ pub async fn roll_up_orders(
 ) -> Result<(), DbError> {
     let rows = sqlx::query(
         "SELECT i.order_id, i.id, i.delivery_status, o.status AS order_status, \
+           nullif(o.customer_email, '') AS customer_email, courier_email_on('keys') AS email_keys, \
            EXISTS (SELECT 1 FROM item_keys k WHERE k.item_id = i.id) AS has_keys, \
-           coalesce(array_agg(d.status) FILTER (WHERE d.id IS NOT NULL), '{}') AS deliveries \
+           coalesce(array_agg(d.status) FILTER (WHERE d.id IS NOT NULL AND d.kind <> 'email'), '{}') AS deliveries, \
+           (array_agg(d.status) FILTER (WHERE d.kind = 'email'))[1] AS email \
          FROM order_items i JOIN orders o ON o.id = i.order_id AND o.id = ANY($1) \
            LEFT JOIN deliveries d ON d.item_id = i.id AND d.purpose = 'deliver' \
              AND d.order_id = ANY($1) \
-         WHERE i.order_id = ANY($1) GROUP BY i.id, o.status",
+         WHERE i.order_id = ANY($1) GROUP BY i.id, o.status, o.customer_email",
     )
     .bind(order_ids)
     .fetch_all(&mut *conn)
     .await?;
     let mut item_changes = Vec::new();
+    // Key items whose codes are now all in and must be e-mailed: (order, item, address).
+    let mut key_emails: Vec<(Uuid, Uuid, String)> = Vec::new();
     let mut by_order: std::collections::HashMap<Uuid, (OrderStatus, Vec<ItemStatus>)> =
         std::collections::HashMap::new();
     for r in &rows {
@@ -651,8 +661,28 @@ pub async fn roll_up_orders(
                 .iter()
                 .map(|s| s.parse())
                 .collect::<Result<Vec<DeliveryStatus>, _>>()?;
-            let implied = rollup::item_status(&deliveries);
-            if let Some(to) = rollup::item_rollup(status, implied, r.try_get("has_keys")?)? {
+            let has_keys: bool = r.try_get("has_keys")?;
+            let email: Option<DeliveryStatus> = r
+                .try_get::<Option<String>, _>("email")?
+                .map(|s| s.parse())
+                .transpose()?;
+            let mut implied = match email {
+                Some(e) => rollup::key_item_status(&deliveries, e),
+                None => rollup::item_status(&deliveries),
+            };
+            // The keys are in: they go to the customer by e-mail first.
+            if let (None, ItemStatus::Delivered, true, true, Some(to)) = (
+                email,
+                implied,
+                has_keys,
+                r.try_get::<bool, _>("email_keys")?,
+                r.try_get::<Option<String>, _>("customer_email")?,
+            ) && status != ItemStatus::Delivered
+            {
+                key_emails.push((order_id, id, to));
+                implied = ItemStatus::Fulfilled;
+            }
+            if let Some(to) = rollup::item_rollup(status, implied, has_keys)? {
                 item_changes.push(Change {
                     id,
                     from: status,
@@ -668,6 +698,9 @@ pub async fn roll_up_orders(
             .1
             .push(status);
     }
+    if !key_emails.is_empty() {
+        queue_key_emails(conn, &key_emails).await?;
+    }
     let mut order_changes = Vec::new();
     for (id, (from, items)) in by_order {
         if let Some(implied) = rollup::order_status(&items)
@@ -677,6 +710,34 @@ pub async fn roll_up_orders(
         }
     }
     statuses::write(conn, &item_changes, &order_changes, actor).await
+}
+
+/// Writes the keys e-mail of each item (a `deliver` delivery of kind
+/// `email`, so the item is delivered only when the SMTP server accepted it)
+/// and its job message.
+async fn queue_key_emails(
+    conn: &mut PgConnection,
+    emails: &[(Uuid, Uuid, String)],
+) -> Result<(), DbError> {
+    let ids: Vec<Uuid> = emails.iter().map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS u(id, order_id, item_id, email)), \
+         d AS (INSERT INTO deliveries (id, order_id, item_id, kind, target, payload, status, purpose, next_attempt_at) \
+           SELECT u.id, u.order_id, u.item_id, 'email', u.email, \
+             jsonb_build_object('template', 'keys', 'to', u.email, 'extra', jsonb_build_object('item_id', u.item_id)), \
+             'queued', 'deliver', now() FROM u RETURNING id) \
+         INSERT INTO outbox (queue, payload) \
+         SELECT $5, jsonb_build_object('delivery_id', d.id, 'kind', 'email') FROM d",
+    )
+    .bind(&ids)
+    .bind(emails.iter().map(|e| e.0).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.1).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.2.as_str()).collect::<Vec<_>>())
+    .bind(DeliveryKind::Email.queue())
+    .execute(&mut *conn)
+    .await?;
+    super::outbox::notify_relays(conn).await?;
+    Ok(())
 }
 
 /// Moves an item to `to` if its state machine allows it from the current

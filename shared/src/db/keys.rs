@@ -205,13 +205,24 @@ pub async fn item_keys(
 /// decrypting; the row lock orders it with a concurrent `release`, so a code
 /// is either revealed or back in stock, never both.
 pub async fn mark_revealed(conn: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    mark_revealed_in(conn, order_id, None).await
+}
+
+/// `mark_revealed` for one item of the order (`Some`), or all of them.
+pub async fn mark_revealed_in(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    item: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE item_keys SET revealed_at = now() WHERE id IN ( \
            SELECT k.id FROM item_keys k JOIN order_items i ON i.id = k.item_id \
-           WHERE i.order_id = $1 AND k.revealed_at IS NULL AND k.released_at IS NULL \
+           WHERE i.order_id = $1 AND ($2::uuid IS NULL OR i.id = $2) \
+             AND k.revealed_at IS NULL AND k.released_at IS NULL \
            ORDER BY k.id FOR UPDATE OF k)",
     )
     .bind(order_id)
+    .bind(item)
     .execute(conn)
     .await?;
     Ok(())

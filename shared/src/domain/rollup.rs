@@ -79,6 +79,22 @@ pub fn item_status(deliveries: &[DeliveryStatus]) -> ItemStatus {
     }
 }
 
+/// The status of a key item whose codes are e-mailed: `fulfilled` while its
+/// key deliveries are done and the e-mail is not yet accepted by the SMTP
+/// server, `delivered` once it is, `failed` when the e-mail is dead (or was
+/// cancelled). Until the keys are all in, the key deliveries decide.
+pub fn key_item_status(keys: &[DeliveryStatus], email: DeliveryStatus) -> ItemStatus {
+    let by_keys = item_status(keys);
+    if by_keys != ItemStatus::Delivered {
+        return by_keys;
+    }
+    match email {
+        DeliveryStatus::Succeeded => ItemStatus::Delivered,
+        DeliveryStatus::Dead | DeliveryStatus::Cancelled => ItemStatus::Failed,
+        _ => ItemStatus::Fulfilled,
+    }
+}
+
 /// The order status implied by its items, or `None` when the items say nothing
 /// new (an untouched pending order stays pending until a worker claims work).
 pub fn order_status(items: &[ItemStatus]) -> Option<OrderStatus> {
@@ -105,6 +121,23 @@ mod tests {
     use super::*;
     use DeliveryStatus as D;
     use ItemStatus as I;
+
+    #[test]
+    fn a_key_item_is_fulfilled_until_its_email_is_accepted() {
+        let keys = [D::Succeeded, D::Succeeded];
+        assert_eq!(key_item_status(&keys, D::Queued), I::Fulfilled);
+        assert_eq!(key_item_status(&keys, D::Retrying), I::Fulfilled);
+        assert_eq!(key_item_status(&keys, D::Succeeded), I::Delivered);
+        assert_eq!(key_item_status(&keys, D::Dead), I::Failed);
+        assert_eq!(
+            key_item_status(&[D::Succeeded, D::Running], D::Queued),
+            I::Processing
+        );
+        assert_eq!(
+            order_status(&[I::Fulfilled, I::Delivered]),
+            Some(OrderStatus::Processing)
+        );
+    }
 
     #[test]
     fn item_is_delivered_only_when_every_delivery_succeeded() {

@@ -44,6 +44,14 @@ const TEMPLATES: &[(&str, [&str; 3])] = &[
         ],
     ),
     (
+        "keys",
+        [
+            include_str!("../../templates/email/keys.subject"),
+            include_str!("../../templates/email/keys.txt"),
+            include_str!("../../templates/email/keys.html"),
+        ],
+    ),
+    (
         "delivery_instructions",
         [
             include_str!("../../templates/email/delivery_instructions.subject"),
@@ -245,17 +253,27 @@ impl EmailDriver {
                 context[k] = v.clone();
             }
         }
-        if p.template == "delivery_instructions" {
+        // `keys`: one item's codes; `delivery_instructions`: every item's.
+        let only: Option<Uuid> = match p.template.as_str() {
+            "keys" => p
+                .extra
+                .get("item_id")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok()),
+            _ => None,
+        };
+        if p.template == "delivery_instructions" || only.is_some() {
             // The codes are shown to the customer now: from here on a refund
             // cannot put them back in stock.
             if self.cipher.is_some() {
-                courier_shared::db::keys::mark_revealed(&mut conn, order_id).await?;
+                courier_shared::db::keys::mark_revealed_in(&mut conn, order_id, only).await?;
             }
             let rows = sqlx::query(
                 "SELECT id, product_name, quantity, delivery_status, delivery_notes FROM order_items \
-                 WHERE order_id = $1 ORDER BY position",
+                 WHERE order_id = $1 AND ($2::uuid IS NULL OR id = $2) ORDER BY position",
             )
             .bind(order_id)
+            .bind(only)
             .fetch_all(&mut *conn)
             .await?;
             let mut items = Vec::with_capacity(rows.len());
