@@ -21,7 +21,7 @@ use utoipa::openapi::{
 use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    self, admin, catalog, emails, export, health, keys, manual, notes, order_list, orders,
+    self, admin, alerts, catalog, emails, export, health, keys, manual, notes, order_list, orders,
     payments, reports, webhooks,
 };
 
@@ -45,7 +45,7 @@ use crate::routes::{
         admin::retry_item, admin::list, admin::retry_bulk, admin::show, admin::retry,
         admin::discard, admin::held, admin::payment_events, admin::payment_event,
         admin::retry_delivery, admin::discard_delivery,
-        keys::upload, keys::enter, keys::alerts, keys::supplier_webhook,
+        keys::upload, keys::enter, alerts::list, alerts::acknowledge, alerts::resolve, keys::supplier_webhook,
         health::alive, health::ready, health::metrics, document,
         reports::summary,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,

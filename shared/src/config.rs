@@ -44,6 +44,7 @@ pub struct Settings {
     pub orders: OrderSettings,
     pub webhooks: WebhookSettings,
     pub email: EmailSettings,
+    pub alerts: AlertSettings,
     /// Supplier APIs by name (the name used in `supplier_key` actions).
     #[serde(default)]
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
@@ -52,6 +53,44 @@ pub struct Settings {
     #[serde(default)]
     pub tls: TlsSettings,
     pub log: LogSettings,
+}
+
+/// Where admin alerts are sent.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AlertSettings {
+    /// Addresses, comma-separated, e-mailed through `email.*` (which must be on).
+    pub email_to: Option<String>,
+    /// A Discord incoming webhook (`https://discord.com/api/webhooks/…`).
+    pub discord_webhook_url: Option<Secret>,
+    /// A Slack incoming webhook (`https://hooks.slack.com/services/…`).
+    pub slack_webhook_url: Option<Secret>,
+    /// The same condition is not sent again within this many minutes.
+    pub cooldown_minutes: u32,
+    /// Alert when this many dead letters are open (0: never).
+    pub dead_letters_threshold: u32,
+    pub timeout_ms: u64,
+}
+
+impl AlertSettings {
+    /// The configured channels, as the alert deliveries name them.
+    pub fn channels(&self, email_on: bool) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if email_on
+            && self
+                .email_to
+                .as_deref()
+                .is_some_and(|t| !t.trim().is_empty())
+        {
+            out.push("email");
+        }
+        if self.discord_webhook_url.is_some() {
+            out.push("discord");
+        }
+        if self.slack_webhook_url.is_some() {
+            out.push("slack");
+        }
+        out
+    }
 }
 
 /// Customer e-mail over SMTP.
@@ -275,6 +314,8 @@ pub struct RetrySettings {
     pub webhook: Schedule,
     /// Customer e-mail.
     pub email: Schedule,
+    /// Admin alerts to their channels.
+    pub alert: Schedule,
     pub waiting: WaitingSchedule,
 }
 
@@ -289,6 +330,7 @@ impl RetrySettings {
             DeliveryKind::GatewayRefund => &self.payment,
             DeliveryKind::Webhook => &self.webhook,
             DeliveryKind::Email => &self.email,
+            DeliveryKind::Alert => &self.alert,
         }
     }
 }
@@ -373,6 +415,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("retry.email.max_attempts", "12"),
     ("retry.email.base_delay_ms", "10000"),
     ("retry.email.max_delay_ms", "3600000"),
+    ("retry.alert.max_attempts", "12"),
+    ("retry.alert.base_delay_ms", "10000"),
+    ("retry.alert.max_delay_ms", "3600000"),
     ("retry.waiting.interval_ms", "300000"),
     ("retry.waiting.max_wait_hours", "168"),
     ("rescuer.interval_ms", "10000"),
@@ -405,6 +450,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("email.send_confirmation", "true"),
     ("email.send_refund", "true"),
     ("email.send_keys", "true"),
+    ("alerts.cooldown_minutes", "60"),
+    ("alerts.dead_letters_threshold", "10"),
+    ("alerts.timeout_ms", "10000"),
     ("log.format", "pretty"),
     ("log.filter", "info,sqlx=warn"),
 ];
@@ -427,16 +475,28 @@ impl Settings {
     /// Session settings every Postgres connection of this process carries:
     /// the e-mail switches, which the triggers that write customer e-mails
     /// read (`current_setting('courier.email_confirmation')`).
-    pub fn session(&self) -> Vec<(&'static str, &'static str)> {
-        let mut out = Vec::new();
+    pub fn session(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let channels = self.alerts.channels(self.email.enabled);
+        if !channels.is_empty() {
+            out.push(("courier.alert_channels", channels.join(",")));
+        }
+        out.push((
+            "courier.alert_cooldown_secs",
+            (u64::from(self.alerts.cooldown_minutes) * 60).to_string(),
+        ));
+        out.push((
+            "courier.alert_dead_letters",
+            self.alerts.dead_letters_threshold.to_string(),
+        ));
         if self.email.enabled && self.email.send_confirmation {
-            out.push(("courier.email_confirmation", "on"));
+            out.push(("courier.email_confirmation", "on".into()));
         }
         if self.email.enabled && self.email.send_refund {
-            out.push(("courier.email_refund", "on"));
+            out.push(("courier.email_refund", "on".into()));
         }
         if self.email.enabled && self.email.send_keys {
-            out.push(("courier.email_keys", "on"));
+            out.push(("courier.email_keys", "on".into()));
         }
         out
     }
@@ -541,6 +601,7 @@ impl Settings {
             ("retry.payment", &self.retry.payment),
             ("retry.webhook", &self.retry.webhook),
             ("retry.email", &self.retry.email),
+            ("retry.alert", &self.retry.alert),
         ] {
             if schedule.max_attempts == 0
                 || schedule.base_delay_ms < 10

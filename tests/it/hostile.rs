@@ -60,7 +60,9 @@ fn takes_json(route: &Route) -> bool {
         && !p.starts_with("/webhooks/")
         && !(p.ends_with("/retry") && p != "/v1/admin/dead-letters/retry")
         && p != "/v1/orders/{reference}/process"
-        && !p.ends_with("/resend")
+        && !(p.ends_with("/resend") && p.starts_with("/v1/webhook-endpoints"))
+        && !p.ends_with("/acknowledge")
+        && !p.ends_with("/resolve")
 }
 
 /// A client that opens a connection per request: a server may close a

@@ -2,6 +2,7 @@
 //! test starts its own isolated stack (database, queue prefix) against the real
 //! Postgres, RabbitMQ and Redis; only the outside world is faked.
 
+mod alerts;
 mod bench;
 mod dead_letters;
 mod deploy;

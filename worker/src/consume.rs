@@ -55,6 +55,7 @@ pub struct Context {
     pub payment: crate::drivers::payment::PaymentDriver,
     pub webhook: crate::drivers::webhook::WebhookDriver,
     pub email: crate::drivers::email::EmailDriver,
+    pub alert: crate::drivers::alert::AlertDriver,
     /// For events about a payment the rescuer re-tries.
     pub payment_policy: courier_shared::service::payments::PaymentPolicy,
     pub limits: Arc<courier_shared::limits::Limits>,
@@ -314,10 +315,12 @@ async fn run_claimed(
 
     // The common case goes through the batch completer; whatever it declines
     // (or a batch that failed) is recorded one by one below.
-    if record.next == DeliveryStatus::Succeeded && claimed.purpose == Purpose::Deliver {
+    if let (DeliveryStatus::Succeeded, Purpose::Deliver, Some(order_id)) =
+        (record.next, claimed.purpose, claimed.order_id)
+    {
         let success = Success {
             id: claimed.id,
-            order_id: claimed.order_id,
+            order_id,
             attempt: claimed.attempt,
             response: record.response.clone(),
         };
@@ -427,7 +430,16 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
                     .run(&task_ctx.pool, (delivery_id, attempt), &payload)
                     .await
             }
-            DeliveryKind::Email => task_ctx.email.run(&task_ctx.pool, order_id, &payload).await,
+            DeliveryKind::Email => match order_id {
+                Some(order_id) => task_ctx.email.run(&task_ctx.pool, order_id, &payload).await,
+                None => DriverOutcome::permanent("an e-mail delivery without an order"),
+            },
+            DeliveryKind::Alert => {
+                task_ctx
+                    .alert
+                    .run(&task_ctx.pool, &task_ctx.email, &payload)
+                    .await
+            }
         }
     });
     match task.await {

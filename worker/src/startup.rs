@@ -21,6 +21,7 @@ pub const SUPPORTED: &[DeliveryKind] = &[
     DeliveryKind::GatewayRefund,
     DeliveryKind::Webhook,
     DeliveryKind::Email,
+    DeliveryKind::Alert,
 ];
 
 pub struct RunningWorker {
@@ -129,6 +130,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         ),
         payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
         email,
+        alert: crate::drivers::alert::AlertDriver::new(courier_shared::config::AlertSettings {
+            timeout_ms: settings.within_lease(settings.alerts.timeout_ms),
+            ..settings.alerts.clone()
+        }),
         webhook: crate::drivers::webhook::WebhookDriver::new(webhook_settings, limits.clone()),
         payment_policy: courier_shared::service::payments::PaymentPolicy {
             revoke_on_dispute: settings.payments.revoke_on_dispute,

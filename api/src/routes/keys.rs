@@ -12,9 +12,8 @@ use uuid::Uuid;
 
 use crate::auth::{ADMIN, Caller};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::ApiPath;
 use crate::json::{ValidJson, parse};
-use crate::routes::admin::{PageQuery, page};
 use crate::startup::AppState;
 
 fn cipher(state: &AppState) -> Result<&courier_shared::crypto::KeyCipher, ApiError> {
@@ -46,22 +45,6 @@ pub struct StockAdded {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyEntered {
     pub delivery_id: Uuid,
-}
-
-/// An alert for an admin (low stock, a mismatched payment, a dispute…).
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct Alert {
-    pub id: i64,
-    pub kind: String,
-    pub message: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A page of unacknowledged alerts, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AlertPage {
-    pub alerts: Vec<Alert>,
-    pub next_cursor: Option<String>,
 }
 
 /// Codes from a CSV body: one per line, first column; a first line `code` is a header.
@@ -149,32 +132,6 @@ pub async fn enter(
     .await?;
     Ok(Json(KeyEntered {
         delivery_id: delivery,
-    }))
-}
-
-#[utoipa::path(get, path = "/v1/admin/alerts", operation_id = "list_alerts", tag = "failures", params(PageQuery),
-    responses((status = 200, description = "Unacknowledged alerts, newest first", body = AlertPage)))]
-/// `GET /v1/admin/alerts`: unacknowledged alerts, newest first.
-pub async fn alerts(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<AlertPage>, ApiError> {
-    caller.require(ADMIN)?;
-    let limit = page::limit(q.limit)?;
-    let before = page::decode_id(q.cursor.as_deref())?;
-    let alerts: Vec<Alert> = sqlx::query_as(
-        "SELECT id, kind, message, created_at FROM admin_alerts \
-         WHERE acknowledged_at IS NULL AND ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
-    )
-    .bind(before)
-    .bind(limit)
-    .fetch_all(&state.pool)
-    .await?;
-    let next = page::next(alerts.len(), limit, alerts.last().map(|a| a.id.to_string()));
-    Ok(Json(AlertPage {
-        alerts,
-        next_cursor: next,
     }))
 }
 

@@ -5,6 +5,7 @@
 //! escape the error shape or the input checks.
 
 pub mod admin;
+pub mod alerts;
 pub mod catalog;
 pub mod emails;
 pub mod export;
@@ -229,7 +230,19 @@ fn table(state: Option<AppState>) -> Table {
     )
     .add(M::POST, "/v1/products/{sku}/keys", ADMIN, keys::upload)
     .add(M::POST, "/v1/admin/items/{item_id}/key", ADMIN, keys::enter)
-    .add(M::GET, "/v1/admin/alerts", ADMIN, keys::alerts)
+    .add(M::GET, "/v1/admin/alerts", ADMIN, alerts::list)
+    .add(
+        M::POST,
+        "/v1/admin/alerts/{id}/acknowledge",
+        ADMIN,
+        alerts::acknowledge,
+    )
+    .add(
+        M::POST,
+        "/v1/admin/alerts/{id}/resolve",
+        ADMIN,
+        alerts::resolve,
+    )
     .add(
         M::POST,
         "/webhooks/supplier/{name}",

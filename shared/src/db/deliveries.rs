@@ -65,7 +65,8 @@ async fn insert_as(
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: Uuid,
-    pub order_id: Uuid,
+    /// None for the one kind that belongs to no order (`alert`).
+    pub order_id: Option<Uuid>,
     pub item_id: Option<Uuid>,
     pub kind: DeliveryKind,
     pub purpose: Purpose,
@@ -172,9 +173,9 @@ pub async fn claim_batch(
                         to,
                     });
                 }
-                moved_orders.insert(c.order_id);
+                moved_orders.extend(c.order_id);
             } else if from == ItemStatus::Processing {
-                moved_orders.insert(c.order_id);
+                moved_orders.extend(c.order_id);
             }
         }
         claimed.insert(c.id, c);
@@ -272,7 +273,8 @@ pub async fn record(
 ) -> Result<(Recorded, bool), DbError> {
     DeliveryStatus::Running.transition(rec.next)?;
     // Serialise roll-ups per order (see the module comment).
-    let revoked = statuses::lock_orders(conn, &[claimed.order_id], statuses::Announce::Trigger)
+    let orders: Vec<Uuid> = claimed.order_id.into_iter().collect();
+    let revoked = statuses::lock_orders(conn, &orders, statuses::Announce::Trigger)
         .await?
         .first()
         .is_some_and(|(_, _, revoked)| *revoked);
@@ -332,10 +334,11 @@ pub async fn record(
     .await?;
     let actor = format!("worker:{worker}");
     if updated.rows_affected() == 0 {
-        events::record(
+        events::record_if_order(
             conn,
+            claimed.order_id,
             NewEvent {
-                order_id: claimed.order_id,
+                order_id: Uuid::nil(),
                 delivery_id: Some(claimed.id),
                 kind: "delivery.lease_lost",
                 message: format!(
@@ -366,10 +369,11 @@ pub async fn record(
         super::outbox::notify_relays(conn).await?;
     }
     if rec.ambiguous {
-        events::record(
+        events::record_if_order(
             conn,
+            claimed.order_id,
             NewEvent {
-                order_id: claimed.order_id,
+                order_id: Uuid::nil(),
                 delivery_id: Some(claimed.id),
                 kind: "delivery.ambiguous",
                 message: format!(
@@ -420,10 +424,11 @@ pub async fn record(
     // A success is its attempt row (the execution log); every other outcome
     // changes what happens next, and the timeline says so.
     if rec.next != DeliveryStatus::Succeeded {
-        events::record(
+        events::record_if_order(
             conn,
+            claimed.order_id,
             NewEvent {
-                order_id: claimed.order_id,
+                order_id: Uuid::nil(),
                 delivery_id: Some(claimed.id),
                 kind: &format!("delivery.{}", rec.next),
                 message,
@@ -440,7 +445,9 @@ pub async fn record(
     }
     match (claimed.purpose, claimed.item_id) {
         (Purpose::Deliver, Some(item_id)) => {
-            roll_up(conn, claimed.order_id, item_id, &actor).await?;
+            if let Some(order_id) = claimed.order_id {
+                roll_up(conn, order_id, item_id, &actor).await?;
+            }
         }
         (Purpose::Refund, _) => {
             super::refunds::settle_refund(conn, claimed.id, rec.next, rec.response.as_deref())
@@ -579,7 +586,7 @@ fn changed_one(rows: u64, id: Uuid, from: DeliveryStatus) -> Result<(), DbError>
 /// row lock and rolls up if it should.
 pub async fn cancel(
     conn: &mut PgConnection,
-    order_id: Uuid,
+    order_id: Option<Uuid>,
     id: Uuid,
     from: DeliveryStatus,
     why: &str,
@@ -595,10 +602,11 @@ pub async fn cancel(
     .execute(&mut *conn)
     .await?;
     super::dead_letters::resolve_for_delivery(conn, id, actor, "discarded").await?;
-    events::record(
+    events::record_if_order(
         conn,
+        order_id,
         NewEvent {
-            order_id,
+            order_id: Uuid::nil(),
             delivery_id: Some(id),
             kind: "delivery.cancelled",
             message: format!("{from} delivery cancelled: {why}"),

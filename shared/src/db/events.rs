@@ -32,3 +32,17 @@ pub async fn record(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), 
     .await?;
     Ok(())
 }
+
+/// Records `event` in the timeline of `order_id`'s order; a delivery of no
+/// order (an alert) has no timeline, so nothing is written for it (its
+/// attempts are its record). `event.order_id` is replaced.
+pub async fn record_if_order(
+    conn: &mut PgConnection,
+    order_id: Option<Uuid>,
+    event: NewEvent<'_>,
+) -> Result<(), sqlx::Error> {
+    match order_id {
+        Some(order_id) => record(conn, NewEvent { order_id, ..event }).await,
+        None => Ok(()),
+    }
+}

@@ -44,13 +44,13 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> 
 /// (`Settings::session`).
 pub fn connect_lazy_with(
     settings: &DatabaseSettings,
-    session: &[(&str, &str)],
+    session: &[(&str, String)],
 ) -> Result<PgPool, sqlx::Error> {
     let options: sqlx::postgres::PgConnectOptions = settings.url.expose().parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.options(session.iter().copied())))
+        .connect_lazy_with(options.options(session.iter().map(|(k, v)| (*k, v.as_str())))))
 }
 
 /// Applies pending migrations; safe to run from several processes at once

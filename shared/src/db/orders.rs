@@ -330,6 +330,7 @@ fn delivery_summary(deliveries: &[DeliveryView]) -> Vec<KindSummary> {
                         DeliveryKind::GatewayRefund => "Gateway refunds",
                         DeliveryKind::Webhook => "Webhooks",
                         DeliveryKind::Email => "E-mails",
+                        DeliveryKind::Alert => "Alerts",
                     },
                     total: 0,
                     by_status: std::collections::BTreeMap::new(),

@@ -57,22 +57,24 @@ pub async fn rescue_one(
     actor: &str,
 ) -> Result<Option<Rescued>, DbError> {
     let Some(order_id) =
-        sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM deliveries WHERE id = $1")
+        sqlx::query_scalar::<_, Option<Uuid>>("SELECT order_id FROM deliveries WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?
     else {
         return Ok(None);
     };
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
+    if let Some(order_id) = order_id {
+        sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
+            .execute(&mut *conn)
+            .await?;
+    }
     let Some(row) = sqlx::query(
         "SELECT d.item_id, d.kind, d.purpose, d.payload, d.attempts, d.leased_by, \
-           o.revoked_at IS NOT NULL AS revoked, \
+           coalesce(o.revoked_at IS NOT NULL, false) AS revoked, \
            (SELECT i.delivered_by_hand_at IS NOT NULL FROM order_items i WHERE i.id = d.item_id) AS by_hand \
-         FROM deliveries d JOIN orders o ON o.id = d.order_id \
+         FROM deliveries d LEFT JOIN orders o ON o.id = d.order_id \
          WHERE d.id = $1 AND d.status = 'running' AND d.lease_until < now() FOR UPDATE OF d",
     )
     .bind(id)
@@ -112,10 +114,11 @@ pub async fn rescue_one(
         OnAmbiguous::Retry
     };
     if ambiguous {
-        events::record(
+        events::record_if_order(
             conn,
+            order_id,
             NewEvent {
-                order_id,
+                order_id: Uuid::nil(),
                 delivery_id: Some(id),
                 kind: "delivery.ambiguous",
                 message: format!(
@@ -159,10 +162,11 @@ pub async fn rescue_one(
     } else {
         Rescued::Held(id)
     };
-    events::record(
+    events::record_if_order(
         conn,
+        order_id,
         NewEvent {
-            order_id,
+            order_id: Uuid::nil(),
             delivery_id: Some(id),
             kind: &format!("delivery.{to}"),
             message: match to {
@@ -177,7 +181,9 @@ pub async fn rescue_one(
         },
     )
     .await?;
-    if let (Purpose::Deliver, Some(item_id), false) = (purpose, item_id, withdrawn) {
+    if let (Purpose::Deliver, Some(order_id), Some(item_id), false) =
+        (purpose, order_id, item_id, withdrawn)
+    {
         deliveries::roll_up(conn, order_id, item_id, actor).await?;
     }
     Ok(Some(rescued))
@@ -205,10 +211,11 @@ pub async fn republish_overdue(
         let id: Uuid = row.try_get("id")?;
         let kind: DeliveryKind = row.try_get::<String, _>("kind")?.parse()?;
         outbox::enqueue_job(&mut tx, id, kind).await?;
-        events::record(
+        events::record_if_order(
             &mut tx,
+            row.try_get("order_id")?,
             NewEvent {
-                order_id: row.try_get("order_id")?,
+                order_id: Uuid::nil(),
                 delivery_id: Some(id),
                 kind: "delivery.republished",
                 message: format!("no message arrived {overdue_secs} s after the delivery was due; published again"),

@@ -160,7 +160,7 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid, actor: &str) -> Result<bo
         let status: DeliveryStatus = r.try_get::<String, _>("status")?.parse()?;
         super::deliveries::cancel(
             conn,
-            r.try_get("order_id")?,
+            Some(r.try_get("order_id")?),
             r.try_get("id")?,
             status,
             "its webhook endpoint was deleted",

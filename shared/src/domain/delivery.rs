@@ -39,6 +39,7 @@ text_enum!(
         GatewayRefund => "gateway_refund",
         Webhook => "webhook",
         Email => "email",
+        Alert => "alert",
     }
 );
 
@@ -75,6 +76,7 @@ impl DeliveryKind {
             DeliveryKind::GatewayRefund => "courier.payment",
             DeliveryKind::Webhook => "courier.webhook",
             DeliveryKind::Email => "courier.email",
+            DeliveryKind::Alert => "courier.alert",
         }
     }
 }

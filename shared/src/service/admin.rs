@@ -31,20 +31,24 @@ impl From<sqlx::Error> for AdminError {
     }
 }
 
-/// Locks the delivery's order, then the delivery; returns (order, item, kind, status).
+/// Locks the delivery's order (an alert has none), then the delivery;
+/// returns (order, item, kind, status).
 async fn lock_delivery(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<(Uuid, Option<Uuid>, DeliveryKind, DeliveryStatus), AdminError> {
-    let order_id: Uuid = sqlx::query_scalar("SELECT order_id FROM deliveries WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(AdminError::NotFound("delivery"))?;
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
+) -> Result<(Option<Uuid>, Option<Uuid>, DeliveryKind, DeliveryStatus), AdminError> {
+    let order_id: Option<Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(AdminError::NotFound("delivery"))?;
+    if let Some(order_id) = order_id {
+        sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
+            .execute(&mut *conn)
+            .await?;
+    }
     // Only a delivering row rolls up into its item (revoke and refund jobs do not).
     let row = sqlx::query(
         "SELECT CASE WHEN purpose = 'deliver' THEN item_id END AS item_id, kind, status \
@@ -89,10 +93,11 @@ pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), 
     outbox::enqueue_job(&mut tx, id, kind).await?;
     outbox::notify_relays(&mut tx).await?;
     dead_letters::resolve_for_delivery(&mut tx, id, actor, "retried").await?;
-    events::record(
+    events::record_if_order(
         &mut tx,
+        order_id,
         NewEvent {
-            order_id,
+            order_id: Uuid::nil(),
             delivery_id: Some(id),
             kind: "delivery.retried",
             message: format!("{status} delivery retried by {actor}"),
@@ -101,7 +106,7 @@ pub async fn retry_delivery(pool: &PgPool, id: Uuid, actor: &str) -> Result<(), 
         },
     )
     .await?;
-    if let Some(item_id) = item_id {
+    if let (Some(order_id), Some(item_id)) = (order_id, item_id) {
         deliveries::roll_up(&mut tx, order_id, item_id, actor).await?;
     }
     tx.commit().await?;
@@ -124,7 +129,7 @@ pub async fn discard_delivery(
     }
     let why = format!("discarded by {actor}: {reason}");
     deliveries::cancel(&mut tx, order_id, id, status, &why, actor).await?;
-    if let Some(item_id) = item_id {
+    if let (Some(order_id), Some(item_id)) = (order_id, item_id) {
         deliveries::roll_up(&mut tx, order_id, item_id, actor).await?;
     }
     tx.commit().await?;

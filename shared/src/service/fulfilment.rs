@@ -34,7 +34,7 @@ pub async fn claim(
     tx.commit().await?;
     let orders = claims
         .iter()
-        .filter_map(|(_, c)| c.as_ref().ok().map(|c| c.order_id))
+        .filter_map(|(_, c)| c.as_ref().ok().and_then(|c| c.order_id))
         .collect();
     announce(pool, orders).await;
     Ok(claims)

@@ -150,7 +150,7 @@ async fn settle_deliveries(
         if status == DeliveryStatus::Running {
             running.push(id);
         } else {
-            deliveries::cancel(conn, order_id, id, status, why, actor).await?;
+            deliveries::cancel(conn, Some(order_id), id, status, why, actor).await?;
             cancelled.push(id);
         }
     }

@@ -112,7 +112,7 @@ pub async fn withdraw(
                 }
                 _ => {
                     let why = format!("cancelled by {} ({reason})", cause.as_str());
-                    deliveries::cancel(conn, order_id, id, status, &why, actor).await?;
+                    deliveries::cancel(conn, Some(order_id), id, status, &why, actor).await?;
                     done.cancelled += 1;
                     // Held, or after an attempt that may have reached the target:
                     // it may have happened, so it is taken back too.

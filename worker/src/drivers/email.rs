@@ -158,6 +158,35 @@ impl EmailDriver {
         })
     }
 
+    /// A plain-text message to `to` (admin alerts).
+    pub async fn send_text(&self, to: &[&str], subject: &str, text: &str) -> DriverOutcome {
+        let (Some(transport), Some(from)) = (&self.transport, &self.from) else {
+            return DriverOutcome::permanent(
+                "e-mail is off on this worker (email.enabled = false): turn it on, then retry",
+            );
+        };
+        let mut builder = Message::builder().from(from.clone()).subject(subject);
+        if to.is_empty() {
+            return DriverOutcome::permanent("alerts.email_to names no address");
+        }
+        for address in to {
+            match address.parse::<Mailbox>() {
+                Ok(m) => builder = builder.to(m),
+                Err(e) => {
+                    return DriverOutcome::permanent(format!(
+                        "`{}` is not an e-mail address: {e}",
+                        courier_shared::domain::clip(address, 200)
+                    ));
+                }
+            }
+        }
+        let message = match builder.body(text.to_owned()) {
+            Ok(m) => m,
+            Err(e) => return DriverOutcome::permanent(format!("the message cannot be built: {e}")),
+        };
+        send(transport, message).await
+    }
+
     pub async fn run(&self, pool: &PgPool, order_id: Uuid, payload: &Value) -> DriverOutcome {
         let (Some(transport), Some(from)) = (&self.transport, &self.from) else {
             return DriverOutcome::permanent(
@@ -206,31 +235,7 @@ impl EmailDriver {
             Ok(m) => m,
             Err(e) => return DriverOutcome::permanent(format!("the message cannot be built: {e}")),
         };
-        match transport.send(message).await {
-            Ok(answer) => DriverOutcome::Succeeded {
-                response: format!(
-                    "{} {}",
-                    answer.code(),
-                    answer.message().collect::<Vec<_>>().join(" ")
-                ),
-            },
-            Err(e) => {
-                let class = if e.is_permanent() {
-                    ErrorClass::Permanent
-                } else {
-                    ErrorClass::Transient
-                };
-                DriverOutcome::Failed {
-                    class,
-                    error: format!(
-                        "the SMTP server did not take the message: {}",
-                        full_error(&e)
-                    ),
-                    response: None,
-                    maybe_sent: false,
-                }
-            }
-        }
+        send(transport, message).await
     }
 
     /// What a template sees: `store`, `order` (the order as webhooks show it),
@@ -297,6 +302,35 @@ impl EmailDriver {
             context["items"] = Value::Array(items);
         }
         Ok(context)
+    }
+}
+
+/// Hands `message` to the SMTP server; its answer decides the outcome.
+async fn send(transport: &AsyncSmtpTransport<Tokio1Executor>, message: Message) -> DriverOutcome {
+    match transport.send(message).await {
+        Ok(answer) => DriverOutcome::Succeeded {
+            response: format!(
+                "{} {}",
+                answer.code(),
+                answer.message().collect::<Vec<_>>().join(" ")
+            ),
+        },
+        Err(e) => {
+            let class = if e.is_permanent() {
+                ErrorClass::Permanent
+            } else {
+                ErrorClass::Transient
+            };
+            DriverOutcome::Failed {
+                class,
+                error: format!(
+                    "the SMTP server did not take the message: {}",
+                    full_error(&e)
+                ),
+                response: None,
+                maybe_sent: false,
+            }
+        }
     }
 }
 

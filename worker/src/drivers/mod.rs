@@ -1,6 +1,7 @@
 //! Delivery drivers. Each runs one delivery and classifies the result
 //! (`ErrorClass`), so the retry decision never depends on parsing messages.
 
+pub mod alert;
 pub mod discord;
 pub mod email;
 pub mod payment;
