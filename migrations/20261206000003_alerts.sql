@@ -68,38 +68,32 @@ CREATE TRIGGER admin_alerts_send AFTER INSERT ON admin_alerts
 
 -- Conditions raised here, whoever made the change: a failed order, a
 -- delivery held for a person (manual action required), too many open dead
--- letters, a dispute opened.
-CREATE FUNCTION courier_alert_orders_failed() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    r record;
+-- letters, a dispute opened. Row triggers whose WHEN clause Postgres
+-- evaluates itself: on the hot path (status changes that are not failures)
+-- no function is called at all.
+CREATE FUNCTION courier_alert_order_failed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    FOR r IN SELECT n.id, n.order_number FROM new_orders n JOIN old_orders o ON o.id = n.id
-             WHERE n.status = 'failed' AND o.status <> 'failed' LOOP
-        PERFORM courier_alert('order_failed',
-            format('order %s failed: a delivery is dead; see its dead letters', r.order_number),
-            r.id::text, jsonb_build_object('order_id', r.id, 'order_number', r.order_number));
-    END LOOP;
+    PERFORM courier_alert('order_failed',
+        format('order %s failed: a delivery is dead; see its dead letters', NEW.order_number),
+        NEW.id::text, jsonb_build_object('order_id', NEW.id, 'order_number', NEW.order_number));
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER orders_alert_failed AFTER UPDATE ON orders
-    REFERENCING OLD TABLE AS old_orders NEW TABLE AS new_orders
-    FOR EACH STATEMENT EXECUTE FUNCTION courier_alert_orders_failed();
+CREATE TRIGGER orders_alert_failed AFTER UPDATE OF status ON orders
+    FOR EACH ROW WHEN (NEW.status = 'failed' AND OLD.status <> 'failed')
+    EXECUTE FUNCTION courier_alert_order_failed();
 
-CREATE FUNCTION courier_alert_deliveries() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION courier_alert_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    r record;
     v_threshold int := coalesce(nullif(current_setting('courier.alert_dead_letters', true), '')::int, 0);
     v_open bigint;
 BEGIN
-    FOR r IN SELECT n.id, n.order_id, n.kind, n.target FROM new_deliveries n JOIN old_deliveries o ON o.id = n.id
-             WHERE n.status = 'held' AND o.status <> 'held' LOOP
+    IF NEW.status = 'held' THEN
         PERFORM courier_alert('manual_action_required',
-            format('a %s delivery to %s is held: it may already have run; decide whether to retry or discard it', r.kind, r.target),
-            r.id::text, jsonb_build_object('delivery_id', r.id, 'order_id', r.order_id));
-    END LOOP;
-    IF v_threshold > 0 AND EXISTS (SELECT 1 FROM new_deliveries n JOIN old_deliveries o ON o.id = n.id
-                                   WHERE n.status = 'dead' AND o.status <> 'dead') THEN
+            format('a %s delivery to %s is held: it may already have run; decide whether to retry or discard it', NEW.kind, NEW.target),
+            NEW.id::text, jsonb_build_object('delivery_id', NEW.id, 'order_id', NEW.order_id));
+    ELSIF v_threshold > 0 THEN
+        -- Its own dead letter is written after this change.
         SELECT count(*) INTO v_open FROM dead_letters WHERE resolved_at IS NULL;
         IF v_open + 1 >= v_threshold THEN
             PERFORM courier_alert('dead_letters',
@@ -110,9 +104,9 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER deliveries_alert AFTER UPDATE ON deliveries
-    REFERENCING OLD TABLE AS old_deliveries NEW TABLE AS new_deliveries
-    FOR EACH STATEMENT EXECUTE FUNCTION courier_alert_deliveries();
+CREATE TRIGGER deliveries_alert AFTER UPDATE OF status ON deliveries
+    FOR EACH ROW WHEN (NEW.status IN ('held', 'dead') AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION courier_alert_delivery();
 
 CREATE FUNCTION courier_alert_dispute() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -51,7 +51,7 @@ use crate::routes::{
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         webhooks::rotate, webhooks::test, webhooks::log, webhooks::resend,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, alerts::AlertState)),
     modifiers(&FromRouteTable),
     tags(
         (name = "orders", description = "Accept orders and read their status"),

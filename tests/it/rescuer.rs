@@ -71,6 +71,9 @@ async fn a_worker_killed_mid_command_leaves_the_delivery_held_by_default() {
     let (_, held) = stack.call(Method::GET, "/v1/admin/held", None).await;
     assert_eq!(held["held"][0]["order_id"], order["id"]);
     assert_eq!(game.commands().len(), 1, "a held command is not run again");
+    // Someone must decide: an alert says so.
+    let alerts = stack.alerts("manual_action_required").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
 
     // The admin decides it did not run, and retries it.
     let delivery = order["deliveries"][0]["id"]
