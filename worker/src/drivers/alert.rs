@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgPool, Row};
 
-use super::DriverOutcome;
 use super::email::EmailDriver;
+use super::{DriverOutcome, transient};
 
 #[derive(Debug, Deserialize)]
 struct Payload {
@@ -139,14 +139,5 @@ impl AlertDriver {
             response: Some(kept),
             maybe_sent: false,
         }
-    }
-}
-
-fn transient(error: String) -> DriverOutcome {
-    DriverOutcome::Failed {
-        class: ErrorClass::Transient,
-        error,
-        response: None,
-        maybe_sent: false,
     }
 }

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::DriverOutcome;
+use super::{DriverOutcome, full_error, transient};
 
 /// Every template, and its built-in subject, text and HTML.
 const TEMPLATES: &[(&str, [&str; 3])] = &[
@@ -332,26 +332,6 @@ async fn send(transport: &AsyncSmtpTransport<Tokio1Executor>, message: Message) 
             }
         }
     }
-}
-
-fn transient(error: String) -> DriverOutcome {
-    DriverOutcome::Failed {
-        class: ErrorClass::Transient,
-        error,
-        response: None,
-        maybe_sent: false,
-    }
-}
-
-fn full_error(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::DriverOutcome;
+use super::{DriverOutcome, full_error, transient};
 
 /// At most this much of an answer is kept on the attempt.
 const KEEP: usize = 2000;
@@ -252,27 +252,6 @@ impl WebhookDriver {
             maybe_sent: false,
         }
     }
-}
-
-fn transient(error: String) -> DriverOutcome {
-    DriverOutcome::Failed {
-        class: ErrorClass::Transient,
-        error,
-        response: None,
-        maybe_sent: false,
-    }
-}
-
-/// The error and its causes, as one line.
-fn full_error(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// `v1,<base64 HMAC-SHA256 of id.timestamp.body>` under `secret`
