@@ -132,8 +132,7 @@ async fn a_failing_receiver_gets_one_message_id_until_it_answers_and_410_disable
     let receiver = FakeReceiver::start().await.expect("receiver");
     let (ep, _) = endpoint(&stack, &receiver, json!(["order.completed"])).await;
     receiver.answer_next(&[500, 503]);
-    let (_, order) = stack.post_order("p", "alex", None).await;
-    let id = order["id"].as_str().expect("id");
+    stack.post_order("p", "alex", None).await;
     let got = receiver
         .wait_for(WAIT, |r| r.iter().any(|r| r.answered == 200))
         .await;
@@ -223,7 +222,6 @@ async fn a_failing_receiver_gets_one_message_id_until_it_answers_and_410_disable
         ))
         .await;
     assert_eq!(webhooks, 0);
-    let _ = id;
     stack.teardown().await;
 }
 
