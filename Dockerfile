@@ -29,10 +29,14 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin courier
 COPY --from=builder /out/courier-api /out/courier-worker /usr/local/bin/
+# Product files with `downloads.storage = local` (mount a volume here, or use s3).
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/courier/files
+VOLUME /var/lib/courier/files
 # Listen beyond the container's loopback: the API on 8080, the worker's
 # /healthz, /readyz and /metrics on 9091.
 ENV COURIER__API__BIND=0.0.0.0:8080 \
-    COURIER__WORKER__HTTP_BIND=0.0.0.0:9091
+    COURIER__WORKER__HTTP_BIND=0.0.0.0:9091 \
+    COURIER__DOWNLOADS__LOCAL_DIR=/var/lib/courier/files
 USER 10001:10001
 EXPOSE 8080 9091
 STOPSIGNAL SIGTERM

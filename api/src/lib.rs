@@ -30,4 +30,5 @@ pub mod routes;
 pub mod seed;
 pub mod signature;
 pub mod startup;
+pub mod storage;
 pub mod waiters;

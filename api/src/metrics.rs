@@ -62,6 +62,8 @@ pub struct ApiMetrics {
     pub published: Counter,
     pub accept_batch: Histogram,
     pub publish_delay: Histogram,
+    /// Download responses served (whole files and ranges).
+    pub downloads: Counter,
     outbox_backlog: Gauge,
     outbox_oldest: FloatGauge,
     dead_letters_open: Gauge,
@@ -121,6 +123,12 @@ impl Default for ApiMetrics {
             Unit::Seconds,
             publish_delay.clone(),
         );
+        let downloads = Counter::default();
+        r.register(
+            "downloads_served",
+            "Download responses served (whole files and byte ranges)",
+            downloads.clone(),
+        );
         let gauge = |r: &mut Registry, name: &str, help: &str| {
             let g = Gauge::default();
             r.register(name, help, g.clone());
@@ -160,6 +168,7 @@ impl Default for ApiMetrics {
             published,
             accept_batch,
             publish_delay,
+            downloads,
             outbox_backlog,
             outbox_oldest,
             dead_letters_open,

@@ -21,8 +21,8 @@ use utoipa::openapi::{
 use crate::auth::Access;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    self, admin, alerts, catalog, emails, export, health, keys, manual, notes, order_list, orders,
-    payments, reports, webhooks,
+    self, admin, alerts, catalog, downloads, emails, export, health, keys, manual, notes,
+    order_list, orders, payments, reports, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -45,7 +45,8 @@ use crate::routes::{
         admin::retry_item, admin::list, admin::retry_bulk, admin::show, admin::retry,
         admin::discard, admin::held, admin::payment_events, admin::payment_event,
         admin::retry_delivery, admin::discard_delivery,
-        keys::upload, keys::enter, alerts::list, alerts::acknowledge, alerts::resolve, keys::supplier_webhook,
+        keys::upload, keys::enter,
+        downloads::upload, downloads::list, downloads::withdraw, downloads::order_links, downloads::serve, alerts::list, alerts::acknowledge, alerts::resolve, keys::supplier_webhook,
         health::alive, health::ready, health::metrics, document,
         reports::summary,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,

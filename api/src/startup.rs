@@ -51,6 +51,14 @@ pub struct AppState {
     pub webhooks: Arc<courier_shared::config::WebhookSettings>,
     /// `email.enabled`: the resend can be sent.
     pub email_enabled: bool,
+    /// Product files: a local directory or S3 (`downloads.storage`);
+    /// `None` when it could not be set up (logged at start: uploads and
+    /// downloads answer 503 naming it, everything else works).
+    pub storage: Option<crate::storage::Storage>,
+    /// Upload cap and link defaults.
+    pub downloads: Arc<courier_shared::config::DownloadSettings>,
+    /// Checks and signs download links; `None` without `downloads.signing_key`.
+    pub signer: Option<courier_shared::domain::download::LinkSigner>,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -141,6 +149,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         topology: topology.clone(),
         webhooks: Arc::new(settings.webhooks.clone()),
         email_enabled: settings.email.enabled,
+        storage: match crate::storage::Storage::from_settings(&settings.downloads) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "file storage is unavailable: uploads and downloads will answer 503");
+                None
+            }
+        },
+        downloads: Arc::new(settings.downloads.clone()),
+        signer: settings.downloads.signer(),
     };
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
@@ -167,11 +184,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
     let relay = tokio::spawn(relay.run(rx.clone()));
     let mut server_rx = rx;
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_rx.wait_for(|stop| *stop).await;
-            })
-            .await
+        // The peer address is kept for the download log.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = server_rx.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     tracing::info!(%addr, "courier-api listening");
     Ok(RunningApi {

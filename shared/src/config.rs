@@ -45,6 +45,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub email: EmailSettings,
     pub alerts: AlertSettings,
+    pub downloads: DownloadSettings,
     /// Supplier APIs by name (the name used in `supplier_key` actions).
     #[serde(default)]
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
@@ -53,6 +54,52 @@ pub struct Settings {
     #[serde(default)]
     pub tls: TlsSettings,
     pub log: LogSettings,
+}
+
+/// Digital downloads: the links customers get, and where the files are kept.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DownloadSettings {
+    /// The key download links are signed with (HMAC-SHA256), at least 32
+    /// characters; the API and the workers must share it. Without it,
+    /// `download` actions cannot be saved and links are not served.
+    pub signing_key: Option<Secret>,
+    /// Where customers reach this API, for the links in e-mails
+    /// (`https://shop.example.com`; the link is `<this>/downloads/<token>`).
+    pub public_base_url: String,
+    /// A link works this long after it is made (an action may say otherwise).
+    pub link_ttl_hours: u32,
+    /// Full downloads per link (an action may say otherwise). Resumed
+    /// (`Range`) requests spend only the bytes they fetch.
+    pub max_downloads: u32,
+    /// The largest file an upload may store.
+    pub max_file_bytes: u64,
+    /// `local` (a directory, the default) or `s3` (any S3-compatible store).
+    pub storage: String,
+    /// The directory of `local` storage; created when missing.
+    pub local_dir: String,
+    pub s3_bucket: Option<String>,
+    pub s3_region: Option<String>,
+    /// An S3-compatible endpoint other than AWS (MinIO, R2, …).
+    pub s3_endpoint: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<Secret>,
+    /// Allow `http://` endpoints (a local MinIO).
+    pub s3_allow_http: bool,
+}
+
+impl DownloadSettings {
+    /// The link signer, when `signing_key` is set.
+    pub fn signer(&self) -> Option<crate::domain::download::LinkSigner> {
+        self.signing_key
+            .as_ref()
+            .filter(|k| !k.expose().is_empty())
+            .map(|k| {
+                crate::domain::download::LinkSigner::new(
+                    k.expose().as_bytes(),
+                    &self.public_base_url,
+                )
+            })
+    }
 }
 
 /// Where admin alerts are sent.
@@ -122,6 +169,9 @@ pub struct EmailSettings {
     /// CD keys e-mailed when they are obtained; the item is `fulfilled` until
     /// the SMTP server accepts the e-mail, then `delivered`.
     pub send_keys: bool,
+    /// Download links e-mailed when they are made; the item is `fulfilled`
+    /// until the SMTP server accepts the e-mail, then `delivered`.
+    pub send_downloads: bool,
 }
 
 /// Outbound webhooks to the store's endpoints.
@@ -316,6 +366,8 @@ pub struct RetrySettings {
     pub email: Schedule,
     /// Admin alerts to their channels.
     pub alert: Schedule,
+    /// Making download links (only the database can fail).
+    pub download: Schedule,
     pub waiting: WaitingSchedule,
 }
 
@@ -331,6 +383,7 @@ impl RetrySettings {
             DeliveryKind::Webhook => &self.webhook,
             DeliveryKind::Email => &self.email,
             DeliveryKind::Alert => &self.alert,
+            DeliveryKind::Download => &self.download,
         }
     }
 }
@@ -418,6 +471,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("retry.alert.max_attempts", "12"),
     ("retry.alert.base_delay_ms", "10000"),
     ("retry.alert.max_delay_ms", "3600000"),
+    ("retry.download.max_attempts", "8"),
+    ("retry.download.base_delay_ms", "2000"),
+    ("retry.download.max_delay_ms", "300000"),
     ("retry.waiting.interval_ms", "300000"),
     ("retry.waiting.max_wait_hours", "168"),
     ("rescuer.interval_ms", "10000"),
@@ -450,6 +506,14 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("email.send_confirmation", "true"),
     ("email.send_refund", "true"),
     ("email.send_keys", "true"),
+    ("email.send_downloads", "true"),
+    ("downloads.public_base_url", "http://127.0.0.1:8080"),
+    ("downloads.link_ttl_hours", "168"),
+    ("downloads.max_downloads", "5"),
+    ("downloads.max_file_bytes", "2147483648"),
+    ("downloads.storage", "local"),
+    ("downloads.local_dir", "data/files"),
+    ("downloads.s3_allow_http", "false"),
     ("alerts.cooldown_minutes", "60"),
     ("alerts.dead_letters_threshold", "10"),
     ("alerts.timeout_ms", "10000"),
@@ -497,6 +561,9 @@ impl Settings {
         }
         if self.email.enabled && self.email.send_keys {
             out.push(("courier.email_keys", "on".into()));
+        }
+        if self.email.enabled && self.email.send_downloads {
+            out.push(("courier.email_downloads", "on".into()));
         }
         out
     }
@@ -571,6 +638,53 @@ impl Settings {
         }
         if self.email.timeout_ms == 0 {
             return Err(invalid("email.timeout_ms", "must be above 0"));
+        }
+        let d = &self.downloads;
+        if d.signing_key
+            .as_ref()
+            .is_some_and(|k| !k.expose().is_empty() && k.expose().len() < 32)
+        {
+            return Err(invalid(
+                "downloads.signing_key",
+                "must be at least 32 characters (e.g. `openssl rand -base64 32`)",
+            ));
+        }
+        if !(1..=87_600).contains(&d.link_ttl_hours) {
+            return Err(invalid(
+                "downloads.link_ttl_hours",
+                "must be between 1 and 87600 (10 years)",
+            ));
+        }
+        if !(1..=10_000).contains(&d.max_downloads) {
+            return Err(invalid(
+                "downloads.max_downloads",
+                "must be between 1 and 10000",
+            ));
+        }
+        if d.max_file_bytes == 0 {
+            return Err(invalid("downloads.max_file_bytes", "must be above 0"));
+        }
+        match d.storage.as_str() {
+            "local" if d.local_dir.trim().is_empty() => {
+                return Err(invalid("downloads.local_dir", "must name a directory"));
+            }
+            "local" => {}
+            "s3" if d.s3_bucket.as_deref().is_none_or(|b| b.trim().is_empty()) => {
+                return Err(invalid(
+                    "downloads.s3_bucket",
+                    "is required with downloads.storage = s3",
+                ));
+            }
+            "s3" => {}
+            _ => return Err(invalid("downloads.storage", "use local or s3")),
+        }
+        if url::Url::parse(&d.public_base_url)
+            .map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(invalid(
+                "downloads.public_base_url",
+                "must be an http(s) URL such as https://shop.example.com",
+            ));
         }
         if self.webhooks.concurrency_per_endpoint == 0 {
             return Err(invalid(

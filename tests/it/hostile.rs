@@ -63,6 +63,8 @@ fn takes_json(route: &Route) -> bool {
         && !(p.ends_with("/resend") && p.starts_with("/v1/webhook-endpoints"))
         && !p.ends_with("/acknowledge")
         && !p.ends_with("/resolve")
+        // A file upload takes raw bytes of any type, capped by downloads.max_file_bytes.
+        && !p.ends_with("/files")
 }
 
 /// A client that opens a connection per request: a server may close a
@@ -131,6 +133,9 @@ async fn written(stack: &TestStack) -> Vec<i64> {
         "order_events",
         "order_notes",
         "webhook_endpoints",
+        "product_files",
+        "download_links",
+        "download_log",
     ] {
         counts.push(stack.count(&format!("SELECT count(*) FROM {table}")).await);
     }

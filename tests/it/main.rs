@@ -7,6 +7,7 @@ mod bench;
 mod dead_letters;
 mod deploy;
 mod discord;
+mod downloads;
 mod email;
 mod export;
 mod hostile;

@@ -75,6 +75,11 @@ pub fn test_settings() -> (Settings, String) {
     settings.webhooks.allow_private_targets = true;
     settings.webhooks.timeout_ms = 2000;
     settings.rescuer.interval_ms = 200;
+    settings.downloads.signing_key = Some(Secret::new("test-download-signing-key-32-bytes!!"));
+    settings.downloads.local_dir = std::env::temp_dir()
+        .join(format!("courier_files_{tag}"))
+        .to_string_lossy()
+        .into_owned();
     settings.discord.bot_token = Some(Secret::new("test-bot-token"));
     settings.keys.encryption_key =
         Some(Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="));
@@ -127,6 +132,7 @@ impl TestStack {
             db_name,
             amqp_url: settings.amqp.url.expose().to_owned(),
             queues: Topology::new(&settings.amqp.prefix, &settings.retry).all_queues(),
+            files_dir: settings.downloads.local_dir.clone(),
         };
         let api = courier_api::startup::start(&settings)
             .await
@@ -546,6 +552,7 @@ pub async fn create_database(settings: &Settings, db_name: &str) -> Result<Clean
         db_name: db_name.to_owned(),
         amqp_url: settings.amqp.url.expose().to_owned(),
         queues: Topology::new(&settings.amqp.prefix, &settings.retry).all_queues(),
+        files_dir: settings.downloads.local_dir.clone(),
     })
 }
 
@@ -557,6 +564,8 @@ pub struct Cleanup {
     db_name: String,
     amqp_url: String,
     queues: Vec<String>,
+    /// The stack's `downloads.local_dir`.
+    files_dir: String,
 }
 
 impl Cleanup {
@@ -565,6 +574,7 @@ impl Cleanup {
             return;
         }
         self.done = true;
+        let _ = std::fs::remove_dir_all(&self.files_dir);
         if let Ok(conn) = courier_shared::queue::Broker::plain(self.amqp_url.as_str())
             .connect()
             .await
@@ -611,6 +621,7 @@ impl Drop for Cleanup {
             db_name: self.db_name.clone(),
             amqp_url: self.amqp_url.clone(),
             queues: self.queues.clone(),
+            files_dir: self.files_dir.clone(),
         };
         self.done = true;
         let _ = std::thread::spawn(move || {
@@ -677,6 +688,10 @@ pub fn process_env(s: &Settings) -> Vec<(String, String)> {
     if let Some(key) = &s.keys.encryption_key {
         vars.push(("KEYS__ENCRYPTION_KEY", key.expose().to_owned()));
     }
+    if let Some(key) = &s.downloads.signing_key {
+        vars.push(("DOWNLOADS__SIGNING_KEY", key.expose().to_owned()));
+    }
+    vars.push(("DOWNLOADS__LOCAL_DIR", s.downloads.local_dir.clone()));
     vars.push(("REDIS__URL", s.redis.url.expose().to_owned()));
     vars.push((
         "PAYMENTS__STRIPE_API_BASE",

@@ -56,6 +56,7 @@ pub struct Context {
     pub webhook: crate::drivers::webhook::WebhookDriver,
     pub email: crate::drivers::email::EmailDriver,
     pub alert: crate::drivers::alert::AlertDriver,
+    pub download: crate::drivers::download::DownloadDriver,
     /// For events about a payment the rescuer re-tries.
     pub payment_policy: courier_shared::service::payments::PaymentPolicy,
     pub limits: Arc<courier_shared::limits::Limits>,
@@ -434,6 +435,12 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
                 Some(order_id) => task_ctx.email.run(&task_ctx.pool, order_id, &payload).await,
                 None => DriverOutcome::permanent("an e-mail delivery without an order"),
             },
+            DeliveryKind::Download => {
+                task_ctx
+                    .download
+                    .run(&task_ctx.pool, delivery_id, &payload)
+                    .await
+            }
             DeliveryKind::Alert => {
                 task_ctx
                     .alert

@@ -22,6 +22,7 @@ pub const SUPPORTED: &[DeliveryKind] = &[
     DeliveryKind::Webhook,
     DeliveryKind::Email,
     DeliveryKind::Alert,
+    DeliveryKind::Download,
 ];
 
 pub struct RunningWorker {
@@ -97,7 +98,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         .context("keys.encryption_key")?;
     let mut email_settings = settings.email.clone();
     email_settings.timeout_ms = settings.within_lease(email_settings.timeout_ms);
-    let email = crate::drivers::email::EmailDriver::new(&email_settings, cipher.clone())?;
+    let email = crate::drivers::email::EmailDriver::new(
+        &email_settings,
+        cipher.clone(),
+        settings.downloads.signer(),
+    )?;
     let mut webhook_settings = settings.webhooks.clone();
     webhook_settings.timeout_ms = settings.within_lease(webhook_settings.timeout_ms);
     let completer = crate::completer::Completer::start(
@@ -130,6 +135,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
         ),
         payment: crate::drivers::payment::PaymentDriver::new(settings.payments.clone()),
         email,
+        download: crate::drivers::download::DownloadDriver::new(&settings.downloads),
         alert: crate::drivers::alert::AlertDriver::new(courier_shared::config::AlertSettings {
             timeout_ms: settings.within_lease(settings.alerts.timeout_ms),
             ..settings.alerts.clone()

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod catalog;
+pub mod downloads;
 pub mod emails;
 pub mod export;
 pub mod health;
@@ -229,6 +230,26 @@ fn table(state: Option<AppState>) -> Table {
         admin::discard_delivery,
     )
     .add(M::POST, "/v1/products/{sku}/keys", ADMIN, keys::upload)
+    .add(
+        M::POST,
+        "/v1/products/{sku}/files",
+        ADMIN,
+        downloads::upload,
+    )
+    .add(M::GET, "/v1/products/{sku}/files", ADMIN, downloads::list)
+    .add(
+        M::DELETE,
+        "/v1/products/{sku}/files/{file_id}",
+        ADMIN,
+        downloads::withdraw,
+    )
+    .add(
+        M::GET,
+        "/v1/orders/{reference}/downloads",
+        Access::Scope(auth::ORDERS_KEYS),
+        downloads::order_links,
+    )
+    .add(M::GET, "/downloads/{token}", PUBLIC, downloads::serve)
     .add(M::POST, "/v1/admin/items/{item_id}/key", ADMIN, keys::enter)
     .add(M::GET, "/v1/admin/alerts", ADMIN, alerts::list)
     .add(

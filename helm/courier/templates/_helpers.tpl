@@ -72,7 +72,8 @@ app.kubernetes.io/component: {{ .component }}
     "COURIER__PAYMENTS__STRIPE_WEBHOOK_SECRET" $s.stripeWebhookSecret
     "COURIER__PAYMENTS__STRIPE_SECRET_KEY" $s.stripeSecretKey
     "COURIER__PAYMENTS__GENERIC_WEBHOOK_SECRET" $s.genericWebhookSecret
-    "COURIER__DISCORD__BOT_TOKEN" $s.discordBotToken -}}
+    "COURIER__DISCORD__BOT_TOKEN" $s.discordBotToken
+    "COURIER__DOWNLOADS__SIGNING_KEY" $s.downloadSigningKey -}}
 {{- range $k, $v := $s.extra }}{{ $_ := set $env $k $v }}{{ end -}}
 {{- range $k, $v := $env }}
 {{- $str := include "courier.str" $v }}

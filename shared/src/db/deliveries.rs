@@ -644,6 +644,8 @@ pub async fn roll_up_orders(
         "SELECT i.order_id, i.id, i.delivery_status, o.status AS order_status, \
            nullif(o.customer_email, '') AS customer_email, courier_email_on('keys') AS email_keys, \
            EXISTS (SELECT 1 FROM item_keys k WHERE k.item_id = i.id) AS has_keys, \
+           EXISTS (SELECT 1 FROM download_links l WHERE l.item_id = i.id) AS has_links, \
+           courier_email_on('downloads') AS email_downloads, \
            coalesce(array_agg(d.status) FILTER (WHERE d.id IS NOT NULL AND d.kind <> 'email'), '{}') AS deliveries, \
            (array_agg(d.status) FILTER (WHERE d.kind = 'email'))[1] AS email \
          FROM order_items i JOIN orders o ON o.id = i.order_id AND o.id = ANY($1) \
@@ -655,8 +657,9 @@ pub async fn roll_up_orders(
     .fetch_all(&mut *conn)
     .await?;
     let mut item_changes = Vec::new();
-    // Key items whose codes are now all in and must be e-mailed: (order, item, address).
-    let mut key_emails: Vec<(Uuid, Uuid, String)> = Vec::new();
+    // Key and download items whose codes or links are now all in and must be
+    // e-mailed: (order, item, address, template).
+    let mut key_emails: Vec<(Uuid, Uuid, String, &'static str)> = Vec::new();
     let mut by_order: std::collections::HashMap<Uuid, (OrderStatus, Vec<ItemStatus>)> =
         std::collections::HashMap::new();
     for r in &rows {
@@ -670,6 +673,14 @@ pub async fn roll_up_orders(
                 .map(|s| s.parse())
                 .collect::<Result<Vec<DeliveryStatus>, _>>()?;
             let has_keys: bool = r.try_get("has_keys")?;
+            let has_links: bool = r.try_get("has_links")?;
+            // What the customer is e-mailed before the item counts as
+            // delivered: the codes (with any links), else the links.
+            let (template, mail_on) = if has_keys {
+                ("keys", r.try_get::<bool, _>("email_keys")?)
+            } else {
+                ("downloads", r.try_get::<bool, _>("email_downloads")?)
+            };
             let email: Option<DeliveryStatus> = r
                 .try_get::<Option<String>, _>("email")?
                 .map(|s| s.parse())
@@ -678,19 +689,19 @@ pub async fn roll_up_orders(
                 Some(e) => rollup::key_item_status(&deliveries, e),
                 None => rollup::item_status(&deliveries),
             };
-            // The keys are in: they go to the customer by e-mail first.
+            // The keys or links are in: they go to the customer by e-mail first.
             if let (None, ItemStatus::Delivered, true, true, Some(to)) = (
                 email,
                 implied,
-                has_keys,
-                r.try_get::<bool, _>("email_keys")?,
+                has_keys || has_links,
+                mail_on,
                 r.try_get::<Option<String>, _>("customer_email")?,
             ) && status != ItemStatus::Delivered
             {
-                key_emails.push((order_id, id, to));
+                key_emails.push((order_id, id, to, template));
                 implied = ItemStatus::Fulfilled;
             }
-            if let Some(to) = rollup::item_rollup(status, implied, has_keys)? {
+            if let Some(to) = rollup::item_rollup(status, implied, has_keys || has_links)? {
                 item_changes.push(Change {
                     id,
                     from: status,
@@ -720,19 +731,19 @@ pub async fn roll_up_orders(
     statuses::write(conn, &item_changes, &order_changes, actor).await
 }
 
-/// Writes the keys e-mail of each item (a `deliver` delivery of kind
-/// `email`, so the item is delivered only when the SMTP server accepted it)
-/// and its job message.
+/// Writes the keys (or downloads) e-mail of each item (a `deliver`
+/// delivery of kind `email`, so the item is delivered only when the SMTP
+/// server accepted it) and its job message.
 async fn queue_key_emails(
     conn: &mut PgConnection,
-    emails: &[(Uuid, Uuid, String)],
+    emails: &[(Uuid, Uuid, String, &'static str)],
 ) -> Result<(), DbError> {
     let ids: Vec<Uuid> = emails.iter().map(|_| Uuid::new_v4()).collect();
     sqlx::query(
-        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS u(id, order_id, item_id, email)), \
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $6::text[]) AS u(id, order_id, item_id, email, template)), \
          d AS (INSERT INTO deliveries (id, order_id, item_id, kind, target, payload, status, purpose, next_attempt_at) \
            SELECT u.id, u.order_id, u.item_id, 'email', u.email, \
-             jsonb_build_object('template', 'keys', 'to', u.email, 'extra', jsonb_build_object('item_id', u.item_id)), \
+             jsonb_build_object('template', u.template, 'to', u.email, 'extra', jsonb_build_object('item_id', u.item_id)), \
              'queued', 'deliver', now() FROM u RETURNING id) \
          INSERT INTO outbox (queue, payload) \
          SELECT $5, jsonb_build_object('delivery_id', d.id, 'kind', 'email') FROM d",
@@ -742,6 +753,7 @@ async fn queue_key_emails(
     .bind(emails.iter().map(|e| e.1).collect::<Vec<_>>())
     .bind(emails.iter().map(|e| e.2.as_str()).collect::<Vec<_>>())
     .bind(DeliveryKind::Email.queue())
+    .bind(emails.iter().map(|e| e.3).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     super::outbox::notify_relays(conn).await?;

@@ -43,6 +43,9 @@ pub async fn resend(
     new_address: bool,
     actor: &str,
 ) -> Result<Uuid, DbError> {
+    // Links that ran out of time work again (for their own length) in
+    // what is sent; their download counts stay.
+    let renewed = super::downloads::renew_expired(conn, order_id).await?;
     let id = enqueue(conn, order_id, to, "delivery_instructions", json!({})).await?;
     events::record(
         conn,
@@ -56,7 +59,7 @@ pub async fn resend(
                 format!("delivery instructions resent to {to}")
             },
             actor,
-            data: json!({ "to": to, "new_address": new_address }),
+            data: json!({ "to": to, "new_address": new_address, "links_renewed": renewed }),
         },
     )
     .await?;

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod disputes;
+pub mod downloads;
 pub mod emails;
 pub mod events;
 pub mod export;

@@ -280,6 +280,9 @@ pub struct OrderView {
     pub deliveries: Vec<DeliveryView>,
     pub refunds: Vec<crate::db::refunds::RefundView>,
     pub disputes: Vec<crate::db::disputes::DisputeView>,
+    /// Download links made for the items, with their counts (the URLs are
+    /// at `GET /v1/orders/{id}/downloads`, for `orders:keys`).
+    pub downloads: Vec<crate::db::downloads::LinkView>,
     /// Proof of delivery for a dispute; present once the order has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
@@ -331,6 +334,7 @@ fn delivery_summary(deliveries: &[DeliveryView]) -> Vec<KindSummary> {
                         DeliveryKind::Webhook => "Webhooks",
                         DeliveryKind::Email => "E-mails",
                         DeliveryKind::Alert => "Alerts",
+                        DeliveryKind::Download => "Download links",
                     },
                     total: 0,
                     by_status: std::collections::BTreeMap::new(),
@@ -377,6 +381,9 @@ pub struct Evidence {
     pub completed_at: Option<DateTime<Utc>>,
     /// Succeeded deliveries (what was done, where, and the answer), oldest first.
     pub proof_of_delivery: Vec<Proof>,
+    /// Every request for the order's download links (time, IP, user agent,
+    /// bytes), oldest first, at most 1,000.
+    pub download_logs: Vec<crate::db::downloads::DownloadLogView>,
     pub timeline: Vec<EventView>,
 }
 
@@ -608,9 +615,11 @@ pub async fn load_view(
                     attempts: d.attempt_history.clone(),
                 })
                 .collect(),
+            download_logs: crate::db::downloads::log_of(conn, order_id, 1_000).await?,
             timeline: timeline.clone(),
         })
     };
+    let downloads = crate::db::downloads::links_of(conn, order_id, None).await?;
 
     let summary = delivery_summary(&deliveries);
     let manual_actions = timeline
@@ -663,6 +672,7 @@ pub async fn load_view(
         deliveries,
         refunds,
         disputes,
+        downloads,
         evidence,
         billing_address: o.try_get("billing_address")?,
         shipping_address: o.try_get("shipping_address")?,
@@ -723,6 +733,7 @@ fn proof_action(kind: DeliveryKind, payload: &Value) -> Value {
         DeliveryKind::DiscordRole => serde_json::json!({
             "guild_id": payload["guild_id"], "role_id": payload["role_id"], "user_id": payload["user_id"],
         }),
+        DeliveryKind::Download => serde_json::json!({ "product_id": payload["product_id"] }),
         _ => serde_json::json!({}),
     }
 }

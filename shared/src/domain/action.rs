@@ -60,6 +60,16 @@ pub enum ActionConfig {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         stock_only: bool,
     },
+    /// The product's files, as signed, expiring links for the order (one per
+    /// file the product has when the delivery runs).
+    Download {
+        /// Hours a link works (default `downloads.link_ttl_hours`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_hours: Option<u32>,
+        /// Full downloads per link (default `downloads.max_downloads`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_downloads: Option<u32>,
+    },
 }
 
 /// One supplier to try, in order.
@@ -79,6 +89,7 @@ impl ActionConfig {
             ActionConfig::Rcon { .. } => DeliveryKind::Rcon,
             ActionConfig::DiscordRole { .. } => DeliveryKind::DiscordRole,
             ActionConfig::SupplierKey { .. } => DeliveryKind::SupplierKey,
+            ActionConfig::Download { .. } => DeliveryKind::Download,
         }
     }
 }
@@ -110,6 +121,18 @@ pub struct SupplierKeyPayload {
     pub candidates: Vec<SupplierCandidate>,
     #[serde(default)]
     pub low_stock_threshold: i64,
+}
+
+/// What a worker needs to make an item's download links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DownloadPayload {
+    pub product_id: Uuid,
+    pub item_id: Uuid,
+    /// The action's own limits; absent: the worker's `downloads.*` defaults.
+    #[serde(default)]
+    pub expires_hours: Option<u32>,
+    #[serde(default)]
+    pub max_downloads: Option<u32>,
 }
 
 /// What a worker needs to run an RCON delivery; fixed when the order is accepted,

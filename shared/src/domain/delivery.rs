@@ -40,6 +40,7 @@ text_enum!(
         Webhook => "webhook",
         Email => "email",
         Alert => "alert",
+        Download => "download",
     }
 );
 
@@ -77,6 +78,7 @@ impl DeliveryKind {
             DeliveryKind::Webhook => "courier.webhook",
             DeliveryKind::Email => "courier.email",
             DeliveryKind::Alert => "courier.alert",
+            DeliveryKind::Download => "courier.download",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod action;
 pub mod delivery;
+pub mod download;
 pub mod fulfilment;
 pub mod ids;
 pub mod money;

@@ -239,6 +239,16 @@ pub enum ActionInput {
         #[serde(default)]
         stock_only: bool,
     },
+    /// The product's files (uploaded with `POST /v1/products/{sku}/files`)
+    /// as signed, expiring links for each order.
+    Download {
+        /// Hours a link works (1 to 87600; default `downloads.link_ttl_hours`).
+        #[serde(default)]
+        expires_hours: Option<u32>,
+        /// Full downloads per link (1 to 10000; default `downloads.max_downloads`).
+        #[serde(default)]
+        max_downloads: Option<u32>,
+    },
 }
 
 /// Saves a product, refusing what this installation cannot deliver
@@ -394,6 +404,29 @@ pub async fn save_product(
                     candidates,
                     low_stock_threshold,
                     stock_only,
+                });
+            }
+            ActionInput::Download {
+                expires_hours,
+                max_downloads,
+            } => {
+                if expires_hours.is_some_and(|h| !(1..=87_600).contains(&h)) {
+                    return Err(Invalid::new(
+                        format!("actions[{i}].expires_hours"),
+                        "must be between 1 and 87600 (10 years)",
+                    )
+                    .into());
+                }
+                if max_downloads.is_some_and(|n| !(1..=10_000).contains(&n)) {
+                    return Err(Invalid::new(
+                        format!("actions[{i}].max_downloads"),
+                        "must be between 1 and 10000",
+                    )
+                    .into());
+                }
+                actions.push(ActionConfig::Download {
+                    expires_hours,
+                    max_downloads,
                 });
             }
         }

@@ -3,8 +3,8 @@
 //! thousand dead letters.
 //!
 //! The API decides from its own configuration, so the API and the workers
-//! must be given the same `keys.encryption_key`, `discord.bot_token` and
-//! `suppliers.*` (the Helm chart shares one secret between them).
+//! must be given the same `keys.encryption_key`, `discord.bot_token`,
+//! `downloads.signing_key` and `suppliers.*` (the Helm chart shares one secret between them).
 
 use std::collections::BTreeSet;
 
@@ -18,6 +18,8 @@ pub struct AcceptRules {
     pub keys: bool,
     /// `discord.bot_token` is set.
     pub discord: bool,
+    /// `downloads.signing_key` is set: download links can be made.
+    pub downloads: bool,
     /// Suppliers configured under `suppliers.*`.
     pub suppliers: BTreeSet<String>,
     /// `api.max_deliveries_per_order`.
@@ -43,6 +45,11 @@ impl AcceptRules {
                 .bot_token
                 .as_ref()
                 .is_some_and(|t| !t.expose().is_empty()),
+            downloads: s
+                .downloads
+                .signing_key
+                .as_ref()
+                .is_some_and(|k| !k.expose().is_empty()),
             suppliers: s.suppliers.keys().cloned().collect(),
             max_deliveries: s.api.max_deliveries_per_order,
             rcon_command_timeout_ms: s.rcon.command_timeout_ms,
@@ -56,6 +63,7 @@ impl AcceptRules {
         AcceptRules {
             keys: true,
             discord: true,
+            downloads: true,
             suppliers: BTreeSet::new(),
             max_deliveries: usize::MAX,
             rcon_command_timeout_ms: u64::MAX,
@@ -92,6 +100,11 @@ impl AcceptRules {
             ),
             ActionConfig::DiscordRole { .. } => Ok(()),
             ActionConfig::SupplierKey { candidates, .. } => self.candidates(candidates),
+            ActionConfig::Download { .. } if !self.downloads => Err(
+                "downloads need downloads.signing_key, which this installation does not have"
+                    .into(),
+            ),
+            ActionConfig::Download { .. } => Ok(()),
         }
     }
 }

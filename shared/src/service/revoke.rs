@@ -9,6 +9,7 @@
 //!   without one has nothing to run, which the timeline says). A CD key from own
 //!   stock goes back to stock if the customer never saw it; a revealed or
 //!   supplier-bought key cannot be taken back, which the timeline says too.
+//!   Download links are revoked at once (they stop working; the log stays).
 //! - Deliveries running right now finish; `deliveries::record` then revokes a
 //!   success at once and turns anything else into `cancelled`.
 //! - Every item becomes `revoked`. A chargeback also queues each RCON action's
@@ -301,6 +302,22 @@ pub async fn revoke_delivery(
                 notes.push("no key to take back".into());
             }
             (None, notes.join("; "))
+        }
+        DeliveryKind::Download if !chargeback => {
+            let n = crate::db::downloads::revoke_for_delivery(
+                conn,
+                id,
+                &format!("order withdrawn ({actor})"),
+            )
+            .await?;
+            (
+                None,
+                match n {
+                    0 => "no live download link to revoke".to_owned(),
+                    1 => "1 download link revoked".to_owned(),
+                    n => format!("{n} download links revoked"),
+                },
+            )
         }
         _ => (None, String::new()),
     };

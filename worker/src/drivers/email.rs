@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use courier_shared::config::EmailSettings;
 use courier_shared::crypto::KeyCipher;
+use courier_shared::domain::download::LinkSigner;
 use courier_shared::error::ErrorClass;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -52,6 +53,14 @@ const TEMPLATES: &[(&str, [&str; 3])] = &[
         ],
     ),
     (
+        "downloads",
+        [
+            include_str!("../../templates/email/downloads.subject"),
+            include_str!("../../templates/email/downloads.txt"),
+            include_str!("../../templates/email/downloads.html"),
+        ],
+    ),
+    (
         "delivery_instructions",
         [
             include_str!("../../templates/email/delivery_instructions.subject"),
@@ -80,6 +89,8 @@ pub struct EmailDriver {
     store: String,
     templates: minijinja::Environment<'static>,
     cipher: Option<KeyCipher>,
+    /// Signs the download links put in e-mails; `None` without `downloads.signing_key`.
+    signer: Option<LinkSigner>,
 }
 
 /// The templates: built-in, each part replaced by `<dir>/<name>.<part>` when
@@ -114,7 +125,11 @@ pub fn templates(dir: Option<&str>) -> anyhow::Result<minijinja::Environment<'st
 }
 
 impl EmailDriver {
-    pub fn new(settings: &EmailSettings, cipher: Option<KeyCipher>) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &EmailSettings,
+        cipher: Option<KeyCipher>,
+        signer: Option<LinkSigner>,
+    ) -> anyhow::Result<Self> {
         let templates = templates(settings.templates_dir.as_deref())?;
         if !settings.enabled {
             return Ok(EmailDriver {
@@ -124,6 +139,7 @@ impl EmailDriver {
                 store: settings.store_name.clone(),
                 templates,
                 cipher,
+                signer,
             });
         }
         let host = settings.smtp_host.as_str();
@@ -155,6 +171,7 @@ impl EmailDriver {
             store: settings.store_name.clone(),
             templates,
             cipher,
+            signer,
         })
     }
 
@@ -208,6 +225,7 @@ impl EmailDriver {
         };
         let context = match self.context(pool, order_id, &p).await {
             Ok(c) => c,
+            Err(sqlx::Error::Configuration(e)) => return DriverOutcome::permanent(e.to_string()),
             Err(e) => return transient(format!("the order could not be read: {e}")),
         };
         let render = |part: &str| {
@@ -258,9 +276,10 @@ impl EmailDriver {
                 context[k] = v.clone();
             }
         }
-        // `keys`: one item's codes; `delivery_instructions`: every item's.
+        // `keys` and `downloads`: one item's codes and links;
+        // `delivery_instructions`: every item's.
         let only: Option<Uuid> = match p.template.as_str() {
-            "keys" => p
+            "keys" | "downloads" => p
                 .extra
                 .get("item_id")
                 .and_then(Value::as_str)
@@ -272,6 +291,17 @@ impl EmailDriver {
             // cannot put them back in stock.
             if self.cipher.is_some() {
                 courier_shared::db::keys::mark_revealed_in(&mut conn, order_id, only).await?;
+            }
+            let now = chrono::Utc::now();
+            let mut links = courier_shared::db::downloads::links_of(&mut conn, order_id, only)
+                .await
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            links.retain(|l| l.usable(now));
+            if !links.is_empty() && self.signer.is_none() {
+                return Err(sqlx::Error::Configuration(
+                    "downloads.signing_key is not set on this worker, so its links cannot be sent"
+                        .into(),
+                ));
             }
             let rows = sqlx::query(
                 "SELECT id, product_name, quantity, delivery_status, delivery_notes FROM order_items \
@@ -291,7 +321,22 @@ impl EmailDriver {
                         .into_iter()
                         .filter_map(|k| k.code)
                         .collect();
+                let downloads: Vec<Value> = links
+                    .iter()
+                    .filter(|l| l.item_id == item_id)
+                    .filter_map(|l| {
+                        let signer = self.signer.as_ref()?;
+                        Some(json!({
+                            "name": l.file_name,
+                            "size": human_size(l.size_bytes),
+                            "url": signer.url(l.id, l.expires_at.timestamp()),
+                            "expires_at": l.expires_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                            "downloads_left": (l.max_downloads - l.downloads).max(0),
+                        }))
+                    })
+                    .collect();
                 items.push(json!({
+                    "downloads": downloads,
                     "product_name": r.try_get::<String, _>("product_name")?,
                     "quantity": r.try_get::<i32, _>("quantity")?,
                     "delivery_status": r.try_get::<String, _>("delivery_status")?,
@@ -303,6 +348,21 @@ impl EmailDriver {
         }
         Ok(context)
     }
+}
+
+/// `1.5 MB`, for the e-mail.
+fn human_size(bytes: i64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if bytes < 1000 {
+        return format!("{bytes} bytes");
+    }
+    let mut v = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// Hands `message` to the SMTP server; its answer decides the outcome.

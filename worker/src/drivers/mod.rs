@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod discord;
+pub mod download;
 pub mod email;
 pub mod payment;
 pub mod rcon;

@@ -12,7 +12,9 @@ use super::{CreateOrderError, NewOrder, NewPaymentStatus};
 use crate::db::catalog::Product;
 use crate::db::deliveries::DeliveryRow;
 use crate::db::orders::{ItemRow, ItemSummary, OrderRow, OrderSummary};
-use crate::domain::action::{ActionConfig, DiscordPayload, RconPayload, SupplierKeyPayload};
+use crate::domain::action::{
+    ActionConfig, DiscordPayload, DownloadPayload, RconPayload, SupplierKeyPayload,
+};
 use crate::domain::delivery::Purpose;
 use crate::domain::ids;
 use crate::domain::order::{OrderStatus, PaymentStatus};
@@ -295,6 +297,21 @@ pub(super) fn plan(
                             .first()
                             .map_or_else(|| "stock".to_owned(), |c| c.supplier.clone());
                         (target, serde_json::to_value(payload).unwrap_or_default())
+                    }
+                    ActionConfig::Download {
+                        expires_hours,
+                        max_downloads,
+                    } => {
+                        let payload = DownloadPayload {
+                            product_id: product.id,
+                            item_id,
+                            expires_hours: *expires_hours,
+                            max_downloads: *max_downloads,
+                        };
+                        (
+                            product.sku.clone(),
+                            serde_json::to_value(payload).unwrap_or_default(),
+                        )
                     }
                 };
                 if paid {
