@@ -152,7 +152,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         storage: match crate::storage::Storage::from_settings(&settings.downloads) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "file storage is unavailable: uploads and downloads will answer 503");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "file storage is unavailable: uploads and downloads will answer 503"
+                );
                 None
             }
         },

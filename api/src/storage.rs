@@ -49,9 +49,16 @@ impl Storage {
             "s3" => {
                 // The environment first (AWS_*: instance and pod credentials),
                 // then what the settings name.
+                // A few quick retries: a customer's request waits on them.
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: std::time::Duration::from_secs(10),
+                    ..object_store::RetryConfig::default()
+                };
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(d.s3_bucket.clone().unwrap_or_default())
-                    .with_allow_http(d.s3_allow_http);
+                    .with_allow_http(d.s3_allow_http)
+                    .with_retry(retry);
                 if let Some(r) = &d.s3_region {
                     b = b.with_region(r);
                 }

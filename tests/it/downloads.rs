@@ -3,7 +3,8 @@
 //! paid, served whole and by byte range, counted and used up, expired and
 //! renewed by a resend, revoked by a refund and by a dispute (whose evidence
 //! shows the download log), and a product without files that dead-letters
-//! until one is uploaded. Storage is the local directory of each stack.
+//! until one is uploaded. Storage is the local directory of each stack, and
+//! a fake S3-compatible store in one test.
 
 use std::time::Duration;
 
@@ -689,5 +690,99 @@ async fn without_a_signing_key_download_actions_are_refused() {
         ),
         "{e}"
     );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_can_live_in_s3_compatible_storage_and_an_outage_costs_the_customer_nothing() {
+    let s3 = courier_tests::fakes::s3::FakeS3::start("courier-files")
+        .await
+        .expect("s3");
+    let (endpoint, bucket, access_key) = (s3.url.clone(), s3.bucket.clone(), s3.access_key.clone());
+    let stack = TestStack::start_with(
+        move |s| {
+            s.downloads.storage = "s3".into();
+            s.downloads.s3_bucket = Some(bucket);
+            s.downloads.s3_region = Some("us-east-1".into());
+            s.downloads.s3_endpoint = Some(endpoint);
+            s.downloads.s3_access_key_id = Some(access_key);
+            s.downloads.s3_secret_access_key =
+                Some(courier_shared::config::Secret::new("fake-secret"));
+            s.downloads.s3_allow_http = true;
+        },
+        true,
+    )
+    .await;
+    stack
+        .add_product("book", json!([{ "kind": "download" }]))
+        .await;
+    let bytes = content(300_000);
+    let (status, f) = upload(
+        &stack,
+        "book",
+        "name=a.zip",
+        bytes.clone(),
+        "application/zip",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{f}");
+    let keys = s3.keys();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].starts_with("products/") && keys[0].ends_with(f["id"].as_str().expect("id")),
+        "{keys:?}"
+    );
+    assert_eq!(s3.object(&keys[0]).as_deref(), Some(bytes.as_slice()));
+    assert_eq!(s3.open_uploads(), 0);
+
+    let (_, order) = stack.post_order("book", "alex", None).await;
+    let id = order["id"].as_str().expect("id").to_owned();
+    stack.wait_for_order(&id, "completed", WAIT).await;
+    let (_, links) = stack
+        .call(Method::GET, &format!("/v1/orders/{id}/downloads"), None)
+        .await;
+    let url = links["links"][0]["url"].as_str().expect("url");
+    let path = url[url.find("/downloads/").expect("path")..].to_owned();
+    let resp = get(&stack, &path, &[("range", "bytes=299990-")]).await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        resp.bytes().await.expect("body").as_ref(),
+        &bytes[299_990..]
+    );
+    assert!(
+        s3.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /courier-files/products/")),
+        "{:?}",
+        s3.requests()
+    );
+
+    // The store is down: the download is refused with 503 and spends
+    // nothing; an upload is refused and leaves nothing half-made.
+    s3.set_down(true);
+    let (status, code) = error_code(get(&stack, &path, &[]).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+    );
+    let (status, e) = upload(&stack, "book", "name=b.zip", content(10), "application/zip").await;
+    assert_eq!(
+        (status, e["error"]["code"].clone()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!("storage_unavailable")
+        ),
+        "{e}"
+    );
+    s3.set_down(false);
+    let o = stack.order(&id).await;
+    assert_eq!(o["downloads"][0]["bytes_served"], 10, "{o:#}");
+    let resp = get(&stack, &path, &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.expect("body").len(), 300_000);
+    let (_, list) = stack
+        .call(Method::GET, "/v1/products/book/files", None)
+        .await;
+    assert_eq!(list["files"].as_array().map(Vec::len), Some(1), "{list}");
     stack.teardown().await;
 }

@@ -5,6 +5,7 @@ pub mod http;
 pub mod proxy;
 pub mod rcon;
 pub mod receiver;
+pub mod s3;
 pub mod smtp;
 pub mod stripe;
 pub mod supplier;
