@@ -16,12 +16,15 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::task::JoinHandle;
 
+/// A multipart upload in progress: its key, and its parts by number.
+type Upload = (String, BTreeMap<u32, Vec<u8>>);
+
 #[derive(Default)]
 struct St {
     access_key: String,
     objects: Mutex<HashMap<String, Vec<u8>>>,
-    /// Upload id → (key, parts by number).
-    uploads: Mutex<HashMap<String, (String, BTreeMap<u32, Vec<u8>>)>>,
+    /// By upload id.
+    uploads: Mutex<HashMap<String, Upload>>,
     down: Mutex<bool>,
     /// `METHOD /path?query` of every request.
     requests: Mutex<Vec<String>>,
