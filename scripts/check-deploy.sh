@@ -277,6 +277,12 @@ OPTIONAL = {
     "COURIER__PAYMENTS__STRIPE_SECRET_KEY": "stripe_secret_key",
     "COURIER__PAYMENTS__GENERIC_WEBHOOK_SECRET": "generic_webhook_secret",
     "COURIER__DISCORD__BOT_TOKEN": "bot_token",
+    "COURIER__DOWNLOADS__SIGNING_KEY": "signing_key",
+    "COURIER__DOWNLOADS__S3_BUCKET": "s3_bucket",
+    "COURIER__DOWNLOADS__S3_REGION": "s3_region",
+    "COURIER__DOWNLOADS__S3_ENDPOINT": "s3_endpoint",
+    "COURIER__DOWNLOADS__S3_ACCESS_KEY_ID": "s3_access_key_id",
+    "COURIER__DOWNLOADS__S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
 }
 for key, field in OPTIONAL.items():
     check(re.search(rf"pub {field}: Option<", config_rs), f"{key}: shared/src/config.rs has no optional field `{field}`")
@@ -528,11 +534,11 @@ ok(f"production: ScaledObject/{so['metadata']['name']} on {', '.join(sorted(pref
 
 ing = one(production, "Ingress", "courier-api", "production")
 paths = [(p["path"], p["backend"]["service"]["name"]) for r in ing["spec"]["rules"] for p in r["http"]["paths"]]
-check({p for p, _ in paths} == {"/v1", "/webhooks"}, f"production: the Ingress must route exactly /v1 and /webhooks, routes {paths}")
+check({p for p, _ in paths} == {"/v1", "/webhooks", "/downloads"}, f"production: the Ingress must route exactly /v1, /webhooks and /downloads, routes {paths}")
 check(all(s == "courier-api" for _, s in paths), "production: the Ingress must send to Service courier-api")
 unrouted = sorted(r for r in ROUTES if r not in INTERNAL_ROUTES and not any(r == p or r.startswith(p + "/") for p, _ in paths))
 check(not unrouted, f"production: routes of api/src/routes/mod.rs neither behind the Ingress paths nor internal: {unrouted}")
-ok(f"production: Ingress routes /v1 and /webhooks only ({len(ROUTES)} routes in api/src/routes/mod.rs covered; /metrics stays internal)")
+ok(f"production: Ingress routes /v1, /webhooks and /downloads only ({len(ROUTES)} routes in api/src/routes/mod.rs covered; /metrics stays internal)")
 
 sms = by_kind(production, "ServiceMonitor")
 check(len(sms) == 2, f"production: expected ServiceMonitors for api and worker, found {len(sms)}")
