@@ -18,6 +18,7 @@
 
 pub mod admin_cli;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod export_cli;
 pub mod export_format;

@@ -59,6 +59,8 @@ pub struct AppState {
     pub downloads: Arc<courier_shared::config::DownloadSettings>,
     /// Checks and signs download links; `None` without `downloads.signing_key`.
     pub signer: Option<courier_shared::domain::download::LinkSigner>,
+    /// The admin console's session length and cookie policy.
+    pub console: Arc<courier_shared::config::ConsoleSettings>,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -161,6 +163,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         },
         downloads: Arc::new(settings.downloads.clone()),
         signer: settings.downloads.signer(),
+        console: Arc::new(settings.console.clone()),
     };
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));

@@ -46,6 +46,7 @@ pub struct Settings {
     pub email: EmailSettings,
     pub alerts: AlertSettings,
     pub downloads: DownloadSettings,
+    pub console: ConsoleSettings,
     /// Supplier APIs by name (the name used in `supplier_key` actions).
     #[serde(default)]
     pub suppliers: std::collections::BTreeMap<String, SupplierSettings>,
@@ -54,6 +55,16 @@ pub struct Settings {
     #[serde(default)]
     pub tls: TlsSettings,
     pub log: LogSettings,
+}
+
+/// The admin console under `/admin`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ConsoleSettings {
+    /// A sign-in lasts this long (1 to 720 hours).
+    pub session_hours: u32,
+    /// Always mark the session cookie `Secure` (it is, anyway, when a proxy
+    /// says the request came over TLS with `X-Forwarded-Proto: https`).
+    pub secure_cookies: bool,
 }
 
 /// Digital downloads: the links customers get, and where the files are kept.
@@ -507,6 +518,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("email.send_refund", "true"),
     ("email.send_keys", "true"),
     ("email.send_downloads", "true"),
+    ("console.session_hours", "12"),
+    ("console.secure_cookies", "false"),
     ("downloads.public_base_url", "http://127.0.0.1:8080"),
     ("downloads.link_ttl_hours", "168"),
     ("downloads.max_downloads", "5"),
@@ -638,6 +651,12 @@ impl Settings {
         }
         if self.email.timeout_ms == 0 {
             return Err(invalid("email.timeout_ms", "must be above 0"));
+        }
+        if !(1..=720).contains(&self.console.session_hours) {
+            return Err(invalid(
+                "console.session_hours",
+                "must be between 1 and 720",
+            ));
         }
         let d = &self.downloads;
         if d.signing_key

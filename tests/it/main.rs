@@ -4,6 +4,7 @@
 
 mod alerts;
 mod bench;
+mod console;
 mod dead_letters;
 mod deploy;
 mod discord;

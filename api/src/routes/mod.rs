@@ -322,7 +322,7 @@ pub fn route_table() -> Vec<Route> {
 }
 
 pub fn router(state: AppState) -> Router {
-    table(Some(state.clone()))
+    let api = table(Some(state.clone()))
         .router
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -330,6 +330,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn(extract::json_errors))
-        .layer(axum::middleware::from_fn(extract::check_uri))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(extract::check_uri));
+    // The console answers HTML, so it sits beside the JSON error shape, not in it.
+    crate::console::router().merge(api).with_state(state)
 }

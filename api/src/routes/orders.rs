@@ -223,15 +223,28 @@ pub async fn get(
     if !full {
         return Ok(with_etag(&headers, &status));
     }
+    let view = full_view(&state, &caller, status.id, caller.has(ORDERS_KEYS)).await?;
+    Ok(with_etag(&headers, &view))
+}
+
+/// The whole order as `?expand=full` shows it. With `reveal` (and a caller
+/// with `orders:keys`) its codes are decrypted and marked revealed; without,
+/// keys show their source but not their code. Staff notes for `admin` only.
+pub async fn full_view(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    reveal: bool,
+) -> Result<orders::OrderView, ApiError> {
     // Codes are decrypted only for callers allowed to see them.
-    let cipher = if caller.has(ORDERS_KEYS) {
+    let cipher = if reveal && caller.has(ORDERS_KEYS) {
         state.cipher.as_ref()
     } else {
         None
     };
     if cipher.is_some() {
         let mut conn = state.pool.acquire().await?;
-        courier_shared::db::keys::mark_revealed(&mut conn, status.id).await?;
+        courier_shared::db::keys::mark_revealed(&mut conn, id).await?;
     }
     // One snapshot for the whole view: read statement by statement, a
     // delivery could be seen succeeded without the attempt that did it.
@@ -239,7 +252,7 @@ pub async fn get(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *conn)
         .await?;
-    let mut view = orders::load_view(&mut conn, Some(status.id), None)
+    let mut view = orders::load_view(&mut conn, Some(id), None)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
     for item in &mut view.items {
@@ -254,7 +267,7 @@ pub async fn get(
         view.notes = Some(courier_shared::db::notes::list(&mut conn, view.id).await?);
     }
     conn.commit().await?;
-    Ok(with_etag(&headers, &view))
+    Ok(view)
 }
 
 /// Holds until the order's status is one of `wanted` or settled, or until

@@ -1,0 +1,863 @@
+//! The console's pages and actions. Each calls the JSON API's handler for
+//! the same thing, with the session's key as the caller.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use courier_shared::db::orders::OrderView;
+use maud::{Markup, html};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::session::{self, Staff};
+use super::{Form, PageError, badge, bare, csrf_field, layout, read_form};
+use crate::auth::{ADMIN, ORDERS_KEYS, ORDERS_REFUND, ORDERS_WRITE};
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
+use crate::routes;
+use crate::startup::AppState;
+
+type Page = Result<Response, PageError>;
+
+pub(super) fn page(markup: Markup) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+/// A query string without empty fields (a form's unfilled inputs), with
+/// date-only values (`<input type=date>`) as midnight UTC.
+fn clean_query(uri: &Uri, drop: &[&str]) -> String {
+    let Some(q) = uri.query() else {
+        return String::new();
+    };
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        if v.trim().is_empty() || drop.contains(&k.as_ref()) {
+            continue;
+        }
+        let v = if k.ends_with("_from") || k.ends_with("_to") {
+            if v.len() == 10 && v.as_bytes()[4] == b'-' {
+                format!("{v}T00:00:00Z")
+            } else {
+                v.into_owned()
+            }
+        } else {
+            v.into_owned()
+        };
+        out.append_pair(&k, &v);
+    }
+    out.finish()
+}
+
+fn parse_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, PageError> {
+    let uri: Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "bad query"))?;
+    Query::<T>::try_from_uri(&uri)
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()).into())
+}
+
+fn value(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn when(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+// --- sign-in ---------------------------------------------------------------------
+
+#[derive(serde::Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a console path may be a `next`: no open redirect.
+fn safe_next(next: Option<&str>) -> &str {
+    next.filter(|n| n.starts_with("/admin/") && !n.starts_with("//") && !n.contains('\\'))
+        .unwrap_or("/admin/orders")
+}
+
+pub async fn login_form(Query(q): Query<NextQuery>) -> Response {
+    login_page(q.next.as_deref(), None, StatusCode::OK)
+}
+
+fn login_page(next: Option<&str>, error: Option<&str>, status: StatusCode) -> Response {
+    let markup = bare(
+        "Sign in",
+        html! {
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action="/admin/login" {
+                input type="hidden" name="next" value=(safe_next(next));
+                label for="key" { "API key" }
+                input id="key" name="key" type="password" autocomplete="current-password" required autofocus;
+                p.hint { "An admin key, or a staff key with the scopes you need (a read-only key can look but not act)." }
+                button type="submit" { "Sign in" }
+            }
+        },
+    );
+    (status, page(markup)).into_response()
+}
+
+/// `POST /admin/login`: the key becomes a session cookie. No CSRF token yet
+/// (there is no session); `SameSite=Strict` and the `Origin` check guard it.
+pub async fn login(State(state): State<AppState>, req: Request) -> Page {
+    let headers = req.headers().clone();
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if origin
+            .split_once("://")
+            .is_none_or(|(_, rest)| rest != host)
+        {
+            return Err(PageError::Csrf);
+        }
+    }
+    let axum::Form(fields) = <axum::Form<Vec<(String, String)>> as axum::extract::FromRequest<
+        AppState,
+    >>::from_request(req, &state)
+    .await
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_form", e.body_text()))?;
+    let get = |n: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let next = get("next");
+    let key = get("key").unwrap_or_default();
+    if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+        return Ok(login_page(
+            next.as_deref(),
+            Some("Enter an API key."),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ));
+    }
+    match session::open(&state, &key, &headers).await? {
+        Some(cookie) => {
+            let mut resp = Redirect::to(safe_next(next.as_deref())).into_response();
+            resp.headers_mut().insert(header::SET_COOKIE, cookie);
+            Ok(resp)
+        }
+        None => Ok(login_page(
+            next.as_deref(),
+            Some("That key is unknown or revoked."),
+            StatusCode::UNAUTHORIZED,
+        )),
+    }
+}
+
+pub async fn logout(State(state): State<AppState>, staff: Staff, req: Request) -> Page {
+    read_form(&staff, req, &state).await?;
+    let cookie = session::close(&state, &staff).await?;
+    let mut resp = Redirect::to("/admin/login").into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+// --- orders -------------------------------------------------------------------------
+
+const STATUSES: &[&str] = &[
+    "pending",
+    "processing",
+    "completed",
+    "failed",
+    "partially_refunded",
+    "refunded",
+    "cancelled",
+];
+
+pub async fn orders(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let query = clean_query(&uri, &[]);
+    let q: routes::order_list::ListQuery = parse_query(&query)?;
+    let axum::Json(list) =
+        routes::order_list::list(State(state.clone()), staff.caller.clone(), ApiQuery(q)).await?;
+    let filters = clean_query(&uri, &["cursor"]);
+    let field = |name: &str| value(&query, name).unwrap_or_default();
+    let admin = staff.caller.has(ADMIN);
+    let body = html! {
+        h1 { "Orders" }
+        form.filters method="get" action="/admin/orders" role="search" {
+            label { "Search " input name="q" type="search" value=(field("q")) placeholder="order number, e-mail, name, player…" minlength="3"; }
+            label { "Status "
+                select name="status" {
+                    option value="" { "any" }
+                    @for s in STATUSES { option value=(s) selected[field("status") == *s] { (s.replace('_', " ")) } }
+                }
+            }
+            label { "Payment "
+                select name="payment_status" {
+                    option value="" { "any" }
+                    @for s in ["pending", "paid", "mismatched", "refunded", "partially_refunded", "disputed"] {
+                        option value=(s) selected[field("payment_status") == s] { (s.replace('_', " ")) }
+                    }
+                }
+            }
+            label { "Needs attention "
+                select name="has" {
+                    option value="" { "—" }
+                    @for s in ["failures", "held", "waiting"] { option value=(s) selected[field("has") == s] { (s) } }
+                }
+            }
+            label { "Product " input name="sku" value=(field("sku")) size="10"; }
+            label { "Gateway " input name="gateway" value=(field("gateway")) size="8"; }
+            label { "Created from " input name="created_from" type="date" value=(field("created_from").get(..10).unwrap_or_default()); }
+            label { "to " input name="created_to" type="date" value=(field("created_to").get(..10).unwrap_or_default()); }
+            label { "Sort "
+                select name="sort" {
+                    @for s in ["created", "total", "order_number", "status", "payment_status"] {
+                        option value=(s) selected[field("sort") == s] { (s.replace('_', " ")) }
+                    }
+                }
+            }
+            label { "Order "
+                select name="order" {
+                    option value="desc" selected[field("order") != "asc"] { "newest / largest first" }
+                    option value="asc" selected[field("order") == "asc"] { "oldest / smallest first" }
+                }
+            }
+            button type="submit" { "Filter" }
+            a href="/admin/orders" { "Clear" }
+        }
+        p.exports {
+            "Export the filter: "
+            a href={"/admin/orders/export?format=csv&" (filters)} { "CSV" } " · "
+            a href={"/admin/orders/export?format=xlsx&" (filters)} { "Excel" }
+        }
+        form id="bulk" method="post" action="/admin/orders/process" {
+            (csrf_field(&staff))
+            table.orders {
+                thead { tr {
+                    @if admin { th { span.sr { "Select" } } }
+                    th { "Order" } th { "Created" } th { "Customer" } th.num { "Total" }
+                    th { "Status" } th { "Payment" } th { "Deliveries" }
+                } }
+                tbody {
+                    @for o in &list.orders {
+                        tr {
+                            @if admin {
+                                td { input type="checkbox" name="ids" value=(o.id) aria-label={"Select " (o.order_number)}; }
+                            }
+                            td { a href={"/admin/orders/" (o.order_number)} { (o.order_number) } }
+                            td { (when(o.created_at)) }
+                            td { (o.customer_name.as_deref().unwrap_or("")) br; small { (o.customer_email.as_deref().unwrap_or("")) } }
+                            td.num { (o.total) " " (o.currency) }
+                            td { (badge(o.status.as_str())) @if let Some(h) = &o.process_hold { " " span.badge.s-held { "waits: " (h.as_str()) } } }
+                            td { (badge(o.payment_status.as_str())) }
+                            td {
+                                (o.deliveries.succeeded) "/" (o.deliveries.total) " done"
+                                @if o.deliveries.dead > 0 { ", " span.bad { (o.deliveries.dead) " dead" } }
+                                @if o.deliveries.held > 0 { ", " span.bad { (o.deliveries.held) " held" } }
+                                @if o.deliveries.waiting > 0 { ", " (o.deliveries.waiting) " waiting" }
+                            }
+                        }
+                    }
+                    @if list.orders.is_empty() { tr { td colspan="8" { "No orders match." } } }
+                }
+            }
+            @if admin {
+                p { button type="submit" data-confirm="Process the selected orders that are waiting?" { "Process selected" } }
+            }
+        }
+        @if let Some(c) = &list.next_cursor {
+            p { a rel="next" href={"/admin/orders?" (filters) "&cursor=" (c)} { "Next page →" } }
+        }
+    };
+    Ok(page(layout(&staff, "Orders", "orders", body)))
+}
+
+pub async fn export(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let q: routes::order_list::ListQuery = parse_query(&clean_query(&uri, &["cursor"]))?;
+    Ok(routes::export::export(State(state), staff.caller.clone(), ApiQuery(q)).await?)
+}
+
+pub async fn process_selected(State(state): State<AppState>, staff: Staff, req: Request) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let ids = form
+        .all("ids")
+        .map(|s| Uuid::parse_str(s).map_err(|_| ApiError::invalid("ids", "not an order id")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid("ids", "tick at least one order").into());
+    }
+    let body: routes::manual::BulkProcess = serde_json::from_value(json!({ "ids": ids }))
+        .map_err(|e| ApiError::invalid("ids", e.to_string()))?;
+    let axum::Json(done) = routes::manual::process_many(
+        State(state),
+        staff.caller.clone(),
+        crate::json::ValidJson(body),
+    )
+    .await?;
+    let reasons: Vec<String> = done
+        .skipped_by_reason
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    let body = html! {
+        h1 { "Process selected" }
+        p.notice role="status" {
+            (done.started) " of " (done.matched) " orders started"
+            @if done.skipped > 0 { "; " (done.skipped) " skipped (" (reasons.join(", ")) ")" }
+            "."
+        }
+        p { a href="/admin/orders" { "Back to orders" } }
+    };
+    Ok(page(layout(&staff, "Process selected", "orders", body)))
+}
+
+#[derive(serde::Deserialize)]
+pub struct OrderQuery {
+    done: Option<String>,
+    reveal: Option<String>,
+}
+
+/// What a finished action says at the top of the order (fixed texts: a
+/// link cannot put words on the page).
+fn notice(done: Option<&str>) -> Option<&'static str> {
+    Some(match done? {
+        "retried" => "Retry queued: the deliveries run again.",
+        "delivered" => "The item is marked delivered.",
+        "completed" => "The order is marked completed.",
+        "refunded" => "Refund recorded.",
+        "cancelled" => "The order is cancelled.",
+        "resent" => "The delivery instructions are on their way by e-mail.",
+        "noted" => "Note added.",
+        "processed" => "The order is processing.",
+        "keyed" => "The key is entered and the item delivered.",
+        "discarded" => "Delivery discarded.",
+        _ => return None,
+    })
+}
+
+async fn order_id(state: &AppState, reference: &str) -> Result<Uuid, PageError> {
+    Ok(routes::payments::order_id(state, reference).await?)
+}
+
+pub async fn order(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path(reference): Path<String>,
+    Query(q): Query<OrderQuery>,
+) -> Page {
+    let caller = &staff.caller;
+    caller.require(crate::auth::ORDERS_READ)?;
+    let id = order_id(&state, &reference).await?;
+    let reveal = q.reveal.as_deref() == Some("keys");
+    let o = routes::orders::full_view(&state, caller, id, reveal).await?;
+    let body = order_body(&staff, &o, notice(q.done.as_deref()), reveal);
+    Ok(page(layout(&staff, &o.order_number, "orders", body)))
+}
+
+/// `GET /admin/orders/{reference}/status`: the order's status for the live
+/// script (JSON), held until it changes (`?wait_for=`) like the API's read.
+pub async fn order_status(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path(reference): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Page {
+    let q: routes::orders::GetQuery = parse_query(uri.query().unwrap_or_default())?;
+    Ok(routes::orders::get(
+        State(state),
+        staff.caller.clone(),
+        ApiPath(reference),
+        ApiQuery(q),
+        headers,
+    )
+    .await?)
+}
+
+fn order_body(staff: &Staff, o: &OrderView, notice: Option<&str>, revealed: bool) -> Markup {
+    let admin = staff.caller.has(ADMIN);
+    let refund = staff.caller.has(ORDERS_REFUND);
+    let write = staff.caller.has(ORDERS_WRITE);
+    let base = format!("/admin/orders/{}", o.order_number);
+    let live = matches!(o.status.as_str(), "pending" | "processing");
+    html! {
+        div.order data-order=(o.id) data-status=(o.status.as_str()) data-live=[live.then_some("1")] {
+            h1 { "Order " (o.order_number) " " (badge(o.status.as_str())) " " (badge(o.payment_status.as_str())) }
+            @if let Some(n) = notice { p.notice role="status" { (n) } }
+            p.live-note hidden { "This order changed; " a href=(base) { "reload" } "." }
+            section.summary {
+                dl {
+                    dt { "Customer" } dd { (o.customer.name.as_deref().unwrap_or("—")) " " (o.customer.email.as_deref().unwrap_or("")) }
+                    dt { "Player" } dd { (o.game.username.as_deref().unwrap_or("—")) }
+                    @if let Some(d) = &o.discord_user_id { dt { "Discord" } dd { (d) } }
+                    dt { "Total" } dd { (o.total) " " (o.currency) @if !o.refunded_amount.is_zero() { " (refunded " (o.refunded_amount) ")" } }
+                    dt { "Paid" } dd { (o.paid_at.map(when).unwrap_or_else(|| "—".into())) " " (o.gateway.as_deref().unwrap_or("")) " " (o.transaction_id.as_deref().unwrap_or("")) }
+                    dt { "Created" } dd { (when(o.created_at)) }
+                    @if let Some(issue) = &o.payment_issue { dt { "Payment issue" } dd.bad { (issue) } }
+                }
+            }
+            section {
+                h2 { "Items" }
+                table {
+                    thead { tr { th { "Item" } th.num { "Qty" } th.num { "Total" } th { "Delivery" } th { "Actions" } } }
+                    tbody {
+                        @for item in &o.items {
+                            tr {
+                                td { (item.product_name) " " small { (item.product) } }
+                                td.num { (item.quantity) }
+                                td.num { (item.total) }
+                                td {
+                                    (badge(item.delivery_status.as_str()))
+                                    @for k in &item.keys {
+                                        div.key {
+                                            "Key (" (k.source) "): "
+                                            @match &k.code { Some(c) => code { (c) }, None => span { "hidden" } }
+                                        }
+                                    }
+                                }
+                                td.actions {
+                                    @if admin && matches!(item.delivery_status.as_str(), "failed" | "waiting") {
+                                        form method="post" action={(base) "/items/" (item.id) "/retry"} {
+                                            (csrf_field(staff))
+                                            button type="submit" data-confirm="Retry this item's failed deliveries?" { "Retry delivery" }
+                                        }
+                                    }
+                                    @if admin && !matches!(item.delivery_status.as_str(), "delivered" | "revoked") {
+                                        details {
+                                            summary { "Mark as delivered" }
+                                            form method="post" action={(base) "/items/" (item.id) "/deliver"} {
+                                                (csrf_field(staff))
+                                                label { "Code (optional) " input name="code" maxlength="500"; }
+                                                label { "Notes for the customer " textarea name="notes" rows="2" maxlength="2000" {} }
+                                                button type="submit" data-confirm="Mark this item delivered? Its deliveries will not run again." { "Mark as delivered" }
+                                            }
+                                        }
+                                    }
+                                    @if admin && o.deliveries.iter().any(|d| d.item_id == Some(item.id) && d.kind.as_str() == "supplier_key" && matches!(d.status.as_str(), "dead" | "waiting")) {
+                                        details {
+                                            summary { "Enter key manually" }
+                                            form method="post" action={(base) "/items/" (item.id) "/key"} {
+                                                (csrf_field(staff))
+                                                label { "Code " input name="code" required maxlength="500"; }
+                                                button type="submit" { "Enter key" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if o.items.iter().any(|i| !i.keys.is_empty()) && staff.caller.has(ORDERS_KEYS) && !revealed {
+                    p { a href={(base) "?reveal=keys"} data-confirm="Show the codes? Revealing them is recorded, and a revealed stock key can no longer go back to stock." { "Reveal keys" } }
+                }
+            }
+            section {
+                h2 { "Deliveries" }
+                @for d in &o.deliveries {
+                    article.delivery id={"d-" (d.id)} {
+                        h3 { (d.kind.as_str()) " → " (d.target) " " (badge(d.status.as_str())) " " small { (d.purpose.as_str()) ", " (d.attempts) " attempts" } }
+                        @if let Some(e) = &d.last_error { p.bad { (e) } }
+                        @if let Some(cmd) = d.payload.get("command").and_then(Value::as_str) { p { "Command: " code { (cmd) } } }
+                        @if !d.attempt_history.is_empty() {
+                            table.attempts {
+                                thead { tr { th { "#" } th { "Started" } th { "Worker" } th { "Outcome" } th { "Answer / error" } } }
+                                tbody {
+                                    @for a in &d.attempt_history {
+                                        tr {
+                                            td { (a.attempt) }
+                                            td { (when(a.started_at)) }
+                                            td { (a.worker) }
+                                            td { (a.outcome.map(|x| x.as_str()).unwrap_or("running")) }
+                                            td { pre { (a.response.as_deref().or(a.error.as_deref()).unwrap_or("")) } }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        @if admin && matches!(d.status.as_str(), "dead" | "held") {
+                            form.inline method="post" action={(base) "/deliveries/" (d.id)} {
+                                (csrf_field(staff))
+                                input type="hidden" name="do" value="retry";
+                                button type="submit" data-confirm="Run this delivery again?" { "Retry" }
+                            }
+                            form.inline method="post" action={(base) "/deliveries/" (d.id)} {
+                                (csrf_field(staff))
+                                input type="hidden" name="do" value="discard";
+                                label { "Reason " input name="reason" required maxlength="500"; }
+                                button type="submit" data-confirm="Discard this delivery? It will not run." { "Discard" }
+                            }
+                        }
+                    }
+                }
+            }
+            @if !o.downloads.is_empty() {
+                section {
+                    h2 { "Download links" }
+                    table {
+                        thead { tr { th { "File" } th { "Downloads" } th { "Expires" } th { "State" } } }
+                        tbody {
+                            @for l in &o.downloads {
+                                tr {
+                                    td { (l.file_name) }
+                                    td { (l.downloads) " of " (l.max_downloads) }
+                                    td { (when(l.expires_at)) }
+                                    td { @if l.revoked_at.is_some() { span.bad { "revoked" } } @else { "live" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if !o.refunds.is_empty() {
+                section {
+                    h2 { "Refunds" }
+                    ul { @for r in &o.refunds { li { (r.amount) " " (r.currency) " — " (r.reason.as_str()) " — " (r.status.as_str()) " by " (r.requested_by) ", " (when(r.created_at)) } } }
+                }
+            }
+            @if !o.disputes.is_empty() {
+                section {
+                    h2 { "Disputes" }
+                    ul { @for d in &o.disputes { li { (d.external_id) ": " (d.amount) " " (d.currency) ", " (d.reason) ", " (d.gateway_status) @if let Some(out) = &d.outcome { " — " (out.as_str()) } } } }
+                    @if let Some(e) = &o.evidence {
+                        details {
+                            summary { "Evidence bundle" }
+                            p { (e.proof_of_delivery.len()) " proofs of delivery, " (e.download_logs.len()) " downloads logged, " (e.timeline.len()) " timeline entries." }
+                            pre { (serde_json::to_string_pretty(e).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
+            @if admin || refund || write {
+                section.actions {
+                    h2 { "Actions" }
+                    @if admin {
+                        form method="post" action={(base) "/complete"} {
+                            (csrf_field(staff))
+                            label { "Notes " input name="notes" maxlength="2000"; }
+                            button type="submit" data-confirm="Mark the whole order completed?" { "Mark as completed" }
+                        }
+                        form method="post" action={(base) "/resend"} {
+                            (csrf_field(staff))
+                            label { "New address (optional) " input name="email" type="email" maxlength="254"; }
+                            button type="submit" { "Resend email" }
+                        }
+                        @if o.process_hold.is_some() {
+                            form method="post" action={(base) "/process"} {
+                                (csrf_field(staff))
+                                button type="submit" { "Process now" }
+                            }
+                        }
+                    }
+                    @if refund {
+                        form method="post" action={(base) "/refund"} {
+                            (csrf_field(staff))
+                            label { "Amount (empty: all that remains) " input name="amount" inputmode="decimal" size="8"; }
+                            label { "Reason "
+                                select name="reason" {
+                                    option value="requested_by_customer" { "requested by customer" }
+                                    option value="duplicate" { "duplicate" }
+                                    option value="fraudulent" { "fraudulent" }
+                                    option value="not_as_described" { "not as described" }
+                                    option value="other" { "other" }
+                                }
+                            }
+                            label { "Details " input name="reason_text" maxlength="500"; }
+                            button type="submit" data-confirm="Refund this order?" { "Refund" }
+                        }
+                    }
+                    @if write && matches!(o.status.as_str(), "pending" | "processing" | "failed") {
+                        form method="post" action={(base) "/cancel"} {
+                            (csrf_field(staff))
+                            label { "Reason " input name="reason" maxlength="500"; }
+                            button type="submit" data-confirm="Cancel this order? Its deliveries stop and what was delivered is taken back." { "Cancel order" }
+                        }
+                    }
+                }
+            }
+            @if let Some(notes) = &o.notes {
+                section {
+                    h2 { "Notes" }
+                    @for n in notes { blockquote { p { (n.body) } footer { (n.author) ", " (when(n.created_at)) } } }
+                    form method="post" action={(base) "/notes"} {
+                        (csrf_field(staff))
+                        label for="note" { "Add a note" }
+                        textarea id="note" name="body" rows="3" required maxlength="10000" {}
+                        button type="submit" { "Add note" }
+                    }
+                }
+            }
+            section {
+                h2 { "Timeline" }
+                ol.timeline {
+                    @for e in o.timeline.iter().rev() {
+                        li { time { (when(e.at)) } " " strong { (e.kind) } " " (e.message) " " small { (e.actor) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Calls an API handler that takes a JSON body, with `body` as that JSON.
+fn json_parts(body: Value) -> (HeaderMap, axum::body::Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    (headers, axum::body::Bytes::from(body.to_string()))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    body: Value,
+) -> Result<crate::json::ValidJson<T>, PageError> {
+    serde_json::from_value(body)
+        .map(crate::json::ValidJson)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                e.to_string(),
+            )
+            .into()
+        })
+}
+
+fn opt(form: &Form, name: &str) -> Value {
+    form.get(name)
+        .map_or(Value::Null, |v| Value::String(v.to_owned()))
+}
+
+fn back(reference: &str, done: &str) -> Response {
+    Redirect::to(&format!("/admin/orders/{reference}?done={done}")).into_response()
+}
+
+/// `POST /admin/orders/{reference}/{action}`.
+pub async fn order_action(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path((reference, action)): Path<(String, String)>,
+    req: Request,
+) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let caller = staff.caller.clone();
+    let st = || State(state.clone());
+    let path = || ApiPath(reference.clone());
+    let done = match action.as_str() {
+        "complete" => {
+            let (h, b) = json_parts(json!({ "notes": opt(&form, "notes") }));
+            let _ = routes::manual::complete(st(), caller, path(), h, b).await?;
+            "completed"
+        }
+        "resend" => {
+            let body = match form.get("email") {
+                Some(e) => json!({ "email": e }),
+                None => json!({}),
+            };
+            let (h, b) = json_parts(body);
+            let _ = routes::emails::resend(st(), caller, path(), h, b).await?;
+            "resent"
+        }
+        "process" => {
+            let _ = routes::manual::process(st(), caller, path()).await?;
+            "processed"
+        }
+        "refund" => {
+            let body = typed(json!({
+                "amount": opt(&form, "amount"),
+                "reason": form.get("reason").unwrap_or("requested_by_customer"),
+                "reason_text": opt(&form, "reason_text"),
+            }))?;
+            let _ = routes::payments::refund(st(), caller, path(), HeaderMap::new(), body).await?;
+            "refunded"
+        }
+        "cancel" => {
+            let (h, b) = json_parts(json!({ "reason": opt(&form, "reason") }));
+            let _ = routes::payments::cancel(st(), caller, path(), h, b).await?;
+            "cancelled"
+        }
+        "notes" => {
+            let body = typed(json!({ "body": form.get("body").unwrap_or_default() }))?;
+            let _ = routes::notes::add(st(), caller, path(), body).await?;
+            "noted"
+        }
+        _ => return Err(ApiError::not_found("action").into()),
+    };
+    Ok(back(&reference, done))
+}
+
+/// `POST /admin/orders/{reference}/items/{item_id}/{action}`, and the
+/// deliveries' retry and discard (`/deliveries/{id}` with `do`).
+pub async fn item_action(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path((reference, item_id, action)): Path<(String, Uuid, String)>,
+    req: Request,
+) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let caller = staff.caller.clone();
+    let done = match action.as_str() {
+        "retry" => {
+            let id = order_id(&state, &reference).await?;
+            let _ = routes::admin::retry_item(State(state.clone()), caller, ApiPath((id, item_id)))
+                .await?;
+            "retried"
+        }
+        "deliver" => {
+            let (h, b) =
+                json_parts(json!({ "code": opt(&form, "code"), "notes": opt(&form, "notes") }));
+            let _ = routes::manual::deliver_item(
+                State(state.clone()),
+                caller,
+                ApiPath((reference.clone(), item_id)),
+                h,
+                b,
+            )
+            .await?;
+            "delivered"
+        }
+        "key" => {
+            let body = typed(json!({ "code": form.get("code").unwrap_or_default() }))?;
+            let _ =
+                routes::keys::enter(State(state.clone()), caller, ApiPath(item_id), body).await?;
+            "keyed"
+        }
+        _ => return Err(ApiError::not_found("action").into()),
+    };
+    Ok(back(&reference, done))
+}
+
+/// `POST /admin/orders/{reference}/deliveries/{id}`: `do` = `retry` or `discard`.
+pub async fn delivery_action(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path((reference, id)): Path<(String, Uuid)>,
+    req: Request,
+) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let caller = staff.caller.clone();
+    let done = match form.get("do") {
+        Some("retry") => {
+            let _ =
+                routes::admin::retry_delivery(State(state.clone()), caller, ApiPath(id)).await?;
+            "retried"
+        }
+        Some("discard") => {
+            let body = typed(json!({ "reason": form.get("reason").unwrap_or_default() }))?;
+            let _ =
+                routes::admin::discard_delivery(State(state.clone()), caller, ApiPath(id), body)
+                    .await?;
+            "discarded"
+        }
+        _ => return Err(ApiError::invalid("do", "retry or discard").into()),
+    };
+    Ok(back(&reference, done))
+}
+
+// --- failures --------------------------------------------------------------------------
+
+pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let query = clean_query(&uri, &["done"]);
+    let q: routes::admin::ListQuery = parse_query(&query)?;
+    let axum::Json(list) =
+        routes::admin::list(State(state.clone()), staff.caller.clone(), ApiQuery(q)).await?;
+    let field = |name: &str| value(&query, name).unwrap_or_default();
+    let filters = clean_query(&uri, &["cursor", "done"]);
+    let done = value(uri.query().unwrap_or_default(), "done");
+    let body = html! {
+        h1 { "Failures" }
+        @if let Some(d) = done.as_deref().and_then(|d| match d { "retried" => Some("Retry queued."), "discarded" => Some("Discarded."), "bulk" => Some("Bulk retry queued."), _ => None }) {
+            p.notice role="status" { (d) }
+        }
+        form.filters method="get" action="/admin/failures" {
+            label { "Kind "
+                select name="kind" {
+                    option value="" { "any" }
+                    @for k in ["rcon", "discord_role", "supplier_key", "gateway_refund", "webhook", "email", "alert", "download"] {
+                        option value=(k) selected[field("kind") == k] { (k) }
+                    }
+                }
+            }
+            label { "Target " input name="target" value=(field("target")) size="12"; }
+            label { "Error contains " input name="error" value=(field("error")) size="16"; }
+            button type="submit" { "Filter" }
+            a href="/admin/failures" { "Clear" }
+        }
+        @if !list.dead_letters.is_empty() {
+            form method="post" action="/admin/failures/retry" {
+                (csrf_field(&staff))
+                @for (k, v) in url::form_urlencoded::parse(filters.as_bytes()) { input type="hidden" name=(k) value=(v); }
+                button type="submit" data-confirm={"Retry every open dead letter matching this filter (" (list.dead_letters.len()) (if list.next_cursor.is_some() { "+" } else { "" }) " shown)?"} { "Retry all matching" }
+            }
+        }
+        table {
+            thead { tr { th { "When" } th { "Order" } th { "Kind" } th { "Target" } th { "Reason" } th { "Actions" } } }
+            tbody {
+                @for d in &list.dead_letters {
+                    tr {
+                        td { (when(d.created_at)) }
+                        td { @if let Some(n) = &d.order_number { a href={"/admin/orders/" (n)} { (n) } } }
+                        td { (d.kind.as_deref().unwrap_or("")) }
+                        td { (d.target.as_deref().unwrap_or("")) }
+                        td { (d.reason) }
+                        td.actions {
+                            form.inline method="post" action={"/admin/failures/" (d.id) "/retry"} {
+                                (csrf_field(&staff))
+                                button type="submit" { "Retry" }
+                            }
+                            form.inline method="post" action={"/admin/failures/" (d.id) "/discard"} {
+                                (csrf_field(&staff))
+                                label { "Reason " input name="reason" required maxlength="500" size="12"; }
+                                button type="submit" data-confirm="Discard this dead letter? Its delivery will not run." { "Discard" }
+                            }
+                        }
+                    }
+                }
+                @if list.dead_letters.is_empty() { tr { td colspan="6" { "No open dead letters." } } }
+            }
+        }
+        @if let Some(c) = &list.next_cursor {
+            p { a rel="next" href={"/admin/failures?" (filters) "&cursor=" (c)} { "Next page →" } }
+        }
+    };
+    Ok(page(layout(&staff, "Failures", "failures", body)))
+}
+
+pub async fn retry_matching(State(state): State<AppState>, staff: Staff, req: Request) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let mut filter = serde_json::Map::new();
+    for (k, v) in form.pairs() {
+        if k != "csrf" && !v.trim().is_empty() {
+            filter.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    let body = typed(Value::Object(filter))?;
+    let _ = routes::admin::retry_bulk(State(state), staff.caller.clone(), body).await?;
+    Ok(Redirect::to("/admin/failures?done=bulk").into_response())
+}
+
+pub async fn dead_letter_action(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path((id, action)): Path<(i64, String)>,
+    req: Request,
+) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let caller = staff.caller.clone();
+    match action.as_str() {
+        "retry" => {
+            let _ = routes::admin::retry(State(state), caller, ApiPath(id)).await?;
+            Ok(Redirect::to("/admin/failures?done=retried").into_response())
+        }
+        "discard" => {
+            let body = typed(json!({ "reason": form.get("reason").unwrap_or_default() }))?;
+            let _ = routes::admin::discard(State(state), caller, ApiPath(id), body).await?;
+            Ok(Redirect::to("/admin/failures?done=discarded").into_response())
+        }
+        _ => Err(ApiError::not_found("action").into()),
+    }
+}

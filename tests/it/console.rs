@@ -1,0 +1,341 @@
+//! The admin console over HTTP, as a browser would speak to it: sign-in
+//! and the session cookie, the CSRF token and the Origin check on every
+//! form, the security headers, a read-only key that sees no actions and is
+//! refused when it posts anyway, and actions that do what the API does.
+//! (The clicks themselves are driven in Chromium by `console_browser`.)
+
+use std::time::Duration;
+
+use courier_tests::fakes::rcon::Behaviour;
+use courier_tests::stack::TestStack;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A browser-like client: no redirects followed, cookies kept by hand.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(stack: &TestStack) -> Self {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            base: stack.url(""),
+            cookie: None,
+        }
+    }
+
+    fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(c) = &self.cookie {
+            h.insert("cookie", HeaderValue::from_str(c).expect("cookie"));
+        }
+        h
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, HeaderMap, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .headers(self.headers())
+            .send()
+            .await
+            .expect("get");
+        let (s, h) = (r.status(), r.headers().clone());
+        (s, h, r.text().await.unwrap_or_default())
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .headers(self.headers())
+            .form(form);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await.expect("post");
+        let (s, h) = (r.status(), r.headers().clone());
+        (s, h, r.text().await.unwrap_or_default())
+    }
+
+    async fn sign_in(&mut self, key: &str) -> HeaderMap {
+        let (status, headers, body) = self
+            .post(
+                "/admin/login",
+                &[("key", key), ("next", "/admin/orders")],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        let set = headers["set-cookie"].to_str().expect("cookie").to_owned();
+        self.cookie = Some(set.split(';').next().expect("pair").to_owned());
+        headers
+    }
+}
+
+/// The CSRF token of the first form on a page.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + page[at..].find('"').expect("end")].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_csrf_headers_and_scopes_guard_every_page_and_action() {
+    let (stack, _game) = TestStack::with_rcon_product("give {username} vip").await;
+    let (_, order) = stack.post_order("p", "steve", None).await;
+    let number = order["order_number"].as_str().expect("number").to_owned();
+    stack
+        .wait_for_order(order["id"].as_str().expect("id"), "completed", WAIT)
+        .await;
+
+    // Signed out: pages send to the sign-in, with the page to come back to.
+    let mut admin = Browser::new(&stack);
+    let (status, h, _) = admin.get("/admin/orders?status=completed").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        h["location"],
+        "/admin/login?next=%2Fadmin%2Forders%3Fstatus%3Dcompleted"
+    );
+    let (status, h, page) = admin.get("/admin/login").await;
+    assert_eq!(status, StatusCode::OK);
+    let csp = h["content-security-policy"].to_str().expect("csp");
+    assert!(
+        csp.contains("default-src 'none'")
+            && csp.contains("script-src 'self'")
+            && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert!(
+        !page.contains("<script>") && !page.contains(" style="),
+        "no inline script or style"
+    );
+    let (status, _, page) = admin
+        .post("/admin/login", &[("key", "ck_wrong_0123456789")], None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("unknown or revoked"), "{page}");
+    // A sign-in posted from another site is refused.
+    let (status, _, _) = admin
+        .post(
+            "/admin/login",
+            &[("key", &stack.admin_key)],
+            Some("https://evil.example"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let h = admin.sign_in(&stack.admin_key).await;
+    let cookie = h["set-cookie"].to_str().expect("cookie");
+    for flag in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/admin",
+        "Max-Age=43200",
+    ] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM console_sessions WHERE ended_at IS NULL")
+            .await,
+        1
+    );
+
+    // The list finds the order by part of its number; the detail shows the
+    // attempt log with what the game server answered.
+    let (status, _, page) = admin
+        .get(&format!("/admin/orders?q={}", &number[4..10]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(&format!("href=\"/admin/orders/{number}\"")),
+        "{page}"
+    );
+    let (_, h, page) = admin.get(&format!("/admin/orders/{number}")).await;
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(page.contains("give steve vip"), "the command");
+    assert!(
+        page.contains("Mark as completed") && page.contains("Refund"),
+        "admin actions"
+    );
+    let token = csrf(&page);
+
+    // A note, through the form: with the token it is added; without it, or
+    // with another session's token, or from another origin, it is refused.
+    let path = format!("/admin/orders/{number}/notes");
+    let (status, _, _) = admin.post(&path, &[("body", "no token")], None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = admin
+        .post(
+            &path,
+            &[
+                ("csrf", "forged-token-of-the-right-length-0000000"),
+                ("body", "forged"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = admin
+        .post(
+            &path,
+            &[("csrf", &token), ("body", "cross-site")],
+            Some("https://evil.example"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, body) = admin
+        .post(&path, &[("csrf", &token), ("body", "a\u{0}b")], None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(stack.count("SELECT count(*) FROM order_notes").await, 0);
+    let origin = stack.url("");
+    let (status, h, _) = admin
+        .post(
+            &path,
+            &[("csrf", &token), ("body", "Customer asked on Discord")],
+            Some(origin.trim_end_matches('/')),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], format!("/admin/orders/{number}?done=noted"));
+    let (_, _, page) = admin
+        .get(&format!("/admin/orders/{number}?done=noted"))
+        .await;
+    assert!(
+        page.contains("Note added.") && page.contains("Customer asked on Discord"),
+        "{page}"
+    );
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM order_notes WHERE author LIKE 'api:%'")
+            .await,
+        1
+    );
+
+    // A read-only key: it sees the order and no action, and a forged POST
+    // with its own valid token is refused by the API's scope check.
+    let reader = "ck_console_reader_0123456789abcdef";
+    courier_shared::db::api_keys::insert(
+        &stack.pool,
+        "reader",
+        reader,
+        &["orders:read".to_owned()],
+    )
+    .await
+    .expect("key");
+    let mut ro = Browser::new(&stack);
+    ro.sign_in(reader).await;
+    let (status, _, page) = ro.get(&format!("/admin/orders/{number}")).await;
+    assert_eq!(status, StatusCode::OK);
+    for action in [
+        "Mark as completed",
+        "Refund",
+        "Resend email",
+        "Add note",
+        "Cancel order",
+        "Retry",
+    ] {
+        assert!(!page.contains(action), "a read-only key sees `{action}`");
+    }
+    let ro_token = csrf(&page);
+    let (status, _, body) = ro
+        .post(
+            &format!("/admin/orders/{number}/complete"),
+            &[("csrf", &ro_token)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("lacks the `admin` scope"), "{body}");
+    let (_, _, page) = ro.get("/admin/failures").await;
+    assert!(page.contains("lacks the `admin` scope"), "{page}");
+
+    // Signing out ends the session; its cookie no longer works.
+    let (_, _, page) = admin.get("/admin/orders").await;
+    let (status, h, _) = admin
+        .post("/admin/logout", &[("csrf", &csrf(&page))], None)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        h["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .contains("Max-Age=0")
+    );
+    let (status, _, _) = admin.get("/admin/orders").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+
+    // Revoking the key ends its sessions at once.
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE name = 'reader'")
+        .execute(&stack.pool)
+        .await
+        .expect("revoke");
+    let (status, _, _) = ro.get("/admin/orders").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_is_retried_from_the_failures_page_and_completes() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} vip").await;
+    // A wrong password is permanent: the delivery is dead at once.
+    game.set(Behaviour {
+        refuse_auth: true,
+        ..Behaviour::default()
+    });
+    let (_, order) = stack.post_order("p", "steve", None).await;
+    let id = order["id"].as_str().expect("id").to_owned();
+    stack.wait_for_order(&id, "failed", WAIT).await;
+
+    let mut admin = Browser::new(&stack);
+    admin.sign_in(&stack.admin_key).await;
+    let (status, _, page) = admin.get("/admin/failures?kind=rcon").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(order["order_number"].as_str().expect("number")),
+        "{page}"
+    );
+    // The dead letter's own retry form: `/admin/failures/<id>/retry`.
+    let dl: String = page
+        .match_indices("action=\"/admin/failures/")
+        .map(|(at, m)| &page[at + m.len()..])
+        .find(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+        .expect("a retry form of a dead letter");
+    game.set(Behaviour::default());
+    let (status, h, body) = admin
+        .post(
+            &format!("/admin/failures/{dl}/retry"),
+            &[("csrf", &csrf(&page))],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(h["location"], "/admin/failures?done=retried");
+    stack.wait_for_order(&id, "completed", WAIT).await;
+    let (_, _, page) = admin.get("/admin/failures?done=retried").await;
+    assert!(
+        page.contains("Retry queued.") && page.contains("No open dead letters."),
+        "{page}"
+    );
+    stack.teardown().await;
+}
