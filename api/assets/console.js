@@ -2,11 +2,18 @@
 // Content-Security-Policy forbids them); everything is wired here.
 "use strict";
 
+// Set once a form is on its way: the live reload below must not race it.
+let leaving = false;
+
 // Forms and links with data-confirm ask first.
 document.addEventListener("submit", (e) => {
   const button = e.submitter;
   const text = (button && button.dataset.confirm) || e.target.dataset.confirm;
-  if (text && !window.confirm(text)) e.preventDefault();
+  if (text && !window.confirm(text)) {
+    e.preventDefault();
+    return;
+  }
+  leaving = true;
 });
 document.addEventListener("click", (e) => {
   const a = e.target.closest("a[data-confirm]");
@@ -24,6 +31,7 @@ document.addEventListener("click", (e) => {
   const wanted = "completed,failed,refunded,partially_refunded,cancelled,processing,pending"
     .split(",").filter((s) => s !== status).join(",");
   async function poll() {
+    if (leaving) return;
     try {
       const r = await fetch(`/admin/orders/${ref}/status?wait_for=${wanted}&timeout=25s`, {
         credentials: "same-origin", headers: { Accept: "application/json" },
@@ -31,6 +39,7 @@ document.addEventListener("click", (e) => {
       if (r.redirected || r.status === 401) return;
       if (r.ok) {
         const body = await r.json();
+        if (leaving) return;
         if (body.status && body.status !== status) {
           const editing = document.activeElement && document.activeElement.matches("input, textarea, select");
           if (editing) {

@@ -339,3 +339,133 @@ async fn a_dead_delivery_is_retried_from_the_failures_page_and_completes() {
     );
     stack.teardown().await;
 }
+
+/// playwright-core, fetched once from npm into the tools cache.
+fn playwright() -> std::path::PathBuf {
+    const VERSION: &str = "1.65.1";
+    let cache = std::env::var("COURIER_TOOLS_CACHE").map_or_else(
+        |_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+                .join(".cache/courier-tools")
+        },
+        std::path::PathBuf::from,
+    );
+    let prefix = cache.join(format!("playwright-core-{VERSION}"));
+    let entry = prefix.join("node_modules/playwright-core/index.mjs");
+    if !entry.exists() {
+        let out = std::process::Command::new("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+            ])
+            .arg(&prefix)
+            .arg(format!("playwright-core@{VERSION}"))
+            .output()
+            .expect("npm (./dev test installs it)");
+        assert!(
+            out.status.success(),
+            "npm install playwright-core: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    entry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_browser() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: ./dev test installs Debian's chromium"
+    );
+    let (stack, game) = TestStack::with_rcon_product("give {username} vip").await;
+    let number = |o: &serde_json::Value| o["order_number"].as_str().expect("number").to_owned();
+    let id = |o: &serde_json::Value| o["id"].as_str().expect("id").to_owned();
+
+    // An order whose delivery is dead (the server refused the password).
+    game.set(Behaviour {
+        refuse_auth: true,
+        ..Behaviour::default()
+    });
+    let (_, dead) = stack.post_order("p", "steve", None).await;
+    stack.wait_for_order(&id(&dead), "failed", WAIT).await;
+    game.set(Behaviour::default());
+    // A completed one (to refund), one fulfilled by hand, three that wait.
+    let (_, done) = stack.post_order("p", "steve", None).await;
+    stack.wait_for_order(&id(&done), "completed", WAIT).await;
+    stack.add_product("m", serde_json::json!([])).await;
+    let (_, manual) = stack.post_order("m", "steve", None).await;
+    let (status, r) = stack
+        .call(
+            reqwest::Method::PUT,
+            "/v1/products/w",
+            Some(&serde_json::json!({ "name": "Waits", "auto_process": false,
+                "actions": [{ "kind": "rcon", "game_server": "s", "command": "give {username} w" }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let (_, o) = stack.post_order("w", "steve", None).await;
+        waiting.push(number(&o));
+    }
+    let reader = "ck_console_browser_reader_0123456789";
+    courier_shared::db::api_keys::insert(
+        &stack.pool,
+        "reader",
+        reader,
+        &["orders:read".to_owned()],
+    )
+    .await
+    .expect("key");
+
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot directory");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console/flow.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("PLAYWRIGHT", format!("file://{}", playwright().display()))
+        .env("CHROMIUM", &chromium)
+        .env("BASE", stack.url("").trim_end_matches('/'))
+        .env("SHOTS", &shots)
+        .env("ADMIN_KEY", &stack.admin_key)
+        .env("READER_KEY", reader)
+        .env("ORDER_DEAD", number(&dead))
+        .env("ORDER_MANUAL", number(&manual))
+        .env("ORDER_DONE", number(&done))
+        .env("ORDERS_WAITING", waiting.join(","))
+        .output()
+        .await
+        .expect("node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser flow failed:\n{text}");
+    assert!(text.contains("all steps passed"), "{text}");
+    // What the clicks did, read back from the database.
+    stack.wait_for_order(&id(&dead), "completed", WAIT).await;
+    let o = stack.order(&id(&done)).await;
+    assert_eq!(
+        (o["status"].clone(), o["refunded_amount"].clone()),
+        (
+            serde_json::json!("partially_refunded"),
+            serde_json::json!("1.00")
+        )
+    );
+    let o = stack.order(&id(&manual)).await;
+    assert_eq!(
+        o["items"][0]["delivered_by_hand"]["notes"], "Redeem at store.test/redeem",
+        "{o:#}"
+    );
+    assert_eq!(
+        stack.count("SELECT count(*) FROM orders WHERE process_hold IS NULL AND id IN (SELECT order_id FROM order_items WHERE sku = 'w')").await,
+        3
+    );
+    stack.teardown().await;
+}

@@ -250,6 +250,7 @@ pub fn bare(title: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Courier" }
                 link rel="stylesheet" href=(asset_path("console", "css", CSS));
+                link rel="icon" href="data:,";
             }
             body.bare {
                 main { h1 { (title) } (body) }
@@ -272,6 +273,7 @@ pub fn layout(staff: &Staff, title: &str, current: &str, body: Markup) -> Markup
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Courier" }
                 link rel="stylesheet" href=(asset_path("console", "css", CSS));
+                link rel="icon" href="data:,";
                 script src=(asset_path("console", "js", JS)) defer {}
             }
             body {
