@@ -55,7 +55,15 @@ impl Storage {
                     retry_timeout: std::time::Duration::from_secs(10),
                     ..object_store::RetryConfig::default()
                 };
+                // No overall request timeout: object_store's default (30 s,
+                // body included) would cut a large download on a slow line.
+                // Connecting is bounded; a stalled body ends with the client.
+                let client = object_store::ClientOptions::new()
+                    .with_timeout_disabled()
+                    .with_connect_timeout(std::time::Duration::from_secs(5));
+                // The client options first: `with_allow_http` is one of them.
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_client_options(client)
                     .with_bucket_name(d.s3_bucket.clone().unwrap_or_default())
                     .with_allow_http(d.s3_allow_http)
                     .with_retry(retry);

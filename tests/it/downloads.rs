@@ -276,7 +276,7 @@ async fn a_paid_order_gets_links_by_email_served_by_range_counted_and_used_up() 
     let smtp = FakeSmtp::start().await.expect("smtp");
     let stack = mail_stack(&smtp, |_| {}).await;
     stack
-        .add_product("book", json!([{ "kind": "download", "max_downloads": 2 }]))
+        .add_product("book", json!([{ "kind": "download", "max_downloads": 3 }]))
         .await;
     let bytes = content(100_000);
     let (status, f) = upload(
@@ -320,6 +320,18 @@ async fn a_paid_order_gets_links_by_email_served_by_range_counted_and_used_up() 
     assert_eq!(etag, format!("\"{}\"", f["sha256"].as_str().expect("sha")));
     assert_eq!(resp.bytes().await.expect("body").as_ref(), bytes.as_slice());
 
+    // HEAD answers the headers and spends nothing.
+    let resp = reqwest::Client::new()
+        .head(stack.url(path))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(
+        (resp.status(), resp.headers()["content-length"].clone()),
+        (StatusCode::OK, "100000".parse().expect("value"))
+    );
+    assert_eq!(resp.headers()["content-security-policy"], "sandbox");
+
     // Ranges: a middle, an open end, a suffix; past the end is 416.
     let resp = get(&stack, path, &[("range", "bytes=1000-1999")]).await;
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
@@ -350,11 +362,18 @@ async fn a_paid_order_gets_links_by_email_served_by_range_counted_and_used_up() 
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.bytes().await.expect("body").len(), 100_000);
 
-    // Two full downloads' worth of bytes: 2 × 100,000 + 1,000 + 10 spent now.
+    // Three downloads' worth of bytes: 2 × 100,000 + 1,000 + 10 are spent;
+    // a whole file (100,000) no longer fits in the 98,990 left, a range does.
     let resp = get(&stack, path, &[]).await;
     assert_eq!(
         error_code(resp).await,
         (StatusCode::GONE, "download_limit_reached".into())
+    );
+    let resp = get(&stack, path, &[("range", "bytes=5000-5999")]).await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        resp.bytes().await.expect("body").as_ref(),
+        &bytes[5000..6000]
     );
     let o = stack.order(&id).await;
     let link = &o["downloads"][0];
@@ -364,7 +383,7 @@ async fn a_paid_order_gets_links_by_email_served_by_range_counted_and_used_up() 
             link["bytes_served"].clone(),
             link["file_name"].clone()
         ),
-        (json!(2), json!(201_010), json!("book.epub")),
+        (json!(2), json!(202_010), json!("book.epub")),
         "{link}"
     );
     assert!(
@@ -373,17 +392,19 @@ async fn a_paid_order_gets_links_by_email_served_by_range_counted_and_used_up() 
     );
     assert_eq!(
         stack.count("SELECT count(*) FROM download_log WHERE refused IS NULL AND user_agent = 'courier-test/1.0' AND ip = '127.0.0.1'").await,
-        4
+        5
     );
     assert_eq!(
         stack.count("SELECT count(*) FROM download_log WHERE refused IN ('download_limit_reached', 'range_not_satisfiable')").await,
         2
     );
 
-    // A forged token, an altered one: not found, and not logged.
-    let mut altered = path.clone();
-    let last = altered.pop().expect("char");
-    altered.push(if last == 'A' { 'B' } else { 'A' });
+    // A forged token, an altered one: not found, and not logged. (A middle
+    // character: the last one may carry only padding bits.)
+    let token = &path["/downloads/".len()..];
+    let mid = token.len() / 2;
+    let swapped = if &token[mid..=mid] == "A" { "B" } else { "A" };
+    let altered = format!("/downloads/{}{swapped}{}", &token[..mid], &token[mid + 1..]);
     assert_eq!(
         error_code(get(&stack, &altered, &[]).await).await,
         (StatusCode::NOT_FOUND, "link_not_found".into())
@@ -392,7 +413,7 @@ async fn a_paid_order_gets_links_by_email_served_by_range_counted_and_used_up() 
         error_code(get(&stack, "/downloads/nonsense", &[]).await).await,
         (StatusCode::NOT_FOUND, "link_not_found".into())
     );
-    assert_eq!(stack.count("SELECT count(*) FROM download_log").await, 6);
+    assert_eq!(stack.count("SELECT count(*) FROM download_log").await, 7);
 
     // The store's page: URLs for orders:keys, refused for orders:read.
     let reader = "ck_reader_downloads_0123456789abcdef";
@@ -515,6 +536,20 @@ async fn a_full_refund_revokes_the_links() {
     let path = &url[url.find("/downloads/").expect("path")..];
     assert_eq!(get(&stack, path, &[]).await.status(), StatusCode::OK);
 
+    // Serving checks the order itself: withdrawn, its links stop even
+    // before (or without) their own rows being revoked.
+    sqlx::query("UPDATE orders SET revoked_at = now()")
+        .execute(&stack.pool)
+        .await
+        .expect("withdraw");
+    assert_eq!(
+        error_code(get(&stack, path, &[]).await).await,
+        (StatusCode::GONE, "link_revoked".into())
+    );
+    sqlx::query("UPDATE orders SET revoked_at = NULL")
+        .execute(&stack.pool)
+        .await
+        .expect("restore");
     let (status, r) = stack
         .call(
             Method::POST,

@@ -498,14 +498,19 @@ fn order_body(staff: &Staff, o: &OrderView, notice: Option<&str>, revealed: bool
                 section {
                     h2 { "Download links" }
                     table {
-                        thead { tr { th { "File" } th { "Downloads" } th { "Expires" } th { "State" } } }
+                        thead { tr { th { "File" } th { "Downloads (by bytes sent)" } th { "Expires" } th { "State" } } }
                         tbody {
                             @for l in &o.downloads {
                                 tr {
                                     td { (l.file_name) }
-                                    td { (l.downloads) " of " (l.max_downloads) }
+                                    td { (l.downloads) " started, " (l.downloads_left()) " of " (l.max_downloads) " left" }
                                     td { (when(l.expires_at)) }
-                                    td { @if l.revoked_at.is_some() { span.bad { "revoked" } } @else { "live" } }
+                                    td {
+                                        @if l.revoked_at.is_some() { span.bad { "revoked" } }
+                                        @else if l.usable(chrono::Utc::now()) { "live" }
+                                        @else if l.expires_at <= chrono::Utc::now() { span.bad { "expired" } }
+                                        @else { span.bad { "used up" } }
+                                    }
                                 }
                             }
                         }

@@ -58,15 +58,16 @@ pub struct OrderLinks {
 fn file_name(raw: &str) -> Result<String, ApiError> {
     let name = raw.trim();
     if name.is_empty() || name.len() > 255 || name == "." || name == ".." {
-        return Err(ApiError::invalid("name", "must be 1 to 255 characters"));
+        return Err(ApiError::invalid("name", "must be 1 to 255 bytes"));
     }
-    if name
-        .chars()
-        .any(|c| matches!(c, '/' | '\\') || courier_shared::domain::is_non_text(c, false))
-    {
+    // Bidirectional controls too: `invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`.
+    let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if name.chars().any(|c| {
+        matches!(c, '/' | '\\') || bidi(c) || courier_shared::domain::is_non_text(c, false)
+    }) {
         return Err(ApiError::invalid(
             "name",
-            "must not contain `/`, `\\` or control characters",
+            "must not contain `/`, `\\`, control or bidirectional-override characters",
         ));
     }
     Ok(name.to_owned())
@@ -313,6 +314,19 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Opt
         .map(|v| courier_shared::domain::clip(&v, max).to_owned())
 }
 
+/// Logs a refused request for a genuine link.
+async fn refuse(
+    state: &AppState,
+    link_id: Uuid,
+    status: i16,
+    why: &str,
+    who: &Requester,
+) -> Result<(), ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    downloads::log_refused(&mut conn, link_id, status, why, who).await?;
+    Ok(())
+}
+
 fn gone(code: &'static str) -> ApiError {
     let message = match code {
         "link_revoked" => "this download link was revoked (the order was refunded or withdrawn)",
@@ -381,29 +395,35 @@ pub async fn serve(
         range: header_text(&headers, header::RANGE, 100),
     };
     let now = chrono::Utc::now();
-    let mut conn = state.pool.acquire().await?;
+    // The token first: a forged one costs no connection and no query.
     let link_id = match signer.verify(&token, now.timestamp()) {
         Ok((id, _)) => id,
         Err(TokenError::Invalid) => return Err(not_found()),
         Err(TokenError::Expired { link_id }) => {
-            downloads::log_refused(&mut conn, link_id, 410, "link_expired", &who).await?;
+            refuse(&state, link_id, 410, "link_expired", &who).await?;
             return Err(gone("link_expired"));
         }
     };
-    let Some(link) = downloads::for_serving(&mut conn, link_id).await? else {
+    // Each database use takes a connection and gives it back: none is held
+    // while storage is opened or the file streams.
+    let link = {
+        let mut conn = state.pool.acquire().await?;
+        downloads::for_serving(&mut conn, link_id).await?
+    };
+    let Some(link) = link else {
         return Err(not_found());
     };
     let refused = if link.revoked {
         Some("link_revoked")
     } else if link.expires_at <= now {
         Some("link_expired")
-    } else if link.used_up {
+    } else if link.remaining <= 0 {
         Some("download_limit_reached")
     } else {
         None
     };
     if let Some(code) = refused {
-        downloads::log_refused(&mut conn, link_id, 410, code, &who).await?;
+        refuse(&state, link_id, 410, code, &who).await?;
         return Err(gone(code));
     }
     let size = u64::try_from(link.size_bytes).unwrap_or(0);
@@ -424,7 +444,7 @@ pub async fn serve(
         RangeAsk::Whole => (StatusCode::OK, 0, size - 1),
         RangeAsk::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         RangeAsk::Unsatisfiable => {
-            downloads::log_refused(&mut conn, link_id, 416, "range_not_satisfiable", &who).await?;
+            refuse(&state, link_id, 416, "range_not_satisfiable", &who).await?;
             let mut resp = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "range_not_satisfiable",
@@ -439,6 +459,17 @@ pub async fn serve(
         }
     };
     let len = end - start + 1;
+    if i64::try_from(len).unwrap_or(i64::MAX) > link.remaining {
+        refuse(&state, link_id, 410, "download_limit_reached", &who).await?;
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "download_limit_reached",
+            format!(
+                "this link has {} bytes of its download allowance left, less than this response ({len} bytes)",
+                link.remaining
+            ),
+        ));
+    }
     let mut out = HeaderMap::new();
     let mut put = |name: header::HeaderName, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -452,6 +483,8 @@ pub async fn serve(
     put(header::CONTENT_DISPOSITION, disposition(&link.name));
     put(header::CACHE_CONTROL, "private, no-store".into());
     put(header::X_CONTENT_TYPE_OPTIONS, "nosniff".into());
+    // Whatever the file's type, it never runs as a page of this origin.
+    put(header::CONTENT_SECURITY_POLICY, "sandbox".into());
     if status == StatusCode::PARTIAL_CONTENT {
         put(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
     }
@@ -466,7 +499,7 @@ pub async fn serve(
         .await
         .map_err(|e| storage_down(&e))?;
     let spent = downloads::spend(
-        &mut conn,
+        &mut *state.pool.acquire().await?,
         link_id,
         i64::try_from(len).unwrap_or(i64::MAX),
         start == 0,
@@ -475,13 +508,14 @@ pub async fn serve(
     )
     .await?;
     if !spent {
-        // A concurrent request used it up, or it was revoked, meanwhile.
-        let code = match downloads::for_serving(&mut conn, link_id).await? {
+        // A concurrent request spent it, or it was revoked, meanwhile.
+        let now = downloads::for_serving(&mut *state.pool.acquire().await?, link_id).await?;
+        let code = match now {
             Some(l) if l.revoked => "link_revoked",
             Some(l) if l.expires_at <= chrono::Utc::now() => "link_expired",
             _ => "download_limit_reached",
         };
-        downloads::log_refused(&mut conn, link_id, 410, code, &who).await?;
+        refuse(&state, link_id, 410, code, &who).await?;
         return Err(gone(code));
     }
     state.metrics.downloads.inc();

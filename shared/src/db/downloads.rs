@@ -95,8 +95,9 @@ pub async fn make_links(
            INSERT INTO download_links (id, order_id, item_id, delivery_id, file_id, ttl_hours, expires_at, max_downloads) \
            SELECT gen_random_uuid(), d.order_id, $3, d.id, f.id, $4, \
              date_trunc('second', now()) + make_interval(hours => $4), $5 \
-           FROM deliveries d JOIN product_files f ON f.product_id = $2 AND f.deleted_at IS NULL \
-           WHERE d.id = $1 AND d.item_id = $3 \
+           FROM deliveries d JOIN orders o ON o.id = d.order_id \
+             JOIN product_files f ON f.product_id = $2 AND f.deleted_at IS NULL \
+           WHERE d.id = $1 AND d.item_id = $3 AND d.status = 'running' AND o.revoked_at IS NULL \
            ON CONFLICT (delivery_id, file_id) DO NOTHING RETURNING 1) \
          SELECT (SELECT count(*) FROM made) + (SELECT count(*) FROM download_links WHERE delivery_id = $1)",
     )
@@ -137,9 +138,15 @@ pub struct LinkView {
 impl LinkView {
     /// Neither revoked, expired nor used up.
     pub fn usable(&self, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none()
-            && self.expires_at > now
-            && self.bytes_served < i64::from(self.max_downloads) * self.size_bytes
+        self.revoked_at.is_none() && self.expires_at > now && self.downloads_left() > 0
+    }
+
+    /// Whole downloads still allowed: the bytes not yet sent, in files.
+    pub fn downloads_left(&self) -> i64 {
+        (i64::from(self.max_downloads) * self.size_bytes - self.bytes_served)
+            .max(0)
+            .checked_div(self.size_bytes)
+            .unwrap_or(0)
     }
 }
 
@@ -190,8 +197,8 @@ pub struct Serving {
     pub order_id: Uuid,
     pub expires_at: DateTime<Utc>,
     pub revoked: bool,
-    /// `max_downloads × size` reached.
-    pub used_up: bool,
+    /// Bytes of `max_downloads × size` not yet sent.
+    pub remaining: i64,
     pub name: String,
     pub content_type: String,
     pub size_bytes: i64,
@@ -204,10 +211,11 @@ pub async fn for_serving(
     link_id: Uuid,
 ) -> Result<Option<Serving>, DbError> {
     let Some(r) = sqlx::query(
-        "SELECT l.order_id, l.expires_at, l.revoked_at IS NOT NULL AS revoked, \
-           l.bytes_served >= l.max_downloads::bigint * f.size_bytes AS used_up, \
+        "SELECT l.order_id, l.expires_at, (l.revoked_at IS NOT NULL OR o.revoked_at IS NOT NULL) AS revoked, \
+           l.max_downloads::bigint * f.size_bytes - l.bytes_served AS remaining, \
            f.name, f.content_type, f.size_bytes, f.sha256, f.storage_key \
-         FROM download_links l JOIN product_files f ON f.id = l.file_id WHERE l.id = $1",
+         FROM download_links l JOIN product_files f ON f.id = l.file_id \
+           JOIN orders o ON o.id = l.order_id WHERE l.id = $1",
     )
     .bind(link_id)
     .fetch_optional(conn)
@@ -220,7 +228,7 @@ pub async fn for_serving(
         order_id: r.try_get("order_id")?,
         expires_at: r.try_get("expires_at")?,
         revoked: r.try_get("revoked")?,
-        used_up: r.try_get("used_up")?,
+        remaining: r.try_get("remaining")?,
         name: r.try_get("name")?,
         content_type: r.try_get("content_type")?,
         size_bytes: r.try_get("size_bytes")?,
@@ -240,8 +248,9 @@ pub struct Requester {
 
 /// Spends `bytes` of the link's allowance (and one download when the
 /// response starts at the first byte) and logs the request, in one
-/// statement that re-checks the link is still usable; false when it is not
-/// (revoked, expired or used up by a concurrent request).
+/// statement that re-checks the link is still usable and that the response
+/// fits in what remains; false when not (revoked, its order withdrawn,
+/// expired, or spent by a concurrent request).
 pub async fn spend(
     conn: &mut PgConnection,
     link_id: Uuid,
@@ -254,9 +263,10 @@ pub async fn spend(
         "WITH spent AS ( \
            UPDATE download_links l SET bytes_served = l.bytes_served + $2, \
              downloads = l.downloads + $3::int, last_download_at = now() \
-           FROM product_files f \
-           WHERE l.id = $1 AND f.id = l.file_id AND l.revoked_at IS NULL AND l.expires_at > now() \
-             AND l.bytes_served < l.max_downloads::bigint * f.size_bytes \
+           FROM product_files f, orders o \
+           WHERE l.id = $1 AND f.id = l.file_id AND o.id = l.order_id AND o.revoked_at IS NULL \
+             AND l.revoked_at IS NULL AND l.expires_at > now() \
+             AND l.bytes_served + $2 <= l.max_downloads::bigint * f.size_bytes \
            RETURNING l.id, l.order_id) \
          INSERT INTO download_log (link_id, order_id, ip, forwarded_for, user_agent, range_header, status, bytes) \
          SELECT id, order_id, $4, $5, $6, $7, $8, $2 FROM spent RETURNING id",
@@ -309,6 +319,23 @@ pub async fn revoke_for_delivery(
          WHERE delivery_id = $1 AND revoked_at IS NULL",
     )
     .bind(delivery_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Revokes every live link of an order; returns how many.
+pub async fn revoke_for_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    reason: &str,
+) -> Result<u64, DbError> {
+    let done = sqlx::query(
+        "UPDATE download_links SET revoked_at = now(), revoked_reason = $2 \
+         WHERE order_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(order_id)
     .bind(reason)
     .execute(conn)
     .await?;

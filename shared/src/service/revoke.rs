@@ -126,6 +126,15 @@ pub async fn withdraw(
             }
         }
     }
+    // Every download link of the order stops working, whatever state its
+    // delivery is in (one may have made links and died before recording);
+    // the succeeded deliveries' links were revoked above, with a note.
+    crate::db::downloads::revoke_for_order(
+        conn,
+        order_id,
+        &format!("order withdrawn ({})", cause.as_str()),
+    )
+    .await?;
     if cause == Cause::Chargeback {
         done.revoke_jobs += chargeback_commands(conn, order_id, actor).await?;
     }

@@ -331,7 +331,7 @@ impl EmailDriver {
                             "size": human_size(l.size_bytes),
                             "url": signer.url(l.id, l.expires_at.timestamp()),
                             "expires_at": l.expires_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-                            "downloads_left": (l.max_downloads - l.downloads).max(0),
+                            "downloads_left": l.downloads_left(),
                         }))
                     })
                     .collect();
