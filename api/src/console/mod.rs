@@ -72,6 +72,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/admin/assets/{file}", get(asset))
         .layer(axum::middleware::from_fn(headers))
+        // The same refusal of non-text paths and queries as the API's.
+        .layer(axum::middleware::from_fn(crate::extract::check_uri))
 }
 
 /// Security headers on every console answer.
