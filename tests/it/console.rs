@@ -233,17 +233,9 @@ async fn sign_in_csrf_headers_and_scopes_guard_every_page_and_action() {
 
     // A read-only key: it sees the order and no action, and a forged POST
     // with its own valid token is refused by the API's scope check.
-    let reader = "ck_console_reader_0123456789abcdef";
-    courier_shared::db::api_keys::insert(
-        &stack.pool,
-        "reader",
-        reader,
-        &["orders:read".to_owned()],
-    )
-    .await
-    .expect("key");
+    let reader = stack.reader_key().await;
     let mut ro = Browser::new(&stack);
-    ro.sign_in(reader).await;
+    ro.sign_in(&reader).await;
     let (status, _, page) = ro.get(&format!("/admin/orders/{number}")).await;
     assert_eq!(status, StatusCode::OK);
     for action in [
@@ -412,15 +404,7 @@ async fn the_console_works_in_a_browser() {
         let (_, o) = stack.post_order("w", "steve", None).await;
         waiting.push(number(&o));
     }
-    let reader = "ck_console_browser_reader_0123456789";
-    courier_shared::db::api_keys::insert(
-        &stack.pool,
-        "reader",
-        reader,
-        &["orders:read".to_owned()],
-    )
-    .await
-    .expect("key");
+    let reader = stack.reader_key().await;
 
     let shots =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
@@ -433,7 +417,7 @@ async fn the_console_works_in_a_browser() {
         .env("BASE", stack.url("").trim_end_matches('/'))
         .env("SHOTS", &shots)
         .env("ADMIN_KEY", &stack.admin_key)
-        .env("READER_KEY", reader)
+        .env("READER_KEY", &reader)
         .env("ORDER_DEAD", number(&dead))
         .env("ORDER_MANUAL", number(&manual))
         .env("ORDER_DONE", number(&done))

@@ -69,12 +69,7 @@ async fn mail_stack(
     let port = smtp.port;
     TestStack::start_with(
         move |s| {
-            s.email.enabled = true;
-            s.email.smtp_host = "127.0.0.1".into();
-            s.email.smtp_port = port;
-            s.email.smtp_security = "none".into();
-            s.email.from = "Test Store <shop@store.test>".into();
-            s.email.store_name = "Test Store".into();
+            courier_tests::stack::use_fake_smtp(s, port);
             s.email.send_confirmation = false;
             tweak(s);
         },
@@ -94,6 +89,31 @@ fn links_in(mail: &courier_tests::fakes::smtp::Mail) -> (String, Vec<String>) {
         .filter_map(|w| w.find("/downloads/").map(|i| w[i..].to_owned()))
         .collect();
     (m.subject().unwrap_or_default().to_owned(), paths)
+}
+
+/// Product `book`, sold as one file of `size` bytes (`a.zip`).
+async fn book_with_file(stack: &TestStack, size: usize) {
+    stack
+        .add_product("book", json!([{ "kind": "download" }]))
+        .await;
+    let (status, f) = upload(
+        stack,
+        "book",
+        "name=a.zip",
+        content(size),
+        "application/zip",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{f}");
+}
+
+/// The `/downloads/<token>` path of the order's first link, as the store reads it.
+async fn link_path(stack: &TestStack, id: &str) -> String {
+    let (_, links) = stack
+        .call(Method::GET, &format!("/v1/orders/{id}/downloads"), None)
+        .await;
+    let url = links["links"][0]["url"].as_str().expect("url");
+    url[url.find("/downloads/").expect("path")..].to_owned()
 }
 
 async fn get(stack: &TestStack, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -153,45 +173,34 @@ async fn uploads_are_streamed_capped_and_checksummed_and_nothing_refused_is_kept
 
     // A wrong checksum, an empty body and an oversized one are refused, and
     // none of them leaves an object behind.
-    let (status, e) = upload(
-        &stack,
-        "book",
-        &format!("name=x.bin&sha256={}", "0".repeat(64)),
-        content(10),
-        "application/octet-stream",
-    )
-    .await;
-    assert_eq!(
-        (status, e["error"]["code"].clone()),
-        (StatusCode::UNPROCESSABLE_ENTITY, json!("checksum_mismatch")),
-        "{e}"
-    );
-    let (status, e) = upload(
-        &stack,
-        "book",
-        "name=x.bin",
-        Vec::new(),
-        "application/octet-stream",
-    )
-    .await;
-    assert_eq!(
-        (status, e["error"]["code"].clone()),
-        (StatusCode::UNPROCESSABLE_ENTITY, json!("empty_file")),
-        "{e}"
-    );
-    let (status, e) = upload(
-        &stack,
-        "book",
-        "name=big.bin",
-        content(1_500_000),
-        "application/octet-stream",
-    )
-    .await;
-    assert_eq!(
-        (status, e["error"]["code"].clone()),
-        (StatusCode::PAYLOAD_TOO_LARGE, json!("file_too_large")),
-        "{e}"
-    );
+    let wrong_sha = format!("name=x.bin&sha256={}", "0".repeat(64));
+    for (query, body, status, code) in [
+        (
+            wrong_sha.as_str(),
+            content(10),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "checksum_mismatch",
+        ),
+        (
+            "name=x.bin",
+            Vec::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_file",
+        ),
+        (
+            "name=big.bin",
+            content(1_500_000),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_too_large",
+        ),
+    ] {
+        let (got, e) = upload(&stack, "book", query, body, "application/octet-stream").await;
+        assert_eq!(
+            (got, e["error"]["code"].clone()),
+            (status, json!(code)),
+            "{query}: {e}"
+        );
+    }
     // Streamed without a length: the cap is enforced while reading.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..15).map(|_| Ok(content(100_000))).collect();
@@ -416,18 +425,10 @@ async fn a_paid_order_gets_links_by_email_served_by_range_counted_and_used_up() 
     assert_eq!(stack.count("SELECT count(*) FROM download_log").await, 7);
 
     // The store's page: URLs for orders:keys, refused for orders:read.
-    let reader = "ck_reader_downloads_0123456789abcdef";
-    courier_shared::db::api_keys::insert(
-        &stack.pool,
-        "reader",
-        reader,
-        &["orders:read".to_owned()],
-    )
-    .await
-    .expect("key");
+    let reader = stack.reader_key().await;
     let (status, _) = stack
         .call_as(
-            reader,
+            &reader,
             Method::GET,
             &format!("/v1/orders/{id}/downloads"),
             None,
@@ -513,27 +514,13 @@ async fn an_expired_link_is_refused_and_a_resend_renews_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_refund_revokes_the_links() {
     let stack = TestStack::start().await;
-    stack
-        .add_product("book", json!([{ "kind": "download" }]))
-        .await;
-    upload(
-        &stack,
-        "book",
-        "name=a.zip",
-        content(5_000),
-        "application/zip",
-    )
-    .await;
+    book_with_file(&stack, 5_000).await;
     let (_, order) = stack.post_order("book", "alex", None).await;
     let id = order["id"].as_str().expect("id").to_owned();
     // E-mail is off: delivered when the link exists; the store shows it.
     let o = stack.wait_for_order(&id, "completed", WAIT).await;
     assert_eq!(o["items"][0]["delivery_status"], "delivered");
-    let (_, links) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}/downloads"), None)
-        .await;
-    let url = links["links"][0]["url"].as_str().expect("url");
-    let path = &url[url.find("/downloads/").expect("path")..];
+    let path = &link_path(&stack, &id).await;
     assert_eq!(get(&stack, path, &[]).await.status(), StatusCode::OK);
 
     // Serving checks the order itself: withdrawn, its links stop even
@@ -583,17 +570,7 @@ async fn a_full_refund_revokes_the_links() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_revokes_the_links_and_its_evidence_shows_the_download_log() {
     let stack = TestStack::start().await;
-    stack
-        .add_product("book", json!([{ "kind": "download" }]))
-        .await;
-    upload(
-        &stack,
-        "book",
-        "name=a.zip",
-        content(5_000),
-        "application/zip",
-    )
-    .await;
+    book_with_file(&stack, 5_000).await;
     let mut body = courier_tests::stack::sample_order("book", "steve");
     body["gateway"] = json!("stripe");
     body["transaction_id"] = json!("pi_dl");
@@ -601,11 +578,7 @@ async fn a_dispute_revokes_the_links_and_its_evidence_shows_the_download_log() {
     assert_eq!(status, StatusCode::CREATED, "{order}");
     let id = order["id"].as_str().expect("id").to_owned();
     stack.wait_for_order(&id, "completed", WAIT).await;
-    let (_, links) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}/downloads"), None)
-        .await;
-    let url = links["links"][0]["url"].as_str().expect("url");
-    let path = &url[url.find("/downloads/").expect("path")..];
+    let path = &link_path(&stack, &id).await;
     let resp = get(&stack, path, &[("x-forwarded-for", "198.51.100.23")]).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
@@ -773,11 +746,7 @@ async fn files_can_live_in_s3_compatible_storage_and_an_outage_costs_the_custome
     let (_, order) = stack.post_order("book", "alex", None).await;
     let id = order["id"].as_str().expect("id").to_owned();
     stack.wait_for_order(&id, "completed", WAIT).await;
-    let (_, links) = stack
-        .call(Method::GET, &format!("/v1/orders/{id}/downloads"), None)
-        .await;
-    let url = links["links"][0]["url"].as_str().expect("url");
-    let path = url[url.find("/downloads/").expect("path")..].to_owned();
+    let path = link_path(&stack, &id).await;
     let resp = get(&stack, &path, &[("range", "bytes=299990-")]).await;
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(

@@ -25,13 +25,7 @@ async fn mail_stack_with(
     let stack = TestStack::start_with(
         move |s| {
             tweak(s);
-            s.email.enabled = true;
-            s.email.smtp_host = "127.0.0.1".into();
-            s.email.smtp_port = port;
-            s.email.smtp_security = "none".into();
-            s.email.from = "Test Store <shop@store.test>".into();
-            s.email.store_name = "Test Store".into();
-            s.email.timeout_ms = 3000;
+            courier_tests::stack::use_fake_smtp(s, port);
         },
         true,
     )

@@ -95,6 +95,18 @@ pub fn test_settings() -> (Settings, String) {
     (settings, db_name)
 }
 
+/// E-mail on, through the fake SMTP server on `port` (plain SMTP), from
+/// `Test Store <shop@store.test>`.
+pub fn use_fake_smtp(s: &mut Settings, port: u16) {
+    s.email.enabled = true;
+    s.email.smtp_host = "127.0.0.1".into();
+    s.email.smtp_port = port;
+    s.email.smtp_security = "none".into();
+    s.email.from = "Test Store <shop@store.test>".into();
+    s.email.store_name = "Test Store".into();
+    s.email.timeout_ms = 3000;
+}
+
 /// `url` with its database name replaced.
 pub fn replace_db(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -413,6 +425,20 @@ impl TestStack {
             json!([{ "kind": "rcon", "game_server": server, "command": command }]),
         )
         .await;
+    }
+
+    /// Registers a read-only key (`orders:read`) named `reader`; returns it.
+    pub async fn reader_key(&self) -> String {
+        let key = courier_shared::db::api_keys::generate();
+        courier_shared::db::api_keys::insert(
+            &self.pool,
+            "reader",
+            &key,
+            &["orders:read".to_owned()],
+        )
+        .await
+        .expect("reader key");
+        key
     }
 
     /// A product `sku` with the given actions.

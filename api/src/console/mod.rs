@@ -242,18 +242,27 @@ pub async fn read_form(staff: &Staff, req: Request, state: &AppState) -> Result<
     Ok(form)
 }
 
+/// The `<head>` of every page; the script only where there are forms to confirm.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Courier" }
+            link rel="stylesheet" href=(asset_path("console", "css", CSS));
+            // No favicon request (it would be a 404).
+            link rel="icon" href="data:,";
+            @if script { script src=(asset_path("console", "js", JS)) defer {} }
+        }
+    }
+}
+
 /// A page without navigation (sign-in, errors).
 pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Courier" }
-                link rel="stylesheet" href=(asset_path("console", "css", CSS));
-                link rel="icon" href="data:,";
-            }
+            (head(title, false))
             body.bare {
                 main { h1 { (title) } (body) }
             }
@@ -270,14 +279,7 @@ pub fn layout(staff: &Staff, title: &str, current: &str, body: Markup) -> Markup
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Courier" }
-                link rel="stylesheet" href=(asset_path("console", "css", CSS));
-                link rel="icon" href="data:,";
-                script src=(asset_path("console", "js", JS)) defer {}
-            }
+            (head(title, true))
             body {
                 header.top {
                     a.brand href="/admin/orders" { "Courier" }
