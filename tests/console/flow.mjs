@@ -103,6 +103,18 @@ try {
   check(csv.split("\n")[0].includes("order_number"), `a header row: ${csv.slice(0, 200)}`);
   for (const n of [DEAD, MANUAL, DONE, ...WAITING]) check(csv.includes(n), `${n} in the export`);
 
+  step = "the failures, alerts and reports pages";
+  for (const [path, heading, name] of [
+    ["/admin/failures", "Failures", "10-failures"],
+    ["/admin/alerts?state=all", "Alerts", "11-alerts"],
+    ["/admin/reports?group_by=product", "Reports", "12-reports"],
+  ]) {
+    await page.goto(`${BASE}${path}`);
+    await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+    await shot(name);
+  }
+  check(await page.locator("figure.chart svg rect").count() > 0, "the report's chart has bars");
+
   step = "a request without the CSRF token is refused";
   const forged = await page.request.post(`${BASE}/admin/orders/${DONE}/complete`, { form: { notes: "x" } });
   check(forged.status() === 403, `status ${forged.status()}`);

@@ -453,3 +453,74 @@ async fn the_console_works_in_a_browser() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_acknowledged_and_resolved_and_reports_draw_their_chart() {
+    let (stack, _game) = TestStack::with_rcon_product("give {username} vip").await;
+    let (_, order) = stack.post_order("p", "steve", None).await;
+    stack
+        .wait_for_order(order["id"].as_str().expect("id"), "completed", WAIT)
+        .await;
+    sqlx::query("SELECT courier_alert('order_failed', 'Order ORD-TEST failed: the server is down', 'console-test', '{}')")
+        .execute(&stack.pool)
+        .await
+        .expect("alert");
+    let mut admin = Browser::new(&stack);
+    admin.sign_in(&stack.admin_key).await;
+
+    let (status, _, page) = admin.get("/admin/alerts").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Order ORD-TEST failed: the server is down"),
+        "{page}"
+    );
+    let id: i64 =
+        sqlx::query_scalar("SELECT id FROM admin_alerts WHERE message LIKE 'Order ORD-TEST%'")
+            .fetch_one(&stack.pool)
+            .await
+            .expect("id");
+    let token = csrf(&page);
+    let (status, h, _) = admin
+        .post(
+            &format!("/admin/alerts/{id}/acknowledge"),
+            &[("csrf", &token)],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, h["location"].to_str().expect("to")),
+        (StatusCode::SEE_OTHER, "/admin/alerts?done=1")
+    );
+    let (_, _, page) = admin.get("/admin/alerts?state=acknowledged").await;
+    assert!(
+        page.contains("acknowledged") && page.contains("by api:bootstrap-admin"),
+        "{page}"
+    );
+    admin
+        .post(
+            &format!("/admin/alerts/{id}/resolve"),
+            &[("csrf", &token)],
+            None,
+        )
+        .await;
+    let by: Option<String> =
+        sqlx::query_scalar("SELECT resolved_by FROM admin_alerts WHERE id = $1")
+            .bind(id)
+            .fetch_one(&stack.pool)
+            .await
+            .expect("row");
+    assert_eq!(by.as_deref(), Some("api:bootstrap-admin"));
+    let (_, _, page) = admin.get("/admin/alerts").await;
+    assert!(page.contains("No alerts here."), "{page}");
+
+    let (status, _, page) = admin.get("/admin/reports?group_by=day").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("<svg") && page.contains("aria-label=\"Revenue and profit in USD\""),
+        "{page}"
+    );
+    assert!(page.contains("10.48"), "the day's revenue: {page}");
+    let (status, _, page) = admin.get("/admin/reports?group_by=decade").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    stack.teardown().await;
+}

@@ -111,7 +111,15 @@ async fn an_orders_events_arrive_signed_with_its_data_and_in_sequence() {
     assert_eq!(refunded["data"]["refund"]["full"], false);
     assert_eq!(refunded["data"]["refunded_total"], "1.00");
 
-    // The log: every message, each call with its status and latency.
+    // The log: every message, each call with its status and latency. The
+    // receiver has the third call before the worker has recorded it.
+    stack
+        .wait_until(
+            "the three calls recorded",
+            "SELECT count(*) = 3 FROM deliveries WHERE kind = 'webhook' AND status = 'succeeded'",
+            WAIT,
+        )
+        .await;
     let entries = log(&stack, &ep).await;
     assert_eq!(entries.len(), 3, "{entries:?}");
     for e in &entries {

@@ -70,6 +70,9 @@ pub fn router() -> Router<AppState> {
             "/admin/failures/{id}/{action}",
             post(pages::dead_letter_action),
         )
+        .route("/admin/alerts", get(pages::alerts))
+        .route("/admin/alerts/{id}/{action}", post(pages::alert_action))
+        .route("/admin/reports", get(pages::reports))
         .route("/admin/assets/{file}", get(asset))
         .layer(axum::middleware::from_fn(headers))
         // The same refusal of non-text paths and queries as the API's.
@@ -275,6 +278,8 @@ pub fn layout(staff: &Staff, title: &str, current: &str, body: Markup) -> Markup
     let nav = [
         ("orders", "Orders", "/admin/orders"),
         ("failures", "Failures", "/admin/failures"),
+        ("alerts", "Alerts", "/admin/alerts"),
+        ("reports", "Reports", "/admin/reports"),
     ];
     html! {
         (DOCTYPE)

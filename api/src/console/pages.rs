@@ -773,6 +773,15 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
     let field = |name: &str| value(&query, name).unwrap_or_default();
     let filters = clean_query(&uri, &["cursor", "done"]);
     let done = value(uri.query().unwrap_or_default(), "done");
+    let axum::Json(held) = routes::admin::held(
+        State(state.clone()),
+        staff.caller.clone(),
+        ApiQuery(routes::admin::PageQuery {
+            limit: Some(100),
+            cursor: None,
+        }),
+    )
+    .await?;
     let body = html! {
         h1 { "Failures" }
         @if let Some(d) = done.as_deref().and_then(|d| match d { "retried" => Some("Retry queued."), "discarded" => Some("Discarded."), "bulk" => Some("Bulk retry queued."), _ => None }) {
@@ -828,6 +837,37 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
         @if let Some(c) = &list.next_cursor {
             p { a rel="next" href={"/admin/failures?" (filters) "&cursor=" (c)} { "Next page →" } }
         }
+        h2 { "Held deliveries" }
+        p.hint { "A worker stopped while the command may have reached the game server: run it again only if it did not arrive; discard it if it did." }
+        table {
+            thead { tr { th { "Held since" } th { "Order" } th { "Kind" } th { "Target" } th { "What is known" } th { "Actions" } } }
+            tbody {
+                @for d in &held.held {
+                    tr {
+                        td { (when(d.held_since)) }
+                        td { a href={"/admin/orders/" (d.order_number)} { (d.order_number) } }
+                        td { (d.kind) }
+                        td { (d.target) }
+                        td { (d.reason.as_deref().unwrap_or("")) " (" (d.attempts) " attempts)"
+                             @if let Some(c) = d.payload.get("command").and_then(Value::as_str) { br; code { (c) } } }
+                        td.actions {
+                            form.inline method="post" action={"/admin/orders/" (d.order_number) "/deliveries/" (d.delivery_id)} {
+                                (csrf_field(&staff))
+                                input type="hidden" name="do" value="retry";
+                                button type="submit" data-confirm="Run it again? Only if it did not arrive." { "Retry" }
+                            }
+                            form.inline method="post" action={"/admin/orders/" (d.order_number) "/deliveries/" (d.delivery_id)} {
+                                (csrf_field(&staff))
+                                input type="hidden" name="do" value="discard";
+                                label { "Reason " input name="reason" required maxlength="500" size="12"; }
+                                button type="submit" { "Discard" }
+                            }
+                        }
+                    }
+                }
+                @if held.held.is_empty() { tr { td colspan="6" { "Nothing is held." } } }
+            }
+        }
     };
     Ok(page(layout(&staff, "Failures", "failures", body)))
 }
@@ -865,4 +905,192 @@ pub async fn dead_letter_action(
         }
         _ => Err(ApiError::not_found("action").into()),
     }
+}
+
+// --- alerts ------------------------------------------------------------------------------
+
+pub async fn alerts(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let query = clean_query(&uri, &["done"]);
+    let q: routes::alerts::AlertQuery = parse_query(&query)?;
+    let axum::Json(list) =
+        routes::alerts::list(State(state.clone()), staff.caller.clone(), ApiQuery(q)).await?;
+    let shown = value(&query, "state").unwrap_or_else(|| "open".into());
+    let filters = clean_query(&uri, &["cursor", "done"]);
+    let body = html! {
+        h1 { "Alerts" }
+        @if value(uri.query().unwrap_or_default(), "done").is_some() { p.notice role="status" { "Done." } }
+        nav.tabs aria-label="Alert state" {
+            @for s in ["open", "acknowledged", "resolved", "all"] {
+                a href={"/admin/alerts?state=" (s)} aria-current=[(shown == s).then_some("page")] { (s) }
+            }
+        }
+        table {
+            thead { tr { th { "When" } th { "Kind" } th { "Message" } th { "State" } th { "Actions" } } }
+            tbody {
+                @for a in &list.alerts {
+                    tr {
+                        td { (when(a.created_at)) }
+                        td { (badge(&a.kind)) }
+                        td { (a.message) }
+                        td {
+                            @if let Some(at) = a.resolved_at { "resolved " (when(at)) " by " (a.resolved_by.as_deref().unwrap_or("?")) }
+                            @else if let Some(at) = a.acknowledged_at { "acknowledged " (when(at)) " by " (a.acknowledged_by.as_deref().unwrap_or("?")) }
+                            @else { "open" }
+                            @if a.notified_at.is_some() { br; small { "sent to the alert channels" } }
+                        }
+                        td.actions {
+                            @if a.acknowledged_at.is_none() {
+                                form.inline method="post" action={"/admin/alerts/" (a.id) "/acknowledge"} {
+                                    (csrf_field(&staff))
+                                    button type="submit" { "Acknowledge" }
+                                }
+                            }
+                            @if a.resolved_at.is_none() {
+                                form.inline method="post" action={"/admin/alerts/" (a.id) "/resolve"} {
+                                    (csrf_field(&staff))
+                                    button type="submit" { "Resolve" }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if list.alerts.is_empty() { tr { td colspan="5" { "No alerts here." } } }
+            }
+        }
+        @if let Some(c) = &list.next_cursor {
+            p { a rel="next" href={"/admin/alerts?" (filters) "&cursor=" (c)} { "Next page →" } }
+        }
+    };
+    Ok(page(layout(&staff, "Alerts", "alerts", body)))
+}
+
+pub async fn alert_action(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path((id, action)): Path<(i64, String)>,
+    req: Request,
+) -> Page {
+    read_form(&staff, req, &state).await?;
+    let caller = staff.caller.clone();
+    match action.as_str() {
+        "acknowledge" => {
+            let _ = routes::alerts::acknowledge(State(state), caller, ApiPath(id)).await?;
+        }
+        "resolve" => {
+            let _ = routes::alerts::resolve(State(state), caller, ApiPath(id)).await?;
+        }
+        _ => return Err(ApiError::not_found("action").into()),
+    }
+    Ok(Redirect::to("/admin/alerts?done=1").into_response())
+}
+
+// --- reports -----------------------------------------------------------------------------
+
+/// Revenue and profit per group as an inline SVG bar chart (one currency),
+/// drawn on the server: no script, no external image.
+fn chart(rows: &[routes::reports::SummaryRow], currency: &str) -> Markup {
+    use rust_decimal::prelude::ToPrimitive;
+    let rows: Vec<_> = rows
+        .iter()
+        .filter(|r| r.figures.currency == currency)
+        .collect();
+    let top = rows
+        .iter()
+        .flat_map(|r| [r.figures.revenue, r.figures.profit])
+        .filter_map(|d| d.to_f64())
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    let (w, h, pad) = (720.0_f64, 220.0_f64, 30.0_f64);
+    let step = if rows.is_empty() {
+        w
+    } else {
+        (w - pad) / rows.len() as f64
+    };
+    let bar = (step / 2.5).clamp(1.0, 28.0);
+    let y = |v: f64| h - pad - (v.max(0.0) / top) * (h - 2.0 * pad);
+    html! {
+        figure.chart {
+            svg viewBox={"0 0 " (w) " " (h)} role="img" aria-label={"Revenue and profit in " (currency)} {
+                line x1=(pad) y1=(h - pad) x2=(w) y2=(h - pad) stroke="#9aa3b2" {}
+                text x="0" y=(pad - 8.0) font-size="11" fill="#5b6575" { (format!("{top:.0}")) " " (currency) }
+                @for (i, r) in rows.iter().enumerate() {
+                    @let x = pad + i as f64 * step + step / 2.0;
+                    @let rev = r.figures.revenue.to_f64().unwrap_or(0.0);
+                    @let pro = r.figures.profit.to_f64().unwrap_or(0.0);
+                    rect x=(x - bar) y=(y(rev)) width=(bar) height=(h - pad - y(rev)) fill="#2457c5" {
+                        title { (r.group) ": revenue " (r.figures.revenue) " " (currency) }
+                    }
+                    rect x=(x) y=(y(pro)) width=(bar) height=(h - pad - y(pro)) fill="#137333" {
+                        title { (r.group) ": profit " (r.figures.profit) " " (currency) }
+                    }
+                    @if rows.len() <= 16 || i % (rows.len() / 8).max(1) == 0 {
+                        text x=(x) y=(h - 10.0) font-size="10" text-anchor="middle" fill="#5b6575" { (r.group.get(..10).unwrap_or(&r.group)) }
+                    }
+                }
+            }
+            figcaption { span.key-rev { "■" } " revenue " span.key-pro { "■" } " profit (" (currency) ")" }
+        }
+    }
+}
+
+/// A margin (a fraction) as `45.0%`.
+fn percent(m: Option<rust_decimal::Decimal>) -> String {
+    m.map_or_else(
+        || "—".into(),
+        |m| format!("{}%", (m * rust_decimal::Decimal::from(100)).round_dp(1)),
+    )
+}
+
+pub async fn reports(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let query = clean_query(&uri, &[]);
+    let q: routes::reports::SummaryQuery = parse_query(&query)?;
+    let axum::Json(report) =
+        routes::reports::summary(State(state.clone()), staff.caller.clone(), ApiQuery(q)).await?;
+    let field = |name: &str| value(&query, name).unwrap_or_default();
+    let body = html! {
+        h1 { "Reports" }
+        form.filters method="get" action="/admin/reports" {
+            label { "From " input name="from" type="date" value=(report.from.format("%Y-%m-%d").to_string()); }
+            label { "To " input name="to" type="date" value=(report.to.format("%Y-%m-%d").to_string()); }
+            label { "Group by "
+                select name="group_by" {
+                    @for g in ["day", "week", "month", "product", "supplier", "gateway", "currency"] {
+                        option value=(g) selected[report.group_by == g || (field("group_by").is_empty() && g == "day")] { (g) }
+                    }
+                }
+            }
+            button type="submit" { "Show" }
+        }
+        @for t in &report.totals { (chart(&report.rows, &t.currency)) }
+        table {
+            thead { tr {
+                th { (report.group_by) } th { "Currency" } th.num { "Orders" } th.num { "Revenue" } th.num { "Refunds" }
+                th.num { "Disputes lost" } th.num { "Cost" } th.num { "Profit" } th.num { "Margin" }
+            } }
+            tbody {
+                @for r in &report.rows {
+                    tr {
+                        td { (r.group) @if let Some(n) = &r.product_name { " " small { (n) } } }
+                        td { (r.figures.currency) }
+                        td.num { (r.figures.orders) }
+                        td.num { (r.figures.revenue) }
+                        td.num { (r.figures.refunds) }
+                        td.num { (r.figures.disputes_lost) }
+                        td.num { (r.figures.cost) }
+                        td.num { (r.figures.profit) }
+                        td.num { (percent(r.figures.margin)) }
+                    }
+                }
+                @for t in &report.totals {
+                    tr.total {
+                        td { strong { "Total" } } td { (t.currency) } td.num { (t.orders) } td.num { (t.revenue) }
+                        td.num { (t.refunds) } td.num { (t.disputes_lost) } td.num { (t.cost) } td.num { strong { (t.profit) } }
+                        td.num { (percent(t.margin)) }
+                    }
+                }
+                @if report.rows.is_empty() { tr { td colspan="9" { "No paid orders in this range." } } }
+            }
+        }
+    };
+    Ok(page(layout(&staff, "Reports", "reports", body)))
 }
