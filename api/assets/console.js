@@ -60,3 +60,29 @@ document.addEventListener("click", (e) => {
   }
   poll();
 })();
+
+// File uploads: the file itself is the request body (the API streams it to
+// storage), so the script sends it, with the CSRF token in a header.
+document.addEventListener("submit", async (e) => {
+  const form = e.target.closest("form.upload");
+  if (!form || e.defaultPrevented) return;
+  e.preventDefault();
+  leaving = false;
+  const file = form.querySelector('input[type="file"]').files[0];
+  const out = form.querySelector(".progress");
+  if (!file) return;
+  const csrf = form.querySelector('input[name="csrf"]').value;
+  const url = `/admin/products/${encodeURIComponent(form.dataset.sku)}/files?name=${encodeURIComponent(file.name)}`;
+  out.textContent = "Uploading…";
+  const r = await fetch(url, {
+    method: "POST", body: file, credentials: "same-origin",
+    headers: { "Content-Type": file.type || "application/octet-stream", "X-CSRF-Token": csrf },
+  });
+  if (r.ok) {
+    window.location.assign("/admin/products?done=file");
+  } else {
+    let why = `HTTP ${r.status}`;
+    try { why = (await r.json()).error.message; } catch (_) { /* not JSON */ }
+    out.textContent = `Refused: ${why}`;
+  }
+});

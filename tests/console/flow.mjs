@@ -115,6 +115,21 @@ try {
   }
   check(await page.locator("figure.chart svg rect").count() > 0, "the report's chart has bars");
 
+  step = "products: add keys to stock and upload a file";
+  await page.goto(`${BASE}/admin/products`);
+  await page.locator("#p-k details summary").click();
+  await page.locator("#p-k textarea").fill("KEY-AAAA-0001\nKEY-AAAA-0002");
+  await page.locator("#p-k button[type=submit]").click();
+  await page.getByText("Keys added to stock.").waitFor();
+  check(await page.locator("#p-k").getByText("2 keys available").isVisible(), "the stock level");
+  await page.locator("#p-book input[type=file]").setInputFiles({
+    name: "manual.pdf", mimeType: "application/pdf", buffer: Buffer.from("%PDF-1.4 a small manual"),
+  });
+  await page.locator("#p-book button[type=submit]").click();
+  await page.getByText("File uploaded.").waitFor();
+  check(await page.locator("#p-book").getByText("manual.pdf").isVisible(), "the file is listed");
+  await shot("13-products");
+
   step = "a request without the CSRF token is refused";
   const forged = await page.request.post(`${BASE}/admin/orders/${DONE}/complete`, { form: { notes: "x" } });
   check(forged.status() === 403, `status ${forged.status()}`);

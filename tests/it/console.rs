@@ -202,6 +202,11 @@ async fn sign_in_csrf_headers_and_scopes_guard_every_page_and_action() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // A file upload carries the token in a header: without it, refused.
+    let (status, _, _) = admin
+        .post("/admin/products/p/files?name=a.bin", &[("x", "y")], None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _, body) = admin
         .post(&path, &[("csrf", &token), ("body", "a\u{0}b")], None)
         .await;
@@ -405,6 +410,16 @@ async fn the_console_works_in_a_browser() {
         waiting.push(number(&o));
     }
     let reader = stack.reader_key().await;
+    // The catalog page's products: one sold from stock, one sold as a file.
+    stack
+        .add_product(
+            "k",
+            serde_json::json!([{ "kind": "supplier_key", "stock_only": true }]),
+        )
+        .await;
+    stack
+        .add_product("book", serde_json::json!([{ "kind": "download" }]))
+        .await;
 
     let shots =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
@@ -450,6 +465,11 @@ async fn the_console_works_in_a_browser() {
     assert_eq!(
         stack.count("SELECT count(*) FROM orders WHERE process_hold IS NULL AND id IN (SELECT order_id FROM order_items WHERE sku = 'w')").await,
         3
+    );
+    assert_eq!(stack.count("SELECT count(*) FROM key_stock").await, 2);
+    assert_eq!(
+        stack.count("SELECT count(*) FROM product_files WHERE name = 'manual.pdf' AND content_type = 'application/pdf' AND size_bytes = 23").await,
+        1
     );
     stack.teardown().await;
 }

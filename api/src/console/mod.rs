@@ -73,6 +73,9 @@ pub fn router() -> Router<AppState> {
         .route("/admin/alerts", get(pages::alerts))
         .route("/admin/alerts/{id}/{action}", post(pages::alert_action))
         .route("/admin/reports", get(pages::reports))
+        .route("/admin/products", get(pages::products))
+        .route("/admin/products/{sku}/keys", post(pages::add_keys))
+        .route("/admin/products/{sku}/files", post(pages::upload_file))
         .route("/admin/assets/{file}", get(asset))
         .layer(axum::middleware::from_fn(headers))
         // The same refusal of non-text paths and queries as the API's.
@@ -280,6 +283,7 @@ pub fn layout(staff: &Staff, title: &str, current: &str, body: Markup) -> Markup
         ("failures", "Failures", "/admin/failures"),
         ("alerts", "Alerts", "/admin/alerts"),
         ("reports", "Reports", "/admin/reports"),
+        ("products", "Products", "/admin/products"),
     ];
     html! {
         (DOCTYPE)

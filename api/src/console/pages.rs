@@ -1094,3 +1094,182 @@ pub async fn reports(State(state): State<AppState>, staff: Staff, uri: Uri) -> P
     };
     Ok(page(layout(&staff, "Reports", "reports", body)))
 }
+
+// --- catalog -------------------------------------------------------------------------------
+
+fn action_summary(
+    a: &courier_shared::domain::action::ActionConfig,
+    servers: &[courier_shared::db::catalog::GameServer],
+) -> String {
+    use courier_shared::domain::action::ActionConfig as A;
+    match a {
+        A::Rcon {
+            game_server_id,
+            command,
+            ..
+        } => {
+            let server = servers
+                .iter()
+                .find(|s| s.id == *game_server_id)
+                .map_or("?", |s| s.name.as_str());
+            format!("RCON on {server}: {command}")
+        }
+        A::DiscordRole { guild_id, role_id } => {
+            format!("Discord role {role_id} in guild {guild_id}")
+        }
+        A::SupplierKey {
+            candidates,
+            stock_only,
+            ..
+        } => {
+            if *stock_only {
+                "CD key from own stock".into()
+            } else {
+                let names: Vec<&str> = candidates.iter().map(|c| c.supplier.as_str()).collect();
+                format!("CD key: own stock, then {}", names.join(", "))
+            }
+        }
+        A::Download { .. } => "Download links to the product's files".into(),
+    }
+}
+
+pub async fn products(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let axum::Json(products) =
+        routes::catalog::list_products(State(state.clone()), staff.caller.clone()).await?;
+    let axum::Json(servers) =
+        routes::catalog::list_game_servers(State(state.clone()), staff.caller.clone()).await?;
+    let mut rows = Vec::with_capacity(products.len());
+    for p in &products {
+        let keys = p.actions.iter().any(|a| {
+            matches!(
+                a.config,
+                courier_shared::domain::action::ActionConfig::SupplierKey { .. }
+            )
+        });
+        let files = p.actions.iter().any(|a| {
+            matches!(
+                a.config,
+                courier_shared::domain::action::ActionConfig::Download { .. }
+            )
+        });
+        let stock = if keys {
+            Some(
+                courier_shared::db::keys::stock_left(&mut *state.pool.acquire().await?, p.id)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let file_list = if files {
+            let axum::Json(l) = routes::downloads::list(
+                State(state.clone()),
+                staff.caller.clone(),
+                ApiPath(p.sku.clone()),
+            )
+            .await?;
+            l.files
+        } else {
+            Vec::new()
+        };
+        rows.push((p, stock, files, file_list));
+    }
+    let done = value(uri.query().unwrap_or_default(), "done");
+    let body = html! {
+        h1 { "Products" }
+        @if let Some(d) = done.as_deref().and_then(|d| match d { "keys" => Some("Keys added to stock."), "file" => Some("File uploaded."), _ => None }) {
+            p.notice role="status" { (d) }
+        }
+        @for (p, stock, files, file_list) in &rows {
+            section.product id={"p-" (p.sku)} {
+                h2 { (p.name) " " small { (p.sku) } }
+                @if p.actions.is_empty() { p { "No actions: fulfilled by hand." } }
+                ul { @for a in &p.actions { li { (action_summary(&a.config, &servers)) } } }
+                @if let Some(n) = stock {
+                    p { "Stock: " strong { (n) } " keys available" }
+                    details {
+                        summary { "Add keys" }
+                        form method="post" action={"/admin/products/" (p.sku) "/keys"} {
+                            (csrf_field(&staff))
+                            label { "One code per line " textarea name="codes" rows="4" required {} }
+                            button type="submit" { "Add to stock" }
+                        }
+                    }
+                }
+                @if *files {
+                    p { "Files:" }
+                    ul {
+                        @for f in file_list { li { (f.name) " — " (f.size_bytes) " bytes, SHA-256 " code { (f.sha256.get(..12).unwrap_or_default()) "…" } } }
+                        @if file_list.is_empty() { li.bad { "none yet: orders will fail until a file is uploaded" } }
+                    }
+                    form.upload data-sku=(p.sku) {
+                        (csrf_field(&staff))
+                        label { "Upload a file " input type="file" name="file" required; }
+                        button type="submit" { "Upload" }
+                        span.progress role="status" {}
+                    }
+                }
+            }
+        }
+        h2 { "Game servers" }
+        table {
+            thead { tr { th { "Name" } th { "Address" } th { "Dialect" } th { "Connections" } } }
+            tbody {
+                @for s in &servers {
+                    tr { td { (s.name) } td { (s.host) ":" (s.port) } td { (format!("{:?}", s.dialect).to_lowercase()) } td { (s.max_connections) } }
+                }
+                @if servers.is_empty() { tr { td colspan="4" { "None." } } }
+            }
+        }
+    };
+    Ok(page(layout(&staff, "Products", "products", body)))
+}
+
+/// `POST /admin/products/{sku}/keys`: codes from a textarea, to stock.
+pub async fn add_keys(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path(sku): Path<String>,
+    req: Request,
+) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+    let body = axum::body::Bytes::from(form.get("codes").unwrap_or_default().to_owned());
+    let _ = routes::keys::upload(
+        State(state),
+        staff.caller.clone(),
+        ApiPath(sku),
+        headers,
+        body,
+    )
+    .await?;
+    Ok(Redirect::to("/admin/products?done=keys").into_response())
+}
+
+/// `POST /admin/products/{sku}/files?name=…`: the raw file, sent by the
+/// page's script (a browser form would send multipart); the CSRF token
+/// travels in an `X-CSRF-Token` header, as the body is the file.
+pub async fn upload_file(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path(sku): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Page {
+    let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    if !session::csrf_ok(&staff, token) {
+        return Err(PageError::Csrf);
+    }
+    let q = parse_query(&clean_query(&uri, &[]))?;
+    let resp = routes::downloads::upload(
+        State(state),
+        staff.caller.clone(),
+        ApiPath(sku),
+        ApiQuery(q),
+        headers,
+        body,
+    )
+    .await?;
+    Ok(resp)
+}
