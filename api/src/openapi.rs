@@ -40,7 +40,7 @@ use crate::routes::{
         notes::list, notes::add, notes::edit, notes::delete,
         manual::deliver_item, manual::complete, manual::process, manual::process_many,
         emails::resend,
-        catalog::list_game_servers, catalog::put_game_server,
+        catalog::list_game_servers, catalog::put_game_server, catalog::test_game_server,
         catalog::list_products, catalog::put_product,
         admin::retry_item, admin::list, admin::retry_bulk, admin::show, admin::retry,
         admin::discard, admin::held, admin::payment_events, admin::payment_event,

@@ -61,6 +61,8 @@ pub struct AppState {
     pub signer: Option<courier_shared::domain::download::LinkSigner>,
     /// The admin console's session length and cookie policy.
     pub console: Arc<courier_shared::config::ConsoleSettings>,
+    /// `rcon.*` timeouts, for a game server's connection test.
+    pub rcon: courier_shared::rcon::client::Timeouts,
 }
 
 /// A running API: its address, and a way to stop it.
@@ -164,6 +166,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         downloads: Arc::new(settings.downloads.clone()),
         signer: settings.downloads.signer(),
         console: Arc::new(settings.console.clone()),
+        rcon: courier_shared::rcon::client::Timeouts {
+            connect: std::time::Duration::from_millis(settings.rcon.connect_timeout_ms),
+            command: std::time::Duration::from_millis(settings.rcon.command_timeout_ms),
+            max_response_bytes: settings.rcon.max_response_bytes,
+            slot_wait: std::time::Duration::from_millis(settings.rcon.slot_wait_ms),
+        },
     };
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));

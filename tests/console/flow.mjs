@@ -129,6 +129,9 @@ try {
   await page.getByText("File uploaded.").waitFor();
   check(await page.locator("#p-book").getByText("manual.pdf").isVisible(), "the file is listed");
   await shot("13-products");
+  await page.getByRole("button", { name: "Test connection" }).first().click();
+  await page.getByText("Connected, logged in and ran").waitFor();
+  await shot("14-test-connection");
 
   step = "a request without the CSRF token is refused";
   const forged = await page.request.post(`${BASE}/admin/orders/${DONE}/complete`, { form: { notes: "x" } });

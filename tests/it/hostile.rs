@@ -65,6 +65,7 @@ fn takes_json(route: &Route) -> bool {
         && !p.ends_with("/resolve")
         // A file upload takes raw bytes of any type, capped by downloads.max_file_bytes.
         && !p.ends_with("/files")
+        && p != "/v1/game-servers/{name}/test"
 }
 
 /// A client that opens a connection per request: a server may close a

@@ -519,3 +519,37 @@ async fn five_hundred_orders_on_two_connections_wait_for_slots_and_all_arrive() 
     }
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_connection_runs_the_player_list_and_says_what_failed() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} vip").await;
+    let (status, t) = stack
+        .call(Method::POST, "/v1/game-servers/s/test", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(
+        (t["ok"].clone(), t["command"].clone()),
+        (json!(true), json!("list")),
+        "{t}"
+    );
+    assert!(t["response"].is_string() && t["latency_ms"].is_u64(), "{t}");
+    game.set(courier_tests::fakes::rcon::Behaviour {
+        refuse_auth: true,
+        ..Default::default()
+    });
+    let (_, t) = stack
+        .call(Method::POST, "/v1/game-servers/s/test", None)
+        .await;
+    assert_eq!(t["ok"], false, "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rejected the RCON password")),
+        "{t}"
+    );
+    let (status, _) = stack
+        .call(Method::POST, "/v1/game-servers/nope/test", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    stack.teardown().await;
+}

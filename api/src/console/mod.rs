@@ -76,6 +76,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/products", get(pages::products))
         .route("/admin/products/{sku}/keys", post(pages::add_keys))
         .route("/admin/products/{sku}/files", post(pages::upload_file))
+        .route("/admin/game-servers/{name}/test", post(pages::test_server))
         .route("/admin/assets/{file}", get(asset))
         .layer(axum::middleware::from_fn(headers))
         // The same refusal of non-text paths and queries as the API's.

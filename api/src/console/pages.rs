@@ -1212,12 +1212,20 @@ pub async fn products(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
         }
         h2 { "Game servers" }
         table {
-            thead { tr { th { "Name" } th { "Address" } th { "Dialect" } th { "Connections" } } }
+            thead { tr { th { "Name" } th { "Address" } th { "Dialect" } th { "Connections" } th { "" } } }
             tbody {
                 @for s in &servers {
-                    tr { td { (s.name) } td { (s.host) ":" (s.port) } td { (format!("{:?}", s.dialect).to_lowercase()) } td { (s.max_connections) } }
+                    tr {
+                        td { (s.name) } td { (s.host) ":" (s.port) } td { (format!("{:?}", s.dialect).to_lowercase()) } td { (s.max_connections) }
+                        td {
+                            form.inline method="post" action={"/admin/game-servers/" (s.name) "/test"} {
+                                (csrf_field(&staff))
+                                button type="submit" { "Test connection" }
+                            }
+                        }
+                    }
                 }
-                @if servers.is_empty() { tr { td colspan="4" { "None." } } }
+                @if servers.is_empty() { tr { td colspan="5" { "None." } } }
             }
         }
     };
@@ -1272,4 +1280,31 @@ pub async fn upload_file(
     )
     .await?;
     Ok(resp)
+}
+
+/// `POST /admin/game-servers/{name}/test`: the API's connection test, shown.
+pub async fn test_server(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path(name): Path<String>,
+    req: Request,
+) -> Page {
+    read_form(&staff, req, &state).await?;
+    let axum::Json(t) = routes::catalog::test_game_server(
+        State(state),
+        staff.caller.clone(),
+        ApiPath(name.clone()),
+    )
+    .await?;
+    let body = html! {
+        h1 { "Test connection: " (name) }
+        @if t.ok {
+            p.notice role="status" { "Connected, logged in and ran " code { (t.command) } " in " (t.latency_ms) " ms." }
+            pre { (t.response.as_deref().unwrap_or("")) }
+        } @else {
+            p.error role="alert" { "The test failed after " (t.latency_ms) " ms: " (t.error.as_deref().unwrap_or("unknown error")) }
+        }
+        p { a href="/admin/products" { "Back to products" } }
+    };
+    Ok(page(layout(&staff, "Test connection", "products", body)))
 }

@@ -71,3 +71,77 @@ pub async fn list_products(
     let mut conn = state.pool.acquire().await?;
     Ok(Json(catalog::list_products(&mut conn).await?))
 }
+
+/// What a connection test found.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ConnectionTest {
+    /// Logged in and the command was answered.
+    pub ok: bool,
+    /// The harmless command run: the server's `online_command`, else
+    /// `list` (Minecraft) or `status` (Source).
+    pub command: String,
+    /// What the server answered (first 2,000 bytes).
+    pub response: Option<String>,
+    /// Why it failed: connect, password, timeout, malformed answer.
+    pub error: Option<String>,
+    /// Connect, log in, run, answer.
+    pub latency_ms: u64,
+}
+
+#[utoipa::path(post, path = "/v1/game-servers/{name}/test", operation_id = "test_game_server", tag = "catalog",
+    params(("name" = String, Path, description = "The game server's name")),
+    responses((status = 200, description = "The test ran; `ok` says whether the server answered", body = ConnectionTest)))]
+/// "Test connection": logs in over RCON and runs a command that changes
+/// nothing (the player list), on a connection of its own, with the
+/// configured `rcon.*` timeouts.
+pub async fn test_game_server(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<ConnectionTest>, ApiError> {
+    use courier_shared::rcon::client::{RconConnection, RconTarget};
+    caller.require(ADMIN)?;
+    let server = {
+        let mut conn = state.pool.acquire().await?;
+        catalog::find_game_server_by_name(&mut conn, &name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("game server"))?
+    };
+    let command = server.online_command.clone().unwrap_or_else(|| {
+        courier_shared::rcon::answers::default_online_command(server.dialect).to_owned()
+    });
+    let target = RconTarget {
+        host: server.host.clone(),
+        port: server.port,
+        password: server.password.clone(),
+        dialect: server.dialect,
+        framing: server.framing,
+        quiet: std::time::Duration::from_millis(u64::from(server.quiet_ms)),
+    };
+    let started = std::time::Instant::now();
+    let outcome = match RconConnection::connect(&target, state.rcon).await {
+        Ok(mut conn) => {
+            let answer = conn.exec(&command).await;
+            conn.close(std::time::Duration::from_millis(200)).await;
+            answer.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(match outcome {
+        Ok(text) => ConnectionTest {
+            ok: true,
+            command,
+            response: Some(courier_shared::domain::clip(&text, 2000).to_owned()),
+            error: None,
+            latency_ms,
+        },
+        Err(error) => ConnectionTest {
+            ok: false,
+            command,
+            response: None,
+            error: Some(error),
+            latency_ms,
+        },
+    }))
+}

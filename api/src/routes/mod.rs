@@ -176,6 +176,12 @@ fn table(state: Option<AppState>) -> Table {
         ADMIN,
         catalog::put_game_server,
     )
+    .add(
+        M::POST,
+        "/v1/game-servers/{name}/test",
+        ADMIN,
+        catalog::test_game_server,
+    )
     .add(M::GET, "/v1/products", ADMIN, catalog::list_products)
     .add(M::PUT, "/v1/products/{sku}", ADMIN, catalog::put_product)
     .add(
