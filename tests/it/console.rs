@@ -544,3 +544,63 @@ async fn alerts_are_acknowledged_and_resolved_and_reports_draw_their_chart() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_endpoints_show_their_delivery_log_and_send_a_test_event() {
+    let receiver = courier_tests::fakes::receiver::FakeReceiver::start_plain()
+        .await
+        .expect("receiver");
+    let (stack, _game) = TestStack::with_rcon_product("give {username} vip").await;
+    let (status, created) = stack
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhook-endpoints",
+            Some(&serde_json::json!({ "url": receiver.url, "events": ["order.completed"], "description": "CRM" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["endpoint"]["id"].as_str().expect("id").to_owned();
+    stack.post_order("p", "steve", None).await;
+    receiver.wait_for(WAIT, |r| !r.is_empty()).await;
+    stack
+        .wait_until(
+            "the call recorded",
+            "SELECT count(*) = 1 FROM deliveries WHERE kind = 'webhook' AND status = 'succeeded'",
+            WAIT,
+        )
+        .await;
+
+    let mut admin = Browser::new(&stack);
+    admin.sign_in(&stack.admin_key).await;
+    let (status, _, page) = admin.get("/admin/webhooks").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(&receiver.url) && page.contains("enabled"),
+        "{page}"
+    );
+    let (status, _, page) = admin.get(&format!("/admin/webhooks/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("order.completed") && page.contains("<td>200</td>"),
+        "{page}"
+    );
+    let (status, h, _) = admin
+        .post(
+            &format!("/admin/webhooks/{id}/test"),
+            &[("csrf", &csrf(&page))],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], format!("/admin/webhooks/{id}?done=1"));
+    let got = receiver
+        .wait_for(WAIT, |r| {
+            r.iter().any(|m| m.body["event"] == "endpoint.test")
+        })
+        .await;
+    assert!(
+        got.iter().any(|m| m.body["event"] == "endpoint.test"),
+        "{got:?}"
+    );
+    stack.teardown().await;
+}

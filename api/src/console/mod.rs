@@ -77,6 +77,13 @@ pub fn router() -> Router<AppState> {
         .route("/admin/products/{sku}/keys", post(pages::add_keys))
         .route("/admin/products/{sku}/files", post(pages::upload_file))
         .route("/admin/game-servers/{name}/test", post(pages::test_server))
+        .route("/admin/webhooks", get(pages::webhooks))
+        .route("/admin/webhooks/{id}", get(pages::webhook_log))
+        .route("/admin/webhooks/{id}/test", post(pages::webhook_test))
+        .route(
+            "/admin/webhooks/{id}/resend/{delivery_id}",
+            post(pages::webhook_resend),
+        )
         .route("/admin/assets/{file}", get(asset))
         .layer(axum::middleware::from_fn(headers))
         // The same refusal of non-text paths and queries as the API's.
@@ -285,6 +292,7 @@ pub fn layout(staff: &Staff, title: &str, current: &str, body: Markup) -> Markup
         ("alerts", "Alerts", "/admin/alerts"),
         ("reports", "Reports", "/admin/reports"),
         ("products", "Products", "/admin/products"),
+        ("webhooks", "Webhooks", "/admin/webhooks"),
     ];
     html! {
         (DOCTYPE)

@@ -1308,3 +1308,110 @@ pub async fn test_server(
     };
     Ok(page(layout(&staff, "Test connection", "products", body)))
 }
+
+// --- webhook endpoints -------------------------------------------------------------------
+
+pub async fn webhooks(State(state): State<AppState>, staff: Staff) -> Page {
+    let axum::Json(list) = routes::webhooks::list(State(state), staff.caller.clone()).await?;
+    let body = html! {
+        h1 { "Webhook endpoints" }
+        p.hint { "Endpoints are created and changed with " code { "/v1/webhook-endpoints" } " (the secret is shown once, to the API caller)." }
+        table {
+            thead { tr { th { "URL" } th { "Events" } th { "State" } th { "" } } }
+            tbody {
+                @for e in &list.endpoints {
+                    tr {
+                        td { (e.url) br; small { (e.description) } }
+                        td { (e.events.join(", ")) }
+                        td {
+                            @if e.enabled { (badge("succeeded")) " enabled" } @else { (badge("dead")) " disabled" }
+                            @if let Some(r) = &e.disabled_reason { br; small.bad { (r) } }
+                            @if let Some(f) = e.failing_since { br; small.bad { "failing since " (when(f)) } }
+                        }
+                        td { a href={"/admin/webhooks/" (e.id)} { "Delivery log" } }
+                    }
+                }
+                @if list.endpoints.is_empty() { tr { td colspan="4" { "No endpoints." } } }
+            }
+        }
+    };
+    Ok(page(layout(&staff, "Webhook endpoints", "webhooks", body)))
+}
+
+pub async fn webhook_log(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path(id): Path<Uuid>,
+    uri: Uri,
+) -> Page {
+    let axum::Json(endpoint) =
+        routes::webhooks::get(State(state.clone()), staff.caller.clone(), ApiPath(id)).await?;
+    let axum::Json(log) = routes::webhooks::log(
+        State(state),
+        staff.caller.clone(),
+        ApiPath(id),
+        ApiQuery(routes::webhooks::LogQuery { limit: Some(100) }),
+    )
+    .await?;
+    let done = value(uri.query().unwrap_or_default(), "done").is_some();
+    let body = html! {
+        h1 { "Delivery log" }
+        p { code { (endpoint.url) } " — " (endpoint.events.join(", ")) }
+        @if done { p.notice role="status" { "Queued." } }
+        form.inline method="post" action={"/admin/webhooks/" (id) "/test"} {
+            (csrf_field(&staff))
+            button type="submit" { "Send test event" }
+        }
+        @for d in &log.deliveries {
+            article.delivery {
+                h3 { (d.event) " " (badge(d.status.as_str())) " " small { (when(d.created_at)) " · " code { (d.message_id) } } }
+                @if let Some(e) = &d.last_error { p.bad { (e) } }
+                table.attempts {
+                    thead { tr { th { "#" } th { "Started" } th { "Status" } th { "Latency" } th { "Answer / error" } } }
+                    tbody {
+                        @for a in &d.attempts {
+                            tr {
+                                td { (a.attempt) }
+                                td { (when(a.started_at)) }
+                                td { (a.status_code.map(|c| c.to_string()).unwrap_or_else(|| "—".into())) }
+                                td { (a.latency_ms.map(|l| format!("{l} ms")).unwrap_or_default()) }
+                                td { pre { (a.response.as_deref().or(a.error.as_deref()).unwrap_or("")) } }
+                            }
+                        }
+                    }
+                }
+                form.inline method="post" action={"/admin/webhooks/" (id) "/resend/" (d.id)} {
+                    (csrf_field(&staff))
+                    button type="submit" { "Resend" }
+                }
+                details { summary { "Body" } pre { (serde_json::to_string_pretty(&d.body).unwrap_or_default()) } }
+            }
+        }
+        @if log.deliveries.is_empty() { p { "Nothing sent yet." } }
+    };
+    Ok(page(layout(&staff, "Delivery log", "webhooks", body)))
+}
+
+pub async fn webhook_test(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path(id): Path<Uuid>,
+    req: Request,
+) -> Page {
+    read_form(&staff, req, &state).await?;
+    let body = typed(json!({}))?;
+    let _ = routes::webhooks::test(State(state), staff.caller.clone(), ApiPath(id), body).await?;
+    Ok(Redirect::to(&format!("/admin/webhooks/{id}?done=1")).into_response())
+}
+
+pub async fn webhook_resend(
+    State(state): State<AppState>,
+    staff: Staff,
+    Path((id, delivery)): Path<(Uuid, Uuid)>,
+    req: Request,
+) -> Page {
+    read_form(&staff, req, &state).await?;
+    let _ = routes::webhooks::resend(State(state), staff.caller.clone(), ApiPath((id, delivery)))
+        .await?;
+    Ok(Redirect::to(&format!("/admin/webhooks/{id}?done=1")).into_response())
+}
