@@ -210,8 +210,23 @@ pub async fn orders(State(state): State<AppState>, staff: Staff, uri: Uri) -> Pa
             }
             label { "Product " input name="sku" value=(field("sku")) size="10"; }
             label { "Gateway " input name="gateway" value=(field("gateway")) size="8"; }
-            label { "Created from " input name="created_from" type="date" value=(field("created_from").get(..10).unwrap_or_default()); }
-            label { "to " input name="created_to" type="date" value=(field("created_to").get(..10).unwrap_or_default()); }
+            @for (name, label) in [("created", "Created"), ("paid", "Paid"), ("completed", "Completed")] {
+                @let from = format!("{name}_from");
+                @let to = format!("{name}_to");
+                label { (label) " from " input name=(from) type="date" value=(field(&from).get(..10).unwrap_or_default()); }
+                label { "to " input name=(to) type="date" value=(field(&to).get(..10).unwrap_or_default()); }
+            }
+            label { "Supplier " input name="supplier" value=(field("supplier")) size="8"; }
+            label { "Game server " input name="game_server" value=(field("game_server")) size="8"; }
+            label { "Total from " input name="min_total" inputmode="decimal" value=(field("min_total")) size="6"; }
+            label { "to " input name="max_total" inputmode="decimal" value=(field("max_total")) size="6"; }
+            label { "Currency " input name="currency" value=(field("currency")) size="3" maxlength="3"; }
+            label { "Waiting to start "
+                select name="process_hold" {
+                    option value="" { "—" }
+                    @for s in ["manual", "delayed"] { option value=(s) selected[field("process_hold") == s] { (s) } }
+                }
+            }
             label { "Sort "
                 select name="sort" {
                     @for s in ["created", "total", "order_number", "status", "payment_status"] {
@@ -837,6 +852,9 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
         @if let Some(c) = &list.next_cursor {
             p { a rel="next" href={"/admin/failures?" (filters) "&cursor=" (c)} { "Next page →" } }
         }
+        h2 { "Waiting deliveries" }
+        p { "Deliveries that wait for something outside (a player to come online, a supplier's keys) are re-checked on their own; "
+            a href="/admin/orders?has=waiting" { "the orders that have one" } " show why on their pages." }
         h2 { "Held deliveries" }
         p.hint { "A worker stopped while the command may have reached the game server: run it again only if it did not arrive; discard it if it did." }
         table {
