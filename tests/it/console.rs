@@ -222,6 +222,18 @@ async fn sign_in_csrf_headers_and_scopes_guard_every_page_and_action() {
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(h["location"], format!("/admin/orders/{number}?done=noted"));
+    // Behind a proxy that rewrites Host, the forwarded host is the origin's.
+    let resp = admin
+        .http
+        .post(format!("{}{path}", admin.base))
+        .headers(admin.headers())
+        .header("origin", "https://courier.example")
+        .header("x-forwarded-host", "courier.example")
+        .form(&[("csrf", token.as_str()), ("body", "via the proxy")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let (_, _, page) = admin
         .get(&format!("/admin/orders/{number}?done=noted"))
         .await;
@@ -233,7 +245,7 @@ async fn sign_in_csrf_headers_and_scopes_guard_every_page_and_action() {
         stack
             .count("SELECT count(*) FROM order_notes WHERE author LIKE 'api:%'")
             .await,
-        1
+        2
     );
 
     // A read-only key: it sees the order and no action, and a forged POST

@@ -218,25 +218,26 @@ impl Form {
     }
 }
 
+/// Whether a POST came from this site: no `Origin` (not a browser's
+/// cross-site request), or an `Origin` whose host is the request's `Host`
+/// or, behind a proxy that rewrites it, its `X-Forwarded-Host`.
+pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some((_, host)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+        return false;
+    };
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .any(|h| h.split(',').any(|h| h.trim() == host))
+}
+
 /// Reads a form posted by `staff`, refusing it unless it carries the
 /// session's CSRF token and (when the browser says) comes from this origin.
 pub async fn read_form(staff: &Staff, req: Request, state: &AppState) -> Result<Form, PageError> {
-    let same_origin = match req.headers().get(header::ORIGIN) {
-        None => true,
-        Some(origin) => {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default();
-            origin
-                .to_str()
-                .ok()
-                .and_then(|o| o.split_once("://"))
-                .is_some_and(|(_, rest)| rest == host)
-        }
-    };
-    if !same_origin {
+    if !same_origin(req.headers()) {
         return Err(PageError::Csrf);
     }
     let axum::Form(fields): axum::Form<Vec<(String, String)>> =

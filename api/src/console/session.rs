@@ -76,6 +76,10 @@ pub async fn open(
     let Some(found) = courier_shared::db::api_keys::find(&state.pool, key).await? else {
         return Ok(None);
     };
+    // Sessions over a week past their end are of no use to anyone.
+    sqlx::query("DELETE FROM console_sessions WHERE expires_at < now() - interval '7 days'")
+        .execute(&state.pool)
+        .await?;
     let token = random_token();
     let hours = i32::try_from(state.console.session_hours).unwrap_or(12);
     let agent: Option<String> = headers.get(header::USER_AGENT).map(|v| {
