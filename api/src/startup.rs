@@ -166,12 +166,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         downloads: Arc::new(settings.downloads.clone()),
         signer: settings.downloads.signer(),
         console: Arc::new(settings.console.clone()),
-        rcon: courier_shared::rcon::client::Timeouts {
-            connect: std::time::Duration::from_millis(settings.rcon.connect_timeout_ms),
-            command: std::time::Duration::from_millis(settings.rcon.command_timeout_ms),
-            max_response_bytes: settings.rcon.max_response_bytes,
-            slot_wait: std::time::Duration::from_millis(settings.rcon.slot_wait_ms),
-        },
+        rcon: settings.rcon.timeouts(),
     };
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));

@@ -363,6 +363,19 @@ pub struct RconSettings {
     pub slot_wait_ms: u64,
 }
 
+impl RconSettings {
+    /// The client's timeouts and caps, as every RCON connection uses them.
+    pub fn timeouts(&self) -> crate::rcon::Timeouts {
+        use std::time::Duration;
+        crate::rcon::Timeouts {
+            connect: Duration::from_millis(self.connect_timeout_ms),
+            command: Duration::from_millis(self.command_timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            slot_wait: Duration::from_millis(self.slot_wait_ms),
+        }
+    }
+}
+
 /// Retry schedules per delivery kind, and the re-check schedule of waiting deliveries.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RetrySettings {

@@ -91,8 +91,9 @@ fn links_in(mail: &courier_tests::fakes::smtp::Mail) -> (String, Vec<String>) {
     (m.subject().unwrap_or_default().to_owned(), paths)
 }
 
-/// Product `book`, sold as one file of `size` bytes (`a.zip`).
-async fn book_with_file(stack: &TestStack, size: usize) {
+/// Product `book`, sold as one file `a.zip` of `content(size)`; returns
+/// the file as the upload answered it.
+async fn book_with_file(stack: &TestStack, size: usize) -> Value {
     stack
         .add_product("book", json!([{ "kind": "download" }]))
         .await;
@@ -105,6 +106,7 @@ async fn book_with_file(stack: &TestStack, size: usize) {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{f}");
+    f
 }
 
 /// The `/downloads/<token>` path of the order's first link, as the store reads it.
@@ -721,19 +723,8 @@ async fn files_can_live_in_s3_compatible_storage_and_an_outage_costs_the_custome
         true,
     )
     .await;
-    stack
-        .add_product("book", json!([{ "kind": "download" }]))
-        .await;
     let bytes = content(300_000);
-    let (status, f) = upload(
-        &stack,
-        "book",
-        "name=a.zip",
-        bytes.clone(),
-        "application/zip",
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{f}");
+    let f = book_with_file(&stack, 300_000).await;
     let keys = s3.keys();
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(

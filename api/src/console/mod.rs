@@ -151,6 +151,12 @@ impl From<ApiError> for PageError {
     }
 }
 
+impl From<courier_shared::error::DbError> for PageError {
+    fn from(e: courier_shared::error::DbError) -> Self {
+        PageError::Api(e.into())
+    }
+}
+
 impl From<sqlx::Error> for PageError {
     fn from(e: sqlx::Error) -> Self {
         PageError::Api(e.into())

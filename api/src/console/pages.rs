@@ -1156,6 +1156,9 @@ pub async fn products(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
         routes::catalog::list_products(State(state.clone()), staff.caller.clone()).await?;
     let axum::Json(servers) =
         routes::catalog::list_game_servers(State(state.clone()), staff.caller.clone()).await?;
+    // The list gave each product's id: its stock and files are read by it,
+    // on one connection (not a product lookup by SKU per product).
+    let mut conn = state.pool.acquire().await?;
     let mut rows = Vec::with_capacity(products.len());
     for p in &products {
         let keys = p.actions.iter().any(|a| {
@@ -1171,21 +1174,12 @@ pub async fn products(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
             )
         });
         let stock = if keys {
-            Some(
-                courier_shared::db::keys::stock_left(&mut *state.pool.acquire().await?, p.id)
-                    .await?,
-            )
+            Some(courier_shared::db::keys::stock_left(&mut conn, p.id).await?)
         } else {
             None
         };
         let file_list = if files {
-            let axum::Json(l) = routes::downloads::list(
-                State(state.clone()),
-                staff.caller.clone(),
-                ApiPath(p.sku.clone()),
-            )
-            .await?;
-            l.files
+            courier_shared::db::downloads::files_of(&mut conn, p.id).await?
         } else {
             Vec::new()
         };

@@ -99,7 +99,7 @@ pub async fn test_game_server(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ConnectionTest>, ApiError> {
-    use courier_shared::rcon::client::{RconConnection, RconTarget};
+    use courier_shared::rcon::client::RconConnection;
     caller.require(ADMIN)?;
     let server = {
         let mut conn = state.pool.acquire().await?;
@@ -110,14 +110,7 @@ pub async fn test_game_server(
     let command = server.online_command.clone().unwrap_or_else(|| {
         courier_shared::rcon::answers::default_online_command(server.dialect).to_owned()
     });
-    let target = RconTarget {
-        host: server.host.clone(),
-        port: server.port,
-        password: server.password.clone(),
-        dialect: server.dialect,
-        framing: server.framing,
-        quiet: std::time::Duration::from_millis(u64::from(server.quiet_ms)),
-    };
+    let target = server.rcon_target();
     let started = std::time::Instant::now();
     let outcome = match RconConnection::connect(&target, state.rcon).await {
         Ok(mut conn) => {

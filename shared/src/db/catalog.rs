@@ -29,6 +29,20 @@ pub struct GameServer {
     pub online_command: Option<String>,
 }
 
+impl GameServer {
+    /// Where and how to log in to it.
+    pub fn rcon_target(&self) -> crate::rcon::RconTarget {
+        crate::rcon::RconTarget {
+            host: self.host.clone(),
+            port: self.port,
+            password: self.password.clone(),
+            dialect: self.dialect,
+            framing: self.framing,
+            quiet: std::time::Duration::from_millis(u64::from(self.quiet_ms)),
+        }
+    }
+}
+
 fn game_server_from_row(row: &sqlx::postgres::PgRow) -> Result<GameServer, DbError> {
     let port: i32 = row.try_get("port")?;
     let max: i32 = row.try_get("max_connections")?;

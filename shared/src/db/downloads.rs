@@ -308,34 +308,27 @@ pub async fn log_refused(
     Ok(())
 }
 
-/// Revokes the links a delivery made; returns how many were live.
-pub async fn revoke_for_delivery(
-    conn: &mut PgConnection,
-    delivery_id: Uuid,
-    reason: &str,
-) -> Result<u64, DbError> {
-    let done = sqlx::query(
-        "UPDATE download_links SET revoked_at = now(), revoked_reason = $2 \
-         WHERE delivery_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(delivery_id)
-    .bind(reason)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+/// Whose links to revoke.
+#[derive(Debug, Clone, Copy)]
+pub enum Links {
+    /// Those one download delivery made.
+    OfDelivery(Uuid),
+    /// Every link of an order.
+    OfOrder(Uuid),
 }
 
-/// Revokes every live link of an order; returns how many.
-pub async fn revoke_for_order(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    reason: &str,
-) -> Result<u64, DbError> {
+/// Revokes the live links of `which`; returns how many there were.
+pub async fn revoke(conn: &mut PgConnection, which: Links, reason: &str) -> Result<u64, DbError> {
+    let (delivery, order) = match which {
+        Links::OfDelivery(id) => (Some(id), None),
+        Links::OfOrder(id) => (None, Some(id)),
+    };
     let done = sqlx::query(
-        "UPDATE download_links SET revoked_at = now(), revoked_reason = $2 \
-         WHERE order_id = $1 AND revoked_at IS NULL",
+        "UPDATE download_links SET revoked_at = now(), revoked_reason = $3 \
+         WHERE (delivery_id = $1 OR order_id = $2) AND revoked_at IS NULL",
     )
-    .bind(order_id)
+    .bind(delivery)
+    .bind(order)
     .bind(reason)
     .execute(conn)
     .await?;

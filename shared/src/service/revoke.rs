@@ -129,9 +129,9 @@ pub async fn withdraw(
     // Every download link of the order stops working, whatever state its
     // delivery is in (one may have made links and died before recording);
     // the succeeded deliveries' links were revoked above, with a note.
-    crate::db::downloads::revoke_for_order(
+    crate::db::downloads::revoke(
         conn,
-        order_id,
+        crate::db::downloads::Links::OfOrder(order_id),
         &format!("order withdrawn ({})", cause.as_str()),
     )
     .await?;
@@ -313,9 +313,9 @@ pub async fn revoke_delivery(
             (None, notes.join("; "))
         }
         DeliveryKind::Download if !chargeback => {
-            let n = crate::db::downloads::revoke_for_delivery(
+            let n = crate::db::downloads::revoke(
                 conn,
-                id,
+                crate::db::downloads::Links::OfDelivery(id),
                 &format!("order withdrawn ({actor})"),
             )
             .await?;

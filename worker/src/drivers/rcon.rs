@@ -10,7 +10,7 @@ use courier_shared::db::catalog::{self, GameServer};
 use courier_shared::domain::action::RconPayload;
 use courier_shared::error::DbError;
 use courier_shared::error::ErrorClass;
-use courier_shared::rcon::{RconPools, RconTarget, Timeouts, answers};
+use courier_shared::rcon::{RconPools, Timeouts, answers};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -70,12 +70,7 @@ impl RconDriver {
     }
 
     fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            connect: Duration::from_millis(self.settings.connect_timeout_ms),
-            command: Duration::from_millis(self.settings.command_timeout_ms),
-            max_response_bytes: self.settings.max_response_bytes,
-            slot_wait: Duration::from_millis(self.settings.slot_wait_ms),
-        }
+        self.settings.timeouts()
     }
 
     pub async fn run(
@@ -110,14 +105,7 @@ impl RconDriver {
                 };
             }
         };
-        let target = RconTarget {
-            host: server.host.clone(),
-            port: server.port,
-            password: server.password.clone(),
-            dialect: server.dialect,
-            framing: server.framing,
-            quiet: Duration::from_millis(u64::from(server.quiet_ms)),
-        };
+        let target = server.rcon_target();
         let pool = self.pools.get(
             server.id,
             target,
