@@ -43,7 +43,7 @@ use crate::routes::{
         catalog::list_game_servers, catalog::put_game_server, catalog::test_game_server,
         catalog::list_products, catalog::put_product,
         admin::retry_item, admin::list, admin::retry_bulk, admin::show, admin::retry,
-        admin::discard, admin::held, admin::payment_events, admin::payment_event,
+        admin::discard, admin::held, admin::waiting, admin::count, admin::payment_events, admin::payment_event,
         admin::retry_delivery, admin::discard_delivery,
         keys::upload, keys::enter,
         downloads::upload, downloads::list, downloads::withdraw, downloads::order_links, downloads::serve, alerts::list, alerts::acknowledge, alerts::resolve, keys::supplier_webhook,

@@ -616,3 +616,497 @@ async fn webhook_endpoints_show_their_delivery_log_and_send_a_test_event() {
     );
     stack.teardown().await;
 }
+
+/// The text between `start` and the next `end` after it.
+fn between<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
+    let at = page
+        .find(start)
+        .unwrap_or_else(|| panic!("`{start}` in {page}"))
+        + start.len();
+    &page[at..at + page[at..].find(end).expect("end")]
+}
+
+/// HTML text back to what was written (maud escapes these).
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The hidden fields of the form posting to `action`.
+fn hidden_fields(page: &str, action: &str) -> Vec<(String, String)> {
+    let form = between(page, &format!("action=\"{action}\""), "</form>");
+    form.match_indices("<input type=\"hidden\" name=\"")
+        .map(|(at, m)| {
+            let rest = &form[at + m.len()..];
+            let name = &rest[..rest.find('"').expect("name end")];
+            let value = between(rest, "value=\"", "\"");
+            (name.to_owned(), unescape(value))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_endpoints_are_created_changed_rotated_and_deleted_from_the_console() {
+    let receiver = courier_tests::fakes::receiver::FakeReceiver::start_plain()
+        .await
+        .expect("receiver");
+    let (stack, _game) = TestStack::with_rcon_product("give {username} vip").await;
+    let mut admin = Browser::new(&stack);
+    admin.sign_in(&stack.admin_key).await;
+    let (status, _, form) = admin.get("/admin/webhooks/edit").await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    let token = csrf(&form);
+
+    // A URL the API refuses: the form comes back with what was typed.
+    let (status, _, page) = admin
+        .post(
+            "/admin/webhooks/save",
+            &[
+                ("csrf", &token),
+                ("url", "ftp://crm.example/hook"),
+                ("events", "order.completed"),
+                ("enabled", "true"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("value=\"ftp://crm.example/hook\""), "{page}");
+
+    let (status, _, page) = admin
+        .post(
+            "/admin/webhooks/save",
+            &[
+                ("csrf", &token),
+                ("url", &receiver.url),
+                ("description", "CRM"),
+                ("events", "order.completed"),
+                ("events", "order.refunded"),
+                ("enabled", "true"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let secret = between(&page, "<code class=\"secret\">", "</code>").to_owned();
+    assert!(secret.starts_with("whsec_"), "{page}");
+    let (id, stored): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, secret FROM webhook_endpoints WHERE url = $1")
+            .bind(&receiver.url)
+            .fetch_one(&stack.pool)
+            .await
+            .expect("endpoint");
+    assert_eq!(stored, secret, "the secret shown is the one that signs");
+    let (_, e) = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/webhook-endpoints/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        e["events"],
+        serde_json::json!(["order.completed", "order.refunded"])
+    );
+    assert_eq!(e["description"], "CRM");
+
+    // Edit: the form shows what is stored; unticking "enabled" disables it.
+    let (status, _, form) = admin.get(&format!("/admin/webhooks/edit?id={id}")).await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    assert!(
+        form.contains("value=\"order.refunded\" checked")
+            && !form.contains("value=\"order.failed\" checked"),
+        "{form}"
+    );
+    let id_s = id.to_string();
+    let (status, h, page) = admin
+        .post(
+            "/admin/webhooks/save",
+            &[
+                ("csrf", &token),
+                ("id", &id_s),
+                ("url", &receiver.url),
+                ("description", "CRM 2"),
+                ("events", "order.failed"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    assert_eq!(h["location"], "/admin/webhooks?done=saved");
+    let (_, e) = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/webhook-endpoints/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(e["events"], serde_json::json!(["order.failed"]));
+    assert_eq!(e["enabled"], false);
+    assert_eq!(e["description"], "CRM 2");
+
+    // Rotate with no overlap: a new secret, the old one gone at once.
+    let (status, _, page) = admin
+        .post(
+            &format!("/admin/webhooks/{id}/rotate"),
+            &[("csrf", &token), ("overlap_hours", "0")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let rotated = between(&page, "<code class=\"secret\">", "</code>").to_owned();
+    assert!(rotated.starts_with("whsec_") && rotated != secret, "{page}");
+    let stored: String = sqlx::query_scalar("SELECT secret FROM webhook_endpoints WHERE id = $1")
+        .bind(id)
+        .fetch_one(&stack.pool)
+        .await
+        .expect("secret");
+    assert_eq!(stored, rotated);
+
+    // A read-only key cannot open the form or delete.
+    let mut ro = Browser::new(&stack);
+    ro.sign_in(&stack.reader_key().await).await;
+    let (status, _, _) = ro.get("/admin/webhooks/edit").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, _, ro_page) = ro.get("/admin/orders").await;
+    let (status, _, _) = ro
+        .post(
+            &format!("/admin/webhooks/{id}/delete"),
+            &[("csrf", &csrf(&ro_page))],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, h, _) = admin
+        .post(
+            &format!("/admin/webhooks/{id}/delete"),
+            &[("csrf", &token)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/admin/webhooks?done=deleted");
+    let (status, _) = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/webhook-endpoints/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An id that is not one: the console's own error page, not plain text.
+    let (status, h, page) = admin
+        .post(
+            "/admin/webhooks/not-an-id/delete",
+            &[("csrf", &token)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        h["content-type"]
+            .to_str()
+            .expect("type")
+            .starts_with("text/html"),
+        "{page}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_and_game_servers_are_edited_from_the_console() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} vip").await;
+    let mut admin = Browser::new(&stack);
+    admin.sign_in(&stack.admin_key).await;
+    let (_, before) = stack.call(reqwest::Method::GET, "/v1/products", None).await;
+
+    let (status, _, form) = admin.get("/admin/products/edit?sku=p").await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    let token = csrf(&form);
+    let actions = unescape(between(
+        &form,
+        "name=\"actions\" rows=\"14\" spellcheck=\"false\">",
+        "</textarea>",
+    ));
+    assert!(actions.contains("\"game_server\": \"s\""), "{actions}");
+
+    // Saved unchanged but for the name: the actions are what they were.
+    let (status, h, page) = admin
+        .post(
+            "/admin/products/save",
+            &[
+                ("csrf", &token),
+                ("sku", "p"),
+                ("existing", "1"),
+                ("name", "VIP rank"),
+                ("auto_process", ""),
+                ("process_delay_secs", ""),
+                ("actions", &actions),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    assert_eq!(h["location"], "/admin/products?done=saved");
+    let (_, after) = stack.call(reqwest::Method::GET, "/v1/products", None).await;
+    assert_eq!(after[0]["name"], "VIP rank");
+    let config = |v: &serde_json::Value| {
+        let mut a = v[0]["actions"][0].clone();
+        a.as_object_mut().expect("action").remove("id");
+        a
+    };
+    assert_eq!(config(&after), config(&before), "{after}");
+
+    // Actions that are not JSON: refused, and the form keeps the text.
+    let (status, _, page) = admin
+        .post(
+            "/admin/products/save",
+            &[
+                ("csrf", &token),
+                ("sku", "p"),
+                ("existing", "1"),
+                ("name", "VIP rank"),
+                ("actions", "[{\"kind\": rcon}"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(
+        page.contains("[{&quot;kind&quot;: rcon}") && page.contains("actions"),
+        "{page}"
+    );
+    // A "new" product with a SKU that exists would replace it: refused.
+    let (status, _, page) = admin
+        .post(
+            "/admin/products/save",
+            &[
+                ("csrf", &token),
+                ("sku", "p"),
+                ("name", "Other"),
+                ("actions", "[]"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    // A new hand-fulfilled product.
+    let (status, _, page) = admin
+        .post(
+            "/admin/products/save",
+            &[
+                ("csrf", &token),
+                ("sku", "tshirt"),
+                ("name", "T-shirt"),
+                ("auto_process", "false"),
+                ("actions", "[]"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    let (_, list) = stack.call(reqwest::Method::GET, "/v1/products", None).await;
+    let shirt = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|p| p["sku"] == "tshirt")
+        .expect("tshirt")
+        .clone();
+    assert_eq!(shirt["auto_process"], false);
+
+    // The game server: an empty password keeps the stored one.
+    let (status, _, form) = admin.get("/admin/game-servers/edit?name=s").await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    assert!(
+        form.contains("placeholder=\"unchanged\"") && !form.contains("value=\"pw\""),
+        "{form}"
+    );
+    let port = game.addr.port().to_string();
+    let (status, h, page) = admin
+        .post(
+            "/admin/game-servers/save",
+            &[
+                ("csrf", &token),
+                ("name", "s"),
+                ("existing", "1"),
+                ("host", "127.0.0.1"),
+                ("port", &port),
+                ("password", ""),
+                ("dialect", "minecraft"),
+                ("max_connections", "3"),
+                ("framing", "auto"),
+                ("quiet_ms", "300"),
+                ("error_patterns", "Unknown item\n\n"),
+                ("online_command", ""),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    assert!(
+        h["location"]
+            .to_str()
+            .expect("location")
+            .starts_with("/admin/products?done=server")
+    );
+    let (password, quiet, patterns): (String, i32, Vec<String>) = sqlx::query_as(
+        "SELECT password, quiet_ms, error_patterns FROM game_servers WHERE name = 's'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .expect("server");
+    assert_eq!((password.as_str(), quiet), ("pw", 300));
+    assert_eq!(patterns, vec!["Unknown item".to_owned()]);
+    let (_, order) = stack.post_order("p", "steve", None).await;
+    stack
+        .wait_for_order(order["id"].as_str().expect("id"), "completed", WAIT)
+        .await;
+    // A new game server needs its password.
+    let (status, _, page) = admin
+        .post(
+            "/admin/game-servers/save",
+            &[
+                ("csrf", &token),
+                ("name", "s2"),
+                ("host", "127.0.0.1"),
+                ("port", &port),
+                ("dialect", "minecraft"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(
+        page.contains("password") && page.contains("value=\"s2\""),
+        "{page}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_retry_counts_first_export_takes_the_selection_and_waiting_is_listed() {
+    let (stack, game) = TestStack::with_rcon_product("give {username} vip").await;
+    game.set(Behaviour {
+        refuse_auth: true,
+        ..Behaviour::default()
+    });
+    let mut orders = Vec::new();
+    for name in ["alex", "steve", "sam"] {
+        let (_, o) = stack.post_order("p", name, None).await;
+        stack
+            .wait_for_order(o["id"].as_str().expect("id"), "failed", WAIT)
+            .await;
+        orders.push(o);
+    }
+    let mut admin = Browser::new(&stack);
+    admin.sign_in(&stack.admin_key).await;
+    let (status, _, confirm) = admin.get("/admin/failures/retry?kind=rcon").await;
+    assert_eq!(status, StatusCode::OK, "{confirm}");
+    assert!(
+        confirm.contains("<strong>3</strong> open dead letters match"),
+        "{confirm}"
+    );
+    // One more dies after the count: the confirmed retry leaves it alone.
+    let (_, late) = stack.post_order("p", "kim", None).await;
+    stack
+        .wait_for_order(late["id"].as_str().expect("id"), "failed", WAIT)
+        .await;
+    game.set(Behaviour::default());
+    let mut form = hidden_fields(&confirm, "/admin/failures/retry");
+    assert!(
+        form.iter().any(|(k, v)| k == "kind" && v == "rcon"),
+        "{form:?}"
+    );
+    form.retain(|(k, _)| k != "csrf");
+    let token = csrf(&confirm);
+    let mut fields: Vec<(&str, &str)> =
+        form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    fields.push(("csrf", &token));
+    let (status, _, page) = admin.post("/admin/failures/retry", &fields, None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("3 of 3 re-queued."), "{page}");
+    for o in &orders {
+        stack
+            .wait_for_order(o["id"].as_str().expect("id"), "completed", WAIT)
+            .await;
+    }
+    let late_status = stack.order(late["id"].as_str().expect("id")).await;
+    assert_eq!(late_status["status"], "failed", "not counted, not retried");
+
+    // Export of a ticked selection: those orders, no others.
+    let (_, _, list) = admin.get("/admin/orders").await;
+    let (a, b) = (
+        orders[0]["id"].as_str().expect("id"),
+        orders[2]["id"].as_str().expect("id"),
+    );
+    let resp = admin
+        .http
+        .post(format!("{}/admin/orders/export", admin.base))
+        .headers(admin.headers())
+        .form(&[
+            ("csrf", csrf(&list).as_str()),
+            ("ids", a),
+            ("ids", b),
+            ("format", "csv"),
+        ])
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let csv = resp.text().await.expect("csv");
+    let number = |o: &serde_json::Value| o["order_number"].as_str().expect("number").to_owned();
+    assert!(
+        csv.contains(&number(&orders[0])) && csv.contains(&number(&orders[2])),
+        "{csv}"
+    );
+    assert!(
+        !csv.contains(&number(&orders[1])) && !csv.contains(&number(&late)),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 3, "a header and two rows: {csv}");
+
+    // A delivery waiting for its player is listed with why.
+    let online = courier_tests::fakes::rcon::FakeGameServer::start(
+        "pw",
+        courier_shared::rcon::Dialect::Minecraft,
+    )
+    .await
+    .expect("fake server");
+    online.set(Behaviour {
+        players: Some(vec!["someone".into()]),
+        ..Behaviour::default()
+    });
+    stack.add_game_server("w", &online).await;
+    stack
+        .add_product("wp", serde_json::json!([{ "kind": "rcon", "game_server": "w", "command": "give {username} cake", "require_online": true }]))
+        .await;
+    let (_, waits) = stack.post_order("wp", "Alex", None).await;
+    stack
+        .wait_until(
+            "the delivery waits",
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE status = 'waiting')",
+            WAIT,
+        )
+        .await;
+    let (_, w) = stack
+        .call(reqwest::Method::GET, "/v1/admin/waiting", None)
+        .await;
+    assert_eq!(
+        w["waiting"][0]["order_number"], waits["order_number"],
+        "{w}"
+    );
+    assert!(w["waiting"][0]["next_check_at"].is_string(), "{w}");
+    let (_, _, page) = admin.get("/admin/failures").await;
+    let table = between(&page, "Waiting deliveries", "Held deliveries");
+    assert!(
+        table.contains(waits["order_number"].as_str().expect("number")),
+        "{table}"
+    );
+    assert!(!table.contains("Nothing is waiting."), "{table}");
+    stack.teardown().await;
+}

@@ -15,11 +15,12 @@
 //! year's cache), `X-Frame-Options: DENY`, `Referrer-Policy: same-origin`,
 //! and `Cache-Control: no-store` on pages.
 
+pub mod catalog;
 pub mod pages;
 pub mod session;
 
 use axum::Router;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -49,7 +50,10 @@ pub fn router() -> Router<AppState> {
         .route("/admin/logout", post(pages::logout))
         .route("/admin/orders", get(pages::orders))
         .route("/admin/orders/process", post(pages::process_selected))
-        .route("/admin/orders/export", get(pages::export))
+        .route(
+            "/admin/orders/export",
+            get(pages::export).post(pages::export_selected),
+        )
         .route("/admin/orders/{reference}", get(pages::order))
         .route("/admin/orders/{reference}/status", get(pages::order_status))
         .route(
@@ -65,7 +69,10 @@ pub fn router() -> Router<AppState> {
             post(pages::delivery_action),
         )
         .route("/admin/failures", get(pages::failures))
-        .route("/admin/failures/retry", post(pages::retry_matching))
+        .route(
+            "/admin/failures/retry",
+            get(pages::confirm_retry).post(pages::retry_matching),
+        )
         .route(
             "/admin/failures/{id}/{action}",
             post(pages::dead_letter_action),
@@ -74,11 +81,25 @@ pub fn router() -> Router<AppState> {
         .route("/admin/alerts/{id}/{action}", post(pages::alert_action))
         .route("/admin/reports", get(pages::reports))
         .route("/admin/products", get(pages::products))
+        .route("/admin/products/edit", get(catalog::edit_product))
+        .route("/admin/products/save", post(catalog::save_product))
+        .route("/admin/game-servers/edit", get(catalog::edit_server))
+        .route("/admin/game-servers/save", post(catalog::save_server))
         .route("/admin/products/{sku}/keys", post(pages::add_keys))
         .route("/admin/products/{sku}/files", post(pages::upload_file))
         .route("/admin/game-servers/{name}/test", post(pages::test_server))
         .route("/admin/webhooks", get(pages::webhooks))
+        .route("/admin/webhooks/edit", get(catalog::edit_endpoint))
+        .route("/admin/webhooks/save", post(catalog::save_endpoint))
         .route("/admin/webhooks/{id}", get(pages::webhook_log))
+        .route(
+            "/admin/webhooks/{id}/rotate",
+            post(catalog::rotate_endpoint),
+        )
+        .route(
+            "/admin/webhooks/{id}/delete",
+            post(catalog::delete_endpoint),
+        )
         .route("/admin/webhooks/{id}/test", post(pages::webhook_test))
         .route(
             "/admin/webhooks/{id}/resend/{delivery_id}",
@@ -133,6 +154,24 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
         body,
     )
         .into_response()
+}
+
+/// A path parameter, refused with the console's error page (an id that is
+/// not one is a 400 page naming the parameter, not axum's plain text).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        crate::extract::ApiPath::<T>::from_request_parts(parts, state)
+            .await
+            .map(|crate::extract::ApiPath(v)| Path(v))
+            .map_err(PageError::Api)
+    }
 }
 
 /// What a console page can fail with.

@@ -1,7 +1,7 @@
 //! The console's pages and actions. Each calls the JSON API's handler for
 //! the same thing, with the session's key as the caller.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use courier_shared::db::orders::OrderView;
@@ -10,14 +10,14 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::session::{self, Staff};
-use super::{Form, PageError, badge, bare, csrf_field, layout, read_form};
+use super::{Form, PageError, Path, badge, bare, csrf_field, layout, read_form};
 use crate::auth::{ADMIN, ORDERS_KEYS, ORDERS_REFUND, ORDERS_WRITE};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::routes;
 use crate::startup::AppState;
 
-type Page = Result<Response, PageError>;
+pub(super) type Page = Result<Response, PageError>;
 
 pub(super) fn page(markup: Markup) -> Response {
     (
@@ -68,7 +68,7 @@ fn value(query: &str, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn when(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(super) fn when(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
@@ -252,16 +252,14 @@ pub async fn orders(State(state): State<AppState>, staff: Staff, uri: Uri) -> Pa
             (csrf_field(&staff))
             table.orders {
                 thead { tr {
-                    @if admin { th { span.sr { "Select" } } }
+                    th { span.sr { "Select" } }
                     th { "Order" } th { "Created" } th { "Customer" } th.num { "Total" }
                     th { "Status" } th { "Payment" } th { "Deliveries" }
                 } }
                 tbody {
                     @for o in &list.orders {
                         tr {
-                            @if admin {
-                                td { input type="checkbox" name="ids" value=(o.id) aria-label={"Select " (o.order_number)}; }
-                            }
+                            td { input type="checkbox" name="ids" value=(o.id) aria-label={"Select " (o.order_number)}; }
                             td { a href={"/admin/orders/" (o.order_number)} { (o.order_number) } }
                             td { (when(o.created_at)) }
                             td { (o.customer_name.as_deref().unwrap_or("")) br; small { (o.customer_email.as_deref().unwrap_or("")) } }
@@ -279,8 +277,13 @@ pub async fn orders(State(state): State<AppState>, staff: Staff, uri: Uri) -> Pa
                     @if list.orders.is_empty() { tr { td colspan="8" { "No orders match." } } }
                 }
             }
-            @if admin {
-                p { button type="submit" data-confirm="Process the selected orders that are waiting?" { "Process selected" } }
+            p.bulk {
+                @if admin {
+                    button type="submit" data-confirm="Process the selected orders that are waiting?" { "Process selected" } " "
+                }
+                "Export the selection: "
+                button type="submit" formaction="/admin/orders/export" name="format" value="csv" { "CSV" } " "
+                button type="submit" formaction="/admin/orders/export" name="format" value="xlsx" { "Excel" }
             }
         }
         @if let Some(c) = &list.next_cursor {
@@ -295,8 +298,8 @@ pub async fn export(State(state): State<AppState>, staff: Staff, uri: Uri) -> Pa
     Ok(routes::export::export(State(state), staff.caller.clone(), ApiQuery(q)).await?)
 }
 
-pub async fn process_selected(State(state): State<AppState>, staff: Staff, req: Request) -> Page {
-    let form = read_form(&staff, req, &state).await?;
+/// The ticked orders of a posted list form (at least one).
+fn ticked(form: &Form) -> Result<Vec<Uuid>, PageError> {
     let ids = form
         .all("ids")
         .map(|s| Uuid::parse_str(s).map_err(|_| ApiError::invalid("ids", "not an order id")))
@@ -304,6 +307,30 @@ pub async fn process_selected(State(state): State<AppState>, staff: Staff, req: 
     if ids.is_empty() {
         return Err(ApiError::invalid("ids", "tick at least one order").into());
     }
+    Ok(ids)
+}
+
+/// `POST /admin/orders/export`: the ticked orders as CSV or Excel (the
+/// API's export with its `ids` filter).
+pub async fn export_selected(State(state): State<AppState>, staff: Staff, req: Request) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let ids = ticked(&form)?;
+    let q = routes::order_list::ListQuery {
+        format: Some(form.get("format").unwrap_or("csv").to_owned()),
+        ids: Some(
+            ids.iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ..Default::default()
+    };
+    Ok(routes::export::export(State(state), staff.caller.clone(), ApiQuery(q)).await?)
+}
+
+pub async fn process_selected(State(state): State<AppState>, staff: Staff, req: Request) -> Page {
+    let form = read_form(&staff, req, &state).await?;
+    let ids = ticked(&form)?;
     let body: routes::manual::BulkProcess = serde_json::from_value(json!({ "ids": ids }))
         .map_err(|e| ApiError::invalid("ids", e.to_string()))?;
     let axum::Json(done) = routes::manual::process_many(
@@ -632,7 +659,7 @@ fn json_parts(body: Value) -> (HeaderMap, axum::body::Bytes) {
     (headers, axum::body::Bytes::from(body.to_string()))
 }
 
-fn typed<T: serde::de::DeserializeOwned>(
+pub(super) fn typed<T: serde::de::DeserializeOwned>(
     body: Value,
 ) -> Result<crate::json::ValidJson<T>, PageError> {
     serde_json::from_value(body)
@@ -797,9 +824,18 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
         }),
     )
     .await?;
+    let axum::Json(waiting) = routes::admin::waiting(
+        State(state.clone()),
+        staff.caller.clone(),
+        ApiQuery(routes::admin::PageQuery {
+            limit: Some(100),
+            cursor: None,
+        }),
+    )
+    .await?;
     let body = html! {
         h1 { "Failures" }
-        @if let Some(d) = done.as_deref().and_then(|d| match d { "retried" => Some("Retry queued."), "discarded" => Some("Discarded."), "bulk" => Some("Bulk retry queued."), _ => None }) {
+        @if let Some(d) = done.as_deref().and_then(|d| match d { "retried" => Some("Retry queued."), "discarded" => Some("Discarded."), _ => None }) {
             p.notice role="status" { (d) }
         }
         form.filters method="get" action="/admin/failures" {
@@ -817,10 +853,10 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
             a href="/admin/failures" { "Clear" }
         }
         @if !list.dead_letters.is_empty() {
-            form method="post" action="/admin/failures/retry" {
-                (csrf_field(&staff))
+            // A GET to a page that counts them all first and asks.
+            form method="get" action="/admin/failures/retry" {
                 @for (k, v) in url::form_urlencoded::parse(filters.as_bytes()) { input type="hidden" name=(k) value=(v); }
-                button type="submit" data-confirm={"Retry every open dead letter matching this filter (" (list.dead_letters.len()) (if list.next_cursor.is_some() { "+" } else { "" }) " shown)?"} { "Retry all matching" }
+                button type="submit" { "Retry all matching…" }
             }
         }
         table {
@@ -853,8 +889,25 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
             p { a rel="next" href={"/admin/failures?" (filters) "&cursor=" (c)} { "Next page →" } }
         }
         h2 { "Waiting deliveries" }
-        p { "Deliveries that wait for something outside (a player to come online, a supplier's keys) are re-checked on their own; "
-            a href="/admin/orders?has=waiting" { "the orders that have one" } " show why on their pages." }
+        p.hint { "They wait for something outside Courier (a player to come online, a supplier's stock) and are checked again on their own, without using up attempts. "
+            a href="/admin/orders?has=waiting" { "Their orders" } }
+        table {
+            thead { tr { th { "Waiting since" } th { "Order" } th { "Kind" } th { "Target" } th { "Why (the last check)" } th { "Next check" } } }
+            tbody {
+                @for w in &waiting.waiting {
+                    tr {
+                        td { (w.waiting_since.map(when).unwrap_or_default()) }
+                        td { a href={"/admin/orders/" (w.order_number)} { (w.order_number) } }
+                        td { (w.kind) }
+                        td { (w.target) }
+                        td { (w.reason.as_deref().unwrap_or("")) " (" (w.attempts) " checks)" }
+                        td { (w.next_check_at.map(when).unwrap_or_default()) }
+                    }
+                }
+                @if waiting.waiting.is_empty() { tr { td colspan="6" { "Nothing is waiting." } } }
+            }
+        }
+        @if waiting.next_cursor.is_some() { p.hint { "The first 100 are shown." } }
         h2 { "Held deliveries" }
         p.hint { "A worker stopped while the command may have reached the game server: run it again only if it did not arrive; discard it if it did." }
         table {
@@ -890,17 +943,61 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
     Ok(page(layout(&staff, "Failures", "failures", body)))
 }
 
+/// `GET /admin/failures/retry?…filter`: how many open dead letters the
+/// filter matches, counted now, and a button to retry exactly those (the
+/// count's instant becomes the retry's `older_than`, so a dead letter that
+/// arrives after the count is not swept in).
+pub async fn confirm_retry(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let query = clean_query(&uri, &["cursor", "done", "limit"]);
+    let q: routes::admin::CountQuery = parse_query(&query)?;
+    let user_older = q.older_than;
+    let axum::Json(count) =
+        routes::admin::count(State(state), staff.caller.clone(), ApiQuery(q)).await?;
+    let older = user_older.map_or(count.as_of, |t| t.min(count.as_of));
+    let body = html! {
+        h1 { "Retry all matching" }
+        @if count.matched == 0 {
+            p { "No open dead letter matches this filter now." }
+        } @else {
+            p.notice role="status" { strong { (count.matched) } " open dead letters match this filter (counted " (when(count.as_of)) ")." }
+            form method="post" action="/admin/failures/retry" {
+                (csrf_field(&staff))
+                @for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                    @if k != "older_than" { input type="hidden" name=(k) value=(v); }
+                }
+                input type="hidden" name="older_than" value=(older.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+                button type="submit" { "Retry these " (count.matched) }
+            }
+        }
+        p { a href={"/admin/failures?" (query)} { "Back to failures" } }
+    };
+    Ok(page(layout(&staff, "Retry all matching", "failures", body)))
+}
+
+/// `POST /admin/failures/retry`: the API's bulk retry, and what it did.
 pub async fn retry_matching(State(state): State<AppState>, staff: Staff, req: Request) -> Page {
     let form = read_form(&staff, req, &state).await?;
     let mut filter = serde_json::Map::new();
     for (k, v) in form.pairs() {
-        if k != "csrf" && !v.trim().is_empty() {
+        if k == "include_resolved" {
+            filter.insert(k.clone(), Value::Bool(v == "true"));
+        } else if k != "csrf" && !v.trim().is_empty() {
             filter.insert(k.clone(), Value::String(v.clone()));
         }
     }
     let body = typed(Value::Object(filter))?;
-    let _ = routes::admin::retry_bulk(State(state), staff.caller.clone(), body).await?;
-    Ok(Redirect::to("/admin/failures?done=bulk").into_response())
+    let axum::Json(done) =
+        routes::admin::retry_bulk(State(state), staff.caller.clone(), body).await?;
+    let body = html! {
+        h1 { "Retry all matching" }
+        p.notice role="status" { (done.requeued) " of " (done.matched) " re-queued." }
+        @if !done.skipped.is_empty() {
+            p { (done.skipped.len()) " skipped:" }
+            ul { @for (id, why) in &done.skipped { li { "dead letter " (id) ": " (why) } } }
+        }
+        p { a href="/admin/failures" { "Back to failures" } }
+    };
+    Ok(page(layout(&staff, "Retry all matching", "failures", body)))
 }
 
 pub async fn dead_letter_action(
@@ -1188,12 +1285,14 @@ pub async fn products(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
     let done = value(uri.query().unwrap_or_default(), "done");
     let body = html! {
         h1 { "Products" }
-        @if let Some(d) = done.as_deref().and_then(|d| match d { "keys" => Some("Keys added to stock."), "file" => Some("File uploaded."), _ => None }) {
+        @if let Some(d) = done.as_deref().and_then(|d| match d { "keys" => Some("Keys added to stock."), "file" => Some("File uploaded."), "saved" => Some("Product saved."), "server" => Some("Game server saved."), _ => None }) {
             p.notice role="status" { (d) }
         }
+        p { a.button href="/admin/products/edit" { "New product" } " " a.button href="/admin/game-servers/edit" { "New game server" } }
         @for (p, stock, files, file_list) in &rows {
             section.product id={"p-" (p.sku)} {
                 h2 { (p.name) " " small { (p.sku) } }
+                p { a href={"/admin/products/edit?sku=" (p.sku)} { "Edit " (p.name) } }
                 @if p.actions.is_empty() { p { "No actions: fulfilled by hand." } }
                 ul { @for a in &p.actions { li { (action_summary(&a.config, &servers)) } } }
                 @if let Some(n) = stock {
@@ -1222,14 +1321,15 @@ pub async fn products(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
                 }
             }
         }
-        h2 { "Game servers" }
+        h2 id="game-servers" { "Game servers" }
         table {
             thead { tr { th { "Name" } th { "Address" } th { "Dialect" } th { "Connections" } th { "" } } }
             tbody {
                 @for s in &servers {
                     tr {
                         td { (s.name) } td { (s.host) ":" (s.port) } td { (format!("{:?}", s.dialect).to_lowercase()) } td { (s.max_connections) }
-                        td {
+                        td.actions {
+                            a href={"/admin/game-servers/edit?name=" (s.name)} { "Edit" } " "
                             form.inline method="post" action={"/admin/game-servers/" (s.name) "/test"} {
                                 (csrf_field(&staff))
                                 button type="submit" { "Test connection" }
@@ -1323,11 +1423,16 @@ pub async fn test_server(
 
 // --- webhook endpoints -------------------------------------------------------------------
 
-pub async fn webhooks(State(state): State<AppState>, staff: Staff) -> Page {
+pub async fn webhooks(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
+    let overlap = state.webhooks.secret_overlap_hours;
     let axum::Json(list) = routes::webhooks::list(State(state), staff.caller.clone()).await?;
+    let done = value(uri.query().unwrap_or_default(), "done");
     let body = html! {
         h1 { "Webhook endpoints" }
-        p.hint { "Endpoints are created and changed with " code { "/v1/webhook-endpoints" } " (the secret is shown once, to the API caller)." }
+        @if let Some(d) = done.as_deref().and_then(|d| match d { "saved" => Some("Endpoint saved."), "deleted" => Some("Endpoint deleted; its messages not yet sent are cancelled."), _ => None }) {
+            p.notice role="status" { (d) }
+        }
+        p { a.button href="/admin/webhooks/edit" { "New endpoint" } }
         table {
             thead { tr { th { "URL" } th { "Events" } th { "State" } th { "" } } }
             tbody {
@@ -1340,7 +1445,19 @@ pub async fn webhooks(State(state): State<AppState>, staff: Staff) -> Page {
                             @if let Some(r) = &e.disabled_reason { br; small.bad { (r) } }
                             @if let Some(f) = e.failing_since { br; small.bad { "failing since " (when(f)) } }
                         }
-                        td { a href={"/admin/webhooks/" (e.id)} { "Delivery log" } }
+                        td.actions {
+                            a href={"/admin/webhooks/" (e.id)} { "Delivery log" } " · "
+                            a href={"/admin/webhooks/edit?id=" (e.id)} { "Edit" }
+                            form.inline method="post" action={"/admin/webhooks/" (e.id) "/rotate"} {
+                                (csrf_field(&staff))
+                                label { "Old secret signs for " input name="overlap_hours" inputmode="numeric" size="3" placeholder=(overlap); " h" }
+                                button type="submit" data-confirm="Rotate the signing secret? Receivers need the new one before the overlap ends." { "Rotate secret" }
+                            }
+                            form.inline method="post" action={"/admin/webhooks/" (e.id) "/delete"} {
+                                (csrf_field(&staff))
+                                button type="submit" data-confirm="Delete this endpoint? Its messages not yet sent are cancelled." { "Delete" }
+                            }
+                        }
                     }
                 }
                 @if list.endpoints.is_empty() { tr { td colspan="4" { "No endpoints." } } }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use courier_shared::db::dead_letters::{self, DeadLetter, Filter};
 use courier_shared::db::orders::AttemptView;
 use courier_shared::db::payment_events::EventRow;
-use courier_shared::db::rescue::HeldDelivery;
+use courier_shared::db::rescue::{HeldDelivery, WaitingDelivery};
 use courier_shared::db::{orders, rescue};
 use courier_shared::domain::delivery::DeliveryKind;
 use courier_shared::domain::payment::EventStatus;
@@ -209,6 +209,56 @@ pub async fn list(
     }))
 }
 
+/// Query of `GET /v1/admin/dead-letters/count`: the list's filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CountQuery {
+    pub kind: Option<DeliveryKind>,
+    pub target: Option<String>,
+    pub error: Option<String>,
+    pub older_than: Option<DateTime<Utc>>,
+    pub newer_than: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub include_resolved: bool,
+}
+
+/// How many dead letters a filter matches.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterCount {
+    pub matched: i64,
+    /// When it was counted: pass it as `older_than` to a bulk retry to
+    /// touch no dead letter that arrived after the count.
+    pub as_of: DateTime<Utc>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/dead-letters/count", operation_id = "count_dead_letters", tag = "failures", params(CountQuery),
+    responses((status = 200, description = "How many match, and when that was counted", body = DeadLetterCount)))]
+/// Counts the dead letters a filter matches (what a bulk retry would take).
+pub async fn count(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<CountQuery>,
+) -> Result<Json<DeadLetterCount>, ApiError> {
+    caller.require(ADMIN)?;
+    filter_text("target", &q.target)?;
+    filter_text("error", &q.error)?;
+    let filter = Filter {
+        kind: q.kind,
+        target: q.target,
+        error: q.error,
+        older_than: q.older_than,
+        newer_than: q.newer_than,
+        include_resolved: q.include_resolved,
+    };
+    let mut conn = state.pool.acquire().await?;
+    // Taken before the count: a dead letter created while it runs is either
+    // counted or newer than `as_of`, never in a later retry uncounted.
+    let as_of = Utc::now();
+    let matched = dead_letters::count(&mut conn, &filter).await?;
+    Ok(Json(DeadLetterCount { matched, as_of }))
+}
+
 #[utoipa::path(get, path = "/v1/admin/dead-letters/{id}", operation_id = "get_dead_letter", tag = "failures",
     params(("id" = i64, Path, description = "The dead letter's id")),
     responses((status = 200, description = "The dead letter and its delivery's attempts", body = DeadLetterDetail)))]
@@ -328,6 +378,33 @@ pub async fn held(
     let next = page::next(rows.len(), limit, last.map(|c| c.to_string()));
     Ok(Json(HeldPage {
         held: rows,
+        next_cursor: next,
+    }))
+}
+
+/// A page of waiting deliveries, least recently checked first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingPage {
+    pub waiting: Vec<WaitingDelivery>,
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/admin/waiting", operation_id = "list_waiting", tag = "failures", params(PageQuery),
+    responses((status = 200, description = "Waiting deliveries, least recently checked first", body = WaitingPage)))]
+/// Deliveries that wait for something outside Courier (a player to come
+/// online, a supplier's stock), with why and when they are checked again.
+pub async fn waiting(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<WaitingPage>, ApiError> {
+    caller.require(ADMIN)?;
+    let limit = page::limit(q.limit)?;
+    let after = page::decode(q.cursor.as_deref(), rescue::HeldCursor::parse)?;
+    let (rows, last) = rescue::waiting(&state.pool, limit, after).await?;
+    let next = page::next(rows.len(), limit, last.map(|c| c.to_string()));
+    Ok(Json(WaitingPage {
+        waiting: rows,
         next_cursor: next,
     }))
 }

@@ -197,6 +197,7 @@ fn table(state: Option<AppState>) -> Table {
         ADMIN,
         admin::retry_bulk,
     )
+    .add(M::GET, "/v1/admin/dead-letters/count", ADMIN, admin::count)
     .add(M::GET, "/v1/admin/dead-letters/{id}", ADMIN, admin::show)
     .add(
         M::POST,
@@ -211,6 +212,7 @@ fn table(state: Option<AppState>) -> Table {
         admin::discard,
     )
     .add(M::GET, "/v1/admin/held", ADMIN, admin::held)
+    .add(M::GET, "/v1/admin/waiting", ADMIN, admin::waiting)
     .add(
         M::GET,
         "/v1/admin/payment-events",

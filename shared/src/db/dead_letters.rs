@@ -238,6 +238,14 @@ pub async fn snapshot(conn: &mut PgConnection, f: &Filter) -> Result<Vec<i64>, D
     Ok(q.build_query_scalar().fetch_all(conn).await?)
 }
 
+/// How many dead letters match `f` now (what a bulk retry of `f` would
+/// start from).
+pub async fn count(conn: &mut PgConnection, f: &Filter) -> Result<i64, DbError> {
+    let mut q = QueryBuilder::new("SELECT count(*) FROM dead_letters dl");
+    push_filter(&mut q, f);
+    Ok(q.build_query_scalar().fetch_one(conn).await?)
+}
+
 /// Marks the open dead letters of a delivery resolved.
 pub async fn resolve_for_delivery(
     conn: &mut PgConnection,

@@ -102,6 +102,8 @@ pub struct ListFilter {
     /// username, transaction id or a product name (lower-cased; at least 3
     /// characters, which the trigram index needs).
     pub search: Option<String>,
+    /// Only these orders (a ticked selection); empty: no such limit.
+    pub ids: Vec<Uuid>,
 }
 
 /// A sort key's value, typed: a cursor's key is parsed in Rust and bound
@@ -267,6 +269,11 @@ fn push_filters(q: &mut QueryBuilder<Postgres>, f: &ListFilter) {
         q.push(" AND o.id IN (SELECT d.order_id FROM deliveries d WHERE d.target = ")
             .push_bind(server.to_string())
             .push(" AND d.kind = 'rcon')");
+    }
+    if !f.ids.is_empty() {
+        q.push(" AND o.id = ANY(")
+            .push_bind(f.ids.clone())
+            .push(")");
     }
     if !f.attention.is_empty() {
         q.push(" AND o.id IN (SELECT d.order_id FROM deliveries d WHERE d.status = ANY(")

@@ -314,3 +314,67 @@ pub async fn held(
         .collect::<Result<Vec<_>, DbError>>()?;
     Ok((list, last))
 }
+
+/// A delivery that waits for something outside Courier (a player to come
+/// online, a supplier's stock): re-checked on the waiting schedule, without
+/// using up its attempts.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct WaitingDelivery {
+    pub delivery_id: Uuid,
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub kind: String,
+    pub target: String,
+    /// What the last check found (why it waits).
+    pub reason: Option<String>,
+    pub waiting_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it is checked again.
+    pub next_check_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Attempts so far, checks included.
+    pub attempts: i32,
+}
+
+/// Waiting deliveries, least recently checked first, after `after` (a
+/// cursor on the last row's `updated_at` and id, as `held`'s).
+pub async fn waiting(
+    pool: &PgPool,
+    limit: i64,
+    after: Option<HeldCursor>,
+) -> Result<(Vec<WaitingDelivery>, Option<HeldCursor>), DbError> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.order_id, o.order_number, d.kind, d.target, d.attempts, d.last_error, \
+                d.waiting_since, d.next_attempt_at, d.updated_at \
+         FROM deliveries d JOIN orders o ON o.id = d.order_id WHERE d.status = 'waiting' \
+           AND ($2::timestamptz IS NULL OR (d.updated_at, d.id) > ($2, $3)) \
+         ORDER BY d.updated_at, d.id LIMIT $1",
+    )
+    .bind(limit)
+    .bind(after.map(|c| c.at))
+    .bind(after.map(|c| c.id))
+    .fetch_all(pool)
+    .await?;
+    let last = match rows.last() {
+        Some(r) => Some(HeldCursor {
+            at: r.try_get("updated_at")?,
+            id: r.try_get("id")?,
+        }),
+        None => None,
+    };
+    let list = rows
+        .iter()
+        .map(|r| {
+            Ok(WaitingDelivery {
+                delivery_id: r.try_get("id")?,
+                order_id: r.try_get("order_id")?,
+                order_number: r.try_get("order_number")?,
+                kind: r.try_get("kind")?,
+                target: r.try_get("target")?,
+                reason: r.try_get("last_error")?,
+                waiting_since: r.try_get("waiting_since")?,
+                next_check_at: r.try_get("next_attempt_at")?,
+                attempts: r.try_get("attempts")?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    Ok((list, last))
+}

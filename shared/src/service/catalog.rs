@@ -37,7 +37,10 @@ impl From<sqlx::Error> for CatalogError {
 pub struct GameServerInput {
     pub host: String,
     pub port: u16,
-    pub password: String,
+    /// Required for a new game server; absent when replacing one keeps its
+    /// stored password (which is never returned).
+    #[serde(default)]
+    pub password: Option<String>,
     pub dialect: Dialect,
     #[serde(default = "default_max_connections")]
     pub max_connections: u16,
@@ -127,11 +130,16 @@ pub async fn save_game_server(
     if input.port == 0 {
         return Err(Invalid::new("port", "must be between 1 and 65535").into());
     }
+    let mut conn = pool.acquire().await?;
+    let password = match input.password {
+        Some(p) => p,
+        None => catalog::find_game_server_by_name(&mut conn, name)
+            .await?
+            .map(|s| s.password)
+            .ok_or_else(|| Invalid::new("password", "is required for a new game server"))?,
+    };
     let max = input.dialect.max_command_len();
-    if input.password.is_empty()
-        || input.password.len() > max
-        || input.password.chars().any(char::is_control)
-    {
+    if password.is_empty() || password.len() > max || password.chars().any(char::is_control) {
         return Err(Invalid::new(
             "password",
             format!("must be 1 to {max} bytes, without control characters"),
@@ -171,13 +179,12 @@ pub async fn save_game_server(
         }
         super::check_text("online_command", c, 64)?;
     }
-    let mut conn = pool.acquire().await?;
     let server = GameServer {
         id: Uuid::new_v4(),
         name: name.to_owned(),
         host: input.host,
         port: input.port,
-        password: input.password,
+        password,
         dialect: input.dialect,
         max_connections: input.max_connections,
         framing: input.framing,
