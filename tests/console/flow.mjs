@@ -103,6 +103,19 @@ try {
   check(csv.split("\n")[0].includes("order_number"), `a header row: ${csv.slice(0, 200)}`);
   for (const n of [DEAD, MANUAL, DONE, ...WAITING]) check(csv.includes(n), `${n} in the export`);
 
+  step = "export a ticked selection as CSV";
+  await page.goto(`${BASE}/admin/orders`);
+  await page.getByLabel(`Select ${DEAD}`).check();
+  await page.getByLabel(`Select ${DONE}`).check();
+  const [picked] = await Promise.all([
+    page.waitForEvent("download"),
+    page.locator("form#bulk").getByRole("button", { name: "CSV" }).click(),
+  ]);
+  const rows = readFileSync(await picked.path(), "utf8").trim().split("\n");
+  check(rows.length === 3, `a header and the two ticked orders: ${rows.join(" | ")}`);
+  check(rows.some((r) => r.includes(DEAD)) && rows.some((r) => r.includes(DONE)), "the ticked orders");
+  check(!rows.some((r) => r.includes(MANUAL)), "an order not ticked");
+
   step = "the failures, alerts and reports pages";
   for (const [path, heading, name] of [
     ["/admin/failures", "Failures", "10-failures"],
@@ -132,6 +145,38 @@ try {
   await page.getByRole("button", { name: "Test connection" }).first().click();
   await page.getByText("Connected, logged in and ran").waitFor();
   await shot("14-test-connection");
+
+  step = "edit a product and a game server";
+  await page.goto(`${BASE}/admin/products`);
+  await page.getByRole("link", { name: "Edit Product k" }).click();
+  await page.getByRole("heading", { name: "Edit product" }).waitFor();
+  await shot("15-product-edit");
+  await page.getByLabel("Name", { exact: true }).fill("Game key, edited");
+  await page.getByRole("button", { name: "Save product" }).click();
+  await page.getByText("Product saved.").waitFor();
+  check(await page.getByRole("heading", { name: "Game key, edited" }).isVisible(), "the new name");
+  await page.locator("#game-servers ~ table").getByRole("link", { name: "Edit" }).first().click();
+  await page.getByRole("heading", { name: "Edit game server" }).waitFor();
+  check(await page.getByLabel("RCON password").inputValue() === "", "the password is never shown");
+  await page.getByLabel("Quiet time, ms").fill("400");
+  await shot("16-game-server-edit");
+  await page.getByRole("button", { name: "Save game server" }).click();
+  await page.getByText("Game server saved.").waitFor();
+
+  step = "a new webhook endpoint shows its secret once";
+  await page.goto(`${BASE}/admin/webhooks`);
+  await page.getByRole("link", { name: "New endpoint" }).click();
+  await page.getByLabel("URL").fill("http://127.0.0.1:9/hooks");
+  await page.getByLabel("every event").uncheck();
+  await page.getByLabel("order.completed").check();
+  await shot("17-webhook-new");
+  await page.getByRole("button", { name: "Save endpoint" }).click();
+  await page.getByText("Copy the signing secret now").waitFor();
+  check((await page.locator("code.secret").innerText()).startsWith("whsec_"), "a secret");
+  await shot("18-webhook-secret");
+  await page.goto(`${BASE}/admin/webhooks`);
+  check(await page.getByText("http://127.0.0.1:9/hooks").isVisible(), "the endpoint is listed");
+  await shot("19-webhooks");
 
   step = "a request without the CSRF token is refused";
   const forged = await page.request.post(`${BASE}/admin/orders/${DONE}/complete`, { form: { notes: "x" } });

@@ -1450,7 +1450,7 @@ pub async fn webhooks(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
                             a href={"/admin/webhooks/edit?id=" (e.id)} { "Edit" }
                             form.inline method="post" action={"/admin/webhooks/" (e.id) "/rotate"} {
                                 (csrf_field(&staff))
-                                label { "Old secret signs for " input name="overlap_hours" inputmode="numeric" size="3" placeholder=(overlap); " h" }
+                                label { "Old secret signs on (hours) " input name="overlap_hours" inputmode="numeric" size="3" placeholder=(overlap); }
                                 button type="submit" data-confirm="Rotate the signing secret? Receivers need the new one before the overlap ends." { "Rotate secret" }
                             }
                             form.inline method="post" action={"/admin/webhooks/" (e.id) "/delete"} {
