@@ -229,7 +229,10 @@ pub async fn orders(State(state): State<AppState>, staff: Staff, uri: Uri) -> Pa
             }
             label { "Sort "
                 select name="sort" {
-                    @for s in ["created", "total", "order_number", "status", "payment_status"] {
+                    // Not by status: that sort has no index (status changes stay
+                    // HOT updates), about 0.26 s over a million orders; filter
+                    // by status instead (indexed, milliseconds).
+                    @for s in ["created", "total", "order_number", "payment_status"] {
                         option value=(s) selected[field("sort") == s] { (s.replace('_', " ")) }
                     }
                 }

@@ -56,11 +56,11 @@ WITH o AS (INSERT INTO orders (id, order_number, status, payment_status, gateway
 i AS (INSERT INTO order_items (id, order_id, position, product_id, sku, product_name, \
         quantity, unit_price, total, delivery_status, custom_fields) \
       SELECT u.id, u.order_id, u.position, u.product_id, u.sku, u.product_name, u.quantity, \
-        u.unit_price, u.total, 'pending', u.custom_fields \
+        u.unit_price, u.total, u.delivery_status, u.custom_fields \
       FROM UNNEST($28::uuid[], $29::uuid[], $30::int4[], $31::uuid[], $32::text[], $33::text[], \
-        $34::int4[], $35::numeric[], $36::numeric[], $37::jsonb[]) \
+        $34::int4[], $35::numeric[], $36::numeric[], $37::jsonb[], $56::text[]) \
         AS u(id, order_id, position, product_id, sku, product_name, quantity, unit_price, total, \
-          custom_fields)), \
+          custom_fields, delivery_status)), \
 d AS (INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, payload, \
         status, next_attempt_at, purpose, revokes, last_error) \
       SELECT u.id, u.order_id, u.item_id, u.action_id, u.kind, u.target, u.payload, u.status, \
@@ -265,6 +265,12 @@ pub async fn write(
         )
         .bind(batch.iter().map(|r| r.event.actor).collect::<Vec<_>>())
         .bind(batch.iter().map(|r| &r.event.data).collect::<Vec<&Value>>())
+        .bind(
+            items
+                .iter()
+                .map(|i| i.delivery_status.as_str())
+                .collect::<Vec<_>>(),
+        )
         .execute(conn)
         .await?;
     Ok(held)

@@ -56,6 +56,9 @@ pub struct ItemRow {
     pub unit_price: Decimal,
     pub total: Decimal,
     pub custom_fields: Value,
+    /// `pending`, or `processing` when it is accepted with a queued delivery
+    /// (`service::orders` decides; see `Plan::started`).
+    pub delivery_status: crate::domain::order::ItemStatus,
 }
 
 /// What `POST /v1/orders` answers: the order and a summary per item, small

@@ -3,6 +3,7 @@
 //! same client libraries (`probes`), and the two runs (`throughput`, `chaos`).
 
 pub mod chaos;
+pub mod console_pages;
 pub mod orders;
 pub mod probes;
 pub mod procs;

@@ -68,6 +68,9 @@ pub struct OrdersReport {
     pub reports: Vec<Case>,
     /// The query of the slowest single request (EXPLAIN it by hand).
     pub slowest_case: String,
+    /// The console's pages (`rows`: the page's size in KiB).
+    pub console: Vec<Case>,
+    pub console_worst_p99_ms: f64,
 }
 
 impl OrdersReport {
@@ -112,6 +115,17 @@ impl OrdersReport {
             );
         }
         println!("slowest single request: {}", self.slowest_case);
+        println!(
+            "{:<52} {:>8} {:>8} {:>8} {:>5}",
+            "console page (signed in)", "p50 ms", "p99 ms", "max ms", "KiB"
+        );
+        for c in &self.console {
+            println!(
+                "{:<52} {:>8.2} {:>8.2} {:>8.2} {:>5}",
+                c.name, c.p50_ms, c.p99_ms, c.max_ms, c.rows
+            );
+        }
+        println!("console worst p99: {:.2} ms", self.console_worst_p99_ms);
     }
 }
 
@@ -484,6 +498,8 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<OrdersReport> {
         None => String::new(),
     };
     let reports = report_cases(&http, &base, &key, args.samples).await?;
+    let console = super::console_pages::cases(&base, &key, &picks, args.samples).await?;
+    let console_worst = console.iter().map(|c| c.p99_ms).fold(0.0, f64::max);
     api.stop().await;
     let export = export_figures(&settings, &key, total).await?;
     Ok(OrdersReport {
@@ -495,6 +511,8 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<OrdersReport> {
         export,
         reports,
         slowest_case,
+        console,
+        console_worst_p99_ms: console_worst,
     })
 }
 

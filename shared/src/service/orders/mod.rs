@@ -214,7 +214,7 @@ pub async fn create_order(
     let hold = hold_of(&order, &products, rules);
     let plan_it = || {
         plan(&order, &products, idempotency_key, &hash, None)
-            .map(|p| p.held(hold))
+            .map(|p| p.held(hold).started(&HashMap::new()))
             .map_err(Into::into)
     };
     let mut planned = deliverable(&order, &products, rules)
@@ -469,9 +469,10 @@ pub async fn create_order_in(
     let hash = request_hash(order);
     let products = products_of(conn, order).await?;
     within_limit(order, &products, rules)?;
-    let plan = plan(order, &products, idempotency_key, &hash, None)?
-        .held(hold_of(order, &products, rules));
     let held = undeliverable(&products, rules);
+    let plan = plan(order, &products, idempotency_key, &hash, None)?
+        .held(hold_of(order, &products, rules))
+        .started(&held);
     write_plan(conn, &plan, idempotency_key, actor, &held).await?;
     Ok(plan.order.id)
 }

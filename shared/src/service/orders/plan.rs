@@ -85,6 +85,33 @@ impl Plan {
         self
     }
 
+    /// A paid order accepted with deliveries to run starts `processing`,
+    /// and so does each item with one: the first claim then has no status
+    /// to write (a status change per order and per item fewer on the hot
+    /// path). Deliveries of actions in `held` are parked, not queued; an
+    /// order with nothing queued stays `pending`.
+    pub(super) fn started(mut self, held: &HashMap<Uuid, String>) -> Self {
+        if self.order.payment_status != PaymentStatus::Paid || self.order.process_hold.is_some() {
+            return self;
+        }
+        let queued: std::collections::HashSet<Uuid> = self
+            .deliveries
+            .iter()
+            .filter(|d| d.action_id.is_none_or(|a| !held.contains_key(&a)))
+            .filter_map(|d| d.item_id)
+            .collect();
+        if queued.is_empty() {
+            return self;
+        }
+        self.order.status = OrderStatus::Processing;
+        for item in &mut self.items {
+            if queued.contains(&item.id) {
+                item.delivery_status = crate::domain::order::ItemStatus::Processing;
+            }
+        }
+        self
+    }
+
     pub(super) fn summary(&self) -> OrderSummary {
         let o = &self.order;
         OrderSummary {
@@ -114,7 +141,7 @@ impl Plan {
                     quantity: i.quantity,
                     unit_price: i.unit_price,
                     total: i.total,
-                    delivery_status: crate::domain::order::ItemStatus::Pending,
+                    delivery_status: i.delivery_status,
                     deliveries: i64::try_from(
                         self.deliveries
                             .iter()
@@ -172,6 +199,7 @@ pub(super) fn plan(
             unit_price: item.unit_price,
             total,
             custom_fields: Value::Object(item.custom_fields.clone()),
+            delivery_status: crate::domain::order::ItemStatus::Pending,
         });
         for action in &product.actions {
             // A key product delivers one key per unit, each its own delivery.
