@@ -158,8 +158,8 @@ async fn a_queued_delivery_of_an_item_marked_delivered_never_runs() {
     assert_eq!(marked["cancelled"].as_array().expect("cancelled").len(), 1);
     assert_eq!(marked["left_running"], json!([]));
     assert_eq!(
-        marked["status"], "pending",
-        "the other item is not delivered yet"
+        marked["status"], "processing",
+        "accepted processing; the other item is not delivered yet"
     );
     stack.start_worker().await;
     stack

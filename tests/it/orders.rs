@@ -26,6 +26,12 @@ async fn paid_order_runs_the_command_and_completes() {
     assert_eq!(status, StatusCode::CREATED, "{order}");
     assert_eq!(order["payment_status"], "paid");
     assert_eq!(order["total"], "10.48", "2 × 4.99 + 0.50 tax");
+    // Paid, with a delivery queued: processing from the start.
+    assert_eq!(order["status"], "processing", "{order}");
+    assert_eq!(
+        order["items"][0]["delivery_status"], "processing",
+        "{order}"
+    );
     let number = order["order_number"]
         .as_str()
         .expect("order number")
@@ -62,7 +68,6 @@ async fn paid_order_runs_the_command_and_completes() {
         .collect();
     for expected in [
         "order.created",
-        "order.processing",
         "delivery.started",
         "delivery.succeeded",
         "order.completed",
