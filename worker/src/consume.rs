@@ -120,44 +120,43 @@ pub async fn run(
         };
         tracing::info!(%queue, "consuming");
         let _connected = crate::metrics::ConnectedGuard::new(&ctx.metrics.consumers_connected);
+        // Claims in flight at once. While they commit, the messages that
+        // arrive wait in `pending` and the next free lane claims them all
+        // together: under load a claim takes many messages, idle it takes
+        // each at once (no timer). Without this, a full prefetch window hands
+        // over one message per finished job and every claim is of one.
+        let lanes = Arc::new(tokio::sync::Semaphore::new(CLAIM_LANES));
+        let mut pending: Vec<Delivery> = Vec::new();
         loop {
             tokio::select! {
                 next = consumer.next() => match next {
                     Some(Ok(first)) => {
-                        // Messages that arrived together are claimed together.
-                        let mut batch = vec![first];
-                        let mut broken = None;
-                        while batch.len() < usize::from(concurrency) {
-                            match consumer.next().now_or_never() {
-                                Some(Some(Ok(d))) => batch.push(d),
-                                Some(Some(Err(e))) => {
-                                    broken = Some(e.to_string());
-                                    break;
-                                }
-                                Some(None) => {
-                                    broken = Some("consumer closed".into());
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        observe_lag(&ctx, queue.as_str(), &batch);
-                        let ctx = ctx.clone();
-                        jobs.spawn(async move { handle_batch(ctx, kind, batch).await });
-                        if let Some(e) = broken {
+                        pending.push(first);
+                        if let Some(e) = take_ready(&mut consumer, &mut pending, usize::from(concurrency)) {
                             tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
+                            spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, None);
                             break;
                         }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
+                        spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, None);
                         break;
                     }
                     None => {
                         tracing::warn!(%queue, "consumer closed; reconnecting");
+                        spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, None);
                         break;
                     }
                 },
+                Ok(lane) = lanes.clone().acquire_owned(), if !pending.is_empty() => {
+                    let broken = take_ready(&mut consumer, &mut pending, usize::from(concurrency));
+                    spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, Some(lane));
+                    if let Some(e) = broken {
+                        tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
+                        break;
+                    }
+                }
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
                 _ = shutdown.changed() => {
                     // Stop receiving, give in-flight jobs the grace period, then
@@ -183,10 +182,55 @@ pub async fn run(
     while jobs.join_next().await.is_some() {}
 }
 
+/// Claim transactions one consumer runs at once (see `run`).
+const CLAIM_LANES: usize = 2;
+
+/// Moves the messages already received into `pending`, up to `max`; says
+/// why the consumer broke if it did.
+fn take_ready(
+    consumer: &mut lapin::Consumer,
+    pending: &mut Vec<Delivery>,
+    max: usize,
+) -> Option<String> {
+    while pending.len() < max {
+        match consumer.next().now_or_never() {
+            Some(Some(Ok(d))) => pending.push(d),
+            Some(Some(Err(e))) => return Some(e.to_string()),
+            Some(None) => return Some("consumer closed".into()),
+            None => break,
+        }
+    }
+    None
+}
+
+/// Claims and runs everything `pending` holds, holding `lane` for the claim.
+fn spawn_batch(
+    ctx: &Arc<Context>,
+    kind: DeliveryKind,
+    jobs: &mut JoinSet<()>,
+    queue: &str,
+    pending: &mut Vec<Delivery>,
+    lane: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(pending);
+    observe_lag(ctx, queue, &batch);
+    let ctx = ctx.clone();
+    jobs.spawn(async move { handle_batch(ctx, kind, batch, lane).await });
+}
+
 /// Decodes, claims and runs the messages that arrived together: one claim
-/// for the batch, then every claimed job concurrently; each message is acked
-/// once its outcome is committed.
-async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Delivery>) {
+/// for the batch (the claim lane is given back once it committed), then
+/// every claimed job concurrently; each message is acked once its outcome
+/// is committed.
+async fn handle_batch(
+    ctx: Arc<Context>,
+    kind: DeliveryKind,
+    deliveries: Vec<Delivery>,
+    lane: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     let mut jobs = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         match serde_json::from_slice::<JobMessage>(&delivery.data) {
@@ -232,6 +276,7 @@ async fn handle_batch(ctx: Arc<Context>, kind: DeliveryKind, deliveries: Vec<Del
         }
         Err(e) => vec![Err(e)],
     };
+    drop(lane);
     let runs = jobs
         .into_iter()
         .zip(claims)
