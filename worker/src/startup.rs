@@ -80,8 +80,12 @@ fn default_worker_id() -> String {
 }
 
 pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
-    let pool =
-        db::connect_lazy_with(&settings.database, &settings.session()).context("database.url")?;
+    let pool = db::connect_lazy_with(&settings.database, &{
+        let mut session = settings.session();
+        session.push((db::CUSTOM_PLANS.0, db::CUSTOM_PLANS.1.to_owned()));
+        session
+    })
+    .context("database.url")?;
     let worker_id = settings.worker.id.clone().unwrap_or_else(default_worker_id);
     let ca = courier_shared::tls::CaBundle::load(&settings.tls)?;
     let limits = Arc::new(courier_shared::limits::Limits::with_client(

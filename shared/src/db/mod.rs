@@ -41,8 +41,18 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> 
     connect_lazy_with(settings, &[])
 }
 
+/// The worker's set-based writes are planned with their parameters every
+/// time. sqlx prepares each statement once per connection, and after five
+/// runs Postgres may keep a generic plan chosen while a table was small: the
+/// claim's and the completer's `WHERE id = ANY($1)` statements then kept
+/// scanning whole tables as they grew (seen with auto_explain: 9–12 ms
+/// sequential scans of `orders` and `order_items` per batch). Figures in
+/// docs/hot-path.md. (The API's reads are one-row index lookups whose
+/// generic plan is right; they are left to Postgres.)
+pub const CUSTOM_PLANS: (&str, &str) = ("plan_cache_mode", "force_custom_plan");
+
 /// The same, each connection started with `session` settings
-/// (`Settings::session`).
+/// (`Settings::session`, and `CUSTOM_PLANS` for the worker).
 pub fn connect_lazy_with(
     settings: &DatabaseSettings,
     session: &[(&str, String)],
