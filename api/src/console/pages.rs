@@ -952,7 +952,7 @@ pub async fn failures(State(state): State<AppState>, staff: Staff, uri: Uri) -> 
 /// arrives after the count is not swept in).
 pub async fn confirm_retry(State(state): State<AppState>, staff: Staff, uri: Uri) -> Page {
     let query = clean_query(&uri, &["cursor", "done", "limit"]);
-    let q: routes::admin::CountQuery = parse_query(&query)?;
+    let q: courier_shared::db::dead_letters::Filter = parse_query(&query)?;
     let user_older = q.older_than;
     let axum::Json(count) =
         routes::admin::count(State(state), staff.caller.clone(), ApiQuery(q)).await?;

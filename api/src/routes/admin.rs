@@ -166,6 +166,12 @@ pub struct PaymentEventBody {
     pub payload: Value,
 }
 
+/// A dead-letter filter's free-text fields, checked.
+fn check_filter(f: &Filter) -> Result<(), ApiError> {
+    filter_text("target", &f.target)?;
+    filter_text("error", &f.error)
+}
+
 /// A filter on free text: at most 255 characters.
 fn filter_text(field: &str, value: &Option<String>) -> Result<(), ApiError> {
     if value.as_ref().is_some_and(|v| v.chars().count() > 255) {
@@ -190,8 +196,6 @@ pub async fn list(
     caller.require(ADMIN)?;
     let limit = page::limit(q.limit)?;
     let before = page::decode_id(q.cursor.as_deref())?;
-    filter_text("target", &q.target)?;
-    filter_text("error", &q.error)?;
     let filter = Filter {
         kind: q.kind,
         target: q.target,
@@ -200,6 +204,7 @@ pub async fn list(
         newer_than: q.newer_than,
         include_resolved: q.include_resolved,
     };
+    check_filter(&filter)?;
     let mut conn = state.pool.acquire().await?;
     let rows: Vec<DeadLetter> = dead_letters::list(&mut conn, &filter, limit, before).await?;
     let next = page::next(rows.len(), limit, rows.last().map(|d| d.id.to_string()));
@@ -207,20 +212,6 @@ pub async fn list(
         dead_letters: rows,
         next_cursor: next,
     }))
-}
-
-/// Query of `GET /v1/admin/dead-letters/count`: the list's filters.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct CountQuery {
-    pub kind: Option<DeliveryKind>,
-    pub target: Option<String>,
-    pub error: Option<String>,
-    pub older_than: Option<DateTime<Utc>>,
-    pub newer_than: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub include_resolved: bool,
 }
 
 /// How many dead letters a filter matches.
@@ -232,25 +223,16 @@ pub struct DeadLetterCount {
     pub as_of: DateTime<Utc>,
 }
 
-#[utoipa::path(get, path = "/v1/admin/dead-letters/count", operation_id = "count_dead_letters", tag = "failures", params(CountQuery),
+#[utoipa::path(get, path = "/v1/admin/dead-letters/count", operation_id = "count_dead_letters", tag = "failures", params(Filter),
     responses((status = 200, description = "How many match, and when that was counted", body = DeadLetterCount)))]
 /// Counts the dead letters a filter matches (what a bulk retry would take).
 pub async fn count(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<CountQuery>,
+    ApiQuery(filter): ApiQuery<Filter>,
 ) -> Result<Json<DeadLetterCount>, ApiError> {
     caller.require(ADMIN)?;
-    filter_text("target", &q.target)?;
-    filter_text("error", &q.error)?;
-    let filter = Filter {
-        kind: q.kind,
-        target: q.target,
-        error: q.error,
-        older_than: q.older_than,
-        newer_than: q.newer_than,
-        include_resolved: q.include_resolved,
-    };
+    check_filter(&filter)?;
     let mut conn = state.pool.acquire().await?;
     // Taken before the count: a dead letter created while it runs is either
     // counted or newer than `as_of`, never in a later retry uncounted.
@@ -307,8 +289,7 @@ pub async fn retry_bulk(
     ValidJson(filter): ValidJson<Filter>,
 ) -> Result<Json<BulkRetry>, ApiError> {
     caller.require(ADMIN)?;
-    filter_text("target", &filter.target)?;
-    filter_text("error", &filter.error)?;
+    check_filter(&filter)?;
     let result = admin::retry_matching(&state.pool, &filter, &caller.actor()).await?;
     state.relay_wake.notify_one();
     Ok(Json(result))

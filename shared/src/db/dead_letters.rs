@@ -117,9 +117,10 @@ pub async fn record_from_queue(
     .await
 }
 
-/// Filters for listing and bulk retry. Every field narrows the set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+/// Filters for listing, counting and bulk retry. Every field narrows the set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
     pub kind: Option<DeliveryKind>,
     /// The game server id (or, later, guild/supplier) the delivery targets.

@@ -240,6 +240,14 @@ pub struct HeldCursor {
 }
 
 impl HeldCursor {
+    /// Where a page ends: its last row's `updated_at` and `id`.
+    fn of(row: &sqlx::postgres::PgRow) -> Result<Self, DbError> {
+        Ok(HeldCursor {
+            at: row.try_get("updated_at")?,
+            id: row.try_get("id")?,
+        })
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         let (at, id) = s.split_once('|')?;
         Some(HeldCursor {
@@ -289,13 +297,7 @@ pub async fn held(
     .bind(after.map(|c| c.id))
     .fetch_all(pool)
     .await?;
-    let last = match rows.last() {
-        Some(r) => Some(HeldCursor {
-            at: r.try_get("updated_at")?,
-            id: r.try_get("id")?,
-        }),
-        None => None,
-    };
+    let last = rows.last().map(HeldCursor::of).transpose()?;
     let list = rows
         .iter()
         .map(|r| {
@@ -353,13 +355,7 @@ pub async fn waiting(
     .bind(after.map(|c| c.id))
     .fetch_all(pool)
     .await?;
-    let last = match rows.last() {
-        Some(r) => Some(HeldCursor {
-            at: r.try_get("updated_at")?,
-            id: r.try_get("id")?,
-        }),
-        None => None,
-    };
+    let last = rows.last().map(HeldCursor::of).transpose()?;
     let list = rows
         .iter()
         .map(|r| {
