@@ -131,6 +131,87 @@ async fn a_batch_claims_each_delivery_once_and_completes_only_what_it_still_hold
     stack.teardown().await;
 }
 
+/// The common claim (order and item already `processing`) takes no order
+/// lock: it goes through while another transaction holds the order's row,
+/// as a withdrawal or an admin action would. A pending order's first claim
+/// still moves it, and every message is answered in the order given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_order_is_claimed_without_its_lock_and_a_pending_one_still_moves() {
+    let (stack, rows) = queued(2).await;
+    let (started, pending) = (rows[0], rows[1]);
+    sqlx::query("UPDATE orders SET status = 'pending' WHERE id = $1")
+        .bind(pending.0)
+        .execute(&stack.pool)
+        .await
+        .expect("pending order");
+    sqlx::query("UPDATE order_items SET delivery_status = 'pending' WHERE order_id = $1")
+        .bind(pending.0)
+        .execute(&stack.pool)
+        .await
+        .expect("pending item");
+
+    let mut holder = stack.pool.begin().await.expect("tx");
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(started.0)
+        .execute(&mut *holder)
+        .await
+        .expect("lock the started order");
+    let ghost = Uuid::new_v4();
+    let claims = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        courier_shared::service::fulfilment::claim(
+            &stack.pool,
+            &[started.1, pending.1, started.1, ghost],
+            "w1",
+            30,
+        ),
+    )
+    .await
+    .expect("the claim waited for the order's lock")
+    .expect("claim");
+    holder.rollback().await.expect("release");
+
+    let ids: Vec<Uuid> = claims.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![started.1, pending.1, started.1, ghost]);
+    assert_eq!(claims[0].1.as_ref().map(|c| c.id).ok(), Some(started.1));
+    assert_eq!(claims[1].1.as_ref().map(|c| c.id).ok(), Some(pending.1));
+    assert_eq!(
+        claims[2].1.as_ref().err(),
+        Some(&NotClaimed::NotClaimable(DeliveryStatus::Running))
+    );
+    assert_eq!(claims[3].1.as_ref().err(), Some(&NotClaimed::Missing));
+    for (order, _) in [started, pending] {
+        let s: String = sqlx::query_scalar(
+            "SELECT o.status || '/' || i.delivery_status FROM orders o \
+             JOIN order_items i ON i.order_id = o.id WHERE o.id = $1",
+        )
+        .bind(order)
+        .fetch_one(&stack.pool)
+        .await
+        .expect("status");
+        assert_eq!(s, "processing/processing");
+    }
+    let timeline = |order: Uuid| {
+        let pool = stack.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT string_agg(kind, ',' ORDER BY id) FROM order_events WHERE order_id = $1",
+            )
+            .bind(order)
+            .fetch_one(&pool)
+            .await
+            .expect("events")
+        }
+    };
+    assert_eq!(timeline(started.0).await, "order.created");
+    assert_eq!(timeline(pending.0).await, "order.created,order.processing");
+    assert_eq!(
+        stack.count("SELECT count(*) FROM delivery_attempts").await,
+        2
+    );
+    stack.teardown().await;
+}
+
 /// An order's status changes on the hot path (and an item's) are HOT
 /// updates only while no index of `orders` or `order_items` names a column
 /// they write — in its key, its expressions or its predicate

@@ -93,6 +93,98 @@ pub enum NotClaimed {
     NotClaimable(DeliveryStatus),
 }
 
+/// The claim's `UPDATE … RETURNING` columns, and the game server version.
+macro_rules! claim_returning {
+    () => {
+        "RETURNING d.id, d.order_id, d.item_id, d.kind, d.purpose, d.payload, d.attempts, \
+           d.failures, d.waiting_since, d.target"
+    };
+}
+
+/// The version of an RCON delivery's game server, for a `SELECT … FROM c`.
+macro_rules! claim_target_version {
+    () => {
+        concat!(
+            "(SELECT ",
+            super::catalog::game_server_version!("g"),
+            " FROM game_servers g \
+             WHERE c.kind = 'rcon' AND g.id::text = c.payload->>'game_server_id') AS target_version"
+        )
+    };
+}
+
+fn claimed_of(row: &sqlx::postgres::PgRow) -> Result<Claimed, DbError> {
+    Ok(Claimed {
+        id: row.try_get("id")?,
+        order_id: row.try_get("order_id")?,
+        item_id: row.try_get("item_id")?,
+        kind: row.try_get::<String, _>("kind")?.parse()?,
+        purpose: row.try_get::<String, _>("purpose")?.parse()?,
+        payload: row.try_get("payload")?,
+        attempt: row.try_get("attempts")?,
+        failures: row.try_get("failures")?,
+        waiting_since: row.try_get("waiting_since")?,
+        target: row.try_get("target")?,
+        target_version: row.try_get("target_version")?,
+    })
+}
+
+/// The common claim, in one statement and no order lock: the deliveries of
+/// `ids` that are claimable and whose claim moves no status — their item and
+/// order are already `processing` (an order paid with queued deliveries
+/// starts so at accept), the keys e-mail of a fulfilled item, or a delivery
+/// of no item (refunds, webhooks, alerts, revokes). Same guarded `UPDATE` and
+/// attempt rows as `claim_batch`; the ids it does not answer for (a status
+/// to move, or not claimable) go to `claim_batch`.
+///
+/// It takes no order lock because it writes nothing the order lock guards:
+/// a withdrawal or an admin action that cancels a delivery meets this claim
+/// on the delivery's own row (each `UPDATE` is guarded by the status it
+/// expects), and what ran on an order withdrawn meanwhile is revoked when
+/// it is recorded, as with any claim. It locks only delivery rows, in the
+/// order of the primary key, and nothing after them: it cannot deadlock
+/// with writers that lock an order first. Runs as its own statement (no
+/// explicit transaction needed: it commits or not as a whole).
+pub async fn claim_started<'c, E>(
+    conn: E,
+    ids: &[Uuid],
+    worker: &str,
+    lease_seconds: u32,
+) -> Result<Vec<Claimed>, DbError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    for from in DeliveryStatus::CLAIMABLE {
+        from.transition(DeliveryStatus::Running)?;
+    }
+    let claimable: Vec<&str> = DeliveryStatus::CLAIMABLE
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let rows = sqlx::query(concat!(
+        "WITH c AS (UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
+             lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
+           WHERE d.id = ANY($1) AND d.status = ANY($4) \
+             AND (d.purpose <> 'deliver' OR d.item_id IS NULL OR EXISTS ( \
+               SELECT 1 FROM order_items i JOIN orders o ON o.id = i.order_id \
+               WHERE i.id = d.item_id AND ((i.delivery_status = 'processing' AND o.status = 'processing') \
+                 OR (i.delivery_status = 'fulfilled' AND d.kind = 'email')))) ",
+        claim_returning!(),
+        "), a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
+           SELECT id, attempts, $2 FROM c) \
+         SELECT c.*, ",
+        claim_target_version!(),
+        " FROM c"
+    ))
+    .bind(ids)
+    .bind(worker)
+    .bind(f64::from(lease_seconds))
+    .bind(&claimable)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(claimed_of).collect()
+}
+
 /// Claims every delivery of `ids` that is claimable for `worker`:
 /// queued/retrying/waiting → running, attempt + 1, lease set, its attempt row
 /// opened — one guarded UPDATE for all of them — then moves their items and
@@ -120,17 +212,13 @@ pub async fn claim_batch(
     let rows = sqlx::query(concat!(
         "WITH c AS (UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
              lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
-           WHERE d.id = ANY($1) AND d.status = ANY($4) \
-           RETURNING d.id, d.order_id, d.item_id, d.kind, d.purpose, d.payload, d.attempts, \
-             d.failures, d.waiting_since, d.target), \
-         a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
+           WHERE d.id = ANY($1) AND d.status = ANY($4) ",
+        claim_returning!(),
+        "), a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
            SELECT id, attempts, $2 FROM c) \
-         SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status, \
-           (SELECT ",
-        super::catalog::game_server_version!("g"),
-        " FROM game_servers g \
-             WHERE c.kind = 'rcon' AND g.id::text = c.payload->>'game_server_id') AS target_version \
-         FROM c"
+         SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status, ",
+        claim_target_version!(),
+        " FROM c"
     ))
     .bind(ids)
     .bind(worker)
@@ -142,19 +230,7 @@ pub async fn claim_batch(
     let mut items = Vec::new();
     let mut moved_orders = std::collections::HashSet::new();
     for row in &rows {
-        let c = Claimed {
-            id: row.try_get("id")?,
-            order_id: row.try_get("order_id")?,
-            item_id: row.try_get("item_id")?,
-            kind: row.try_get::<String, _>("kind")?.parse()?,
-            purpose: row.try_get::<String, _>("purpose")?.parse()?,
-            payload: row.try_get("payload")?,
-            attempt: row.try_get("attempts")?,
-            failures: row.try_get("failures")?,
-            waiting_since: row.try_get("waiting_since")?,
-            target: row.try_get("target")?,
-            target_version: row.try_get("target_version")?,
-        };
+        let c = claimed_of(row)?;
         if let (Purpose::Deliver, Some(item_id)) = (c.purpose, c.item_id) {
             let from: ItemStatus = row.try_get::<String, _>("item_status")?.parse()?;
             // A fulfilled item has its keys; the claim of its keys e-mail

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::db::deliveries::{self, AttemptRecord, Claimed, NotClaimed, Recorded, Success};
 use crate::db::rescue::{self, Rescued};
 use crate::db::statuses;
+use crate::domain::delivery::DeliveryStatus;
 use crate::error::DbError;
 
 /// Announces `orders` after a commit; a failure only delays waiting readers.
@@ -22,22 +23,57 @@ async fn announce(pool: &PgPool, mut orders: Vec<Uuid>) {
     }
 }
 
-/// Claims `ids` in one transaction (`deliveries::claim_batch`).
+/// Claims `ids`: first the common claim that moves no status
+/// (`deliveries::claim_started`, one statement, no order lock, nothing to
+/// announce), then whatever it left — a pending order's first claim, or a
+/// message whose delivery is not claimable — in one transaction
+/// (`deliveries::claim_batch`), which announces the orders it moved after
+/// commit. Answers one entry per id, in the order given.
 pub async fn claim(
     pool: &PgPool,
     ids: &[Uuid],
     worker: &str,
     lease_seconds: u32,
 ) -> Result<Vec<(Uuid, Result<Claimed, NotClaimed>)>, DbError> {
-    let mut tx = pool.begin().await?;
-    let claims = deliveries::claim_batch(&mut tx, ids, worker, lease_seconds).await?;
-    tx.commit().await?;
-    let orders = claims
+    let started = deliveries::claim_started(pool, ids, worker, lease_seconds).await?;
+    let mut started: std::collections::HashMap<Uuid, Claimed> =
+        started.into_iter().map(|c| (c.id, c)).collect();
+    let taken: std::collections::HashSet<Uuid> = started.keys().copied().collect();
+    let rest: Vec<Uuid> = ids
         .iter()
-        .filter_map(|(_, c)| c.as_ref().ok().and_then(|c| c.order_id))
+        .filter(|id| !taken.contains(id))
+        .copied()
         .collect();
-    announce(pool, orders).await;
-    Ok(claims)
+    let mut rest_claims = if rest.is_empty() {
+        Vec::new()
+    } else {
+        let mut tx = pool.begin().await?;
+        let claims = deliveries::claim_batch(&mut tx, &rest, worker, lease_seconds).await?;
+        tx.commit().await?;
+        let orders = claims
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().ok().and_then(|c| c.order_id))
+            .collect();
+        announce(pool, orders).await;
+        claims
+    }
+    .into_iter();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            if taken.contains(id) {
+                // The same id twice in one batch: the second is a duplicate.
+                let claim = started
+                    .remove(id)
+                    .ok_or(NotClaimed::NotClaimable(DeliveryStatus::Running));
+                (*id, claim)
+            } else {
+                rest_claims
+                    .next()
+                    .unwrap_or((*id, Err(NotClaimed::Missing)))
+            }
+        })
+        .collect())
 }
 
 /// Records one attempt in its own transaction; an action that ran on an
