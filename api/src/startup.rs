@@ -37,6 +37,8 @@ pub struct AppState {
     pub rules: Arc<courier_shared::service::deliverable::AcceptRules>,
     /// Writes the orders accepted at the same moment together.
     pub accepts: courier_shared::service::orders::GroupCommit,
+    /// The products orders name, kept until the catalog changes.
+    pub products: Arc<courier_shared::service::orders::ProductCache>,
     /// API keys looked up recently.
     pub keys: Arc<crate::auth::KeyCache>,
     /// Wakes requests waiting for an order's status to change.
@@ -146,6 +148,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         keys: Arc::new(crate::auth::KeyCache::new(std::time::Duration::from_secs(
             settings.api.key_cache_seconds,
         ))),
+        products: courier_shared::service::orders::ProductCache::start(pool.clone(), rx.clone()),
         waiters: crate::waiters::Waiters::start(pool.clone(), rx.clone()),
         metrics: metrics.clone(),
         exports: Arc::new(tokio::sync::Semaphore::new(settings.api.max_exports)),

@@ -242,3 +242,89 @@ async fn no_index_names_a_column_the_status_changes_write() {
     );
     stack.teardown().await;
 }
+
+/// The product cache of an API process (`service::orders::ProductCache`):
+/// a change made by another process (here straight in SQL, as a CLI or
+/// another replica would) reaches the next orders through the catalog
+/// trigger's announcement, with no restart and no read per order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_made_elsewhere_reaches_the_next_orders() {
+    // One order accepted already: the product is kept.
+    let (stack, _) = queued(1).await;
+    sqlx::query(
+        "UPDATE product_actions SET config = jsonb_set(config, '{command}', '\"say changed {username}\"')",
+    )
+    .execute(&stack.pool)
+    .await
+    .expect("change the command");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, o) = stack.post_order("p", "late", None).await;
+        assert_eq!(code, reqwest::StatusCode::CREATED, "{o}");
+        let payload: String = sqlx::query_scalar(
+            "SELECT payload::text FROM deliveries WHERE order_id = $1::text::uuid",
+        )
+        .bind(o["id"].as_str().expect("id"))
+        .fetch_one(&stack.pool)
+        .await
+        .expect("delivery");
+        if payload.contains("say changed late") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orders still planned from the old product: {payload}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stack.teardown().await;
+}
+
+/// A product saved anew gets new action ids; an order planned from the
+/// ones a cache kept is refused by the deliveries' foreign key and planned
+/// again from what is stored — never a 5xx, never the old action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_planned_from_a_product_saved_anew_is_planned_again() {
+    use courier_shared::service::orders::{AcceptWith, GroupCommit, NewOrder, ProductCache};
+    let (stack, _) = queued(0).await;
+    // Keeps what it reads and hears of no change.
+    let cache = ProductCache::deaf();
+    let commit = GroupCommit::start(
+        stack.pool.clone(),
+        prometheus_client::metrics::histogram::Histogram::new([1.0]),
+    );
+    let rules = courier_shared::service::deliverable::AcceptRules::from_settings(&stack.settings);
+    let with = AcceptWith {
+        pool: &stack.pool,
+        commit: &commit,
+        products: &cache,
+        rules: &rules,
+    };
+    let order = |user: &str| -> NewOrder {
+        serde_json::from_value(courier_tests::stack::sample_order("p", user)).expect("order")
+    };
+    courier_shared::service::orders::create_order(&with, order("first"), None, "test")
+        .await
+        .expect("first order");
+    assert_eq!(cache.kept(), 1, "the product is kept");
+
+    stack
+        .add_rcon_product("p", "s", "say again {username}")
+        .await;
+    let second =
+        courier_shared::service::orders::create_order(&with, order("second"), None, "test")
+            .await
+            .expect("planned again");
+    let (payload, current): (String, bool) = sqlx::query_as(
+        "SELECT d.payload::text, d.action_id = a.id FROM deliveries d \
+         JOIN order_items i ON i.id = d.item_id \
+         JOIN product_actions a ON a.product_id = i.product_id WHERE d.order_id = $1",
+    )
+    .bind(second.order.id)
+    .fetch_one(&stack.pool)
+    .await
+    .expect("delivery");
+    assert!(payload.contains("say again second"), "{payload}");
+    assert!(current, "the delivery names the product's current action");
+    stack.teardown().await;
+}

@@ -55,9 +55,11 @@ pub async fn put_product(
     ValidJson(input): ValidJson<ProductInput>,
 ) -> Result<Json<Product>, ApiError> {
     caller.require(ADMIN)?;
-    Ok(Json(
-        save_product(&state.pool, &sku, input, &state.rules).await?,
-    ))
+    let saved = save_product(&state.pool, &sku, input, &state.rules).await;
+    // This process's next order sees the change at once; others hear of it
+    // from the catalog trigger.
+    state.products.invalidate();
+    Ok(Json(saved?))
 }
 
 #[utoipa::path(get, path = "/v1/products", tag = "catalog",

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use courier_shared::db::orders::{self, OrderStatusView, OrderSummary};
 use courier_shared::domain::ids;
 use courier_shared::domain::order::OrderStatus;
-use courier_shared::service::orders::{NewOrder, create_order};
+use courier_shared::service::orders::{AcceptWith, NewOrder, create_order};
 use uuid::Uuid;
 
 use crate::auth::{Caller, ORDERS_KEYS, ORDERS_READ, ORDERS_WRITE};
@@ -35,15 +35,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<OrderSummary>), ApiError> {
     caller.require(ORDERS_WRITE)?;
     let key = idempotency_key(&headers)?;
-    let accepted = create_order(
-        &state.pool,
-        &state.accepts,
-        order,
-        key,
-        &caller.actor(),
-        &state.rules,
-    )
-    .await?;
+    let with = AcceptWith {
+        pool: &state.pool,
+        commit: &state.accepts,
+        products: &state.products,
+        rules: &state.rules,
+    };
+    let accepted = create_order(&with, order, key, &caller.actor()).await?;
     if accepted.created {
         state.relay_wake.notify_one();
     }

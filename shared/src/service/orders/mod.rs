@@ -17,11 +17,13 @@ use uuid::Uuid;
 mod commit;
 mod fulfil;
 mod plan;
+mod products;
 mod validate;
 
 pub use self::commit::GroupCommit;
 pub use self::fulfil::{Fulfilment, Processed, process_order, start_fulfilment};
 use self::plan::{Plan, plan, within_limit};
+pub use self::products::ProductCache;
 pub use self::validate::{request_hash, validate};
 use super::Invalid;
 use super::deliverable::AcceptRules;
@@ -176,16 +178,22 @@ pub struct Accepted {
     pub created: bool,
 }
 
+/// Where `create_order` writes and what it reads the products from.
+pub struct AcceptWith<'a> {
+    pub pool: &'a PgPool,
+    pub commit: &'a GroupCommit,
+    pub products: &'a ProductCache,
+    pub rules: &'a AcceptRules,
+}
+
 /// Accepts an order. With an idempotency key, a repeat of the same request
 /// returns the order it created (`created = false`); another body under the
 /// same key is `IdempotencyConflict`. `actor` names the caller for the timeline.
 pub async fn create_order(
-    pool: &PgPool,
-    commit: &GroupCommit,
+    with: &AcceptWith<'_>,
     order: NewOrder,
     idempotency_key: Option<&str>,
     actor: &str,
-    rules: &AcceptRules,
 ) -> Result<Accepted, CreateOrderError> {
     validate(&order)?;
     if order.payment_status == NewPaymentStatus::Paid
@@ -203,22 +211,42 @@ pub async fn create_order(
         )
         .into());
     }
-    let hash = request_hash(&order);
+    let skus: Vec<String> = order.items.iter().map(|i| i.product.clone()).collect();
+    let products = with.products.products(with.pool, &skus).await?;
+    match accept_planned(with, &order, &products, idempotency_key, actor).await {
+        // Planned from a product saved anew since it was kept (its actions
+        // have new ids): plan again from what is stored.
+        Err(CreateOrderError::Db(DbError::Sqlx(e)))
+            if violated_constraint(&e) == Some("deliveries_action_id_fkey") =>
+        {
+            with.products.invalidate();
+            let products = with.products.products(with.pool, &skus).await?;
+            accept_planned(with, &order, &products, idempotency_key, actor).await
+        }
+        answer => answer,
+    }
+}
+
+async fn accept_planned(
+    with: &AcceptWith<'_>,
+    order: &NewOrder,
+    products: &HashMap<String, Product>,
+    idempotency_key: Option<&str>,
+    actor: &str,
+) -> Result<Accepted, CreateOrderError> {
+    let (pool, commit, rules) = (with.pool, with.commit, with.rules);
+    let hash = request_hash(order);
     // A repeat of an accepted request is found by the insert's unique
     // violation, not by a read before every insert; a repeat that no longer
     // plans (the product changed since) still gets the order it created.
-    let products = {
-        let mut conn = pool.acquire().await?;
-        products_of(&mut conn, &order).await?
-    };
-    let hold = hold_of(&order, &products, rules);
+    let hold = hold_of(order, products, rules);
     let plan_it = || {
-        plan(&order, &products, idempotency_key, &hash, None)
+        plan(order, products, idempotency_key, &hash, None)
             .map(|p| p.held(hold).started(&HashMap::new()))
             .map_err(Into::into)
     };
-    let mut planned = deliverable(&order, &products, rules)
-        .and_then(|()| within_limit(&order, &products, rules))
+    let mut planned = deliverable(order, products, rules)
+        .and_then(|()| within_limit(order, products, rules))
         .and_then(|()| plan_it());
     for _ in 0..3 {
         let plan = match planned {
