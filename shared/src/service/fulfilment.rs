@@ -15,10 +15,10 @@ use crate::domain::delivery::DeliveryStatus;
 use crate::error::DbError;
 
 /// Announces `orders` after a commit; a failure only delays waiting readers.
-async fn announce(pool: &PgPool, mut orders: Vec<Uuid>) {
+async fn announce(pool: PgPool, mut orders: Vec<Uuid>) {
     orders.sort_unstable();
     orders.dedup();
-    if let Err(e) = statuses::announce(pool, &orders).await {
+    if let Err(e) = statuses::announce(&pool, &orders).await {
         tracing::warn!(error = %e, "could not announce changed orders; waiting reads answer at their timeout");
     }
 }
@@ -54,7 +54,7 @@ pub async fn claim(
             .iter()
             .filter_map(|(_, c)| c.as_ref().ok().and_then(|c| c.order_id))
             .collect();
-        announce(pool, orders).await;
+        announce(pool.clone(), orders).await;
         claims
     }
     .into_iter();
@@ -95,7 +95,9 @@ pub async fn record(
 }
 
 /// Writes a batch of successes in one transaction; returns the ids applied
-/// (the rest are for `record`).
+/// (the rest are for `record`) as soon as it committed: the announcement to
+/// waiting readers follows in its own task, so the jobs' acks do not wait
+/// for it.
 pub async fn complete(
     pool: &PgPool,
     worker: &str,
@@ -109,7 +111,7 @@ pub async fn complete(
         .filter(|s| applied.contains(&s.id))
         .map(|s| s.order_id)
         .collect();
-    announce(pool, orders).await;
+    tokio::spawn(announce(pool.clone(), orders));
     Ok(applied)
 }
 
