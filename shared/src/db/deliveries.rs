@@ -93,7 +93,38 @@ pub enum NotClaimed {
     NotClaimable(DeliveryStatus),
 }
 
-/// The claim's `UPDATE … RETURNING` columns, and the game server version.
+/// The claim's `UPDATE` of the deliveries of `$1` whose status is one of
+/// `$4` (the claimable ones) to running, leased by `$2` for `$3` seconds;
+/// the caller adds its own conditions and `claim_returning!`.
+macro_rules! claim_update {
+    () => {
+        "WITH c AS (UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
+             lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
+           WHERE d.id = ANY($1) AND d.status = ANY($4) "
+    };
+}
+
+/// The attempt row each claimed delivery opens.
+macro_rules! claim_attempt {
+    () => {
+        "a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
+           SELECT id, attempts, $2 FROM c)"
+    };
+}
+
+/// The statuses a claim takes a delivery from, checked against the state
+/// machine.
+fn claimable() -> Result<Vec<&'static str>, DbError> {
+    for from in DeliveryStatus::CLAIMABLE {
+        from.transition(DeliveryStatus::Running)?;
+    }
+    Ok(DeliveryStatus::CLAIMABLE
+        .iter()
+        .map(|s| s.as_str())
+        .collect())
+}
+
+/// The claim's `UPDATE … RETURNING` columns.
 macro_rules! claim_returning {
     () => {
         "RETURNING d.id, d.order_id, d.item_id, d.kind, d.purpose, d.payload, d.attempts, \
@@ -154,25 +185,17 @@ pub async fn claim_started<'c, E>(
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
-    for from in DeliveryStatus::CLAIMABLE {
-        from.transition(DeliveryStatus::Running)?;
-    }
-    let claimable: Vec<&str> = DeliveryStatus::CLAIMABLE
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
+    let claimable = claimable()?;
     let rows = sqlx::query(concat!(
-        "WITH c AS (UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
-             lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
-           WHERE d.id = ANY($1) AND d.status = ANY($4) \
-             AND (d.purpose <> 'deliver' OR d.item_id IS NULL OR EXISTS ( \
+        claim_update!(),
+        "AND (d.purpose <> 'deliver' OR d.item_id IS NULL OR EXISTS ( \
                SELECT 1 FROM order_items i JOIN orders o ON o.id = i.order_id \
                WHERE i.id = d.item_id AND ((i.delivery_status = 'processing' AND o.status = 'processing') \
                  OR (i.delivery_status = 'fulfilled' AND d.kind = 'email')))) ",
         claim_returning!(),
-        "), a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
-           SELECT id, attempts, $2 FROM c) \
-         SELECT c.*, ",
+        "), ",
+        claim_attempt!(),
+        " SELECT c.*, ",
         claim_target_version!(),
         " FROM c"
     ))
@@ -199,24 +222,16 @@ pub async fn claim_batch(
     worker: &str,
     lease_seconds: u32,
 ) -> Result<Vec<(Uuid, Result<Claimed, NotClaimed>)>, DbError> {
-    for from in DeliveryStatus::CLAIMABLE {
-        from.transition(DeliveryStatus::Running)?;
-    }
+    let claimable = claimable()?;
     // Lock order: the orders' rows first, as `record`, the rescuer and the
     // admin actions do, so a claim never deadlocks with them.
     let orders = statuses::lock_orders_of(conn, ids).await?;
-    let claimable: Vec<&str> = DeliveryStatus::CLAIMABLE
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
     let rows = sqlx::query(concat!(
-        "WITH c AS (UPDATE deliveries d SET status = 'running', attempts = d.attempts + 1, \
-             lease_until = now() + make_interval(secs => $3), leased_by = $2, updated_at = now() \
-           WHERE d.id = ANY($1) AND d.status = ANY($4) ",
+        claim_update!(),
         claim_returning!(),
-        "), a AS (INSERT INTO delivery_attempts (delivery_id, attempt, worker) \
-           SELECT id, attempts, $2 FROM c) \
-         SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status, ",
+        "), ",
+        claim_attempt!(),
+        " SELECT c.*, (SELECT delivery_status FROM order_items i WHERE i.id = c.item_id) AS item_status, ",
         claim_target_version!(),
         " FROM c"
     ))
