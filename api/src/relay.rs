@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use courier_shared::config::RelaySettings;
+use courier_shared::db::listen::Heard;
 use courier_shared::db::outbox;
 use courier_shared::queue::publisher::{OutgoingMessage, PublishError, Publisher};
 use courier_shared::queue::{Broker, topology::Topology};
@@ -27,21 +28,15 @@ pub struct Relay {
 }
 
 /// Wakes the relay on `NOTIFY courier_outbox` (sent by workers and the CLI at
-/// commit), reconnecting after errors; the periodic sweep covers any gap.
+/// commit), and whenever the `LISTEN` is back in place; the periodic sweep
+/// covers any gap.
 async fn listen_for_notifications(pool: PgPool, wake: Arc<Notify>) {
-    loop {
-        match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(mut listener) => {
-                if listener.listen(outbox::NOTIFY_CHANNEL).await.is_ok() {
-                    while listener.recv().await.is_ok() {
-                        wake.notify_one();
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "relay cannot LISTEN; relying on the sweep"),
+    courier_shared::db::listen::listen(pool, outbox::NOTIFY_CHANNEL, |heard| {
+        if heard != Heard::Lost {
+            wake.notify_one();
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    })
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]

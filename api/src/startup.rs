@@ -71,6 +71,8 @@ pub struct AppState {
 pub struct RunningApi {
     pub addr: SocketAddr,
     pub pool: PgPool,
+    /// The process's product cache (for tests of what it keeps).
+    pub products: Arc<courier_shared::service::orders::ProductCache>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     relay: JoinHandle<()>,
@@ -171,6 +173,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         console: Arc::new(settings.console.clone()),
         rcon: settings.rcon.timeouts(),
     };
+    let products = state.products.clone();
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));
     let listener = TcpListener::bind(&settings.api.bind)
@@ -210,6 +213,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
     Ok(RunningApi {
         addr,
         pool,
+        products,
         shutdown,
         server,
         relay,

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use courier_shared::db::listen::Heard;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -107,34 +107,14 @@ impl Waiters {
 }
 
 async fn listen(pool: PgPool, waiters: Arc<Waiters>) {
-    loop {
-        match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(mut listener) => {
-                if let Err(e) = listener.listen(CHANNEL).await {
-                    tracing::warn!(error = %e, "cannot LISTEN for order changes; retrying");
-                } else {
-                    // Anything missed before this LISTEN: read again.
-                    waiters.wake_all();
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(n)) => {
-                                if let Ok(id) = n.payload().parse() {
-                                    waiters.wake(id);
-                                }
-                            }
-                            // The connection was lost (and will be re-made).
-                            Ok(None) => waiters.wake_all(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "order change listener failed; reconnecting");
-                                waiters.wake_all();
-                                break;
-                            }
-                        }
-                    }
-                }
+    courier_shared::db::listen::listen(pool, CHANNEL, |heard| match heard {
+        Heard::Notified(payload) => {
+            if let Ok(id) = payload.parse() {
+                waiters.wake(id);
             }
-            Err(e) => tracing::debug!(error = %e, "cannot connect to LISTEN for order changes"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        // Anything missed while not listening: read again.
+        Heard::Listening | Heard::Lost => waiters.wake_all(),
+    })
+    .await;
 }

@@ -251,6 +251,8 @@ async fn no_index_names_a_column_the_status_changes_write() {
 async fn a_catalog_change_made_elsewhere_reaches_the_next_orders() {
     // One order accepted already: the product is kept.
     let (stack, _) = queued(1).await;
+    let cache = stack.api.as_ref().expect("api").products.clone();
+    assert_eq!(cache.kept(), 1, "the accepted order's product is kept");
     sqlx::query(
         "UPDATE product_actions SET config = jsonb_set(config, '{command}', '\"say changed {username}\"')",
     )
@@ -269,6 +271,8 @@ async fn a_catalog_change_made_elsewhere_reaches_the_next_orders() {
         .await
         .expect("delivery");
         if payload.contains("say changed late") {
+            // Kept again, as it is now: no read per order after the change either.
+            assert_eq!(cache.kept(), 1);
             break;
         }
         assert!(

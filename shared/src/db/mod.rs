@@ -13,6 +13,7 @@ pub mod emails;
 pub mod events;
 pub mod export;
 pub mod keys;
+pub mod listen;
 pub mod notes;
 pub mod order_list;
 pub mod orders;

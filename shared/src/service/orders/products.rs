@@ -20,11 +20,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sqlx::PgPool;
 
 use crate::db::catalog::{self, Product};
+use crate::db::listen::Heard;
 use crate::error::DbError;
 
 /// The channel the `catalog_notify` trigger announces on.
@@ -57,12 +57,6 @@ impl ProductCache {
             listener.abort();
         });
         cache
-    }
-
-    /// A cache that keeps nothing: every call reads (for callers without a
-    /// listener, such as the CLI).
-    pub fn uncached() -> Self {
-        ProductCache::default()
     }
 
     /// A cache that keeps what it reads and hears of no change: only
@@ -98,20 +92,21 @@ impl ProductCache {
         pool: &PgPool,
         skus: &[String],
     ) -> Result<HashMap<String, Product>, DbError> {
-        let (mut found, missing, generation, keep) = {
+        let (mut found, missing, generation) = {
             let state = self.lock();
             let mut found = HashMap::new();
             let mut missing = Vec::new();
             for sku in skus {
+                // Nothing is kept while not listening (`set_listening`).
                 match state.products.get(sku) {
-                    Some(p) if state.listening => {
+                    Some(p) => {
                         found.insert(sku.clone(), p.clone());
                     }
-                    _ if !missing.contains(sku) => missing.push(sku.clone()),
-                    _ => {}
+                    None if !missing.contains(sku) => missing.push(sku.clone()),
+                    None => {}
                 }
             }
-            (found, missing, state.generation, state.listening)
+            (found, missing, state.generation)
         };
         if missing.is_empty() {
             return Ok(found);
@@ -122,7 +117,7 @@ impl ProductCache {
         let mut state = self.lock();
         // Kept only if nothing changed (and the listener did not drop)
         // since the read began.
-        let keep = keep && state.listening && state.generation == generation;
+        let keep = state.listening && state.generation == generation;
         for product in read {
             if keep {
                 state.products.insert(product.sku.clone(), product.clone());
@@ -139,30 +134,10 @@ impl ProductCache {
 }
 
 async fn listen(pool: PgPool, cache: Arc<ProductCache>) {
-    loop {
-        match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(mut listener) => {
-                if let Err(e) = listener.listen(CHANNEL).await {
-                    tracing::warn!(error = %e, "cannot LISTEN for catalog changes; retrying");
-                } else {
-                    cache.set_listening(true);
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(_)) => cache.invalidate(),
-                            // The connection was lost: start again with a
-                            // new one (nothing is kept until it listens).
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "catalog listener failed; reconnecting");
-                                break;
-                            }
-                        }
-                    }
-                    cache.set_listening(false);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot connect to LISTEN for catalog changes"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    crate::db::listen::listen(pool, CHANNEL, |heard| match heard {
+        Heard::Listening => cache.set_listening(true),
+        Heard::Notified(_) => cache.invalidate(),
+        Heard::Lost => cache.set_listening(false),
+    })
+    .await;
 }
