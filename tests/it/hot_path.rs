@@ -332,3 +332,80 @@ async fn an_order_planned_from_a_product_saved_anew_is_planned_again() {
     assert!(current, "the delivery names the product's current action");
     stack.teardown().await;
 }
+
+/// Each `(node type, relation)` of an `EXPLAIN (FORMAT JSON)` plan.
+fn plan_nodes(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    if let Some(kind) = node.get("Node Type").and_then(|v| v.as_str()) {
+        let relation = node
+            .get("Relation Name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        out.push((kind.to_owned(), relation.to_owned()));
+    }
+    if let Some(plan) = node.get("Plan") {
+        plan_nodes(plan, out);
+    }
+    for child in node
+        .get("Plans")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        plan_nodes(child, out);
+    }
+}
+
+/// The worker's connections (`db::WORKER_PLANS`) plan a statement once and
+/// keep a plan that finds its rows through an index, on a database that is
+/// still nearly empty (where the generic plan of this very shape, the
+/// completer's status write, was a hash join over a sequential scan, kept
+/// as the table grew), and never JIT-compile it (a disabled scan is costed
+/// far above `jit_above_cost`; the game server found by its text id has no
+/// index, as in the claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_connections_keep_one_indexed_plan_without_jit() {
+    let (mut stack, rows) = queued(1).await;
+    stack.start_worker().await;
+    let worker = stack.worker.as_ref().expect("worker");
+    let mut conn = worker.context().pool.acquire().await.expect("connection");
+    let item: Uuid = sqlx::query_scalar("SELECT item_id FROM deliveries WHERE id = $1")
+        .bind(rows[0].1)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("item");
+    sqlx::query(
+        "PREPARE status_write_like(uuid[], text) AS SELECT i.id, \
+           (SELECT g.name FROM game_servers g WHERE g.id::text = $2) \
+         FROM UNNEST($1::uuid[]) AS u(id) JOIN order_items i ON i.id = u.id WHERE i.id = ANY($1)",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("prepare");
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        // `item` is a Uuid: nothing of it can escape the literal.
+        "EXPLAIN (FORMAT JSON) EXECUTE status_write_like('{{{item}}}', 'x')"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .expect("explain");
+    let text = plan.to_string();
+    assert!(
+        text.contains("$1"),
+        "a generic plan (its conditions name the parameter): {text}"
+    );
+    let mut nodes = Vec::new();
+    for entry in plan.as_array().into_iter().flatten() {
+        plan_nodes(entry, &mut nodes);
+    }
+    let items: Vec<&String> = nodes
+        .iter()
+        .filter(|(_, r)| r == "order_items")
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        !items.is_empty() && items.iter().all(|k| k.as_str() != "Seq Scan"),
+        "order_items are found through an index: {nodes:?}"
+    );
+    assert!(!text.contains("JIT"), "no JIT compilation: {text}");
+    stack.teardown().await;
+}

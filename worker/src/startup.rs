@@ -82,7 +82,7 @@ fn default_worker_id() -> String {
 pub async fn start(settings: &Settings) -> anyhow::Result<RunningWorker> {
     let pool = db::connect_lazy_with(&settings.database, &{
         let mut session = settings.session();
-        session.push((db::CUSTOM_PLANS.0, db::CUSTOM_PLANS.1.to_owned()));
+        session.extend(db::WORKER_PLANS.map(|(k, v)| (k, v.to_owned())));
         session
     })
     .context("database.url")?;

@@ -42,18 +42,36 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> 
     connect_lazy_with(settings, &[])
 }
 
-/// The worker's set-based writes are planned with their parameters every
-/// time. sqlx prepares each statement once per connection, and after five
-/// runs Postgres may keep a generic plan chosen while a table was small: the
-/// claim's and the completer's `WHERE id = ANY($1)` statements then kept
-/// scanning whole tables as they grew (seen with auto_explain: 9–12 ms
-/// sequential scans of `orders` and `order_items` per batch). Figures in
-/// docs/hot-path.md. (The API's reads are one-row index lookups whose
-/// generic plan is right; they are left to Postgres.)
-pub const CUSTOM_PLANS: (&str, &str) = ("plan_cache_mode", "force_custom_plan");
+/// How the worker's connections plan: one generic plan per prepared
+/// statement, with index access whatever the tables' size, and no JIT.
+///
+/// - `plan_cache_mode = force_generic_plan`: sqlx prepares each statement
+///   once per connection, so a generic plan is made once and reused. At the
+///   worker's small batches, planning every statement cost as much as running
+///   it (pg_stat_statements, two workers, 20 ms commands: ≈ 3.1 ms of
+///   planning and 3.0 ms of execution per completer batch and claim).
+/// - `enable_seqscan = off`: the worker starts on a new, nearly empty
+///   database as well as an old one, and a generic plan made while `orders`
+///   or `order_items` held a few rows was a sequential scan with
+///   `id = ANY($1)` as a filter, kept as the table grew (auto_explain:
+///   9–12 ms per batch). Every hot statement looks rows up by a key that has
+///   an index; where none exists (`game_servers` by its text id) the scan
+///   still happens, only costed higher.
+/// - `jit = off`: that higher cost (a `disable_cost` of 10¹⁰) is far above
+///   `jit_above_cost`, so each execution was JIT-compiled by LLVM
+///   (39 functions, hundreds of ms per claim). JIT never pays for the
+///   worker's one-row-per-delivery statements.
+///
+/// Figures in docs/hot-path.md. The API keeps Postgres's defaults: its reads
+/// are one-row index lookups that Postgres plans well by itself.
+pub const WORKER_PLANS: [(&str, &str); 3] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("jit", "off"),
+];
 
 /// The same, each connection started with `session` settings
-/// (`Settings::session`, and `CUSTOM_PLANS` for the worker).
+/// (`Settings::session`, and `WORKER_PLANS` for the worker).
 pub fn connect_lazy_with(
     settings: &DatabaseSettings,
     session: &[(&str, String)],
