@@ -336,7 +336,8 @@ pub struct RelaySettings {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct WorkerSettings {
-    /// Jobs run at once per kind by one worker process; also the consumer prefetch.
+    /// Jobs run at once per kind by one worker process; the consumer's
+    /// prefetch is twice this.
     pub concurrency: u16,
     /// How long a claimed delivery stays leased to its worker.
     pub lease_seconds: u32,

@@ -30,8 +30,11 @@ async fn the_rcon_connection_limit_holds_across_two_worker_processes() {
     let mut workers: Vec<_> = (0..2)
         .map(|_| crate::spawn_worker_process(&stack))
         .collect();
+    // Four times the stack's `worker.concurrency` (4): a process holds at
+    // most its prefetch window (twice its concurrency), so however the two
+    // start, the one that attaches first cannot take every order.
     let mut ids = Vec::new();
-    for i in 0..8 {
+    for i in 0..16 {
         let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
         ids.push(o["id"].as_str().expect("id").to_owned());
     }
@@ -133,4 +136,112 @@ async fn a_window_is_shared_by_two_limiters_through_redis() {
         b.blocked_for("discord:route").await.is_some(),
         "a pause set by one replica is seen by the other"
     );
+}
+
+/// `worker.concurrency` bounds the jobs of a kind a process runs at once,
+/// although its prefetch window holds twice as many messages: with a game
+/// server that allows 32 sessions and answers slowly, no more than the
+/// stack's 4 are ever open, and they are all used.
+#[tokio::test]
+async fn a_worker_runs_no_more_jobs_at_once_than_its_concurrency() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    game.set(Behaviour {
+        delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    });
+    let stack = TestStack::start().await;
+    let server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "pw", "dialect": "minecraft", "max_connections": 32 });
+    stack
+        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
+        .await;
+    stack
+        .add_rcon_product("p", "s", "give {username} apple")
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
+        ids.push(o["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        stack
+            .wait_for_order(id, "completed", Duration::from_secs(60))
+            .await;
+    }
+    assert_eq!(game.commands().len(), 16);
+    assert_eq!(
+        game.max_concurrent_sessions(),
+        4,
+        "as many sessions at once as worker.concurrency, never more"
+    );
+    stack.teardown().await;
+}
+
+/// A message claimed ahead of a free driver slot does not eat its lease
+/// waiting: after a quarter of the lease it is put back as `waiting` (no
+/// retry budget spent) and runs once a slot is free, exactly once.
+#[tokio::test]
+async fn a_job_that_waits_too_long_for_a_driver_slot_comes_back_later() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    game.set(Behaviour {
+        delay: Duration::from_millis(1500),
+        ..Behaviour::default()
+    });
+    // One slot, a 5 s lease: a job may wait 1.25 s for the slot.
+    let stack = TestStack::start_with(
+        |s| {
+            s.worker.concurrency = 1;
+            s.worker.lease_seconds = 5;
+            s.rcon.slot_wait_ms = 500;
+            s.rcon.connect_timeout_ms = 500;
+            s.rcon.command_timeout_ms = 2500;
+        },
+        true,
+    )
+    .await;
+    let server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "pw", "dialect": "minecraft", "max_connections": 4 });
+    stack
+        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
+        .await;
+    stack
+        .add_rcon_product("p", "s", "give {username} apple")
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
+        ids.push(o["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        stack
+            .wait_for_order(id, "completed", Duration::from_secs(60))
+            .await;
+    }
+    let mut commands = game.commands();
+    commands.sort();
+    assert_eq!(
+        commands,
+        ["give u0 apple", "give u1 apple", "give u2 apple"],
+        "each command ran once"
+    );
+    let put_back: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM delivery_attempts \
+         WHERE outcome = 'waiting' AND error LIKE '%job slots stayed busy%'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .expect("count");
+    assert!(
+        put_back >= 1,
+        "a job waited past a quarter of its lease and was put back"
+    );
+    let failures: i64 = sqlx::query_scalar("SELECT coalesce(sum(failures), 0) FROM deliveries")
+        .fetch_one(&stack.pool)
+        .await
+        .expect("sum");
+    assert_eq!(failures, 0, "no retry budget spent on waiting for a slot");
+    assert_eq!(game.max_concurrent_sessions(), 1, "one driver at a time");
+    stack.teardown().await;
 }

@@ -20,7 +20,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -88,13 +88,20 @@ pub async fn run(
     let queue = topology.work_queue(kind);
     let consumer_tag = format!("{}-{}", ctx.worker_id, kind);
     let mut jobs = JoinSet::new();
+    // Drivers running at once: `concurrency`. The prefetch window is twice
+    // that, and a message is claimed as soon as a claim lane is free, not
+    // when a driver slot is: so when a driver returns, a claimed job is
+    // already waiting for its slot (no claim round trip between two jobs),
+    // and the slot is not held while the outcome commits.
+    let prefetch = concurrency.saturating_mul(2);
+    let slots = Arc::new(Semaphore::new(usize::from(concurrency)));
     loop {
         let open = || async {
             let conn = ctx.broker.connect().await?;
             let channel = conn.create_channel().await?;
             topology.declare(&channel).await?;
             channel
-                .basic_qos(concurrency, BasicQosOptions::default())
+                .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
             let consumer = channel
                 .basic_consume(
@@ -132,26 +139,26 @@ pub async fn run(
                 next = consumer.next() => match next {
                     Some(Ok(first)) => {
                         pending.push(first);
-                        if let Some(e) = take_ready(&mut consumer, &mut pending, usize::from(concurrency)) {
+                        if let Some(e) = take_ready(&mut consumer, &mut pending, usize::from(prefetch)) {
                             tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
-                            spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, None);
+                            spawn_batch(&ctx, (kind, &slots), &mut jobs, queue.as_str(), &mut pending, None);
                             break;
                         }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
-                        spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, None);
+                        spawn_batch(&ctx, (kind, &slots), &mut jobs, queue.as_str(), &mut pending, None);
                         break;
                     }
                     None => {
                         tracing::warn!(%queue, "consumer closed; reconnecting");
-                        spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, None);
+                        spawn_batch(&ctx, (kind, &slots), &mut jobs, queue.as_str(), &mut pending, None);
                         break;
                     }
                 },
                 Ok(lane) = lanes.clone().acquire_owned(), if !pending.is_empty() => {
-                    let broken = take_ready(&mut consumer, &mut pending, usize::from(concurrency));
-                    spawn_batch(&ctx, kind, &mut jobs, queue.as_str(), &mut pending, Some(lane));
+                    let broken = take_ready(&mut consumer, &mut pending, usize::from(prefetch));
+                    spawn_batch(&ctx, (kind, &slots), &mut jobs, queue.as_str(), &mut pending, Some(lane));
                     if let Some(e) = broken {
                         tracing::warn!(error = %e, %queue, "consumer failed; reconnecting");
                         break;
@@ -206,7 +213,7 @@ fn take_ready(
 /// Claims and runs everything `pending` holds, holding `lane` for the claim.
 fn spawn_batch(
     ctx: &Arc<Context>,
-    kind: DeliveryKind,
+    (kind, slots): (DeliveryKind, &Arc<Semaphore>),
     jobs: &mut JoinSet<()>,
     queue: &str,
     pending: &mut Vec<Delivery>,
@@ -217,8 +224,8 @@ fn spawn_batch(
     }
     let batch = std::mem::take(pending);
     observe_lag(ctx, queue, &batch);
-    let ctx = ctx.clone();
-    jobs.spawn(async move { handle_batch(ctx, kind, batch, lane).await });
+    let (ctx, slots) = (ctx.clone(), slots.clone());
+    jobs.spawn(async move { handle_batch(ctx, (kind, slots), batch, lane).await });
 }
 
 /// Decodes, claims and runs the messages that arrived together: one claim
@@ -227,7 +234,7 @@ fn spawn_batch(
 /// is committed.
 async fn handle_batch(
     ctx: Arc<Context>,
-    kind: DeliveryKind,
+    (kind, slots): (DeliveryKind, Arc<Semaphore>),
     deliveries: Vec<Delivery>,
     lane: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
@@ -281,10 +288,10 @@ async fn handle_batch(
         .into_iter()
         .zip(claims)
         .map(|((message, delivery), claim)| {
-            let ctx = ctx.clone();
+            let (ctx, slots) = (ctx.clone(), &slots);
             async move {
                 let disposition = match claim {
-                    Ok(claim) => run_claimed(&ctx, &message, claim).await,
+                    Ok(claim) => run_claimed(&ctx, &message, claim, slots).await,
                     Err(e) => Err(e),
                 };
                 settle(&message, &delivery, disposition).await;
@@ -323,6 +330,7 @@ async fn run_claimed(
     ctx: &Arc<Context>,
     message: &JobMessage,
     claim: Result<Claimed, NotClaimed>,
+    slots: &Semaphore,
 ) -> Result<Disposition, DbError> {
     let claimed = match claim {
         Ok(c) => c,
@@ -341,15 +349,39 @@ async fn run_claimed(
         }
     };
 
-    let started = std::time::Instant::now();
-    let outcome = run_driver(ctx, &claimed).await;
-    ctx.metrics
-        .attempt_duration
-        .get_or_create(&KindTarget {
-            kind: claimed.kind.to_string(),
-            target: claimed.target.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    // The lease runs from here. Jobs get driver slots in the order they were
+    // claimed (the semaphore is FIFO); one that waited a quarter of its lease
+    // for a slot does not run but comes back shortly, at no cost to its retry
+    // budget, so every driver keeps most of its lease (and the RCON driver
+    // ends by the lease's own deadline, counted from here).
+    let leased_at = tokio::time::Instant::now();
+    let slot_wait = Duration::from_secs(u64::from(ctx.lease_seconds)) / 4;
+    let outcome = match tokio::time::timeout(slot_wait, slots.acquire()).await {
+        Ok(slot) => {
+            let started = std::time::Instant::now();
+            let outcome = run_driver(ctx, &claimed, leased_at).await;
+            // The work is done; recording it waits on the database, not on
+            // a slot (the unacked message still counts against the prefetch).
+            drop(slot);
+            ctx.metrics
+                .attempt_duration
+                .get_or_create(&KindTarget {
+                    kind: claimed.kind.to_string(),
+                    target: claimed.target.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            outcome
+        }
+        Err(_) => DriverOutcome::Failed {
+            class: ErrorClass::Busy,
+            error: format!(
+                "all of this worker's {} job slots stayed busy for {slot_wait:?}; not run, tried again shortly",
+                claimed.kind
+            ),
+            response: None,
+            maybe_sent: false,
+        },
+    };
     let schedule = ctx.retry.schedule(claimed.kind);
     let record = decide(
         &outcome,
@@ -441,7 +473,11 @@ fn observe_lag(ctx: &Context, queue: &str, batch: &[Delivery]) {
 }
 
 /// Runs the driver in its own task so a panic becomes a failed attempt.
-async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
+async fn run_driver(
+    ctx: &Arc<Context>,
+    claimed: &Claimed,
+    leased_at: tokio::time::Instant,
+) -> DriverOutcome {
     let task_ctx = ctx.clone();
     let kind = claimed.kind;
     let payload = claimed.payload.clone();
@@ -458,7 +494,7 @@ async fn run_driver(ctx: &Arc<Context>, claimed: &Claimed) -> DriverOutcome {
                         &task_ctx.pool,
                         &task_ctx.limits,
                         &payload,
-                        version.as_deref(),
+                        (version.as_deref(), leased_at),
                     )
                     .await
             }

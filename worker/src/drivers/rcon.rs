@@ -78,12 +78,12 @@ impl RconDriver {
         db: &PgPool,
         limits: &std::sync::Arc<courier_shared::limits::Limits>,
         payload: &serde_json::Value,
-        version: Option<&str>,
+        (version, leased_at): (Option<&str>, tokio::time::Instant),
     ) -> DriverOutcome {
         // The whole attempt — waiting for a slot, the online check, the
-        // command — ends within the lease (less a margin to record it).
-        let deadline =
-            tokio::time::Instant::now() + self.lease.saturating_sub(Duration::from_millis(250));
+        // command — ends within the lease that began at `leased_at` (less a
+        // margin to record it).
+        let deadline = leased_at + self.lease.saturating_sub(Duration::from_millis(250));
         let payload: RconPayload = match serde_json::from_value(payload.clone()) {
             Ok(p) => p,
             Err(e) => return DriverOutcome::permanent(format!("invalid RCON payload: {e}")),
