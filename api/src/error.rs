@@ -124,7 +124,8 @@ impl From<Invalid> for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        if let DbError::Sqlx(sqlx::Error::PoolTimedOut) = e {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
             return Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

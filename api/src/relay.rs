@@ -67,55 +67,77 @@ impl Relay {
     }
 
     async fn run_loop(&self, sweep: Duration, shutdown: &mut watch::Receiver<bool>) {
-        let mut publisher: Option<Publisher> = None;
-        let mut last_prune = Instant::now();
+        let last_prune = std::sync::Mutex::new(Instant::now());
         loop {
-            if publisher.as_ref().is_none_or(|p| !p.is_connected()) {
-                self.connected.store(false, Ordering::Relaxed);
-                let connect = (|| self.open())
-                    .retry(
-                        courier_shared::queue::reconnect_backoff()
-                    )
-                    .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "relay cannot reach RabbitMQ"));
-                tokio::select! {
-                    p = connect => {
-                        tracing::info!("relay connected to RabbitMQ");
-                        publisher = p.ok();
-                        self.connected.store(publisher.is_some(), Ordering::Relaxed);
+            self.connected.store(false, Ordering::Relaxed);
+            let connect = (|| self.open())
+                .retry(
+                    courier_shared::queue::reconnect_backoff()
+                )
+                .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "relay cannot reach RabbitMQ"));
+            let publisher = tokio::select! {
+                p = connect => match p {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                },
+                _ = shutdown.changed() => return,
+            };
+            tracing::info!("relay connected to RabbitMQ");
+            self.connected.store(true, Ordering::Relaxed);
+            // Two lanes on the one channel: while one waits for its confirms
+            // and commits, rows committed meanwhile go out through the other
+            // (`SKIP LOCKED` keeps their batches apart). Either lane ending
+            // means the channel is gone: both stop, and a batch cut short is
+            // rolled back and sent again (consumers tolerate a repeat).
+            let lanes = [0, 1].map(|_| self.lane(&publisher, sweep, &last_prune));
+            tokio::select! {
+                _ = futures_util::future::select_all(lanes.into_iter().map(Box::pin)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Publishes until the channel breaks: a batch, again while batches come
+    /// back full, then waits for a wake-up (one lane per wake-up) or the sweep.
+    async fn lane(
+        &self,
+        publisher: &Publisher,
+        sweep: Duration,
+        last_prune: &std::sync::Mutex<Instant>,
+    ) {
+        loop {
+            loop {
+                match self.publish_batch(publisher).await {
+                    Ok(n) if n as i64 >= self.settings.batch_size => continue,
+                    Ok(_) => break,
+                    Err(BatchError::Publish(e)) => {
+                        tracing::warn!(error = %e, "publishing failed; will reconnect and retry");
+                        return;
                     }
-                    _ = shutdown.changed() => return,
-                }
-            }
-            if let Some(p) = &publisher {
-                loop {
-                    match self.publish_batch(p).await {
-                        Ok(n) if n as i64 >= self.settings.batch_size => continue,
-                        Ok(_) => break,
-                        Err(BatchError::Publish(e)) => {
-                            tracing::warn!(error = %e, "publishing failed; will reconnect and retry");
-                            publisher = None;
-                            break;
-                        }
-                        Err(BatchError::Db(e)) => {
-                            tracing::warn!(error = %e, "relay cannot read the outbox; will retry");
-                            break;
-                        }
+                    Err(BatchError::Db(e)) => {
+                        tracing::warn!(error = %e, "relay cannot read the outbox; will retry");
+                        break;
                     }
                 }
             }
-            if last_prune.elapsed() > Duration::from_secs(600) {
-                last_prune = Instant::now();
-                if let Err(e) = outbox::prune(&self.pool, self.settings.retention_hours).await {
-                    tracing::warn!(error = %e, "could not prune the outbox");
-                }
+            if !publisher.is_connected() {
+                return;
             }
-            if publisher.is_none() {
-                continue;
+            let prune = {
+                let mut last = last_prune.lock().unwrap_or_else(|e| e.into_inner());
+                let due = last.elapsed() > Duration::from_secs(600);
+                if due {
+                    *last = Instant::now();
+                }
+                due
+            };
+            if prune && let Err(e) = outbox::prune(&self.pool, self.settings.retention_hours).await
+            {
+                tracing::warn!(error = %e, "could not prune the outbox");
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(sweep) => {}
-                _ = shutdown.changed() => return,
             }
         }
     }

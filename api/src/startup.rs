@@ -18,9 +18,23 @@ use tokio::task::JoinHandle;
 use crate::relay::Relay;
 use crate::routes;
 
-/// What every handler can reach.
+/// What every handler can reach: a handle to one `Shared`. axum clones
+/// the state for every extractor and middleware of every request; cloning
+/// the fields themselves (a Redis client, the topology's names, the broker's
+/// URL) cost a dozen allocations per clone, a few per request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state itself (see `AppState`).
+pub struct Shared {
     pub pool: PgPool,
     pub relay_wake: Arc<Notify>,
     pub relay_connected: Arc<AtomicBool>,
@@ -128,7 +142,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
     let relay_wake = Arc::new(Notify::new());
     let relay_connected = Arc::new(AtomicBool::new(false));
     let (shutdown, rx) = watch::channel(false);
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         pool: pool.clone(),
         relay_wake: relay_wake.clone(),
         relay_connected: relay_connected.clone(),
@@ -172,7 +186,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         signer: settings.downloads.signer(),
         console: Arc::new(settings.console.clone()),
         rcon: settings.rcon.timeouts(),
-    };
+    }));
     let products = state.products.clone();
     let app =
         routes::router(state.clone()).layer(DefaultBodyLimit::max(settings.api.body_limit_bytes));

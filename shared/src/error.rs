@@ -38,6 +38,28 @@ impl From<serde_json::Error> for DbError {
     }
 }
 
+impl DbError {
+    /// The database could not be used, rather than refused the statement:
+    /// no connection in time, a connection that broke, or a server shutting
+    /// down, restarting or starting up (SQLSTATE classes 08 and 57P). Trying
+    /// again later can succeed; nothing about the request was wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Sqlx(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            DbError::Sqlx(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
+
 /// The Postgres constraint a query violated, if that is why it failed.
 pub fn violated_constraint(err: &sqlx::Error) -> Option<&str> {
     match err {

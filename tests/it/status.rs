@@ -222,3 +222,52 @@ async fn bad_read_parameters_are_named() {
     assert_eq!(body["error"]["code"], "invalid_query");
     stack.teardown().await;
 }
+
+/// When Postgres ends the API's connections (a restart, a failover, a
+/// proxy's idle timeout), a read that meets a dead connection answers 503
+/// `unavailable` — never 500 — and the pool recovers within a few reads.
+/// Pooled connections are pinged on acquire only after `db::PING_IF_IDLE`
+/// idle, so one used a moment before it was cut may be met.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_the_databases_connections_were_cut_are_answered() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("arena", &game).await;
+    stack
+        .add_rcon_product("vip", "arena", "vip {username}")
+        .await;
+    let (_, order) = stack.post_order("vip", "steve", None).await;
+    let path = format!("/v1/orders/{}", order["id"].as_str().expect("id"));
+    for _ in 0..4 {
+        assert_eq!(get(&stack, &path, None).await.0, StatusCode::OK);
+    }
+    let mut own =
+        <sqlx::PgConnection as sqlx::Connection>::connect(stack.settings.database.url.expose())
+            .await
+            .expect("connect");
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(&mut own)
+    .await
+    .expect("terminate");
+    assert!(cut >= 1, "the API's connections were there to cut");
+    let mut unavailable = 0;
+    loop {
+        let (status, _, body) = get(&stack, &path, None).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains(r#""code":"unavailable""#), "{body}");
+        unavailable += 1;
+        assert!(unavailable <= 8, "the pool (8 connections) recovers");
+    }
+    for _ in 0..4 {
+        assert_eq!(get(&stack, &path, None).await.0, StatusCode::OK);
+    }
+    stack.teardown().await;
+}
