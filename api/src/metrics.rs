@@ -5,6 +5,7 @@
 //! | `courier_http_requests_total{method,route,status}` | requests answered, by route template |
 //! | `courier_http_request_duration_seconds{method,route}` | time to answer |
 //! | `courier_accept_batch_size` | orders written in one statement (group commit) |
+//! | `courier_status_read_batch_size` | status reads answered by one statement |
 //! | `courier_outbox_published_total` | outbox rows published with a confirm |
 //! | `courier_outbox_publish_delay_seconds` | commit of the row → broker's confirm |
 //! | `courier_outbox_backlog` | rows not yet published (at scrape) |
@@ -61,6 +62,7 @@ pub struct ApiMetrics {
     pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub published: Counter,
     pub accept_batch: Histogram,
+    pub status_read_batch: Histogram,
     pub publish_delay: Histogram,
     /// Download responses served (whole files and ranges).
     pub downloads: Counter,
@@ -116,6 +118,12 @@ impl Default for ApiMetrics {
             "Orders written in one statement (group commit of accepts)",
             accept_batch.clone(),
         );
+        let status_read_batch = courier_shared::metrics::size_histogram();
+        r.register(
+            "status_read_batch_size",
+            "Status reads (GET /v1/orders/{id}) answered by one statement",
+            status_read_batch.clone(),
+        );
         let publish_delay = seconds_histogram();
         r.register_with_unit(
             "outbox_publish_delay",
@@ -167,6 +175,7 @@ impl Default for ApiMetrics {
             duration,
             published,
             accept_batch,
+            status_read_batch,
             publish_delay,
             downloads,
             outbox_backlog,

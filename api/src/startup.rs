@@ -51,6 +51,8 @@ pub struct Shared {
     pub rules: Arc<courier_shared::service::deliverable::AcceptRules>,
     /// Writes the orders accepted at the same moment together.
     pub accepts: courier_shared::service::orders::GroupCommit,
+    /// Reads the statuses asked for at the same moment together.
+    pub status_reads: courier_shared::service::orders::StatusReads,
     /// The products orders name, kept until the catalog changes.
     pub products: Arc<courier_shared::service::orders::ProductCache>,
     /// API keys looked up recently.
@@ -160,6 +162,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         accepts: courier_shared::service::orders::GroupCommit::start(
             pool.clone(),
             metrics.accept_batch.clone(),
+        ),
+        status_reads: courier_shared::service::orders::StatusReads::start(
+            pool.clone(),
+            metrics.status_read_batch.clone(),
         ),
         keys: Arc::new(crate::auth::KeyCache::new(std::time::Duration::from_secs(
             settings.api.key_cache_seconds,

@@ -39,24 +39,45 @@ impl From<serde_json::Error> for DbError {
 }
 
 impl DbError {
-    /// The database could not be used, rather than refused the statement:
-    /// no connection in time, a connection that broke, or a server shutting
-    /// down, restarting or starting up (SQLSTATE classes 08 and 57P). Trying
-    /// again later can succeed; nothing about the request was wrong.
+    /// The database could not be used, rather than refused the statement
+    /// (see `unavailable`).
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            DbError::Sqlx(
-                sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::WorkerCrashed,
-            ) => true,
-            DbError::Sqlx(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-            _ => false,
-        }
+        matches!(self, DbError::Sqlx(e) if unavailable(e))
+    }
+}
+
+/// The database could not be used, rather than refused the statement: no
+/// connection in time, a connection that broke, or a server shutting down,
+/// restarting or starting up (SQLSTATE classes 08 and 57P). Trying again
+/// later can succeed; nothing about the request was wrong.
+pub fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// The same failure again, for each caller of a batch that failed as one
+/// (`sqlx::Error` is not `Clone`): of the same kind where a caller tells
+/// kinds apart — the pool, the connection, the database unavailable
+/// (`DbError::is_unavailable`) — else a protocol error with its message.
+pub fn same_sqlx_error(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        sqlx::Error::Tls(_) | sqlx::Error::Database(_) if unavailable(e) => sqlx::Error::Io(
+            std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string()),
+        ),
+        other => sqlx::Error::Protocol(other.to_string()),
     }
 }
 

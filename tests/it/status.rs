@@ -271,3 +271,51 @@ async fn reads_after_the_databases_connections_were_cut_are_answered() {
     }
     stack.teardown().await;
 }
+
+/// Status reads that arrive together are answered by one statement; each
+/// still gets its own order — by id or by order number — or its own 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_at_the_same_moment_each_get_their_own_order() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("arena", &game).await;
+    stack
+        .add_rcon_product("vip", "arena", "vip {username}")
+        .await;
+    let mut orders = Vec::new();
+    for name in ["alex", "sam", "kim"] {
+        let (_, o) = stack.post_order("vip", name, None).await;
+        let id = o["id"].as_str().expect("id").to_owned();
+        let number = o["order_number"].as_str().expect("number").to_owned();
+        orders.push((id, number));
+    }
+    let missing = uuid::Uuid::new_v4().to_string();
+    let asks: Vec<(String, Option<String>)> = (0..48)
+        .map(|i| match i % 4 {
+            3 => (missing.clone(), None),
+            k => {
+                let (id, number) = &orders[i % 3];
+                let by = if k == 1 { number } else { id };
+                (by.clone(), Some(id.clone()))
+            }
+        })
+        .collect();
+    let paths: Vec<String> = asks
+        .iter()
+        .map(|(by, _)| format!("/v1/orders/{by}"))
+        .collect();
+    let answers = futures_util::future::join_all(paths.iter().map(|p| get(&stack, p, None))).await;
+    for ((by, expected), (status, _, body)) in asks.iter().zip(answers) {
+        match expected {
+            Some(id) => {
+                assert_eq!(status, StatusCode::OK, "{by}: {body}");
+                let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+                assert_eq!(v["id"].as_str(), Some(id.as_str()), "{by}");
+            }
+            None => assert_eq!(status, StatusCode::NOT_FOUND, "{by}: {body}"),
+        }
+    }
+    stack.teardown().await;
+}

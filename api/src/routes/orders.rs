@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use courier_shared::db::orders::{self, OrderStatusView, OrderSummary};
 use courier_shared::domain::ids;
 use courier_shared::domain::order::OrderStatus;
-use courier_shared::service::orders::{AcceptWith, NewOrder, create_order};
+use courier_shared::service::orders::{AcceptWith, NewOrder, OrderRef, create_order};
 use uuid::Uuid;
 
 use crate::auth::{Caller, ORDERS_KEYS, ORDERS_READ, ORDERS_WRITE};
@@ -202,19 +202,18 @@ pub async fn get(
     caller.require(ORDERS_READ)?;
     let full = query.full()?;
     let wait = query.wait()?;
-    let (id, number) = if let Ok(id) = Uuid::parse_str(&reference) {
-        (Some(id), None)
+    let order = if let Ok(id) = Uuid::parse_str(&reference) {
+        OrderRef::Id(id)
     } else if ids::looks_like_order_number(&reference) {
-        (None, Some(reference.as_str()))
+        OrderRef::Number(reference)
     } else {
         return Err(ApiError::invalid_reference());
     };
-    let mut status = {
-        let mut conn = state.pool.acquire().await?;
-        orders::load_status(&mut conn, id, number)
-            .await?
-            .ok_or_else(|| ApiError::not_found("order"))?
-    };
+    let mut status = state
+        .status_reads
+        .read(order)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
     if let Some((wanted, timeout)) = wait {
         status = wait_for(&state, status, &wanted, timeout).await?;
     }
@@ -291,11 +290,11 @@ async fn wait_for(
         tokio::pin!(notified);
         // Enabled before the read: a change committed after it still wakes us.
         notified.as_mut().enable();
-        let mut conn = state.pool.acquire().await?;
-        status = orders::load_status(&mut conn, Some(status.id), None)
+        status = state
+            .status_reads
+            .read(OrderRef::Id(status.id))
             .await?
             .ok_or_else(|| ApiError::not_found("order"))?;
-        drop(conn);
         if done(&status) || state.waiters.closing() {
             return Ok(status);
         }

@@ -1,4 +1,5 @@
-//! `courier-bench reads`: `GET /v1/orders/{id}` against `/healthz` on the
+//! `courier-bench reads`: `GET /v1/orders/{id}` (each connection going round
+//! the 200 warm-up orders) against `/healthz` on the
 //! same API process, 64 connections each, from a Rust load loop (keep-alive
 //! HTTP/1.1) — idle, then while orders are ingested at a fixed rate.
 
@@ -39,8 +40,10 @@ pub struct ReadsReport {
     pub ingested_per_s: f64,
 }
 
-/// `connections` loops sending `path` back to back for `seconds`.
-async fn load(api: &ApiClient, path: &str, connections: usize, seconds: u64) -> Load {
+/// `connections` loops sending requests back to back for `seconds`, each
+/// going round `paths` from its own starting point (so reads at the same
+/// moment are of different orders, as a store's clients' would be).
+async fn load(api: &ApiClient, paths: &[String], connections: usize, seconds: u64) -> Load {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()
@@ -48,16 +51,19 @@ async fn load(api: &ApiClient, path: &str, connections: usize, seconds: u64) -> 
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    for c in 0..connections {
         let (http, stop) = (http.clone(), stop.clone());
-        let url = format!("{}{path}", api.base);
+        let urls: Vec<String> = paths.iter().map(|p| format!("{}{p}", api.base)).collect();
         let key = api.admin_key.clone();
         tasks.push(tokio::spawn(async move {
             let mut took = Vec::new();
             let mut errors = 0u64;
+            let mut next = c * 7;
             while !stop.load(Ordering::Relaxed) {
+                let url = &urls[next % urls.len()];
+                next += 1;
                 let t = Instant::now();
-                match http.get(&url).bearer_auth(&key).send().await {
+                match http.get(url.as_str()).bearer_auth(&key).send().await {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         took.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -100,12 +106,18 @@ pub async fn run(args: ReadsArgs) -> anyhow::Result<ReadsReport> {
         "warm-up orders were refused"
     );
     wait_completed(&stack, 200, Duration::from_secs(60)).await?;
-    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orders LIMIT 1")
-        .fetch_one(&stack.pool)
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_all(&stack.pool)
         .await?;
-    let path = format!("/v1/orders/{id}");
-    let healthz = load(&api, "/healthz", args.connections, args.seconds).await;
-    let order_status = load(&api, &path, args.connections, args.seconds).await;
+    let paths: Vec<String> = ids.iter().map(|id| format!("/v1/orders/{id}")).collect();
+    let healthz = load(
+        &api,
+        &["/healthz".to_owned()],
+        args.connections,
+        args.seconds,
+    )
+    .await;
+    let order_status = load(&api, &paths, args.connections, args.seconds).await;
 
     // The same read while orders arrive at `ingest_rate`.
     let count = (args.ingest_rate * args.seconds as f64) as usize;
@@ -118,7 +130,7 @@ pub async fn run(args: ReadsArgs) -> anyhow::Result<ReadsReport> {
             n as f64 / t.elapsed().as_secs_f64()
         })
     };
-    let busy = load(&api, &path, args.connections, args.seconds).await;
+    let busy = load(&api, &paths, args.connections, args.seconds).await;
     let ingested_per_s = ingest.await.unwrap_or(0.0);
     stack.teardown().await;
     Ok(ReadsReport {

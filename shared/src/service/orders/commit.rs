@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::plan::Plan;
 use super::rows_of;
 use crate::db::accept;
+use crate::error::same_sqlx_error as same_error;
 
 /// Most orders written in one statement.
 const MAX_BATCH: usize = 64;
@@ -124,15 +125,5 @@ async fn write_batch(pool: &PgPool, batch: &[Job]) -> Vec<Result<(), sqlx::Error
         }
         Err(e) if batch.len() == 1 => vec![Err(e)],
         Err(e) => everyone(&e),
-    }
-}
-
-/// The same failure again, for each caller of a batch that failed as one.
-fn same_error(e: &sqlx::Error) -> sqlx::Error {
-    match e {
-        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
-        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
-        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        other => sqlx::Error::Protocol(other.to_string()),
     }
 }

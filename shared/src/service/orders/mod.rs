@@ -18,12 +18,14 @@ mod commit;
 mod fulfil;
 mod plan;
 mod products;
+mod reads;
 mod validate;
 
 pub use self::commit::GroupCommit;
 pub use self::fulfil::{Fulfilment, Processed, process_order, start_fulfilment};
 use self::plan::{Plan, plan, within_limit};
 pub use self::products::ProductCache;
+pub use self::reads::{OrderRef, StatusReads};
 pub use self::validate::{request_hash, validate};
 use super::Invalid;
 use super::deliverable::AcceptRules;
