@@ -10,6 +10,32 @@ use courier_tests::stack::TestStack;
 use reqwest::Method;
 use serde_json::json;
 
+/// Game server `s` on `game`, allowing `max_connections` sessions, and
+/// product `p` running one command on it.
+async fn serve_rcon(stack: &TestStack, game: &FakeGameServer, max_connections: u32) {
+    let server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "pw", "dialect": "minecraft", "max_connections": max_connections });
+    stack
+        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
+        .await;
+    stack
+        .add_rcon_product("p", "s", "give {username} apple")
+        .await;
+}
+
+/// `n` orders of `p` (for players u0, u1, …), each waited for until completed.
+async fn order_and_complete(stack: &TestStack, n: usize) {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
+        ids.push(o["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        stack
+            .wait_for_order(id, "completed", Duration::from_secs(60))
+            .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rcon_connection_limit_holds_across_two_worker_processes() {
     let game = FakeGameServer::start("pw", Dialect::Minecraft)
@@ -20,29 +46,14 @@ async fn the_rcon_connection_limit_holds_across_two_worker_processes() {
         ..Behaviour::default()
     });
     let stack = TestStack::start_with(|_| {}, false).await;
-    let server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "pw", "dialect": "minecraft", "max_connections": 1 });
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
-    stack
-        .add_rcon_product("p", "s", "give {username} apple")
-        .await;
+    serve_rcon(&stack, &game, 1).await;
     let mut workers: Vec<_> = (0..2)
         .map(|_| crate::spawn_worker_process(&stack))
         .collect();
     // Four times the stack's `worker.concurrency` (4): a process holds at
     // most its prefetch window (twice its concurrency), so however the two
     // start, the one that attaches first cannot take every order.
-    let mut ids = Vec::new();
-    for i in 0..16 {
-        let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
-        ids.push(o["id"].as_str().expect("id").to_owned());
-    }
-    for id in &ids {
-        stack
-            .wait_for_order(id, "completed", Duration::from_secs(60))
-            .await;
-    }
+    order_and_complete(&stack, 16).await;
     // Both processes took jobs and competed for the one slot (the loser's
     // attempts end `busy`, transient, and are retried).
     let workers_used: i64 =
@@ -152,23 +163,8 @@ async fn a_worker_runs_no_more_jobs_at_once_than_its_concurrency() {
         ..Behaviour::default()
     });
     let stack = TestStack::start().await;
-    let server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "pw", "dialect": "minecraft", "max_connections": 32 });
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
-    stack
-        .add_rcon_product("p", "s", "give {username} apple")
-        .await;
-    let mut ids = Vec::new();
-    for i in 0..16 {
-        let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
-        ids.push(o["id"].as_str().expect("id").to_owned());
-    }
-    for id in &ids {
-        stack
-            .wait_for_order(id, "completed", Duration::from_secs(60))
-            .await;
-    }
+    serve_rcon(&stack, &game, 32).await;
+    order_and_complete(&stack, 16).await;
     assert_eq!(game.commands().len(), 16);
     assert_eq!(
         game.max_concurrent_sessions(),
@@ -202,23 +198,8 @@ async fn a_job_that_waits_too_long_for_a_driver_slot_comes_back_later() {
         true,
     )
     .await;
-    let server = json!({ "host": "127.0.0.1", "port": game.addr.port(), "password": "pw", "dialect": "minecraft", "max_connections": 4 });
-    stack
-        .call(Method::PUT, "/v1/game-servers/s", Some(&server))
-        .await;
-    stack
-        .add_rcon_product("p", "s", "give {username} apple")
-        .await;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let (_, o) = stack.post_order("p", &format!("u{i}"), None).await;
-        ids.push(o["id"].as_str().expect("id").to_owned());
-    }
-    for id in &ids {
-        stack
-            .wait_for_order(id, "completed", Duration::from_secs(60))
-            .await;
-    }
+    serve_rcon(&stack, &game, 4).await;
+    order_and_complete(&stack, 3).await;
     let mut commands = game.commands();
     commands.sort();
     assert_eq!(

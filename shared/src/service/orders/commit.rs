@@ -16,11 +16,10 @@
 //! outcome unknown, which is what `Idempotency-Key` is for.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::plan::Plan;
 use super::rows_of;
@@ -51,11 +50,9 @@ impl GroupCommit {
     /// Starts the lanes (on the current Tokio runtime); `sizes` observes the
     /// size of every batch written.
     pub fn start(pool: PgPool, sizes: Histogram) -> Self {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * LANES * 4);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..LANES {
-            tokio::spawn(lane(pool.clone(), rx.clone(), sizes.clone()));
-        }
+        let tx = super::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
+            write_and_answer(pool.clone(), batch)
+        });
         GroupCommit { tx }
     }
 
@@ -82,20 +79,12 @@ impl GroupCommit {
     }
 }
 
-async fn lane(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, sizes: Histogram) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let received = rx.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if received == 0 {
-            return;
-        }
-        sizes.observe(batch.len() as f64);
-        let outcomes = write_batch(&pool, &batch).await;
-        for (job, outcome) in batch.drain(..).zip(outcomes) {
-            // A caller that went away (its request was dropped) still had
-            // its order written; a retry with its Idempotency-Key finds it.
-            let _ = job.reply.send(outcome.map(|()| job.plan));
-        }
+async fn write_and_answer(pool: PgPool, batch: Vec<Job>) {
+    let outcomes = write_batch(&pool, &batch).await;
+    for (job, outcome) in batch.into_iter().zip(outcomes) {
+        // A caller that went away (its request was dropped) still had
+        // its order written; a retry with its Idempotency-Key finds it.
+        let _ = job.reply.send(outcome.map(|()| job.plan));
     }
 }
 

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 mod commit;
 mod fulfil;
+mod lanes;
 mod plan;
 mod products;
 mod reads;

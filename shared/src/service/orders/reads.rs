@@ -9,12 +9,10 @@
 //! Every read sees a snapshot taken after it was asked for, so a batch
 //! never answers with a state older than a read alone would.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::db::orders::{self, OrderStatusView};
@@ -51,11 +49,9 @@ impl StatusReads {
     /// Starts the lanes (on the current Tokio runtime); `sizes` observes the
     /// size of every batch read.
     pub fn start(pool: PgPool, sizes: Histogram) -> Self {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * LANES * 4);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..LANES {
-            tokio::spawn(lane(pool.clone(), rx.clone(), sizes.clone()));
-        }
+        let tx = super::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
+            read_and_answer(pool.clone(), batch)
+        });
         StatusReads { tx }
     }
 
@@ -73,40 +69,40 @@ impl StatusReads {
     }
 }
 
-async fn lane(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, sizes: Histogram) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let received = rx.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if received == 0 {
-            return;
-        }
-        sizes.observe(batch.len() as f64);
-        match read_batch(&pool, &batch).await {
-            Ok(rows) => {
-                let mut by_id: HashMap<Uuid, &OrderStatusView> = HashMap::new();
-                let mut by_number: HashMap<&str, &OrderStatusView> = HashMap::new();
-                for row in &rows {
-                    by_id.insert(row.id, row);
-                    by_number.insert(row.order_number.as_str(), row);
-                }
-                for job in batch.drain(..) {
-                    let found = match &job.order {
-                        OrderRef::Id(id) => by_id.get(id),
-                        OrderRef::Number(n) => by_number.get(n.as_str()),
-                    };
-                    let _ = job.reply.send(Ok(found.map(|r| (*r).clone())));
-                }
+async fn read_and_answer(pool: PgPool, batch: Vec<Job>) {
+    match read_batch(&pool, &batch).await {
+        Ok(rows) => {
+            let mut by_id: HashMap<Uuid, &OrderStatusView> = HashMap::new();
+            let mut by_number: HashMap<&str, &OrderStatusView> = HashMap::new();
+            for row in &rows {
+                by_id.insert(row.id, row);
+                by_number.insert(row.order_number.as_str(), row);
             }
-            Err(e) => {
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(same_sqlx_error(&e).into()));
-                }
+            for job in batch {
+                let found = match &job.order {
+                    OrderRef::Id(id) => by_id.get(id),
+                    OrderRef::Number(n) => by_number.get(n.as_str()),
+                };
+                let _ = job.reply.send(Ok(found.map(|r| (*r).clone())));
+            }
+        }
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(same_error(&e)));
             }
         }
     }
 }
 
-async fn read_batch(pool: &PgPool, batch: &[Job]) -> Result<Vec<OrderStatusView>, sqlx::Error> {
+/// The batch's failure again, for each of its callers.
+fn same_error(e: &DbError) -> DbError {
+    match e {
+        DbError::Sqlx(e) => same_sqlx_error(e).into(),
+        other => DbError::Corrupt(other.to_string()),
+    }
+}
+
+async fn read_batch(pool: &PgPool, batch: &[Job]) -> Result<Vec<OrderStatusView>, DbError> {
     let mut ids = Vec::new();
     let mut numbers = Vec::new();
     for job in batch {
@@ -116,10 +112,5 @@ async fn read_batch(pool: &PgPool, batch: &[Job]) -> Result<Vec<OrderStatusView>
         }
     }
     let mut conn = pool.acquire().await?;
-    orders::load_statuses(&mut conn, &ids, &numbers)
-        .await
-        .map_err(|e| match e {
-            DbError::Sqlx(e) => e,
-            other => sqlx::Error::Protocol(other.to_string()),
-        })
+    orders::load_statuses(&mut conn, &ids, &numbers).await
 }
