@@ -1,7 +1,16 @@
-//! The outbox relay: publishes outbox rows with publisher confirms, then marks
-//! them sent in the same transaction that locked them. Woken right after an
-//! order commits, and sweeping every `relay.sweep_interval_ms` anyway, so rows
-//! written while RabbitMQ was unreachable go out once it is back.
+//! The outbox relay: publishes outbox rows with publisher confirms and marks
+//! them sent. Two kinds of lanes share its one channel:
+//!
+//! - **direct** lanes publish the rows this process's accepts just wrote,
+//!   handed over in memory right after their commit (`outbox::Handoff`); the
+//!   rows are leased to this process (`publishing_until`), so no lock and no
+//!   read is needed, and the mark is one statement after the confirms;
+//! - **sweep** lanes lock whatever else is unpublished (`FOR UPDATE SKIP
+//!   LOCKED`; rows written by workers and the CLI, rows whose lease ran out
+//!   or was given back), publish them and mark them sent in the same
+//!   transaction. They are woken by `NOTIFY courier_outbox` and by this
+//!   process's other writers, and run every `relay.sweep_interval_ms` anyway,
+//!   so rows written while RabbitMQ was unreachable go out once it is back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,11 +19,18 @@ use std::time::{Duration, Instant};
 use backon::Retryable;
 use courier_shared::config::RelaySettings;
 use courier_shared::db::listen::Heard;
-use courier_shared::db::outbox;
+use courier_shared::db::outbox::{self, Pending};
 use courier_shared::queue::publisher::{OutgoingMessage, PublishError, Publisher};
 use courier_shared::queue::{Broker, topology::Topology};
 use sqlx::PgPool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+
+/// Lanes publishing handed-over rows; while some wait for their confirms and
+/// marks, the others take what arrives.
+const DIRECT_LANES: usize = 4;
+
+/// Most handovers (one per group-commit batch) one direct lane publishes at once.
+const DIRECT_BATCHES: usize = 16;
 
 pub struct Relay {
     pub pool: PgPool,
@@ -22,6 +38,8 @@ pub struct Relay {
     pub topology: Topology,
     pub settings: RelaySettings,
     pub wake: Arc<Notify>,
+    /// Rows this process's accepts wrote, to publish directly.
+    pub direct: Mutex<mpsc::Receiver<Vec<Pending>>>,
     /// True while the relay holds a working broker connection (for `/readyz`).
     pub connected: Arc<AtomicBool>,
     pub metrics: Arc<crate::metrics::ApiMetrics>,
@@ -89,9 +107,16 @@ impl Relay {
             // (`SKIP LOCKED` keeps their batches apart). Either lane ending
             // means the channel is gone: both stop, and a batch cut short is
             // rolled back and sent again (consumers tolerate a repeat).
-            let lanes = [0, 1].map(|_| self.lane(&publisher, sweep, &last_prune));
+            let sweeping = [0, 1].map(|_| {
+                Box::pin(self.lane(&publisher, sweep, &last_prune))
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
+            });
+            let direct = (0..DIRECT_LANES).map(|_| {
+                Box::pin(self.direct_lane(&publisher))
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
+            });
             tokio::select! {
-                _ = futures_util::future::select_all(lanes.into_iter().map(Box::pin)) => {}
+                _ = futures_util::future::select_all(sweeping.into_iter().chain(direct)) => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -142,6 +167,42 @@ impl Relay {
         }
     }
 
+    /// Publishes handed-over rows until the channel breaks. Rows it could not
+    /// publish are given back to the sweep lanes; rows published but not
+    /// marked (the database unreachable) go out once more when their lease
+    /// ends, which consumers tolerate.
+    async fn direct_lane(&self, publisher: &Publisher) {
+        let mut handed = Vec::with_capacity(DIRECT_BATCHES);
+        loop {
+            if self
+                .direct
+                .lock()
+                .await
+                .recv_many(&mut handed, DIRECT_BATCHES)
+                .await
+                == 0
+            {
+                // No accepts hand rows over any more (shutting down).
+                return std::future::pending().await;
+            }
+            let rows: Vec<Pending> = handed.drain(..).flatten().collect();
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            if let Err(e) = publisher.publish_all(&self.messages(&rows)).await {
+                tracing::warn!(error = %e, "publishing failed; will reconnect and retry");
+                if let Err(e) = outbox::release(&self.pool, &ids).await {
+                    tracing::warn!(error = %e, rows = ids.len(), "could not give outbox rows back; they go out when their lease ends");
+                }
+                return;
+            }
+            match outbox::mark_published_now(&self.pool, &ids).await {
+                Ok(()) => self.observe(&rows),
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = ids.len(), "published rows could not be marked sent; they go out again when their lease ends")
+                }
+            }
+        }
+    }
+
     /// Publishes one batch; returns how many rows it sent.
     async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, BatchError> {
         let mut tx = self.pool.begin().await?;
@@ -149,32 +210,39 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let messages: Vec<OutgoingMessage> = rows
-            .iter()
-            .map(|r| OutgoingMessage {
-                queue: self.topology.name(&r.queue),
-                body: r.payload.to_string().into_bytes(),
-                expiration_ms: r.expiration_ms,
-            })
-            .collect();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        if let Err(e) = publisher.publish_all(&messages).await {
+        if let Err(e) = publisher.publish_all(&self.messages(&rows)).await {
             drop(tx);
             let _ = outbox::mark_failed(&self.pool, &ids, &e.to_string()).await;
             return Err(e.into());
         }
         outbox::mark_published(&mut tx, &ids).await?;
         tx.commit().await?;
+        self.observe(&rows);
+        Ok(ids.len())
+    }
+
+    fn messages(&self, rows: &[Pending]) -> Vec<OutgoingMessage> {
+        rows.iter()
+            .map(|r| OutgoingMessage {
+                queue: self.topology.name(&r.queue),
+                body: r.payload.to_string().into_bytes(),
+                expiration_ms: r.expiration_ms,
+            })
+            .collect()
+    }
+
+    /// Counts rows marked sent, with their delay since they were written.
+    fn observe(&self, rows: &[Pending]) {
         let now = chrono::Utc::now();
-        self.metrics.published.inc_by(ids.len() as u64);
-        for row in &rows {
+        self.metrics.published.inc_by(rows.len() as u64);
+        for row in rows {
             let delay = (now - row.created_at)
                 .num_microseconds()
                 .unwrap_or(0)
                 .max(0);
             self.metrics.publish_delay.observe(delay as f64 / 1e6);
         }
-        tracing::debug!(count = ids.len(), "published outbox rows");
-        Ok(ids.len())
+        tracing::debug!(count = rows.len(), "published outbox rows");
     }
 }

@@ -142,6 +142,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
     let topology = Topology::new(&settings.amqp.prefix, &settings.retry);
     let metrics = Arc::new(crate::metrics::ApiMetrics::default());
     let relay_wake = Arc::new(Notify::new());
+    // Handovers of freshly accepted orders' outbox rows to the relay's direct
+    // lanes; a full queue sends them through the sweep instead.
+    let (handoff, direct) = tokio::sync::mpsc::channel(1024);
+    let handoff = settings.relay.publish_directly.then_some(handoff);
     let relay_connected = Arc::new(AtomicBool::new(false));
     let (shutdown, rx) = watch::channel(false);
     let state = AppState(Arc::new(Shared {
@@ -162,6 +166,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         accepts: courier_shared::service::orders::GroupCommit::start(
             pool.clone(),
             metrics.accept_batch.clone(),
+            handoff,
         ),
         status_reads: courier_shared::service::orders::StatusReads::start(
             pool.clone(),
@@ -214,6 +219,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         metrics,
         settings: settings.relay.clone(),
         wake: relay_wake,
+        direct: tokio::sync::Mutex::new(direct),
         connected: relay_connected,
     };
     let relay = tokio::spawn(relay.run(rx.clone()));

@@ -332,6 +332,9 @@ pub struct RelaySettings {
     pub batch_size: i64,
     /// Published outbox rows are kept this long for inspection, then deleted.
     pub retention_hours: u32,
+    /// The API publishes the job messages of the orders it accepts itself,
+    /// right after their commit, instead of leaving them to a sweep.
+    pub publish_directly: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -469,6 +472,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("relay.sweep_interval_ms", "1000"),
     ("relay.batch_size", "200"),
     ("relay.retention_hours", "24"),
+    ("relay.publish_directly", "true"),
     ("worker.concurrency", "16"),
     ("worker.lease_seconds", "60"),
     ("worker.shutdown_grace_seconds", "30"),

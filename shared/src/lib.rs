@@ -15,6 +15,7 @@
 //!   handlers and the worker consumers call.
 //! - `rcon/`: the RCON client (framing per server), what servers answer, and
 //!   connection pools with slots across workers.
+//! - `lanes`: batches without a timer (group commit, status reads, the completer).
 //! - `redis`, `limits`: Redis coordination across replicas (semaphores, rates, pauses).
 //! - `crypto`: CD keys encrypted at rest.
 //! - `shutdown`: SIGTERM/SIGINT.
@@ -24,6 +25,7 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod lanes;
 pub mod limits;
 pub mod metrics;
 pub mod queue;

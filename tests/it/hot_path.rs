@@ -296,6 +296,7 @@ async fn an_order_planned_from_a_product_saved_anew_is_planned_again() {
     let commit = GroupCommit::start(
         stack.pool.clone(),
         prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        None,
     );
     let rules = courier_shared::service::deliverable::AcceptRules::from_settings(&stack.settings);
     let with = AcceptWith {

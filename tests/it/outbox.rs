@@ -1,4 +1,7 @@
-//! An order accepted while RabbitMQ is unreachable is delivered once it is back.
+//! The outbox: an order accepted while RabbitMQ is unreachable is delivered
+//! once it is back; an accepted order's job message is published directly by
+//! the API that wrote it, and the relays' sweep leaves such rows alone until
+//! their lease ends or is given back.
 
 use std::time::Duration;
 
@@ -52,5 +55,154 @@ async fn order_accepted_while_rabbitmq_is_down_is_delivered_after_it_returns() {
         .wait_for_order(&id, "completed", Duration::from_secs(30))
         .await;
     assert_eq!(game.commands(), vec!["give alex apple".to_owned()]);
+    stack.teardown().await;
+}
+
+/// The API that accepted an order publishes its job message itself, before
+/// the row's lease ends (a sweep cannot take a leased row, so a message sent
+/// before then was sent directly); its row is marked sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_orders_message_is_published_by_the_api_that_wrote_it() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start().await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} pear")
+        .await;
+
+    let (status, order) = stack.post_order("p", "alex", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let id = order["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(10))
+        .await;
+    let (leased, directly, attempts): (bool, bool, i32) = sqlx::query_as(
+        "SELECT publishing_until IS NOT NULL, published_at < publishing_until, attempts \
+         FROM outbox WHERE payload->>'delivery_id' = \
+           (SELECT id::text FROM deliveries WHERE order_id = $1::uuid)",
+    )
+    .bind(&id)
+    .fetch_one(&stack.pool)
+    .await
+    .expect("outbox row");
+    assert!(leased, "the accept leases its rows to its own process");
+    assert!(directly, "published before the lease ended: not by a sweep");
+    assert_eq!(attempts, 1);
+    assert_eq!(game.commands(), vec!["give alex pear".to_owned()]);
+    stack.teardown().await;
+}
+
+/// A sweep takes unleased rows and rows whose lease ended, never one whose
+/// lease is running, and publishes a row as soon as its lease is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_leaves_a_row_being_published_directly_until_its_lease_ends_or_is_given_back() {
+    use courier_shared::db::outbox;
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let insert = "INSERT INTO outbox (queue, payload, publishing_until) \
+                  VALUES ('courier.rcon', jsonb_build_object('delivery_id', gen_random_uuid()), \
+                  now() + $1::int8 * interval '1 second') RETURNING id";
+    // Written and locked in one transaction, out of the stack's relay's sight.
+    let mut tx = stack.pool.begin().await.expect("tx");
+    let mut ids = Vec::new();
+    for lease in [Some(3600_i64), Some(-1), None] {
+        let id: i64 = sqlx::query_scalar(insert)
+            .bind(lease)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("row");
+        ids.push(id);
+    }
+    let locked: Vec<i64> = outbox::lock_batch(&mut tx, 100)
+        .await
+        .expect("lock")
+        .into_iter()
+        .map(|r| r.id)
+        .filter(|id| ids.contains(id))
+        .collect();
+    assert_eq!(locked, ids[1..].to_vec(), "a running lease is left alone");
+    tx.rollback().await.expect("rollback");
+
+    // Committed with an hour's lease: sweeps (every 200 ms here) pass it by...
+    let id: i64 = sqlx::query_scalar(insert)
+        .bind(3600_i64)
+        .fetch_one(&stack.pool)
+        .await
+        .expect("row");
+    let published = || async {
+        sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_one(&stack.pool)
+            .await
+            .expect("row")
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!published().await, "a sweep took a leased row");
+    // ...until it is given back.
+    outbox::release(&stack.pool, &[id]).await.expect("release");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !published().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "given back but not published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.teardown().await;
+}
+
+/// When the accept's handoff cannot take the rows (the relay's queue is
+/// gone or full), they are given back to the sweep at once rather than
+/// waiting out their lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_relay_cannot_take_at_commit_are_given_back_to_the_sweep() {
+    use courier_shared::service::orders::{AcceptWith, GroupCommit, NewOrder, ProductCache};
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    stack.add_game_server("s", &game).await;
+    stack.add_rcon_product("p", "s", "say {username}").await;
+    // A handoff whose relay is gone.
+    let (handoff, relay) = tokio::sync::mpsc::channel(1);
+    drop(relay);
+    let commit = GroupCommit::start(
+        stack.pool.clone(),
+        prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        Some(handoff),
+    );
+    let cache = ProductCache::deaf();
+    let rules = courier_shared::service::deliverable::AcceptRules::from_settings(&stack.settings);
+    let with = AcceptWith {
+        pool: &stack.pool,
+        commit: &commit,
+        products: &cache,
+        rules: &rules,
+    };
+    let order: NewOrder =
+        serde_json::from_value(courier_tests::stack::sample_order("p", "sam")).expect("order");
+    let accepted = courier_shared::service::orders::create_order(&with, order, None, "test")
+        .await
+        .expect("accepted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let leased: bool = sqlx::query_scalar(
+            "SELECT publishing_until IS NOT NULL FROM outbox WHERE payload->>'delivery_id' = \
+               (SELECT id::text FROM deliveries WHERE order_id = $1)",
+        )
+        .bind(accepted.order.id)
+        .fetch_one(&stack.pool)
+        .await
+        .expect("outbox row");
+        if !leased {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stack.teardown().await;
 }

@@ -4,9 +4,13 @@
 //! UPDATE, one roll-up of their items and orders — in one transaction. Each
 //! job waits for the commit of its batch before its message is acked.
 //!
-//! There is no timer: a batch is whatever arrived while the previous one was
-//! being committed (up to `MAX_BATCH`), so an idle worker writes each outcome
-//! at once and a busy one writes many per commit. The channel is bounded:
+//! There is no timer: a batch is whatever arrived while the lanes were busy
+//! (up to `MAX_BATCH`), so an idle worker writes each outcome at once and a
+//! busy one writes many per commit. `LANES` batches commit at the same time:
+//! with one, an outcome that arrived just after a batch began waited for that
+//! whole transaction (six round trips) before its own began. Two batches
+//! touching one order meet on its row lock (both lock orders in id order) and
+//! the later one rolls up what the earlier committed. The queue is bounded:
 //! when the database falls behind, jobs wait here, their messages stay
 //! unacked, and the consumer's prefetch stops new ones from arriving.
 //!
@@ -23,20 +27,25 @@ use tokio::sync::{mpsc, oneshot};
 /// Most outcomes written in one transaction.
 const MAX_BATCH: usize = 256;
 
+/// Batches written at the same time (each on its own connection).
+const LANES: usize = 2;
+
 type Reply = oneshot::Sender<Result<bool, ()>>;
 
-/// A handle to the process's completer task.
+/// A handle to the process's completer lanes.
 #[derive(Clone)]
 pub struct Completer {
     tx: mpsc::Sender<(Success, Reply)>,
 }
 
 impl Completer {
-    /// Starts the completer task; it ends when every handle is dropped.
+    /// Starts the completer lanes; they end when every handle is dropped.
     /// `sizes` observes the size of every batch written.
     pub fn start(pool: PgPool, worker_id: String, sizes: Histogram) -> Self {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(pool, worker_id, sizes, rx));
+        let worker_id: std::sync::Arc<str> = worker_id.into();
+        let tx = courier_shared::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
+            write_and_answer(pool.clone(), worker_id.clone(), batch)
+        });
         Completer { tx }
     }
 
@@ -52,36 +61,31 @@ impl Completer {
     }
 }
 
-async fn run(
+async fn write_and_answer(
     pool: PgPool,
-    worker_id: String,
-    sizes: Histogram,
-    mut rx: mpsc::Receiver<(Success, Reply)>,
+    worker_id: std::sync::Arc<str>,
+    mut batch: Vec<(Success, Reply)>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        sizes.observe(batch.len() as f64);
-        let successes: Vec<Success> = batch.iter().map(|(s, _)| s.clone()).collect();
-        let written = write(&pool, &worker_id, &successes).await;
-        match &written {
-            Ok(applied) => {
-                tracing::debug!(
-                    batch = successes.len(),
-                    applied = applied.len(),
-                    "batch completed"
-                )
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, batch = successes.len(), "batch completion failed; recording one by one")
-            }
+    let successes: Vec<Success> = batch.iter().map(|(s, _)| s.clone()).collect();
+    let written = write(&pool, &worker_id, &successes).await;
+    match &written {
+        Ok(applied) => {
+            tracing::debug!(
+                batch = successes.len(),
+                applied = applied.len(),
+                "batch completed"
+            )
         }
-        for (success, reply) in batch.drain(..) {
-            let answer = match &written {
-                Ok(applied) => Ok(applied.contains(&success.id)),
-                Err(_) => Err(()),
-            };
-            let _ = reply.send(answer);
+        Err(e) => {
+            tracing::warn!(error = %e, batch = successes.len(), "batch completion failed; recording one by one")
         }
+    }
+    for (success, reply) in batch.drain(..) {
+        let answer = match &written {
+            Ok(applied) => Ok(applied.contains(&success.id)),
+            Err(_) => Err(()),
+        };
+        let _ = reply.send(answer);
     }
 }
 

@@ -42,7 +42,9 @@ pub async fn create(
         rules: &state.rules,
     };
     let accepted = create_order(&with, order, key, &caller.actor()).await?;
-    if accepted.created {
+    // Its job messages were handed to this process's relay at commit, unless
+    // direct publishing is off.
+    if accepted.created && !state.accepts.hands_off() {
         state.relay_wake.notify_one();
     }
     let status = if accepted.created {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::deliveries::DeliveryRow;
 use super::events::NewEvent;
 use super::orders::{ItemRow, OrderRow};
+use super::outbox::Pending;
 use crate::domain::delivery::DeliveryStatus;
 use crate::queue::messages::JobMessage;
 
@@ -69,12 +70,15 @@ d AS (INSERT INTO deliveries (id, order_id, item_id, action_id, kind, target, pa
         $44::jsonb[], $45::text[], $46::text[], $47::uuid[], $48::text[]) \
         AS u(id, order_id, item_id, action_id, kind, target, payload, status, purpose, revokes, \
           last_error)), \
-x AS (INSERT INTO outbox (queue, payload) SELECT * FROM UNNEST($49::text[], $50::jsonb[])), \
+x AS (INSERT INTO outbox (queue, payload, publishing_until) \
+      SELECT u.queue, u.payload, now() + $57::int8 * interval '1 millisecond' \
+      FROM UNNEST($49::text[], $50::jsonb[]) AS u(queue, payload) \
+      RETURNING id, queue, payload, expiration_ms, created_at), \
 e AS (INSERT INTO order_events (order_id, delivery_id, kind, message, actor, data) \
       SELECT u.order_id, NULL, u.kind, u.message, u.actor, u.data \
       FROM UNNEST($51::uuid[], $52::text[], $53::text[], $54::text[], $55::jsonb[]) \
         AS u(order_id, kind, message, actor, data)) \
-SELECT 1";
+SELECT id, queue, payload, expiration_ms, created_at FROM x";
 
 /// Every order's column as one array (`UNNEST` turns them back into rows).
 #[derive(Default)]
@@ -142,22 +146,33 @@ impl<'a> OrderColumns<'a> {
     }
 }
 
-/// `write` for one accept: how many of its deliveries were held.
+/// What `write` wrote besides the rows it was given.
+pub struct Written {
+    /// Per accept, how many of its deliveries were held.
+    pub held: Vec<usize>,
+    /// The outbox rows, one per queued delivery.
+    pub outbox: Vec<Pending>,
+}
+
+/// `write` for one accept, for the relays to publish: how many of its
+/// deliveries were held.
 pub async fn write_one(
     conn: &mut PgConnection,
     rows: AcceptRows<'_>,
 ) -> Result<usize, sqlx::Error> {
-    Ok(write(conn, &[rows]).await?.iter().sum())
+    Ok(write(conn, &[rows], None).await?.held.iter().sum())
 }
 
 /// Writes the rows of every accept in `batch` in one statement, all or
 /// nothing; a unique violation (order number, idempotency key) is returned as
-/// is for the caller to interpret. Returns, per accept, how many of its
-/// deliveries were held.
+/// is for the caller to interpret. With `direct`, the outbox rows are the
+/// caller's to publish for that long (`outbox::DIRECT_LEASE`) before relays
+/// take them; without, relays publish them.
 pub async fn write(
     conn: &mut PgConnection,
     batch: &[AcceptRows<'_>],
-) -> Result<Vec<usize>, sqlx::Error> {
+    direct: Option<std::time::Duration>,
+) -> Result<Written, sqlx::Error> {
     let mut o = OrderColumns::default();
     let items: Vec<&ItemRow> = batch.iter().flat_map(|r| r.items).collect();
     let ds: Vec<&DeliveryRow> = batch.iter().flat_map(|r| r.deliveries).collect();
@@ -194,7 +209,7 @@ pub async fn write(
         }
         held.push(held_here);
     }
-    sqlx::query(SQL)
+    let outbox: Vec<Pending> = sqlx::query_as(SQL)
         .bind(o.id)
         .bind(o.order_number)
         .bind(o.status)
@@ -271,7 +286,8 @@ pub async fn write(
                 .map(|i| i.delivery_status.as_str())
                 .collect::<Vec<_>>(),
         )
-        .execute(conn)
+        .bind(direct.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        .fetch_all(conn)
         .await?;
-    Ok(held)
+    Ok(Written { held, outbox })
 }

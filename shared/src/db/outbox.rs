@@ -65,9 +65,12 @@ pub struct Pending {
 /// Locks up to `limit` unpublished rows; other relays skip them (SKIP LOCKED),
 /// so several API replicas can run relays without publishing a row twice
 /// (except after a crash between publish and commit: consumers are idempotent).
+/// Rows the process that wrote them is still publishing directly (their
+/// `publishing_until` is ahead) are left to it.
 pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, queue, payload, expiration_ms, created_at FROM outbox WHERE published_at IS NULL \
+         AND (publishing_until IS NULL OR publishing_until < now()) \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
@@ -81,6 +84,35 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), 
     )
     .bind(ids)
     .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How long the process that accepted an order has to publish its outbox
+/// rows itself before relays take them (`publishing_until`).
+pub const DIRECT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Rows an accept wrote, handed to its process's relay to publish directly.
+pub type Handoff = tokio::sync::mpsc::Sender<Vec<Pending>>;
+
+/// Marks directly published rows sent (one statement, no transaction of its
+/// own: nothing else is written with it).
+pub async fn mark_published_now(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    mark_published(&mut conn, ids).await
+}
+
+/// Gives rows back to the relays at once, and wakes them: the process that
+/// wrote them could not publish them (its relay is away or behind).
+pub async fn release(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH r AS (UPDATE outbox SET publishing_until = NULL \
+           WHERE id = ANY($1) AND published_at IS NULL RETURNING 1) \
+         SELECT pg_notify($2, '') FROM (SELECT count(*) FROM r) AS n",
+    )
+    .bind(ids)
+    .bind(NOTIFY_CHANNEL)
+    .execute(pool)
     .await?;
     Ok(())
 }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::plan::Plan;
 use super::rows_of;
-use crate::db::accept;
+use crate::db::{accept, outbox};
 use crate::error::same_sqlx_error as same_error;
 
 /// Most orders written in one statement.
@@ -44,16 +44,28 @@ struct Job {
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Job>,
+    hands_off: bool,
 }
 
 impl GroupCommit {
     /// Starts the lanes (on the current Tokio runtime); `sizes` observes the
-    /// size of every batch written.
-    pub fn start(pool: PgPool, sizes: Histogram) -> Self {
-        let tx = super::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
-            write_and_answer(pool.clone(), batch)
+    /// size of every batch written. With a `handoff`, each batch's outbox rows
+    /// go to it right after the commit, leased for `outbox::DIRECT_LEASE`, to
+    /// be published directly (the API's relay); rows it cannot take at once
+    /// (its queue is full or gone) are given back to the relays. Without,
+    /// relays publish them (wake one after `write`).
+    pub fn start(pool: PgPool, sizes: Histogram, handoff: Option<outbox::Handoff>) -> Self {
+        let hands_off = handoff.is_some();
+        let tx = crate::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
+            write_and_answer(pool.clone(), handoff.clone(), batch)
         });
-        GroupCommit { tx }
+        GroupCommit { tx, hands_off }
+    }
+
+    /// True when the outbox rows written go to a handoff, false when the
+    /// caller should wake a relay after `write`.
+    pub fn hands_off(&self) -> bool {
+        self.hands_off
     }
 
     /// Writes a planned order with the next batch; gives the plan back once
@@ -79,8 +91,22 @@ impl GroupCommit {
     }
 }
 
-async fn write_and_answer(pool: PgPool, batch: Vec<Job>) {
-    let outcomes = write_batch(&pool, &batch).await;
+async fn write_and_answer(pool: PgPool, handoff: Option<outbox::Handoff>, batch: Vec<Job>) {
+    let direct = handoff.as_ref().map(|_| outbox::DIRECT_LEASE);
+    let (outcomes, written) = write_batch(&pool, direct, &batch).await;
+    if let Some(handoff) = handoff
+        && !written.is_empty()
+        && let Err(refused) = handoff.try_send(written)
+    {
+        // The relay is reconnecting or behind: its sweep takes the rows now
+        // rather than after their lease.
+        let ids: Vec<i64> = refused.into_inner().iter().map(|r| r.id).collect();
+        tokio::spawn(async move {
+            if let Err(e) = outbox::release(&pool, &ids).await {
+                tracing::warn!(error = %e, rows = ids.len(), "could not give outbox rows back to the relays; they go out when their lease ends");
+            }
+        });
+    }
     for (job, outcome) in batch.into_iter().zip(outcomes) {
         // A caller that went away (its request was dropped) still had
         // its order written; a retry with its Idempotency-Key finds it.
@@ -89,12 +115,17 @@ async fn write_and_answer(pool: PgPool, batch: Vec<Job>) {
 }
 
 /// Writes the batch in one statement, or each order alone when Postgres
-/// refuses the statement; one outcome per job, in order.
-async fn write_batch(pool: &PgPool, batch: &[Job]) -> Vec<Result<(), sqlx::Error>> {
+/// refuses the statement; one outcome per job, in order, and the outbox rows
+/// written.
+async fn write_batch(
+    pool: &PgPool,
+    direct: Option<std::time::Duration>,
+    batch: &[Job],
+) -> (Vec<Result<(), sqlx::Error>>, Vec<outbox::Pending>) {
     let everyone = |e: &sqlx::Error| batch.iter().map(|_| Err(same_error(e))).collect();
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
-        Err(e) => return everyone(&e),
+        Err(e) => return (everyone(&e), Vec::new()),
     };
     let held = HashMap::new();
     let rows = || {
@@ -102,17 +133,24 @@ async fn write_batch(pool: &PgPool, batch: &[Job]) -> Vec<Result<(), sqlx::Error
             .iter()
             .map(|j| rows_of(&j.plan, j.idempotency_key.as_deref(), &j.actor, &held))
     };
-    match accept::write(&mut conn, &rows().collect::<Vec<_>>()).await {
-        Ok(_) => batch.iter().map(|_| Ok(())).collect(),
+    match accept::write(&mut conn, &rows().collect::<Vec<_>>(), direct).await {
+        Ok(written) => (batch.iter().map(|_| Ok(())).collect(), written.outbox),
         Err(sqlx::Error::Database(e)) if batch.len() > 1 => {
             tracing::debug!(error = %e, batch = batch.len(), "group accept refused; writing each order alone");
             let mut outcomes = Vec::with_capacity(batch.len());
+            let mut outbox = Vec::new();
             for r in rows() {
-                outcomes.push(accept::write_one(&mut conn, r).await.map(|_| ()));
+                match accept::write(&mut conn, &[r], direct).await {
+                    Ok(written) => {
+                        outbox.extend(written.outbox);
+                        outcomes.push(Ok(()));
+                    }
+                    Err(e) => outcomes.push(Err(e)),
+                }
             }
-            outcomes
+            (outcomes, outbox)
         }
-        Err(e) if batch.len() == 1 => vec![Err(e)],
-        Err(e) => everyone(&e),
+        Err(e) if batch.len() == 1 => (vec![Err(e)], Vec::new()),
+        Err(e) => (everyone(&e), Vec::new()),
     }
 }

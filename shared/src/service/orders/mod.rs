@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 mod commit;
 mod fulfil;
-mod lanes;
 mod plan;
 mod products;
 mod reads;

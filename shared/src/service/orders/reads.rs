@@ -49,7 +49,7 @@ impl StatusReads {
     /// Starts the lanes (on the current Tokio runtime); `sizes` observes the
     /// size of every batch read.
     pub fn start(pool: PgPool, sizes: Histogram) -> Self {
-        let tx = super::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
+        let tx = crate::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
             read_and_answer(pool.clone(), batch)
         });
         StatusReads { tx }

@@ -1,7 +1,8 @@
-//! The lanes behind the group commit (`commit`) and the batched status
-//! reads (`reads`): `lanes` tasks share one queue of jobs, and each takes
-//! whatever is waiting (up to `max_batch`) whenever it is free. No timer:
-//! an idle process handles each job at once, a busy one many per statement.
+//! The lanes behind the group commit (`service::orders::commit`), the
+//! batched status reads (`service::orders::reads`) and the worker's batch
+//! completer: `lanes` tasks share one queue of jobs, and each takes whatever
+//! is waiting (up to `max_batch`) whenever it is free. No timer: an idle
+//! process handles each job at once, a busy one many per statement.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::sync::{Mutex, mpsc};
 /// Starts `lanes` tasks (on the current Tokio runtime) that hand each batch
 /// to `work`; `sizes` observes every batch's size. The lanes end when every
 /// sender is dropped.
-pub(super) fn start<J, F, Fut>(
+pub fn start<J, F, Fut>(
     lanes: usize,
     max_batch: usize,
     sizes: Histogram,
