@@ -4,13 +4,12 @@
 //! UPDATE, one roll-up of their items and orders — in one transaction. Each
 //! job waits for the commit of its batch before its message is acked.
 //!
-//! There is no timer: a batch is whatever arrived while the lanes were busy
-//! (up to `MAX_BATCH`), so an idle worker writes each outcome at once and a
-//! busy one writes many per commit. `LANES` batches commit at the same time:
-//! with one, an outcome that arrived just after a batch began waited for that
-//! whole transaction (six round trips) before its own began. Two batches
-//! touching one order meet on its row lock (both lock orders in id order) and
-//! the later one rolls up what the earlier committed. The queue is bounded:
+//! There is no timer: a batch is whatever arrived while the previous one was
+//! being committed (up to `MAX_BATCH`), so an idle worker writes each outcome
+//! at once and a busy one writes many per commit. It runs on the shared
+//! `courier_shared::lanes` with one lane: two lanes were tried twice (before
+//! and after the driver slots) and did not move the open loop's latency
+//! while they halved the batches (docs/benchmarks.md). The queue is bounded:
 //! when the database falls behind, jobs wait here, their messages stay
 //! unacked, and the consumer's prefetch stops new ones from arriving.
 //!
@@ -27,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 /// Most outcomes written in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// Batches written at the same time (each on its own connection).
-const LANES: usize = 2;
+/// Batches written at the same time.
+const LANES: usize = 1;
 
 type Reply = oneshot::Sender<Result<bool, ()>>;
 

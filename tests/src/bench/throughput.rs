@@ -142,9 +142,11 @@ pub struct Latency {
 }
 
 /// p50 and p99 (ms) of each stage of an order's first delivery: accepted →
-/// published (the relay), published → claimed (the queue and the worker's
-/// intake), claimed → answered (the driver), answered → order completed (the
-/// completer).
+/// marked published (by a direct lane after the broker's confirm, or at the
+/// start of a sweep's transaction), published → claimed (the queue and the
+/// worker's intake; about 0 when published directly, since the worker gets
+/// the message while the mark is written), claimed → answered (the driver),
+/// answered → order completed (the completer).
 #[derive(Debug, Clone, Serialize)]
 pub struct Stages {
     pub publish: [f64; 2],
