@@ -249,10 +249,21 @@ async fn no_index_names_a_column_the_status_changes_write() {
 /// trigger's announcement, with no restart and no read per order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_change_made_elsewhere_reaches_the_next_orders() {
-    // One order accepted already: the product is kept.
+    // Orders accepted until the product is kept: the first one can come
+    // before the cache's `LISTEN` is in place (it keeps nothing then) or
+    // before the product's own announcement arrives (which empties it).
     let (stack, _) = queued(1).await;
     let cache = stack.api.as_ref().expect("api").products.clone();
-    assert_eq!(cache.kept(), 1, "the accepted order's product is kept");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cache.kept() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an accepted order's product is never kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (code, o) = stack.post_order("p", "warm", None).await;
+        assert_eq!(code, reqwest::StatusCode::CREATED, "{o}");
+    }
     sqlx::query(
         "UPDATE product_actions SET config = jsonb_set(config, '{command}', '\"say changed {username}\"')",
     )
@@ -289,22 +300,11 @@ async fn a_catalog_change_made_elsewhere_reaches_the_next_orders() {
 /// again from what is stored — never a 5xx, never the old action.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_planned_from_a_product_saved_anew_is_planned_again() {
-    use courier_shared::service::orders::{AcceptWith, GroupCommit, NewOrder, ProductCache};
+    use courier_shared::service::orders::NewOrder;
     let (stack, _) = queued(0).await;
-    // Keeps what it reads and hears of no change.
-    let cache = ProductCache::deaf();
-    let commit = GroupCommit::start(
-        stack.pool.clone(),
-        prometheus_client::metrics::histogram::Histogram::new([1.0]),
-        None,
-    );
-    let rules = courier_shared::service::deliverable::AcceptRules::from_settings(&stack.settings);
-    let with = AcceptWith {
-        pool: &stack.pool,
-        commit: &commit,
-        products: &cache,
-        rules: &rules,
-    };
+    // Its cache keeps what it reads and hears of no change.
+    let own = courier_tests::stack::OwnAccepts::new(&stack, None);
+    let (with, cache) = (own.with(&stack.pool), &own.cache);
     let order = |user: &str| -> NewOrder {
         serde_json::from_value(courier_tests::stack::sample_order("p", user)).expect("order")
     };

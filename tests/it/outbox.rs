@@ -157,7 +157,7 @@ async fn the_sweep_leaves_a_row_being_published_directly_until_its_lease_ends_or
 /// waiting out their lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_the_relay_cannot_take_at_commit_are_given_back_to_the_sweep() {
-    use courier_shared::service::orders::{AcceptWith, GroupCommit, NewOrder, ProductCache};
+    use courier_shared::service::orders::NewOrder;
     let stack = TestStack::start_with(|_| {}, false).await;
     let game = FakeGameServer::start("pw", Dialect::Minecraft)
         .await
@@ -165,21 +165,14 @@ async fn rows_the_relay_cannot_take_at_commit_are_given_back_to_the_sweep() {
     stack.add_game_server("s", &game).await;
     stack.add_rcon_product("p", "s", "say {username}").await;
     // A handoff whose relay is gone.
-    let (handoff, relay) = tokio::sync::mpsc::channel(1);
+    let (rows, relay) = tokio::sync::mpsc::channel(1);
     drop(relay);
-    let commit = GroupCommit::start(
-        stack.pool.clone(),
-        prometheus_client::metrics::histogram::Histogram::new([1.0]),
-        Some(handoff),
-    );
-    let cache = ProductCache::deaf();
-    let rules = courier_shared::service::deliverable::AcceptRules::from_settings(&stack.settings);
-    let with = AcceptWith {
-        pool: &stack.pool,
-        commit: &commit,
-        products: &cache,
-        rules: &rules,
+    let handoff = courier_shared::db::outbox::Handoff {
+        rows,
+        sweep: std::sync::Arc::new(tokio::sync::Notify::new()),
     };
+    let own = courier_tests::stack::OwnAccepts::new(&stack, Some(handoff));
+    let with = own.with(&stack.pool);
     let order: NewOrder =
         serde_json::from_value(courier_tests::stack::sample_order("p", "sam")).expect("order");
     let accepted = courier_shared::service::orders::create_order(&with, order, None, "test")

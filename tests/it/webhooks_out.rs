@@ -541,3 +541,29 @@ async fn deleting_an_endpoint_cancels_its_messages_not_yet_sent() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     stack.teardown().await;
 }
+
+/// An accepted order's job goes out directly, but the `order.received`
+/// event its accept wrote (by trigger) is the relay sweep's: the accept
+/// wakes the sweep, so the event does not wait for the next periodic one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_received_event_of_an_accepted_order_goes_out_without_waiting_for_a_sweep() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    // No periodic sweep within the test.
+    let stack = TestStack::start_with(|s| s.relay.sweep_interval_ms = 600_000, true).await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} apple")
+        .await;
+    let receiver = FakeReceiver::start().await.expect("receiver");
+    endpoint(&stack, &receiver, json!(["order.received"])).await;
+    let (status, order) = stack.post_order("p", "alex", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let got = receiver
+        .wait_for(Duration::from_secs(10), |r| !r.is_empty())
+        .await;
+    assert_eq!(events(&got), ["order.received"], "{got:?}");
+    assert_eq!(got[0].body["data"]["id"], order["id"]);
+    stack.teardown().await;
+}

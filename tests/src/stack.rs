@@ -550,6 +550,41 @@ impl TestStack {
     }
 }
 
+/// An accept path of a test's own — a group commit, a product cache that
+/// hears of no change, the stack's rules — for tests that call
+/// `service::orders::create_order` directly.
+pub struct OwnAccepts {
+    pub commit: courier_shared::service::orders::GroupCommit,
+    pub cache: courier_shared::service::orders::ProductCache,
+    pub rules: courier_shared::service::deliverable::AcceptRules,
+}
+
+impl OwnAccepts {
+    /// `handoff` as the API gives its group commit (`None`: relays publish).
+    pub fn new(stack: &TestStack, handoff: Option<courier_shared::db::outbox::Handoff>) -> Self {
+        OwnAccepts {
+            commit: courier_shared::service::orders::GroupCommit::start(
+                stack.pool.clone(),
+                prometheus_client::metrics::histogram::Histogram::new([1.0]),
+                handoff,
+            ),
+            cache: courier_shared::service::orders::ProductCache::deaf(),
+            rules: courier_shared::service::deliverable::AcceptRules::from_settings(
+                &stack.settings,
+            ),
+        }
+    }
+
+    pub fn with<'a>(&'a self, pool: &'a PgPool) -> courier_shared::service::orders::AcceptWith<'a> {
+        courier_shared::service::orders::AcceptWith {
+            pool,
+            commit: &self.commit,
+            products: &self.cache,
+            rules: &self.rules,
+        }
+    }
+}
+
 /// A paid order of one item, as a store back-end would send it.
 pub fn sample_order(sku: &str, username: &str) -> Value {
     json!({

@@ -77,8 +77,9 @@ x AS (INSERT INTO outbox (queue, payload, publishing_until) \
 e AS (INSERT INTO order_events (order_id, delivery_id, kind, message, actor, data) \
       SELECT u.order_id, NULL, u.kind, u.message, u.actor, u.data \
       FROM UNNEST($51::uuid[], $52::text[], $53::text[], $54::text[], $55::jsonb[]) \
-        AS u(order_id, kind, message, actor, data)) \
-SELECT id, queue, payload, expiration_ms, created_at FROM x";
+        AS u(order_id, kind, message, actor, data)), \
+f AS (SELECT courier_webhook_any() OR courier_email_on('confirmation') AS triggered) \
+SELECT x.id, x.queue, x.payload, x.expiration_ms, x.created_at, f.triggered FROM f LEFT JOIN x ON true";
 
 /// Every order's column as one array (`UNNEST` turns them back into rows).
 #[derive(Default)]
@@ -152,6 +153,22 @@ pub struct Written {
     pub held: Vec<usize>,
     /// The outbox rows, one per queued delivery.
     pub outbox: Vec<Pending>,
+    /// The statement's triggers may have written outbox rows of their own
+    /// (an outbound webhook or a confirmation e-mail is configured), which
+    /// only a relay's sweep publishes.
+    pub triggered: bool,
+}
+
+/// A row of the statement's answer: an outbox row (absent when nothing
+/// was queued) and whether the triggers may have written more.
+#[derive(sqlx::FromRow)]
+struct Returned {
+    id: Option<i64>,
+    queue: Option<String>,
+    payload: Option<Value>,
+    expiration_ms: Option<i64>,
+    created_at: Option<DateTime<Utc>>,
+    triggered: bool,
 }
 
 /// `write` for one accept, for the relays to publish: how many of its
@@ -209,7 +226,7 @@ pub async fn write(
         }
         held.push(held_here);
     }
-    let outbox: Vec<Pending> = sqlx::query_as(SQL)
+    let returned: Vec<Returned> = sqlx::query_as(SQL)
         .bind(o.id)
         .bind(o.order_number)
         .bind(o.status)
@@ -289,5 +306,22 @@ pub async fn write(
         .bind(direct.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
         .fetch_all(conn)
         .await?;
-    Ok(Written { held, outbox })
+    let triggered = returned.iter().any(|r| r.triggered);
+    let outbox = returned
+        .into_iter()
+        .filter_map(|r| {
+            Some(Pending {
+                id: r.id?,
+                queue: r.queue?,
+                payload: r.payload?,
+                expiration_ms: r.expiration_ms,
+                created_at: r.created_at?,
+            })
+        })
+        .collect();
+    Ok(Written {
+        held,
+        outbox,
+        triggered,
+    })
 }

@@ -92,8 +92,15 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), 
 /// rows itself before relays take them (`publishing_until`).
 pub const DIRECT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Rows an accept wrote, handed to its process's relay to publish directly.
-pub type Handoff = tokio::sync::mpsc::Sender<Vec<Pending>>;
+/// Where an accept hands what it wrote: its own outbox rows to the relay's
+/// direct lanes; and, when the statement's triggers may have written rows of
+/// their own (outbound webhooks, confirmation e-mails), a wake-up for the
+/// relay's sweep.
+#[derive(Clone)]
+pub struct Handoff {
+    pub rows: tokio::sync::mpsc::Sender<Vec<Pending>>,
+    pub sweep: std::sync::Arc<tokio::sync::Notify>,
+}
 
 /// Marks directly published rows sent (one statement, no transaction of its
 /// own: nothing else is written with it).

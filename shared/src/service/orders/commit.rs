@@ -52,8 +52,9 @@ impl GroupCommit {
     /// size of every batch written. With a `handoff`, each batch's outbox rows
     /// go to it right after the commit, leased for `outbox::DIRECT_LEASE`, to
     /// be published directly (the API's relay); rows it cannot take at once
-    /// (its queue is full or gone) are given back to the relays. Without,
-    /// relays publish them (wake one after `write`).
+    /// (its queue is full or gone) are given back to the relays, and its
+    /// sweep is woken when the statement's triggers may have written rows
+    /// of their own. Without, relays publish them (wake one after `write`).
     pub fn start(pool: PgPool, sizes: Histogram, handoff: Option<outbox::Handoff>) -> Self {
         let hands_off = handoff.is_some();
         let tx = crate::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
@@ -93,10 +94,15 @@ impl GroupCommit {
 
 async fn write_and_answer(pool: PgPool, handoff: Option<outbox::Handoff>, batch: Vec<Job>) {
     let direct = handoff.as_ref().map(|_| outbox::DIRECT_LEASE);
-    let (outcomes, written) = write_batch(&pool, direct, &batch).await;
+    let (outcomes, written, triggered) = write_batch(&pool, direct, &batch).await;
+    if let Some(handoff) = &handoff
+        && triggered
+    {
+        handoff.sweep.notify_one();
+    }
     if let Some(handoff) = handoff
         && !written.is_empty()
-        && let Err(refused) = handoff.try_send(written)
+        && let Err(refused) = handoff.rows.try_send(written)
     {
         // The relay is reconnecting or behind: its sweep takes the rows now
         // rather than after their lease.
@@ -114,18 +120,21 @@ async fn write_and_answer(pool: PgPool, handoff: Option<outbox::Handoff>, batch:
     }
 }
 
+/// One outcome per job, in order; the outbox rows written; whether the
+/// statements' triggers may have written more.
+type BatchWritten = (Vec<Result<(), sqlx::Error>>, Vec<outbox::Pending>, bool);
+
 /// Writes the batch in one statement, or each order alone when Postgres
-/// refuses the statement; one outcome per job, in order, and the outbox rows
-/// written.
+/// refuses the statement.
 async fn write_batch(
     pool: &PgPool,
     direct: Option<std::time::Duration>,
     batch: &[Job],
-) -> (Vec<Result<(), sqlx::Error>>, Vec<outbox::Pending>) {
+) -> BatchWritten {
     let everyone = |e: &sqlx::Error| batch.iter().map(|_| Err(same_error(e))).collect();
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
-        Err(e) => return (everyone(&e), Vec::new()),
+        Err(e) => return (everyone(&e), Vec::new(), false),
     };
     let held = HashMap::new();
     let rows = || {
@@ -134,23 +143,28 @@ async fn write_batch(
             .map(|j| rows_of(&j.plan, j.idempotency_key.as_deref(), &j.actor, &held))
     };
     match accept::write(&mut conn, &rows().collect::<Vec<_>>(), direct).await {
-        Ok(written) => (batch.iter().map(|_| Ok(())).collect(), written.outbox),
+        Ok(written) => (
+            batch.iter().map(|_| Ok(())).collect(),
+            written.outbox,
+            written.triggered,
+        ),
         Err(sqlx::Error::Database(e)) if batch.len() > 1 => {
             tracing::debug!(error = %e, batch = batch.len(), "group accept refused; writing each order alone");
             let mut outcomes = Vec::with_capacity(batch.len());
-            let mut outbox = Vec::new();
+            let (mut outbox, mut triggered) = (Vec::new(), false);
             for r in rows() {
                 match accept::write(&mut conn, &[r], direct).await {
                     Ok(written) => {
                         outbox.extend(written.outbox);
+                        triggered |= written.triggered;
                         outcomes.push(Ok(()));
                     }
                     Err(e) => outcomes.push(Err(e)),
                 }
             }
-            (outcomes, outbox)
+            (outcomes, outbox, triggered)
         }
-        Err(e) if batch.len() == 1 => (vec![Err(e)], Vec::new()),
-        Err(e) => (everyone(&e), Vec::new()),
+        Err(e) if batch.len() == 1 => (vec![Err(e)], Vec::new(), false),
+        Err(e) => (everyone(&e), Vec::new(), false),
     }
 }
