@@ -32,6 +32,15 @@ const DIRECT_LANES: usize = 4;
 /// Most handovers (one per group-commit batch) one direct lane publishes at once.
 const DIRECT_BATCHES: usize = 16;
 
+/// How old (by this process's clock) a handed-over row may be for a direct
+/// lane to publish it: a second inside its lease (`outbox::DIRECT_LEASE`).
+/// Older ones are left to the sweep, which takes them when the lease ends.
+const DIRECT_LEASE_LEFT: chrono::TimeDelta =
+    match chrono::TimeDelta::try_seconds(outbox::DIRECT_LEASE.as_secs() as i64 - 1) {
+        Some(d) => d,
+        None => chrono::TimeDelta::zero(),
+    };
+
 pub struct Relay {
     pub pool: PgPool,
     pub broker: Broker,
@@ -185,7 +194,17 @@ impl Relay {
                 // No accepts hand rows over any more (shutting down).
                 return std::future::pending().await;
             }
-            let rows: Vec<Pending> = handed.drain(..).flatten().collect();
+            // Rows handed over while the broker was away may have outlived
+            // their lease: a sweep takes those, so they are not sent twice.
+            let fresh_after = chrono::Utc::now() - DIRECT_LEASE_LEFT;
+            let rows: Vec<Pending> = handed
+                .drain(..)
+                .flatten()
+                .filter(|r| r.created_at > fresh_after)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             if let Err(e) = publisher.publish_all(&self.messages(&rows)).await {
                 tracing::warn!(error = %e, "publishing failed; will reconnect and retry");

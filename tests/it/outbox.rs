@@ -37,8 +37,12 @@ async fn order_accepted_while_rabbitmq_is_down_is_delivered_after_it_returns() {
     );
     let id = order["id"].as_str().expect("id").to_owned();
 
-    // Several relay sweeps pass with the broker unreachable: the row waits.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Several relay sweeps pass with the broker unreachable: the row waits,
+    // longer than its direct lease (`outbox::DIRECT_LEASE`), so the direct
+    // lane it was handed to at commit leaves it to a sweep once the broker is
+    // back (and it still goes out).
+    tokio::time::sleep(courier_shared::db::outbox::DIRECT_LEASE + Duration::from_millis(1000))
+        .await;
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         .fetch_one(&stack.pool)
         .await
