@@ -203,3 +203,42 @@ async fn rows_the_relay_cannot_take_at_commit_are_given_back_to_the_sweep() {
     }
     stack.teardown().await;
 }
+
+/// With `relay.publish_directly` off, an accept leases nothing and wakes the
+/// sweep, which publishes its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_direct_publishing_off_the_sweep_publishes_accepted_orders() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    // No periodic sweep within the test: only the accept's wake-up.
+    let stack = TestStack::start_with(
+        |s| {
+            s.relay.publish_directly = false;
+            s.relay.sweep_interval_ms = 600_000;
+        },
+        true,
+    )
+    .await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} plum")
+        .await;
+    let (status, order) = stack.post_order("p", "alex", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let id = order["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(10))
+        .await;
+    let leased: bool = sqlx::query_scalar(
+        "SELECT publishing_until IS NOT NULL FROM outbox WHERE payload->>'delivery_id' = \
+           (SELECT id::text FROM deliveries WHERE order_id = $1::uuid)",
+    )
+    .bind(&id)
+    .fetch_one(&stack.pool)
+    .await
+    .expect("outbox row");
+    assert!(!leased, "nothing is leased with direct publishing off");
+    assert_eq!(game.commands(), vec!["give alex plum".to_owned()]);
+    stack.teardown().await;
+}
