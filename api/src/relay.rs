@@ -22,6 +22,7 @@ use courier_shared::db::listen::Heard;
 use courier_shared::db::outbox::{self, Pending};
 use courier_shared::queue::publisher::{OutgoingMessage, PublishError, Publisher};
 use courier_shared::queue::{Broker, topology::Topology};
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
@@ -35,11 +36,7 @@ const DIRECT_BATCHES: usize = 16;
 /// How old (by this process's clock) a handed-over row may be for a direct
 /// lane to publish it: a second inside its lease (`outbox::DIRECT_LEASE`).
 /// Older ones are left to the sweep, which takes them when the lease ends.
-const DIRECT_LEASE_LEFT: chrono::TimeDelta =
-    match chrono::TimeDelta::try_seconds(outbox::DIRECT_LEASE.as_secs() as i64 - 1) {
-        Some(d) => d,
-        None => chrono::TimeDelta::zero(),
-    };
+const DIRECT_LEASE_LEFT: Duration = outbox::DIRECT_LEASE.saturating_sub(Duration::from_secs(1));
 
 pub struct Relay {
     pub pool: PgPool,
@@ -116,14 +113,8 @@ impl Relay {
             // (`SKIP LOCKED` keeps their batches apart). Either lane ending
             // means the channel is gone: both stop, and a batch cut short is
             // rolled back and sent again (consumers tolerate a repeat).
-            let sweeping = [0, 1].map(|_| {
-                Box::pin(self.lane(&publisher, sweep, &last_prune))
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
-            });
-            let direct = (0..DIRECT_LANES).map(|_| {
-                Box::pin(self.direct_lane(&publisher))
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
-            });
+            let sweeping = (0..2).map(|_| self.lane(&publisher, sweep, &last_prune).boxed());
+            let direct = (0..DIRECT_LANES).map(|_| self.direct_lane(&publisher).boxed());
             tokio::select! {
                 _ = futures_util::future::select_all(sweeping.into_iter().chain(direct)) => {}
                 _ = shutdown.changed() => return,
@@ -196,7 +187,8 @@ impl Relay {
             }
             // Rows handed over while the broker was away may have outlived
             // their lease: a sweep takes those, so they are not sent twice.
-            let fresh_after = chrono::Utc::now() - DIRECT_LEASE_LEFT;
+            let fresh_after = chrono::Utc::now()
+                - chrono::TimeDelta::from_std(DIRECT_LEASE_LEFT).unwrap_or_default();
             let rows: Vec<Pending> = handed
                 .drain(..)
                 .flatten()
@@ -213,7 +205,7 @@ impl Relay {
                 }
                 return;
             }
-            match outbox::mark_published_now(&self.pool, &ids).await {
+            match outbox::mark_published(&self.pool, &ids).await {
                 Ok(()) => self.observe(&rows),
                 Err(e) => {
                     tracing::warn!(error = %e, rows = ids.len(), "published rows could not be marked sent; they go out again when their lease ends")
@@ -235,7 +227,7 @@ impl Relay {
             let _ = outbox::mark_failed(&self.pool, &ids, &e.to_string()).await;
             return Err(e.into());
         }
-        outbox::mark_published(&mut tx, &ids).await?;
+        outbox::mark_published(&mut *tx, &ids).await?;
         tx.commit().await?;
         self.observe(&rows);
         Ok(ids.len())

@@ -145,13 +145,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
     // Handovers of freshly accepted orders' outbox rows to the relay's direct
     // lanes; a full queue sends them through the sweep instead.
     let (handoff, direct) = tokio::sync::mpsc::channel(1024);
-    let handoff = settings
-        .relay
-        .publish_directly
-        .then(|| courier_shared::db::outbox::Handoff {
-            rows: handoff,
-            sweep: relay_wake.clone(),
-        });
+    let handoff = courier_shared::db::outbox::Handoff {
+        rows: settings.relay.publish_directly.then_some(handoff),
+        sweep: relay_wake.clone(),
+    };
     let relay_connected = Arc::new(AtomicBool::new(false));
     let (shutdown, rx) = watch::channel(false);
     let state = AppState(Arc::new(Shared {
@@ -172,7 +169,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningApi> {
         accepts: courier_shared::service::orders::GroupCommit::start(
             pool.clone(),
             metrics.accept_batch.clone(),
-            handoff,
+            Some(handoff),
         ),
         status_reads: courier_shared::service::orders::StatusReads::start(
             pool.clone(),

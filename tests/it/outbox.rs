@@ -12,6 +12,13 @@ use courier_tests::fakes::rcon::FakeGameServer;
 use courier_tests::stack::TestStack;
 use reqwest::StatusCode;
 
+/// The condition that picks the outbox row of an order's (one) delivery.
+fn row_of_order(order: impl std::fmt::Display) -> String {
+    format!(
+        "payload->>'delivery_id' = (SELECT id::text FROM deliveries WHERE order_id = '{order}')"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_accepted_while_rabbitmq_is_down_is_delivered_after_it_returns() {
     let game = FakeGameServer::start("pw", Dialect::Minecraft)
@@ -82,15 +89,15 @@ async fn an_accepted_orders_message_is_published_by_the_api_that_wrote_it() {
     stack
         .wait_for_order(&id, "completed", Duration::from_secs(10))
         .await;
-    let (leased, directly, attempts): (bool, bool, i32) = sqlx::query_as(
-        "SELECT publishing_until IS NOT NULL, published_at < publishing_until, attempts \
-         FROM outbox WHERE payload->>'delivery_id' = \
-           (SELECT id::text FROM deliveries WHERE order_id = $1::uuid)",
-    )
-    .bind(&id)
-    .fetch_one(&stack.pool)
-    .await
-    .expect("outbox row");
+    let (leased, directly, attempts): (bool, bool, i32) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT publishing_until IS NOT NULL, published_at < publishing_until, attempts \
+             FROM outbox WHERE {}",
+            row_of_order(&id)
+        )))
+        .fetch_one(&stack.pool)
+        .await
+        .expect("outbox row");
     assert!(leased, "the accept leases its rows to its own process");
     assert!(directly, "published before the lease ended: not by a sweep");
     assert_eq!(attempts, 1);
@@ -145,14 +152,13 @@ async fn the_sweep_leaves_a_row_being_published_directly_until_its_lease_ends_or
     assert!(!published().await, "a sweep took a leased row");
     // ...until it is given back.
     outbox::release(&stack.pool, &[id]).await.expect("release");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !published().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "given back but not published"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stack
+        .wait_until(
+            "the given-back row published",
+            &format!("SELECT published_at IS NOT NULL FROM outbox WHERE id = {id}"),
+            Duration::from_secs(5),
+        )
+        .await;
     stack.teardown().await;
 }
 
@@ -172,7 +178,7 @@ async fn rows_the_relay_cannot_take_at_commit_are_given_back_to_the_sweep() {
     let (rows, relay) = tokio::sync::mpsc::channel(1);
     drop(relay);
     let handoff = courier_shared::db::outbox::Handoff {
-        rows,
+        rows: Some(rows),
         sweep: std::sync::Arc::new(tokio::sync::Notify::new()),
     };
     let own = courier_tests::stack::OwnAccepts::new(&stack, Some(handoff));
@@ -182,25 +188,16 @@ async fn rows_the_relay_cannot_take_at_commit_are_given_back_to_the_sweep() {
     let accepted = courier_shared::service::orders::create_order(&with, order, None, "test")
         .await
         .expect("accepted");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let leased: bool = sqlx::query_scalar(
-            "SELECT publishing_until IS NOT NULL FROM outbox WHERE payload->>'delivery_id' = \
-               (SELECT id::text FROM deliveries WHERE order_id = $1)",
+    stack
+        .wait_until(
+            "the lease given back",
+            &format!(
+                "SELECT publishing_until IS NULL FROM outbox WHERE {}",
+                row_of_order(accepted.order.id)
+            ),
+            Duration::from_secs(5),
         )
-        .bind(accepted.order.id)
-        .fetch_one(&stack.pool)
-        .await
-        .expect("outbox row");
-        if !leased {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease was not given back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .await;
     stack.teardown().await;
 }
 
@@ -230,11 +227,10 @@ async fn with_direct_publishing_off_the_sweep_publishes_accepted_orders() {
     stack
         .wait_for_order(&id, "completed", Duration::from_secs(10))
         .await;
-    let leased: bool = sqlx::query_scalar(
-        "SELECT publishing_until IS NOT NULL FROM outbox WHERE payload->>'delivery_id' = \
-           (SELECT id::text FROM deliveries WHERE order_id = $1::uuid)",
-    )
-    .bind(&id)
+    let leased: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT publishing_until IS NOT NULL FROM outbox WHERE {}",
+        row_of_order(&id)
+    )))
     .fetch_one(&stack.pool)
     .await
     .expect("outbox row");

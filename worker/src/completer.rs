@@ -63,7 +63,7 @@ impl Completer {
 async fn write_and_answer(
     pool: PgPool,
     worker_id: std::sync::Arc<str>,
-    mut batch: Vec<(Success, Reply)>,
+    batch: Vec<(Success, Reply)>,
 ) {
     let successes: Vec<Success> = batch.iter().map(|(s, _)| s.clone()).collect();
     let written = write(&pool, &worker_id, &successes).await;
@@ -79,7 +79,7 @@ async fn write_and_answer(
             tracing::warn!(error = %e, batch = successes.len(), "batch completion failed; recording one by one")
         }
     }
-    for (success, reply) in batch.drain(..) {
+    for (success, reply) in batch {
         let answer = match &written {
             Ok(applied) => Ok(applied.contains(&success.id)),
             Err(_) => Err(()),

@@ -42,11 +42,7 @@ pub async fn create(
         rules: &state.rules,
     };
     let accepted = create_order(&with, order, key, &caller.actor()).await?;
-    // Its job messages were handed to this process's relay at commit, unless
-    // direct publishing is off.
-    if accepted.created && !state.accepts.hands_off() {
-        state.relay_wake.notify_one();
-    }
+    // Its job messages were handed to this process's relay at commit.
     let status = if accepted.created {
         StatusCode::CREATED
     } else {

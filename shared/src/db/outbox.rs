@@ -78,12 +78,17 @@ pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pendi
     .await
 }
 
-pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+/// Marks rows sent: inside the sweep's transaction, or alone (on the pool)
+/// after a direct lane's confirms.
+pub async fn mark_published<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
     )
     .bind(ids)
-    .execute(conn)
+    .execute(exec)
     .await?;
     Ok(())
 }
@@ -92,25 +97,20 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), 
 /// rows itself before relays take them (`publishing_until`).
 pub const DIRECT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Where an accept hands what it wrote: its own outbox rows to the relay's
-/// direct lanes; and, when the statement's triggers may have written rows of
-/// their own (outbound webhooks, confirmation e-mails), a wake-up for the
-/// relay's sweep.
+/// Where an accept hands what it wrote to its process's relay: its own
+/// outbox rows to the direct lanes (`rows`; `None` when direct publishing is
+/// off), and a wake-up for the sweep (`sweep`) whenever the sweep has rows to
+/// take — the accept's own without direct lanes, and those its statement's
+/// triggers may have written (outbound webhooks, confirmation e-mails).
 #[derive(Clone)]
 pub struct Handoff {
-    pub rows: tokio::sync::mpsc::Sender<Vec<Pending>>,
+    pub rows: Option<tokio::sync::mpsc::Sender<Vec<Pending>>>,
     pub sweep: std::sync::Arc<tokio::sync::Notify>,
 }
 
-/// Marks directly published rows sent (one statement, no transaction of its
-/// own: nothing else is written with it).
-pub async fn mark_published_now(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    mark_published(&mut conn, ids).await
-}
-
 /// Gives rows back to the relays at once, and wakes them: the process that
-/// wrote them could not publish them (its relay is away or behind).
+/// wrote them could not publish them (its relay is away or behind). One
+/// statement: the `count(*)` makes the update run before the notification.
 pub async fn release(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH r AS (UPDATE outbox SET publishing_until = NULL \

@@ -44,29 +44,21 @@ struct Job {
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Job>,
-    hands_off: bool,
 }
 
 impl GroupCommit {
     /// Starts the lanes (on the current Tokio runtime); `sizes` observes the
-    /// size of every batch written. With a `handoff`, each batch's outbox rows
-    /// go to it right after the commit, leased for `outbox::DIRECT_LEASE`, to
-    /// be published directly (the API's relay); rows it cannot take at once
-    /// (its queue is full or gone) are given back to the relays, and its
-    /// sweep is woken when the statement's triggers may have written rows
-    /// of their own. Without, relays publish them (wake one after `write`).
+    /// size of every batch written. With a `handoff` that takes rows, each
+    /// batch's outbox rows go to it right after the commit, leased for
+    /// `outbox::DIRECT_LEASE`, to be published directly (the API's relay);
+    /// rows it cannot take at once (its queue is full or gone) are given back
+    /// to the relays. Its sweep is woken whenever it has rows to take. Without
+    /// a handoff, nothing is woken (a relay's periodic sweep publishes).
     pub fn start(pool: PgPool, sizes: Histogram, handoff: Option<outbox::Handoff>) -> Self {
-        let hands_off = handoff.is_some();
         let tx = crate::lanes::start(LANES, MAX_BATCH, sizes, move |batch| {
             write_and_answer(pool.clone(), handoff.clone(), batch)
         });
-        GroupCommit { tx, hands_off }
-    }
-
-    /// True when the outbox rows written go to a handoff, false when the
-    /// caller should wake a relay after `write`.
-    pub fn hands_off(&self) -> bool {
-        self.hands_off
+        GroupCommit { tx }
     }
 
     /// Writes a planned order with the next batch; gives the plan back once
@@ -93,16 +85,17 @@ impl GroupCommit {
 }
 
 async fn write_and_answer(pool: PgPool, handoff: Option<outbox::Handoff>, batch: Vec<Job>) {
-    let direct = handoff.as_ref().map(|_| outbox::DIRECT_LEASE);
+    let direct_lanes = handoff.as_ref().and_then(|h| h.rows.as_ref());
+    let direct = direct_lanes.map(|_| outbox::DIRECT_LEASE);
     let (outcomes, written, triggered) = write_batch(&pool, direct, &batch).await;
     if let Some(handoff) = &handoff
-        && triggered
+        && (triggered || (direct_lanes.is_none() && !written.is_empty()))
     {
         handoff.sweep.notify_one();
     }
-    if let Some(handoff) = handoff
+    if let Some(rows) = direct_lanes
         && !written.is_empty()
-        && let Err(refused) = handoff.rows.try_send(written)
+        && let Err(refused) = rows.try_send(written)
     {
         // The relay is reconnecting or behind: its sweep takes the rows now
         // rather than after their lease.
