@@ -4,7 +4,8 @@
 //! - **direct** lanes publish the rows this process's accepts just wrote,
 //!   handed over in memory right after their commit (`outbox::Handoff`); the
 //!   rows are leased to this process (`publishing_until`), so no lock and no
-//!   read is needed, and the mark is one statement after the confirms;
+//!   read is needed. Confirmed rows are marked sent by one **marker**, which
+//!   gathers them for `relay.mark_linger_ms` and marks them in one statement;
 //! - **sweep** lanes lock whatever else is unpublished (`FOR UPDATE SKIP
 //!   LOCKED`; rows written by workers and the CLI, rows whose lease ran out
 //!   or was given back), publish them and mark them sent in the same
@@ -37,6 +38,19 @@ const DIRECT_BATCHES: usize = 16;
 /// lane to publish it: a second inside its lease (`outbox::DIRECT_LEASE`).
 /// Older ones are left to the sweep, which takes them when the lease ends.
 const DIRECT_LEASE_LEFT: Duration = outbox::DIRECT_LEASE.saturating_sub(Duration::from_secs(1));
+
+/// Most rows one mark statement carries.
+const MARK_MOST: usize = 1024;
+
+/// A row the broker confirmed, waiting for the marker.
+struct Confirmed {
+    id: i64,
+    /// When the broker confirmed it, by this process's clock: the mark
+    /// writes `published_at` as that moment, not as its own.
+    at: Instant,
+    /// Written → confirmed, for the publish-delay metric.
+    delay: Duration,
+}
 
 pub struct Relay {
     pub pool: PgPool,
@@ -86,11 +100,22 @@ impl Relay {
             self.pool.clone(),
             self.wake.clone(),
         ));
-        self.run_loop(sweep, &mut shutdown).await;
+        // The marker outlives the lanes: once they stop (the sender is
+        // dropped with them), it marks what was confirmed and ends.
+        let (marks, marker) = mpsc::unbounded_channel();
+        tokio::join!(
+            self.run_loop(sweep, &mut shutdown, marks),
+            self.marker(marker)
+        );
         listener.abort();
     }
 
-    async fn run_loop(&self, sweep: Duration, shutdown: &mut watch::Receiver<bool>) {
+    async fn run_loop(
+        &self,
+        sweep: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+        marks: mpsc::UnboundedSender<Vec<Confirmed>>,
+    ) {
         let last_prune = std::sync::Mutex::new(Instant::now());
         loop {
             self.connected.store(false, Ordering::Relaxed);
@@ -114,7 +139,7 @@ impl Relay {
             // means the channel is gone: both stop, and a batch cut short is
             // rolled back and sent again (consumers tolerate a repeat).
             let sweeping = (0..2).map(|_| self.lane(&publisher, sweep, &last_prune).boxed());
-            let direct = (0..DIRECT_LANES).map(|_| self.direct_lane(&publisher).boxed());
+            let direct = (0..DIRECT_LANES).map(|_| self.direct_lane(&publisher, &marks).boxed());
             tokio::select! {
                 _ = futures_util::future::select_all(sweeping.into_iter().chain(direct)) => {}
                 _ = shutdown.changed() => return,
@@ -167,11 +192,14 @@ impl Relay {
         }
     }
 
-    /// Publishes handed-over rows until the channel breaks. Rows it could not
-    /// publish are given back to the sweep lanes; rows published but not
-    /// marked (the database unreachable) go out once more when their lease
-    /// ends, which consumers tolerate.
-    async fn direct_lane(&self, publisher: &Publisher) {
+    /// Publishes handed-over rows until the channel breaks, and passes the
+    /// confirmed ones to the marker. Rows it could not publish are given
+    /// back to the sweep lanes.
+    async fn direct_lane(
+        &self,
+        publisher: &Publisher,
+        marks: &mpsc::UnboundedSender<Vec<Confirmed>>,
+    ) {
         let mut handed = Vec::with_capacity(DIRECT_BATCHES);
         loop {
             if self
@@ -205,12 +233,55 @@ impl Relay {
                 }
                 return;
             }
-            match outbox::mark_published(&self.pool, &ids).await {
-                Ok(()) => self.observe(&rows),
+            let at = Instant::now();
+            let now = chrono::Utc::now();
+            let confirmed = rows
+                .iter()
+                .map(|r| Confirmed {
+                    id: r.id,
+                    at,
+                    delay: (now - r.created_at).to_std().unwrap_or_default(),
+                })
+                .collect();
+            // The marker runs until every lane has stopped.
+            let _ = marks.send(confirmed);
+        }
+    }
+
+    /// Marks confirmed rows sent: whatever arrives within
+    /// `relay.mark_linger_ms` of the first (up to `MARK_MOST`) in one
+    /// statement, until every direct lane has stopped. Nothing waits for a
+    /// mark (the consumer has the message once the broker confirmed it); it
+    /// only keeps a sweep from sending the row again when its lease ends.
+    /// Marking each lane's rows as soon as they were confirmed cost a
+    /// transaction per order at 500 orders/s ("Publishing" in
+    /// docs/hot-path.md). Rows it cannot mark (the database unreachable) go
+    /// out once more when their lease ends, which consumers tolerate.
+    async fn marker(&self, mut confirmed: mpsc::UnboundedReceiver<Vec<Confirmed>>) {
+        let linger = Duration::from_millis(self.settings.mark_linger_ms);
+        let mut batch: Vec<Confirmed> = Vec::new();
+        while let Some(first) = confirmed.recv().await {
+            batch.extend(first);
+            let until = tokio::time::Instant::now() + linger;
+            while batch.len() < MARK_MOST {
+                match tokio::time::timeout_at(until, confirmed.recv()).await {
+                    Ok(Some(more)) => batch.extend(more),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+            let ages: Vec<i64> = batch
+                .iter()
+                .map(|c| i64::try_from(now.duration_since(c.at).as_micros()).unwrap_or(i64::MAX))
+                .collect();
+            match outbox::mark_confirmed(&self.pool, &ids, &ages).await {
+                Ok(()) => self.observe(batch.iter().map(|c| c.delay)),
                 Err(e) => {
                     tracing::warn!(error = %e, rows = ids.len(), "published rows could not be marked sent; they go out again when their lease ends")
                 }
             }
+            batch.clear();
         }
     }
 
@@ -227,9 +298,13 @@ impl Relay {
             let _ = outbox::mark_failed(&self.pool, &ids, &e.to_string()).await;
             return Err(e.into());
         }
-        outbox::mark_published(&mut *tx, &ids).await?;
+        outbox::mark_published(&mut tx, &ids).await?;
         tx.commit().await?;
-        self.observe(&rows);
+        let now = chrono::Utc::now();
+        self.observe(
+            rows.iter()
+                .map(|r| (now - r.created_at).to_std().unwrap_or_default()),
+        );
         Ok(ids.len())
     }
 
@@ -243,17 +318,14 @@ impl Relay {
             .collect()
     }
 
-    /// Counts rows marked sent, with their delay since they were written.
-    fn observe(&self, rows: &[Pending]) {
-        let now = chrono::Utc::now();
-        self.metrics.published.inc_by(rows.len() as u64);
-        for row in rows {
-            let delay = (now - row.created_at)
-                .num_microseconds()
-                .unwrap_or(0)
-                .max(0);
-            self.metrics.publish_delay.observe(delay as f64 / 1e6);
+    /// Counts rows marked sent, with their delays from written to confirmed.
+    fn observe(&self, delays: impl Iterator<Item = Duration>) {
+        let mut count = 0;
+        for delay in delays {
+            count += 1;
+            self.metrics.publish_delay.observe(delay.as_secs_f64());
         }
-        tracing::debug!(count = rows.len(), "published outbox rows");
+        self.metrics.published.inc_by(count);
+        tracing::debug!(count, "published outbox rows");
     }
 }

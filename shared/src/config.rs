@@ -335,6 +335,10 @@ pub struct RelaySettings {
     /// The API publishes the job messages of the orders it accepts itself,
     /// right after their commit, instead of leaving them to a sweep.
     pub publish_directly: bool,
+    /// How long the relay gathers the rows it published directly before
+    /// marking them sent in one statement (nothing waits for the mark; it
+    /// must land well inside their five-second lease).
+    pub mark_linger_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -473,6 +477,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("relay.batch_size", "200"),
     ("relay.retention_hours", "24"),
     ("relay.publish_directly", "true"),
+    ("relay.mark_linger_ms", "20"),
     ("worker.concurrency", "16"),
     ("worker.lease_seconds", "60"),
     ("worker.shutdown_grace_seconds", "30"),
@@ -640,6 +645,12 @@ impl Settings {
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.relay.mark_linger_ms > 4000 {
+            return Err(invalid(
+                "relay.mark_linger_ms",
+                "must be at most 4000 (inside the 5 s lease of a row published directly)",
+            ));
         }
         if self.orders.process_delay_secs > MAX_PROCESS_DELAY_SECS {
             return Err(invalid(

@@ -89,6 +89,18 @@ async fn an_accepted_orders_message_is_published_by_the_api_that_wrote_it() {
     stack
         .wait_for_order(&id, "completed", Duration::from_secs(10))
         .await;
+    // The mark comes up to `relay.mark_linger_ms` after the confirm, which
+    // may be after the order completed.
+    stack
+        .wait_until(
+            "the row is marked sent",
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NOT NULL AND {})",
+                row_of_order(&id)
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
     let (leased, directly, attempts): (bool, bool, i32) =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT publishing_until IS NOT NULL, published_at < publishing_until, attempts \
@@ -102,6 +114,101 @@ async fn an_accepted_orders_message_is_published_by_the_api_that_wrote_it() {
     assert!(directly, "published before the lease ended: not by a sweep");
     assert_eq!(attempts, 1);
     assert_eq!(game.commands(), vec!["give alex pear".to_owned()]);
+    stack.teardown().await;
+}
+
+/// Rows published directly are marked sent together, after
+/// `relay.mark_linger_ms` — not one statement per publish — each as of its
+/// broker's confirm rather than of the mark; a relay that stops marks what
+/// it holds first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directly_published_rows_are_marked_later_as_of_their_confirm_and_at_the_latest_on_stop() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    // Every command takes 300 ms, so the confirm comes well before the
+    // attempt ends.
+    game.set(courier_tests::fakes::rcon::Behaviour {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let mut stack = TestStack::start_with(|s| s.relay.mark_linger_ms = 4000, true).await;
+    stack.add_game_server("s", &game).await;
+    stack
+        .add_rcon_product("p", "s", "give {username} fig")
+        .await;
+
+    let (status, order) = stack.post_order("p", "alex", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let id = order["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for_order(&id, "completed", Duration::from_secs(3))
+        .await;
+    let unmarked = stack
+        .count(&format!(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND {}",
+            row_of_order(&id)
+        ))
+        .await;
+    assert_eq!(
+        unmarked, 1,
+        "delivered, and its mark still gathered with others to come"
+    );
+
+    if let Some(api) = stack.api.take() {
+        api.stop().await;
+    }
+    let (attempts, before_the_attempt_ended): (i32, bool) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT x.attempts, x.published_at < a.finished_at \
+             FROM outbox x, delivery_attempts a, deliveries d \
+             WHERE d.order_id = '{id}' AND a.delivery_id = d.id AND x.{}",
+            row_of_order(&id)
+        )))
+        .fetch_one(&stack.pool)
+        .await
+        .expect("the row is marked when its relay stops");
+    assert_eq!(attempts, 1);
+    assert!(
+        before_the_attempt_ended,
+        "published_at is the confirm's moment, not the mark's"
+    );
+    stack.teardown().await;
+}
+
+/// The direct lanes' mark keeps a mark already written (a sweep sent the
+/// row again after its lease ended) and writes each row's own moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_writes_each_rows_confirm_time_and_keeps_an_earlier_mark() {
+    use courier_shared::db::outbox;
+    let stack = TestStack::start_with(|_| {}, false).await;
+    let mut ids = Vec::new();
+    for published in ["NULL", "NULL", "now() - interval '1 hour'"] {
+        let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO outbox (queue, payload, publishing_until, published_at) \
+             VALUES ('courier.rcon', jsonb_build_object('delivery_id', gen_random_uuid()), \
+             now() + interval '1 hour', {published}) RETURNING id"
+        )))
+        .fetch_one(&stack.pool)
+        .await
+        .expect("insert");
+        ids.push(id);
+    }
+    outbox::mark_confirmed(&stack.pool, &ids, &[0, 60_000_000, 0])
+        .await
+        .expect("mark");
+    let ages: Vec<(f64, i32)> = sqlx::query_as(
+        "SELECT extract(epoch FROM now() - published_at)::float8, attempts \
+         FROM outbox WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(&stack.pool)
+    .await
+    .expect("rows");
+    assert!(ages[0].0 < 5.0, "confirmed just now: {ages:?}");
+    assert!((55.0..65.0).contains(&ages[1].0), "a minute ago: {ages:?}");
+    assert!(ages[2].0 > 3000.0, "the earlier mark stays: {ages:?}");
+    assert_eq!(ages.iter().map(|a| a.1).collect::<Vec<_>>(), vec![1, 1, 0]);
     stack.teardown().await;
 }
 

@@ -133,13 +133,19 @@ macro_rules! claim_returning {
 }
 
 /// The version of an RCON delivery's game server, for a `SELECT … FROM c`.
+/// The payload's id is cast to `uuid` (only when it looks like one, so an
+/// odd payload finds no server rather than failing the whole claim) so that
+/// the lookup is by the primary key: comparing `g.id::text` scanned the
+/// table, 0.11 ms of each claim (auto_explain, open loop).
 macro_rules! claim_target_version {
     () => {
         concat!(
             "(SELECT ",
             super::catalog::game_server_version!("g"),
             " FROM game_servers g \
-             WHERE c.kind = 'rcon' AND g.id::text = c.payload->>'game_server_id') AS target_version"
+             WHERE c.kind = 'rcon' AND g.id = CASE WHEN c.payload->>'game_server_id' \
+               ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' \
+               THEN (c.payload->>'game_server_id')::uuid END) AS target_version"
         )
     };
 }

@@ -78,17 +78,32 @@ pub async fn lock_batch(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pendi
     .await
 }
 
-/// Marks rows sent: inside the sweep's transaction, or alone (on the pool)
-/// after a direct lane's confirms.
-pub async fn mark_published<'e>(
-    exec: impl sqlx::PgExecutor<'e>,
-    ids: &[i64],
-) -> Result<(), sqlx::Error> {
+/// Marks rows sent, inside the sweep's transaction.
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
     )
     .bind(ids)
-    .execute(exec)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks rows a direct lane published sent, each as of its broker's
+/// confirm, `ages_us` microseconds before this statement (a duration on the
+/// caller's clock, so no clock but the database's is written). A row already
+/// marked (a sweep sent it again after its lease ended) keeps its mark.
+pub async fn mark_confirmed(
+    pool: &PgPool,
+    ids: &[i64],
+    ages_us: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox o SET published_at = now() - u.age * interval '1 microsecond',            attempts = o.attempts + 1          FROM UNNEST($1::int8[], $2::int8[]) AS u(id, age)          WHERE o.id = u.id AND o.id = ANY($1) AND o.published_at IS NULL",
+    )
+    .bind(ids)
+    .bind(ages_us)
+    .execute(pool)
     .await?;
     Ok(())
 }
