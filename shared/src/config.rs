@@ -337,7 +337,7 @@ pub struct RelaySettings {
     pub publish_directly: bool,
     /// How long the relay gathers the rows it published directly before
     /// marking them sent in one statement (nothing waits for the mark; it
-    /// must land well inside their five-second lease).
+    /// must land inside their lease: at most `outbox::MARK_LINGER_MOST`).
     pub mark_linger_ms: u64,
 }
 
@@ -646,10 +646,15 @@ impl Settings {
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
-        if self.relay.mark_linger_ms > 4000 {
+        let linger_most = crate::db::outbox::MARK_LINGER_MOST;
+        if std::time::Duration::from_millis(self.relay.mark_linger_ms) > linger_most {
             return Err(invalid(
                 "relay.mark_linger_ms",
-                "must be at most 4000 (inside the 5 s lease of a row published directly)",
+                &format!(
+                    "must be at most {} (inside the {} s lease of a row published directly)",
+                    linger_most.as_millis(),
+                    crate::db::outbox::DIRECT_LEASE.as_secs()
+                ),
             ));
         }
         if self.orders.process_delay_secs > MAX_PROCESS_DELAY_SECS {
@@ -849,5 +854,21 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_mark_linger_past_the_lease_margin_is_refused_by_name() {
+        let mut s = super::Settings::load().expect("the defaults load");
+        s.relay.mark_linger_ms = 4000;
+        assert!(s.validate().is_ok(), "a second inside the 5 s lease");
+        s.relay.mark_linger_ms = 4001;
+        let refused = s.validate().expect_err("past the margin");
+        assert!(
+            refused.to_string().contains("relay.mark_linger_ms"),
+            "{refused}"
+        );
     }
 }

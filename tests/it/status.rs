@@ -319,3 +319,56 @@ async fn status_reads_at_the_same_moment_each_get_their_own_order() {
     }
     stack.teardown().await;
 }
+
+/// Every writer of an order's status is announced to waiting reads by the
+/// `orders_status_notify` trigger at commit, except one whose transaction
+/// announces its orders itself after commit (`courier.announce =
+/// after_commit`, the worker's batched writers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_is_announced_at_commit_unless_its_writer_announces_it_after() {
+    let game = FakeGameServer::start("pw", Dialect::Minecraft)
+        .await
+        .expect("fake server");
+    let stack = TestStack::start_with(|_| {}, false).await;
+    stack.add_game_server("arena", &game).await;
+    stack
+        .add_rcon_product("vip", "arena", "vip {username}")
+        .await;
+    let mut ids = Vec::new();
+    for name in ["quiet", "heard"] {
+        let (status, order) = stack.post_order("vip", name, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        ids.push(uuid::Uuid::parse_str(order["id"].as_str().expect("id")).expect("uuid"));
+    }
+    let mut listener = sqlx::postgres::PgListener::connect_with(&stack.pool)
+        .await
+        .expect("listener");
+    listener.listen("courier_orders").await.expect("listen");
+    let cancel = "UPDATE orders SET status = 'cancelled' WHERE id = $1";
+
+    let mut tx = stack.pool.begin().await.expect("tx");
+    sqlx::query("SELECT set_config('courier.announce', 'after_commit', true)")
+        .execute(&mut *tx)
+        .await
+        .expect("setting");
+    sqlx::query(cancel)
+        .bind(ids[0])
+        .execute(&mut *tx)
+        .await
+        .expect("update");
+    tx.commit().await.expect("commit");
+    sqlx::query(cancel)
+        .bind(ids[1])
+        .execute(&stack.pool)
+        .await
+        .expect("update");
+
+    // Notifications arrive in commit order: had the first change been
+    // announced, it would be heard first.
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the second change is announced")
+        .expect("notification");
+    assert_eq!(heard.payload(), ids[1].to_string());
+    stack.teardown().await;
+}

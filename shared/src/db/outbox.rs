@@ -99,7 +99,10 @@ pub async fn mark_confirmed(
     ages_us: &[i64],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE outbox o SET published_at = now() - u.age * interval '1 microsecond',            attempts = o.attempts + 1          FROM UNNEST($1::int8[], $2::int8[]) AS u(id, age)          WHERE o.id = u.id AND o.id = ANY($1) AND o.published_at IS NULL",
+        "UPDATE outbox o SET published_at = now() - u.age * interval '1 microsecond', \
+           attempts = o.attempts + 1 \
+         FROM UNNEST($1::int8[], $2::int8[]) AS u(id, age) \
+         WHERE o.id = u.id AND o.id = ANY($1) AND o.published_at IS NULL",
     )
     .bind(ids)
     .bind(ages_us)
@@ -111,6 +114,13 @@ pub async fn mark_confirmed(
 /// How long the process that accepted an order has to publish its outbox
 /// rows itself before relays take them (`publishing_until`).
 pub const DIRECT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest `relay.mark_linger_ms` may be: a second inside the lease, the
+/// margin the direct lanes keep too. A row the broker confirmed close to its
+/// lease's end (it waited out an outage) and marked after it may be sent
+/// once more by a sweep, which consumers tolerate.
+pub const MARK_LINGER_MOST: std::time::Duration =
+    DIRECT_LEASE.saturating_sub(std::time::Duration::from_secs(1));
 
 /// Where an accept hands what it wrote to its process's relay: its own
 /// outbox rows to the direct lanes (`rows`; `None` when direct publishing is
