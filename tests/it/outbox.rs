@@ -19,16 +19,9 @@ fn row_of_order(order: impl std::fmt::Display) -> String {
     )
 }
 
-/// Sells `command` on `game` as product `p`, orders it for `alex`, and
-/// returns the order's id once it completed (within `limit`).
-async fn complete_one_order(
-    stack: &TestStack,
-    game: &FakeGameServer,
-    command: &str,
-    limit: Duration,
-) -> String {
-    stack.add_game_server("s", game).await;
-    stack.add_rcon_product("p", "s", command).await;
+/// Orders product `p` for `alex` and returns the order's id once it
+/// completed (within `limit`).
+async fn complete_one_order(stack: &TestStack, limit: Duration) -> String {
     let (status, order) = stack.post_order("p", "alex", None).await;
     assert_eq!(status, StatusCode::CREATED, "{order}");
     let id = order["id"].as_str().expect("id").to_owned();
@@ -91,17 +84,8 @@ async fn order_accepted_while_rabbitmq_is_down_is_delivered_after_it_returns() {
 /// before then was sent directly); its row is marked sent once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_orders_message_is_published_by_the_api_that_wrote_it() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start().await;
-    let id = complete_one_order(
-        &stack,
-        &game,
-        "give {username} pear",
-        Duration::from_secs(10),
-    )
-    .await;
+    let (stack, game) = TestStack::with_rcon_product("give {username} pear").await;
+    let id = complete_one_order(&stack, Duration::from_secs(10)).await;
     // The mark comes up to `relay.mark_linger_ms` after the confirm, which
     // may be after the order completed.
     stack
@@ -136,17 +120,19 @@ async fn an_accepted_orders_message_is_published_by_the_api_that_wrote_it() {
 /// it holds first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directly_published_rows_are_marked_later_as_of_their_confirm_and_at_the_latest_on_stop() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
+    let (mut stack, game) = TestStack::with_rcon_product_and(
+        "give {username} fig",
+        |s| s.relay.mark_linger_ms = 4000,
+        true,
+    )
+    .await;
     // Every command takes 300 ms, so the confirm comes well before the
     // attempt ends.
     game.set(courier_tests::fakes::rcon::Behaviour {
         delay: Duration::from_millis(300),
         ..Default::default()
     });
-    let mut stack = TestStack::start_with(|s| s.relay.mark_linger_ms = 4000, true).await;
-    let id = complete_one_order(&stack, &game, "give {username} fig", Duration::from_secs(3)).await;
+    let id = complete_one_order(&stack, Duration::from_secs(3)).await;
     let unmarked = stack
         .count(&format!(
             "SELECT count(*) FROM outbox WHERE published_at IS NULL AND {}",

@@ -326,17 +326,11 @@ async fn status_reads_at_the_same_moment_each_get_their_own_order() {
 /// after_commit`, the worker's batched writers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_change_is_announced_at_commit_unless_its_writer_announces_it_after() {
-    let game = FakeGameServer::start("pw", Dialect::Minecraft)
-        .await
-        .expect("fake server");
-    let stack = TestStack::start_with(|_| {}, false).await;
-    stack.add_game_server("arena", &game).await;
-    stack
-        .add_rcon_product("vip", "arena", "vip {username}")
-        .await;
+    // No worker: nothing else announces on the channel.
+    let (stack, _game) = TestStack::with_rcon_product_and("vip {username}", |_| {}, false).await;
     let mut ids = Vec::new();
     for name in ["quiet", "heard"] {
-        let (status, order) = stack.post_order("vip", name, None).await;
+        let (status, order) = stack.post_order("p", name, None).await;
         assert_eq!(status, StatusCode::CREATED, "{order}");
         ids.push(uuid::Uuid::parse_str(order["id"].as_str().expect("id")).expect("uuid"));
     }

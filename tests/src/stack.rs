@@ -390,10 +390,20 @@ impl TestStack {
     /// A stack with a worker, a fake Minecraft server (password `pw`) registered
     /// as game server `s`, and product `p` running `command` on it.
     pub async fn with_rcon_product(command: &str) -> (Self, FakeGameServer) {
+        Self::with_rcon_product_and(command, |_| {}, true).await
+    }
+
+    /// The same, with `tweak` applied to the stack's settings, and with a
+    /// worker or without.
+    pub async fn with_rcon_product_and(
+        command: &str,
+        tweak: impl FnOnce(&mut Settings),
+        worker: bool,
+    ) -> (Self, FakeGameServer) {
         let game = FakeGameServer::start("pw", courier_shared::rcon::Dialect::Minecraft)
             .await
             .expect("fake server");
-        let stack = Self::start().await;
+        let stack = Self::start_with(tweak, worker).await;
         stack.add_game_server("s", &game).await;
         stack.add_rcon_product("p", "s", command).await;
         (stack, game)
